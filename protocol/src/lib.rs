@@ -1,0 +1,310 @@
+//! Wire types of the Ferry sync protocol (version 1).
+//!
+//! These types are the contract between the core (client) and any backend; the
+//! prose version is `docs/protocol.md`. Nothing here does I/O. Field names are the
+//! JSON names on the wire; adding an optional field is a compatible change, renaming
+//! or removing one needs a new protocol version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks. Sent as the `Ferry-Protocol` header.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Header carrying [`PROTOCOL_VERSION`].
+pub const PROTOCOL_HEADER: &str = "ferry-protocol";
+
+/// Path of the pull endpoint (POST, body [`PullRequest`], answer [`PullPage`]).
+pub const PULL_PATH: &str = "/v1/pull";
+/// Path of the push endpoint (POST, body [`PushRequest`], answer [`PushResponse`]).
+pub const PUSH_PATH: &str = "/v1/push";
+
+/// A record's fields as JSON: column name to value. The record id, version and
+/// bookkeeping are never inside it.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// Ask for the next page of changes after `cursor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// Opaque cursor from the previous page; `None` for a first sync.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Stable id of the client installation; used to skip echoes of its own writes.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Upper bound on rows in the page; the server clamps it to its own maximum.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Selective sync: only these collections. `None` means every synced collection.
+    #[serde(default)]
+    pub collections: Option<Vec<String>>,
+    /// Ask for per-collection totals (anchors) in the page.
+    #[serde(default)]
+    pub want_totals: bool,
+}
+
+/// One page of a pull. The client must stage pages and publish them only once a
+/// page with `has_more == false` has arrived; `cursor` is where the next page starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PullPage {
+    /// Cursor after this page. Opaque to clients; commit-ordered on the server.
+    pub cursor: String,
+    /// More changes exist after `cursor` right now.
+    pub has_more: bool,
+    /// Changes per collection name.
+    #[serde(default)]
+    pub changes: BTreeMap<String, CollectionChanges>,
+    /// Per-collection totals of rows in the caller's scopes (anchors), when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<BTreeMap<String, u64>>,
+}
+
+/// Changes of one collection within a page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CollectionChanges {
+    /// Rows created or updated, with their server version.
+    #[serde(default)]
+    pub upserts: Vec<ServerRecord>,
+    /// Ids of rows deleted by a user (tombstones).
+    #[serde(default)]
+    pub deletes: Vec<String>,
+    /// Ids of rows that left the caller's scope (archived, access revoked). Not deletes:
+    /// the row may still exist on the server.
+    #[serde(default)]
+    pub evictions: Vec<String>,
+}
+
+impl CollectionChanges {
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deletes.is_empty() && self.evictions.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.upserts.len() + self.deletes.len() + self.evictions.len()
+    }
+}
+
+/// A row as the server holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub id: String,
+    /// Monotonic per-record version, starting at 1 on create.
+    pub version: u64,
+    pub fields: Fields,
+}
+
+/// The operation of a mutation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "create" => Some(Op::Create),
+            "update" => Some(Op::Update),
+            "delete" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One client change, in outbox order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mutation {
+    /// Client-generated id; pushing the same id twice applies it once.
+    pub mutation_id: String,
+    pub collection: String,
+    pub record_id: String,
+    pub op: Op,
+    /// For create: all fields. For update: the changed fields only. For delete: empty.
+    #[serde(default)]
+    pub fields: Fields,
+    /// The server version the client based the change on; `None` for a create.
+    #[serde(default)]
+    pub base_version: Option<u64>,
+}
+
+/// A batch of mutations, applied in order, each on its own merits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub client_id: String,
+    pub mutations: Vec<Mutation>,
+}
+
+/// What happened to one mutation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum MutationOutcome {
+    /// Applied; the record now has `version` (for a delete, the tombstone's version).
+    Applied { version: u64 },
+    /// The base version did not match. `server_record` is the current row, or `None`
+    /// when the row is deleted on the server.
+    Conflict {
+        server_record: Option<ServerRecord>,
+        #[serde(default)]
+        deleted: bool,
+    },
+    /// Permanently refused; retrying the same mutation gives the same answer.
+    Rejected { code: RejectCode, message: String },
+    /// Not applied now; try again after `retry_after_ms`.
+    Retry { retry_after_ms: u64 },
+}
+
+/// Why a mutation was rejected. Unknown codes from newer servers decode as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The collection does not exist or is not synced.
+    UnknownCollection,
+    /// A field is unknown, of the wrong type, null where not nullable, or too large.
+    InvalidRecord,
+    /// The record belongs to a scope the caller cannot write.
+    Forbidden,
+    /// Create of an id that already exists (and was not created by this mutation).
+    AlreadyExists,
+    /// Update or delete of a record that never existed.
+    NotFound,
+    #[serde(other)]
+    Other,
+}
+
+impl RejectCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::UnknownCollection => "unknown_collection",
+            RejectCode::InvalidRecord => "invalid_record",
+            RejectCode::Forbidden => "forbidden",
+            RejectCode::AlreadyExists => "already_exists",
+            RejectCode::NotFound => "not_found",
+            RejectCode::Other => "other",
+        }
+    }
+}
+
+/// Per-mutation result, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MutationResult {
+    pub mutation_id: String,
+    #[serde(flatten)]
+    pub outcome: MutationOutcome,
+}
+
+/// Answer to a push: one result per mutation, plus the write checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    pub results: Vec<MutationResult>,
+    /// A cursor at or after every change this push applied. A pull whose cursor has
+    /// reached it has seen all of this push's effects.
+    pub write_checkpoint: String,
+}
+
+/// The JSON body of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `unauthorized`, `malformed_json`, `payload_too_large`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Error codes of [`ErrorDetail::code`].
+pub mod error_code {
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const MALFORMED_JSON: &str = "malformed_json";
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    pub const UNKNOWN_COLLECTION: &str = "unknown_collection";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
+    pub const INVALID_CURSOR: &str = "invalid_cursor";
+    pub const INTERNAL: &str = "internal";
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+/// WatermelonDB's sync protocol, as its docs describe a backend.
+pub mod watermelon {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    /// Raw record: `id` plus columns, as WatermelonDB sends and expects them.
+    pub type RawRecord = serde_json::Map<String, serde_json::Value>;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+    pub struct TableChanges {
+        #[serde(default)]
+        pub created: Vec<RawRecord>,
+        #[serde(default)]
+        pub updated: Vec<RawRecord>,
+        #[serde(default)]
+        pub deleted: Vec<String>,
+    }
+
+    pub type Changes = BTreeMap<String, TableChanges>;
+
+    /// Answer to `GET /watermelon/sync`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PullResponse {
+        pub changes: Changes,
+        /// Milliseconds; the client sends it back as `last_pulled_at`.
+        pub timestamp: i64,
+    }
+
+    /// Answer to `POST /watermelon/sync` when some records were rejected.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PushResponse {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub experimental_rejected_ids: Option<BTreeMap<String, Vec<String>>>,
+    }
+
+    pub const SYNC_PATH: &str = "/watermelon/sync";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutation_result_is_flat_with_a_status_tag() {
+        let r = MutationResult {
+            mutation_id: "m1".into(),
+            outcome: MutationOutcome::Applied { version: 3 },
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v, serde_json::json!({"mutation_id":"m1","status":"applied","version":3}));
+        let back: MutationResult = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn unknown_reject_code_decodes_as_other() {
+        let v = serde_json::json!({"mutation_id":"m","status":"rejected","code":"quota","message":"x"});
+        let r: MutationResult = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            r.outcome,
+            MutationOutcome::Rejected { code: RejectCode::Other, message: "x".into() }
+        );
+    }
+
+    #[test]
+    fn pull_request_defaults_allow_an_empty_body() {
+        let r: PullRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(r.cursor, None);
+        assert!(!r.want_totals);
+    }
+}
