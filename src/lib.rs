@@ -1,1 +1,24 @@
-//! Ferry core
+//! # Ferry core
+//!
+//! An offline-first sync engine for mobile apps. The core owns the app's local
+//! SQLite database ([`Store`]), keeps an outbox of local mutations, emits one
+//! batched [`ChangeEvent`] per committed transaction, and (in [`sync`]) syncs with a
+//! Ferry backend. See `docs/architecture.md` for the data flow.
+
+pub mod clock;
+pub mod error;
+pub mod events;
+pub mod schema;
+pub mod store;
+pub mod sync;
+
+pub use clock::{Clock, SystemClock};
+pub use error::{Error, Result};
+pub use events::{
+    ChangeEvent, ChangeListener, ChangeSource, CollectionChange, QueryListener, Subscription,
+};
+pub use schema::{Collection, Column, ColumnType, Schema, SyncMode};
+pub use store::{
+    EntryState, Fields, Filter, OutboxEntry, Query, Record, RecordStatus, Sort, Store, StoreStatus,
+    WriteOp,
+};

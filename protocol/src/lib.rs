@@ -286,18 +286,25 @@ mod tests {
             outcome: MutationOutcome::Applied { version: 3 },
         };
         let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v, serde_json::json!({"mutation_id":"m1","status":"applied","version":3}));
+        assert_eq!(
+            v,
+            serde_json::json!({"mutation_id":"m1","status":"applied","version":3})
+        );
         let back: MutationResult = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
     }
 
     #[test]
     fn unknown_reject_code_decodes_as_other() {
-        let v = serde_json::json!({"mutation_id":"m","status":"rejected","code":"quota","message":"x"});
+        let v =
+            serde_json::json!({"mutation_id":"m","status":"rejected","code":"quota","message":"x"});
         let r: MutationResult = serde_json::from_value(v).unwrap();
         assert_eq!(
             r.outcome,
-            MutationOutcome::Rejected { code: RejectCode::Other, message: "x".into() }
+            MutationOutcome::Rejected {
+                code: RejectCode::Other,
+                message: "x".into()
+            }
         );
     }
 

@@ -1,0 +1,252 @@
+//! What a mutation means: validation against the collection config, scope and
+//! access checks, conflict detection, and the change-index entries a write produces.
+//!
+//! Pure functions with no I/O, shared by both storage backends so they cannot
+//! disagree. [`decide`] must never approve a write into a scope the caller cannot
+//! access, nor a row that does not match its collection's fields.
+
+use ferry_protocol::{Fields, MutationOutcome, Op, RejectCode, ServerRecord};
+use serde_json::Value;
+
+use crate::auth::{Caller, OWNER_SCOPE_PREFIX};
+use crate::config::{CollectionConfig, FieldType, ServerConfig};
+use crate::storage::{ChangeKind, CurrentRow, PlannedMutation, Precondition};
+
+/// Longest accepted record id, in bytes.
+pub const MAX_RECORD_ID_BYTES: usize = 128;
+
+/// The row a write stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRow {
+    pub scope: String,
+    pub version: u64,
+    pub deleted: bool,
+    pub fields: Fields,
+    /// The write creates the record (sets `created_at`).
+    pub created: bool,
+}
+
+/// The verdict on one mutation against the locked current row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Store `row`, set the change-index entries in order, adjust totals.
+    Write {
+        row: NewRow,
+        changes: Vec<(String, ChangeKind)>,
+        totals: Vec<(String, i64)>,
+        outcome: MutationOutcome,
+    },
+    /// Write nothing; the outcome is final (rejected, or a WatermelonDB no-op).
+    NoWrite { outcome: MutationOutcome },
+    /// Write nothing; the client must rebase. Never remembered for idempotency.
+    Conflict { outcome: MutationOutcome },
+}
+
+impl Decision {
+    /// Whether the outcome is stored under the mutation id (applied and rejected are
+    /// final; conflicts depend on the row and are evaluated afresh on retry).
+    pub fn remembered(&self) -> bool {
+        !matches!(self, Decision::Conflict { .. })
+    }
+}
+
+fn reject(code: RejectCode, message: impl Into<String>) -> Decision {
+    Decision::NoWrite { outcome: MutationOutcome::Rejected { code, message: message.into() } }
+}
+
+fn conflict(id: &str, cur: &CurrentRow) -> Decision {
+    let server_record = (!cur.deleted).then(|| ServerRecord {
+        id: id.to_string(),
+        version: cur.version,
+        fields: cur.fields.clone(),
+    });
+    Decision::Conflict { outcome: MutationOutcome::Conflict { server_record, deleted: cur.deleted } }
+}
+
+/// Whether a row with these fields is synced to clients (not excluded by a rule).
+pub fn is_synced(coll: &CollectionConfig, fields: &Fields) -> bool {
+    !coll.sync_rules.iter().any(|r| r.excludes(fields))
+}
+
+/// Checks a record id: 1..=128 bytes, no control characters or `'"\/$`.
+pub fn validate_record_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_RECORD_ID_BYTES {
+        return Err(format!("record id must be 1..={MAX_RECORD_ID_BYTES} bytes"));
+    }
+    if id.chars().any(|c| c.is_control() || "'\"\\/$".contains(c)) {
+        return Err("record id contains an unsafe character".into());
+    }
+    Ok(())
+}
+
+/// Validates `fields` against the collection. `complete` (a create) also requires
+/// every non-nullable field.
+pub fn validate_fields(coll: &CollectionConfig, fields: &Fields, complete: bool) -> Result<(), String> {
+    for (name, value) in fields {
+        let Some(f) = coll.fields.get(name) else {
+            return Err(format!("unknown field {name:?}"));
+        };
+        if value.is_null() {
+            if f.nullable {
+                continue;
+            }
+            return Err(format!("field {name:?} must not be null"));
+        }
+        let ok = match f.ty {
+            FieldType::String => value.is_string(),
+            FieldType::Number => value.is_number(),
+            FieldType::Integer => {
+                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|x| x.fract() == 0.0)
+            }
+            FieldType::Boolean => value.is_boolean(),
+            FieldType::Json => true,
+        };
+        if !ok {
+            return Err(format!("field {name:?} must be of type {:?}", f.ty).to_lowercase());
+        }
+        if let Some(max) = f.max_length {
+            let len = match value {
+                Value::String(s) => s.len(),
+                other => other.to_string().len(),
+            };
+            if len > max {
+                return Err(format!("field {name:?} is {len} bytes, over its limit of {max}"));
+            }
+        }
+    }
+    if complete {
+        if let Some((name, _)) = coll.fields.iter().find(|(n, f)| !f.nullable && !fields.contains_key(*n)) {
+            return Err(format!("missing required field {name:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// The scope a row with `fields` lives in.
+fn scope_of(coll: &CollectionConfig, fields: &Fields, current: Option<&CurrentRow>, caller: &Caller) -> String {
+    if let Some(Value::String(s)) = coll.scope_field.as_ref().and_then(|f| fields.get(f)) {
+        return s.clone();
+    }
+    match current {
+        Some(cur) if cur.scope.starts_with(OWNER_SCOPE_PREFIX) => cur.scope.clone(),
+        _ => caller.owner_scope(),
+    }
+}
+
+fn precondition_holds(p: Precondition, cur: &CurrentRow) -> bool {
+    match p {
+        Precondition::None => true,
+        Precondition::BaseVersion(v) => v == cur.version,
+        Precondition::UnchangedSince(since) => cur.changed_at < since,
+    }
+}
+
+/// Decides one mutation against the current (locked) row.
+pub fn decide(config: &ServerConfig, caller: &Caller, m: &PlannedMutation, current: Option<&CurrentRow>) -> Decision {
+    let Some(coll) = config.collections.get(&m.collection) else {
+        return reject(RejectCode::UnknownCollection, format!("unknown collection {:?}", m.collection));
+    };
+    if let Err(e) = validate_record_id(&m.record_id) {
+        return reject(RejectCode::InvalidRecord, e);
+    }
+    if let Some(cur) = current {
+        if !caller.can_access(&cur.scope) {
+            return reject(RejectCode::Forbidden, "the record is in a scope you cannot access");
+        }
+    }
+    let op = match (m.op, current, m.lenient) {
+        (Op::Create, Some(cur), true) if !cur.deleted => Op::Update,
+        (Op::Update, None, true) => Op::Create,
+        (op, _, _) => op,
+    };
+    match op {
+        Op::Create => {
+            if let Some(cur) = current {
+                return if m.lenient {
+                    conflict(&m.record_id, cur)
+                } else {
+                    reject(RejectCode::AlreadyExists, "a record with this id already exists")
+                };
+            }
+            if let Err(e) = validate_fields(coll, &m.fields, true) {
+                return reject(RejectCode::InvalidRecord, e);
+            }
+            let mut fields = m.fields.clone();
+            for name in coll.fields.keys() {
+                fields.entry(name.clone()).or_insert(Value::Null);
+            }
+            write(coll, caller, None, fields, false)
+        }
+        Op::Update => {
+            let Some(cur) = current else {
+                return reject(RejectCode::NotFound, "no record with this id");
+            };
+            if cur.deleted || !precondition_holds(m.precondition, cur) {
+                return conflict(&m.record_id, cur);
+            }
+            if let Err(e) = validate_fields(coll, &m.fields, false) {
+                return reject(RejectCode::InvalidRecord, e);
+            }
+            let mut fields = cur.fields.clone();
+            fields.extend(m.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+            write(coll, caller, Some(cur), fields, false)
+        }
+        Op::Delete => match current {
+            None if m.lenient => Decision::NoWrite { outcome: MutationOutcome::Applied { version: 0 } },
+            None => reject(RejectCode::NotFound, "no record with this id"),
+            Some(cur) if cur.deleted && m.lenient => {
+                Decision::NoWrite { outcome: MutationOutcome::Applied { version: cur.version } }
+            }
+            Some(cur) if cur.deleted || !precondition_holds(m.precondition, cur) => conflict(&m.record_id, cur),
+            Some(cur) => write(coll, caller, Some(cur), Fields::new(), true),
+        },
+    }
+}
+
+fn write(
+    coll: &CollectionConfig,
+    caller: &Caller,
+    current: Option<&CurrentRow>,
+    fields: Fields,
+    deleted: bool,
+) -> Decision {
+    let scope = match current {
+        Some(cur) if deleted => cur.scope.clone(),
+        _ => scope_of(coll, &fields, current, caller),
+    };
+    if !caller.can_access(&scope) {
+        return reject(RejectCode::Forbidden, format!("you cannot write to scope {scope:?}"));
+    }
+    let synced = !deleted && is_synced(coll, &fields);
+    let mut changes = Vec::new();
+    let mut totals = Vec::new();
+    if let Some(cur) = current {
+        if cur.scope != scope {
+            changes.push((cur.scope.clone(), ChangeKind::Evict));
+        }
+        if !cur.deleted && is_synced(coll, &cur.fields) {
+            totals.push((cur.scope.clone(), -1));
+        }
+    }
+    let kind = match (deleted, synced) {
+        (true, _) => ChangeKind::Delete,
+        (false, true) => ChangeKind::Upsert,
+        (false, false) => ChangeKind::Evict,
+    };
+    changes.push((scope.clone(), kind));
+    if synced {
+        match totals.iter_mut().find(|(s, _)| *s == scope) {
+            Some(t) => t.1 += 1,
+            None => totals.push((scope.clone(), 1)),
+        }
+    }
+    totals.retain(|(_, d)| *d != 0);
+    totals.sort();
+    let version = current.map_or(1, |c| c.version + 1);
+    Decision::Write {
+        row: NewRow { scope, version, deleted, fields, created: current.is_none() },
+        changes,
+        totals,
+        outcome: MutationOutcome::Applied { version },
+    }
+}

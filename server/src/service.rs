@@ -1,0 +1,373 @@
+//! The sync service: Ferry pull/push and WatermelonDB pull/push over any [`Storage`].
+//!
+//! It turns protocol requests into storage scans and write batches and storage
+//! results back into pages, cursors and outcomes. HTTP handlers and in-process tests
+//! both call it, so it must never depend on axum. It must never let a cursor or a
+//! scan reach a scope the caller lacks, except to evict that scope's rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ferry_protocol::watermelon;
+use ferry_protocol::{
+    CollectionChanges, Fields, MutationOutcome, MutationResult, Op, PullPage, PullRequest, PushRequest, PushResponse,
+    RejectCode, ServerRecord, error_code,
+};
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::config::ServerConfig;
+use crate::cursor::{Cursor, CursorCodec, Position, StreamKey};
+use crate::error::{ApiError, CONFLICT, ServerError};
+use crate::storage::{self, ChangeKind, ChangeRow, PlannedMutation, Precondition, ReadRequest, Scan, Storage, WriteBatch};
+
+/// Prefix of a write checkpoint: `wc1.<major>.<minor>`.
+const CHECKPOINT_PREFIX: &str = "wc1.";
+
+/// Pull, push and their WatermelonDB twins over one storage backend.
+#[derive(Clone)]
+pub struct SyncService {
+    storage: Arc<dyn Storage>,
+    config: Arc<ServerConfig>,
+    codec: CursorCodec,
+}
+
+/// WatermelonDB's `migration` pull parameter.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct WatermelonMigration {
+    #[serde(default)]
+    pub from: Option<i64>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub columns: Vec<WatermelonMigrationColumns>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct WatermelonMigrationColumns {
+    pub table: String,
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+/// Statistics of one pull page or push, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub rows: u64,
+}
+
+impl SyncService {
+    /// Opens storage from a database URL and builds the service.
+    pub async fn open(database_url: &str, config: ServerConfig) -> Result<SyncService, ServerError> {
+        config.validate()?;
+        let storage = storage::open(database_url).await?;
+        Self::new(storage, config).await
+    }
+
+    pub async fn new(storage: Arc<dyn Storage>, config: ServerConfig) -> Result<SyncService, ServerError> {
+        let secret = storage.secret().await?;
+        Ok(SyncService { storage, config: Arc::new(config), codec: CursorCodec::new(&secret) })
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn collections(&self, wanted: Option<&[String]>) -> Result<Vec<String>, ApiError> {
+        match wanted {
+            None => Ok(self.config.collections.keys().cloned().collect()),
+            Some(list) => {
+                let mut out = BTreeSet::new();
+                for c in list {
+                    if !self.config.collections.contains_key(c) {
+                        return Err(ApiError::unknown_collection(c));
+                    }
+                    out.insert(c.clone());
+                }
+                Ok(out.into_iter().collect())
+            }
+        }
+    }
+
+    /// One page of changes after `req.cursor` in the caller's scopes.
+    pub async fn pull(&self, caller: &Caller, req: &PullRequest) -> Result<PullPage, ApiError> {
+        let limits = &self.config.limits;
+        let limit = req.limit.unwrap_or(limits.default_page_rows).clamp(1, limits.max_page_rows) as usize;
+        let collections = self.collections(req.collections.as_deref())?;
+        let mut cursor = match &req.cursor {
+            Some(s) => self.codec.decode(&caller.user_id, s)?,
+            None => Cursor::default(),
+        };
+        // Streams of scopes the caller lost start being evicted; regained ones stop.
+        let lost: Vec<StreamKey> = cursor.streams.keys().filter(|k| !caller.can_access(&k.scope)).cloned().collect();
+        for k in lost {
+            cursor.streams.remove(&k);
+            cursor.revoking.insert(k, Position::ZERO);
+        }
+        cursor.revoking.retain(|k, _| !caller.can_access(&k.scope));
+
+        let mut scans = Vec::new();
+        for scope in &caller.scopes {
+            for c in &collections {
+                let key = StreamKey::new(scope, c);
+                let after = cursor.streams.get(&key).copied().unwrap_or(Position::ZERO);
+                scans.push(Scan { key, after, upto: None, limit: limit + 1 });
+            }
+        }
+        let live = scans.len();
+        for (key, after) in &cursor.revoking {
+            if collections.contains(&key.collection) {
+                scans.push(Scan { key: key.clone(), after: *after, upto: None, limit: limit + 1 });
+            }
+        }
+        let totals = req
+            .want_totals
+            .then(|| (caller.scopes.iter().cloned().collect::<Vec<_>>(), collections.clone()));
+        let read = self.storage.read(ReadRequest { scans: scans.clone(), totals }).await?;
+
+        // Merge every stream in global position order and take the first `limit`.
+        let mut merged: Vec<(Position, usize, &ChangeRow)> = read
+            .rows
+            .iter()
+            .enumerate()
+            .flat_map(|(i, rows)| rows.iter().map(move |r| (r.position, i, r)))
+            .collect();
+        merged.sort_by_key(|(p, i, _)| (*p, *i));
+        let has_more = merged.len() > limit;
+        merged.truncate(limit);
+
+        let mut taken = vec![0usize; scans.len()];
+        let mut changes: BTreeMap<String, CollectionChanges> = BTreeMap::new();
+        for (pos, i, row) in &merged {
+            taken[*i] += 1;
+            let key = &scans[*i].key;
+            let page = changes.entry(key.collection.clone()).or_default();
+            if *i >= live {
+                cursor.revoking.insert(key.clone(), *pos);
+                page.evictions.push(row.record_id.clone());
+                continue;
+            }
+            cursor.streams.insert(key.clone(), *pos);
+            let echo = row.kind != ChangeKind::Evict && req.client_id.is_some() && row.client_id == req.client_id;
+            if echo {
+                continue;
+            }
+            match (row.kind, &row.record) {
+                (ChangeKind::Upsert, Some(rec)) => page.upserts.push(ServerRecord {
+                    id: row.record_id.clone(),
+                    version: rec.version,
+                    fields: rec.fields.clone(),
+                }),
+                (ChangeKind::Upsert, None) => {
+                    tracing::warn!(record = %row.record_id, "change row without record; skipped")
+                }
+                (ChangeKind::Delete, _) => page.deletes.push(row.record_id.clone()),
+                (ChangeKind::Evict, _) => page.evictions.push(row.record_id.clone()),
+            }
+        }
+        for (i, scan) in scans.iter().enumerate().skip(live) {
+            if read.rows[i].len() <= limit && taken[i] == read.rows[i].len() {
+                cursor.revoking.remove(&scan.key);
+            }
+        }
+        for page in changes.values_mut() {
+            // A record that moved between two of the caller's scopes: keep the live entry.
+            let live_ids: BTreeSet<&String> =
+                page.upserts.iter().map(|r| &r.id).chain(page.deletes.iter()).collect();
+            let evictions = std::mem::take(&mut page.evictions);
+            page.evictions = evictions.into_iter().filter(|id| !live_ids.contains(id)).collect();
+        }
+        changes.retain(|_, c| !c.is_empty());
+        if !has_more {
+            cursor.watermark = read.watermark;
+        }
+        Ok(PullPage {
+            cursor: self.codec.encode(&caller.user_id, &cursor),
+            has_more,
+            changes,
+            totals: req.want_totals.then_some(read.totals),
+        })
+    }
+
+    /// Applies a push: each mutation on its own merits, idempotent by mutation id.
+    pub async fn push(&self, caller: &Caller, req: PushRequest) -> Result<PushResponse, ApiError> {
+        if req.client_id.is_empty() {
+            return Err(ApiError::bad_request(error_code::INVALID_REQUEST, "client_id must not be empty"));
+        }
+        let max = self.config.limits.max_push_mutations;
+        if req.mutations.len() > max {
+            return Err(ApiError::bad_request(
+                error_code::INVALID_REQUEST,
+                format!("a push carries at most {max} mutations"),
+            ));
+        }
+        if let Some(m) = req.mutations.iter().find(|m| m.mutation_id.is_empty() || m.mutation_id.len() > 128) {
+            return Err(ApiError::bad_request(
+                error_code::INVALID_REQUEST,
+                format!("mutation id {:?} must be 1..=128 bytes", m.mutation_id),
+            ));
+        }
+        let ids: Vec<String> = req.mutations.iter().map(|m| m.mutation_id.clone()).collect();
+        let mutations = req
+            .mutations
+            .into_iter()
+            .map(|m| PlannedMutation {
+                mutation_id: Some(m.mutation_id),
+                collection: m.collection,
+                record_id: m.record_id,
+                op: m.op,
+                fields: m.fields,
+                precondition: m.base_version.map_or(Precondition::None, Precondition::BaseVersion),
+                lenient: false,
+            })
+            .collect();
+        let result = self
+            .storage
+            .write(WriteBatch {
+                caller: caller.clone(),
+                client_id: Some(req.client_id),
+                config: self.config.clone(),
+                mutations,
+                abort_on_conflict: false,
+            })
+            .await?;
+        let results = ids
+            .into_iter()
+            .zip(result.outcomes)
+            .map(|(mutation_id, outcome)| MutationResult { mutation_id, outcome })
+            .collect();
+        Ok(PushResponse { results, write_checkpoint: encode_checkpoint(result.checkpoint) })
+    }
+
+    /// WatermelonDB pull: every change since `last_pulled_at` (a position, not a time).
+    pub async fn watermelon_pull(
+        &self,
+        caller: &Caller,
+        last_pulled_at: Option<i64>,
+        migration: Option<&WatermelonMigration>,
+    ) -> Result<watermelon::PullResponse, ApiError> {
+        let since = last_pulled_at.filter(|t| *t > 0);
+        let mut full: BTreeSet<&str> = BTreeSet::new();
+        if let Some(m) = migration {
+            full.extend(m.tables.iter().map(String::as_str));
+            full.extend(m.columns.iter().map(|c| c.table.as_str()));
+        }
+        let mut scans = Vec::new();
+        for scope in &caller.scopes {
+            for c in self.config.collections.keys() {
+                let after = match since {
+                    Some(t) if !full.contains(c.as_str()) => Position(t, -1),
+                    _ => Position::ZERO,
+                };
+                scans.push(Scan { key: StreamKey::new(scope, c), after, upto: None, limit: usize::MAX });
+            }
+        }
+        let read = self.storage.read(ReadRequest { scans: scans.clone(), totals: None }).await?;
+        let mut changes: watermelon::Changes = BTreeMap::new();
+        for (scan, rows) in scans.iter().zip(&read.rows) {
+            let table = changes.entry(scan.key.collection.clone()).or_default();
+            for row in rows {
+                match (row.kind, &row.record) {
+                    (ChangeKind::Upsert, Some(rec)) => {
+                        let mut raw = watermelon::RawRecord::new();
+                        raw.insert("id".into(), Value::String(row.record_id.clone()));
+                        raw.extend(rec.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        match since {
+                            Some(t) if rec.created_at < t => table.updated.push(raw),
+                            _ => table.created.push(raw),
+                        }
+                    }
+                    (ChangeKind::Upsert, None) => {}
+                    (ChangeKind::Delete | ChangeKind::Evict, _) => table.deleted.push(row.record_id.clone()),
+                }
+            }
+        }
+        for table in changes.values_mut() {
+            let live: BTreeSet<Value> =
+                table.created.iter().chain(&table.updated).filter_map(|r| r.get("id").cloned()).collect();
+            table.deleted.retain(|id| !live.contains(&Value::String(id.clone())));
+            table.deleted.sort();
+            table.deleted.dedup();
+        }
+        Ok(watermelon::PullResponse { changes, timestamp: read.watermark.0 })
+    }
+
+    /// WatermelonDB push: all-or-nothing on conflict, per-record rejections reported
+    /// in `experimentalRejectedIds`.
+    pub async fn watermelon_push(
+        &self,
+        caller: &Caller,
+        last_pulled_at: i64,
+        changes: watermelon::Changes,
+    ) -> Result<watermelon::PushResponse, ApiError> {
+        let mut mutations = Vec::new();
+        let mut tables = Vec::new();
+        let plan = |table: &str, id: String, op: Op, fields: Fields| PlannedMutation {
+            mutation_id: None,
+            collection: table.to_string(),
+            record_id: id,
+            op,
+            fields,
+            precondition: Precondition::UnchangedSince(last_pulled_at),
+            lenient: true,
+        };
+        for (table, t) in changes {
+            if !self.config.collections.contains_key(&table) {
+                return Err(ApiError::unknown_collection(&table));
+            }
+            for (op, raws) in [(Op::Create, t.created), (Op::Update, t.updated)] {
+                for mut raw in raws {
+                    let Some(Value::String(id)) = raw.remove("id") else {
+                        return Err(ApiError::bad_request(
+                            error_code::INVALID_REQUEST,
+                            format!("a record in {table:?} has no string `id`"),
+                        ));
+                    };
+                    raw.remove("_status");
+                    raw.remove("_changed");
+                    mutations.push(plan(&table, id, op, raw));
+                    tables.push(table.clone());
+                }
+            }
+            for id in t.deleted {
+                mutations.push(plan(&table, id, Op::Delete, Fields::new()));
+                tables.push(table.clone());
+            }
+        }
+        let ids: Vec<String> = mutations.iter().map(|m| m.record_id.clone()).collect();
+        let result = self
+            .storage
+            .write(WriteBatch {
+                caller: caller.clone(),
+                client_id: None,
+                config: self.config.clone(),
+                mutations,
+                abort_on_conflict: true,
+            })
+            .await?;
+        if result.aborted {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                CONFLICT,
+                "a record changed on the server after last_pulled_at; pull, then push again",
+            ));
+        }
+        let mut rejected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for ((table, id), outcome) in tables.into_iter().zip(ids).zip(result.outcomes) {
+            if let MutationOutcome::Rejected { code, message } = outcome {
+                tracing::info!(%table, record = %id, code = code.as_str(), %message, "watermelon record rejected");
+                debug_assert!(code != RejectCode::UnknownCollection);
+                rejected.entry(table).or_default().push(id);
+            }
+        }
+        Ok(watermelon::PushResponse { experimental_rejected_ids: (!rejected.is_empty()).then_some(rejected) })
+    }
+}
+
+fn encode_checkpoint(p: Position) -> String {
+    format!("{CHECKPOINT_PREFIX}{}.{}", p.0, p.1)
+}

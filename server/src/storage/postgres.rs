@@ -1,0 +1,326 @@
+//! PostgreSQL 15 backend, for scale: tokio-postgres through a deadpool pool.
+//!
+//! Sequence order is not commit order on PostgreSQL, so a change's position is
+//! `(txid, seq)`: the writing transaction's id (`pg_current_xact_id()`) and a
+//! sequence value. A read returns only changes with `txid < pg_snapshot_xmin` of its
+//! own snapshot: every transaction below that is finished, so nothing can later
+//! commit *before* a position already handed out, and a cursor never skips a late
+//! committer. Reads run in one REPEATABLE READ READ ONLY transaction so all scans
+//! share that snapshot. This module must never hand out a position at or above the
+//! watermark.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls};
+
+use super::{
+    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult, decode_fields,
+    decode_outcome, encode_outcome,
+};
+use crate::cursor::Position;
+use crate::engine::{Decision, decide};
+use crate::error::ServerError;
+use crate::storage::ChangeKind;
+
+const SCHEMA: &str = "
+SELECT pg_advisory_xact_lock(7400250301);
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    collection text NOT NULL, id text NOT NULL, scope text NOT NULL,
+    version bigint NOT NULL, deleted boolean NOT NULL, data jsonb NOT NULL,
+    changed_at bigint NOT NULL, created_at bigint NOT NULL,
+    PRIMARY KEY (collection, id));
+CREATE TABLE IF NOT EXISTS changes (
+    scope text NOT NULL, collection text NOT NULL, record_id text NOT NULL,
+    txid bigint NOT NULL, seq bigint NOT NULL, kind smallint NOT NULL, client_id text,
+    PRIMARY KEY (scope, collection, record_id));
+CREATE INDEX IF NOT EXISTS changes_stream ON changes (scope, collection, txid, seq);
+CREATE SEQUENCE IF NOT EXISTS change_seq;
+CREATE TABLE IF NOT EXISTS totals (
+    scope text NOT NULL, collection text NOT NULL, count bigint NOT NULL,
+    PRIMARY KEY (scope, collection));
+CREATE TABLE IF NOT EXISTS mutations (
+    user_id text NOT NULL, mutation_id text NOT NULL, outcome text,
+    PRIMARY KEY (user_id, mutation_id));
+";
+
+/// Attempts of a write batch that hit a serialization failure, deadlock or a
+/// concurrent duplicate insert before the push answers 503.
+const WRITE_ATTEMPTS: usize = 4;
+
+pub struct PgStorage {
+    pool: Pool,
+}
+
+impl PgStorage {
+    /// Connects a pool and creates the schema if missing.
+    pub async fn connect(url: &str) -> Result<PgStorage, ServerError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| ServerError::DatabaseUrl(e.to_string()))?;
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| ServerError::Pool(e.to_string()))?;
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(SCHEMA).await?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('cursor_secret', $1) ON CONFLICT DO NOTHING",
+            &[&super::new_secret()],
+        )
+        .await?;
+        tx.commit().await?;
+        drop(client);
+        Ok(PgStorage { pool })
+    }
+
+    /// The connection pool (tests use it to hold transactions open).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Applies a batch inside an open transaction without committing. `Ok(None)` means
+    /// the batch aborted on a conflict and the caller must roll back. Exposed so tests
+    /// can commit concurrent writers in a chosen order.
+    pub async fn write_in(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<Option<Vec<ferry_protocol::MutationOutcome>>, ServerError> {
+        let txid: i64 = tx.query_one("SELECT pg_current_xact_id()::text::bigint", &[]).await?.get(0);
+        let claim = tx
+            .prepare_cached(
+                "INSERT INTO mutations (user_id, mutation_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let stored = tx.prepare_cached("SELECT outcome FROM mutations WHERE user_id = $1 AND mutation_id = $2").await?;
+        let remember =
+            tx.prepare_cached("UPDATE mutations SET outcome = $3 WHERE user_id = $1 AND mutation_id = $2").await?;
+        let forget = tx.prepare_cached("DELETE FROM mutations WHERE user_id = $1 AND mutation_id = $2").await?;
+        let load = tx
+            .prepare_cached(
+                "SELECT scope, version, deleted, data, changed_at, created_at FROM records
+                 WHERE collection = $1 AND id = $2 FOR UPDATE",
+            )
+            .await?;
+        let insert_record = tx
+            .prepare_cached(
+                "INSERT INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let update_record = tx
+            .prepare_cached(
+                "UPDATE records SET scope = $3, version = $4, deleted = $5, data = $6, changed_at = $7
+                 WHERE collection = $1 AND id = $2",
+            )
+            .await?;
+        let set_change = tx
+            .prepare_cached(
+                "INSERT INTO changes (scope, collection, record_id, txid, seq, kind, client_id)
+                 VALUES ($1, $2, $3, $4, nextval('change_seq'), $5, $6)
+                 ON CONFLICT (scope, collection, record_id) DO UPDATE SET
+                   txid = excluded.txid, seq = excluded.seq, kind = excluded.kind, client_id = excluded.client_id",
+            )
+            .await?;
+        let add_total = tx
+            .prepare_cached(
+                "INSERT INTO totals (scope, collection, count) VALUES ($1, $2, $3)
+                 ON CONFLICT (scope, collection) DO UPDATE SET count = totals.count + excluded.count",
+            )
+            .await?;
+        let user = &batch.caller.user_id;
+        let mut outcomes = Vec::with_capacity(batch.mutations.len());
+        for m in &batch.mutations {
+            if let Some(mid) = &m.mutation_id {
+                // Claim the id first: a concurrent push of the same id waits here for
+                // the first one to commit, then replays its stored outcome.
+                if tx.execute(&claim, &[user, mid]).await? == 0 {
+                    let outcome: Option<String> = tx.query_one(&stored, &[user, mid]).await?.get(0);
+                    if let Some(json) = outcome {
+                        outcomes.push(decode_outcome(&json)?);
+                        continue;
+                    }
+                }
+            }
+            let outcome = loop {
+                let current = match tx.query_opt(&load, &[&m.collection, &m.record_id]).await? {
+                    Some(r) => Some(CurrentRow {
+                        scope: r.get(0),
+                        version: r.get::<_, i64>(1) as u64,
+                        deleted: r.get(2),
+                        fields: decode_fields(r.get(3))?,
+                        changed_at: r.get(4),
+                        created_at: r.get(5),
+                    }),
+                    None => None,
+                };
+                let decision = decide(&batch.config, &batch.caller, m, current.as_ref());
+                let remembered = decision.remembered();
+                let outcome = match decision {
+                    Decision::Conflict { .. } if batch.abort_on_conflict => return Ok(None),
+                    Decision::Conflict { outcome } | Decision::NoWrite { outcome } => outcome,
+                    Decision::Write { row, changes, totals, outcome } => {
+                        let data = serde_json::Value::Object(row.fields);
+                        let version = row.version as i64;
+                        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                            [&m.collection, &m.record_id, &row.scope, &version, &row.deleted, &data, &txid];
+                        if current.is_none() {
+                            if tx.execute(&insert_record, &args).await? == 0 {
+                                // A concurrent create of this id committed first: decide again.
+                                continue;
+                            }
+                        } else {
+                            tx.execute(&update_record, &args).await?;
+                        }
+                        for (scope, kind) in &changes {
+                            tx.execute(&set_change, &[scope, &m.collection, &m.record_id, &txid, &kind.code(), &batch.client_id])
+                                .await?;
+                        }
+                        for (scope, delta) in &totals {
+                            tx.execute(&add_total, &[scope, &m.collection, delta]).await?;
+                        }
+                        outcome
+                    }
+                };
+                if let Some(mid) = &m.mutation_id {
+                    if remembered {
+                        tx.execute(&remember, &[user, mid, &encode_outcome(&outcome)]).await?;
+                    } else {
+                        tx.execute(&forget, &[user, mid]).await?;
+                    }
+                }
+                break outcome;
+            };
+            outcomes.push(outcome);
+        }
+        Ok(Some(outcomes))
+    }
+
+    async fn write_once(&self, batch: &WriteBatch) -> Result<WriteResult, ServerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(outcomes) = Self::write_in(&tx, batch).await? else {
+            tx.rollback().await?;
+            return Ok(WriteResult { outcomes: vec![], checkpoint: Position::ZERO, aborted: true });
+        };
+        tx.commit().await?;
+        let xmax: i64 =
+            client.query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint", &[]).await?.get(0);
+        Ok(WriteResult { outcomes, checkpoint: Position(xmax, 0), aborted: false })
+    }
+}
+
+fn retryable(e: &ServerError) -> bool {
+    let ServerError::Postgres(e) = e else { return false };
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::UNIQUE_VIOLATION
+    )
+}
+
+#[async_trait]
+impl Storage for PgStorage {
+    async fn read(&self, req: ReadRequest) -> Result<ReadResult, ServerError> {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        // First statement: fixes the snapshot, and its xmin is the watermark.
+        let xmin: i64 =
+            tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", &[]).await?.get(0);
+        let scan = tx
+            .prepare_cached(
+                "SELECT c.txid, c.seq, c.record_id, c.kind, c.client_id, r.version, r.created_at, r.data
+                 FROM changes c LEFT JOIN records r
+                   ON c.kind = 0 AND r.collection = c.collection AND r.id = c.record_id
+                 WHERE c.scope = $1 AND c.collection = $2
+                   AND (c.txid, c.seq) > ($3, $4) AND (c.txid, c.seq) <= ($5, $6) AND c.txid < $7
+                 ORDER BY c.txid, c.seq LIMIT $8",
+            )
+            .await?;
+        let mut rows = Vec::with_capacity(req.scans.len());
+        for s in &req.scans {
+            let upto = s.upto.unwrap_or(Position::MAX);
+            let limit = i64::try_from(s.limit).unwrap_or(i64::MAX);
+            let result = tx
+                .query(
+                    &scan,
+                    &[&s.key.scope, &s.key.collection, &s.after.0, &s.after.1, &upto.0, &upto.1, &xmin, &limit],
+                )
+                .await?;
+            let mut out = Vec::with_capacity(result.len());
+            for r in result {
+                let record = match r.get::<_, Option<serde_json::Value>>(7) {
+                    Some(data) => Some(RecordData {
+                        version: r.get::<_, i64>(5) as u64,
+                        created_at: r.get(6),
+                        fields: decode_fields(data)?,
+                    }),
+                    None => None,
+                };
+                out.push(ChangeRow {
+                    position: Position(r.get(0), r.get(1)),
+                    record_id: r.get(2),
+                    kind: ChangeKind::from_code(r.get::<_, i16>(3).into())?,
+                    client_id: r.get(4),
+                    record,
+                });
+            }
+            rows.push(out);
+        }
+        let mut totals = BTreeMap::new();
+        if let Some((scopes, collections)) = &req.totals {
+            for c in collections {
+                totals.insert(c.clone(), 0);
+            }
+            let sums = tx
+                .query(
+                    "SELECT collection, SUM(count)::bigint FROM totals
+                     WHERE scope = ANY($1) AND collection = ANY($2) GROUP BY collection",
+                    &[scopes, collections],
+                )
+                .await?;
+            for r in sums {
+                totals.insert(r.get(0), r.get::<_, i64>(1).max(0) as u64);
+            }
+        }
+        tx.commit().await?;
+        Ok(ReadResult { rows, watermark: Position(xmin, 0), totals })
+    }
+
+    async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ServerError> {
+        let mut attempt = 1;
+        loop {
+            match self.write_once(&batch).await {
+                Err(e) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(attempt, error = %e, "retrying write batch");
+                    attempt += 1;
+                }
+                Err(e) if retryable(&e) => return Err(ServerError::Pool(format!("write contention: {e}"))),
+                other => return other,
+            }
+        }
+    }
+
+    async fn secret(&self) -> Result<Vec<u8>, ServerError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one("SELECT value FROM meta WHERE key = 'cursor_secret'", &[]).await?.get(0))
+    }
+
+    async fn ping(&self) -> Result<(), ServerError> {
+        let client = self.pool.get().await?;
+        client.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,104 @@
+//! The core's one internal error type.
+//!
+//! Every fallible path in the core returns [`Error`]. Variants are typed so that the
+//! FFI layer can map them to a small public enum without parsing messages, and every
+//! message names the offending collection, column or value so a developer can act on
+//! it. Nothing here may swallow an error or turn it into a panic.
+
+use std::fmt;
+
+/// Result alias used across the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("unknown collection `{0}`")]
+    UnknownCollection(String),
+    #[error("unknown column `{column}` in collection `{collection}`")]
+    UnknownColumn { collection: String, column: String },
+    #[error("wrong type for `{collection}.{column}`: expected {expected}, got {got}")]
+    WrongType {
+        collection: String,
+        column: String,
+        expected: String,
+        got: String,
+    },
+    #[error("`{collection}.{column}` is not nullable and has no default")]
+    NullNotAllowed { collection: String, column: String },
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("record `{id}` not found in `{collection}`")]
+    NotFound { collection: String, id: String },
+    #[error("record `{id}` already exists in `{collection}`")]
+    AlreadyExists { collection: String, id: String },
+    #[error("invalid name `{name}`: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid schema: {0}")]
+    InvalidSchema(String),
+    #[error("incompatible schema change: {0}")]
+    IncompatibleSchema(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server could not be reached (no network, connection refused, timeout).
+    #[error("offline: {0}")]
+    Offline(String),
+    /// The server refused the credentials and a refresh did not help.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The server answered with an error.
+    #[error("server error {status} ({code}): {message}")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The server answered something that breaks the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A mutation was permanently rejected by the server.
+    #[error("rejected by the server ({code}): {message}")]
+    Rejected { code: String, message: String },
+    /// A write conflicted with a newer server version.
+    #[error("conflict on `{collection}/{id}`: the server has a newer version")]
+    Conflict { collection: String, id: String },
+    #[error("the store is closed")]
+    Closed,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::MalformedJson(e.to_string())
+    }
+}
+
+/// A JSON value's type, as named in error messages.
+pub(crate) struct JsonKind<'a>(pub &'a serde_json::Value);
+
+impl fmt::Display for JsonKind<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use serde_json::Value::*;
+        f.write_str(match self.0 {
+            Null => "null",
+            Bool(_) => "boolean",
+            Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Number(_) => "number",
+            String(_) => "string",
+            Array(_) => "array",
+            Object(_) => "object",
+        })
+    }
+}

@@ -1,0 +1,325 @@
+//! Change events and their delivery.
+//!
+//! Every committed transaction yields exactly one [`ChangeEvent`]: per collection,
+//! the upserted rows and the deleted ids, plus where the change came from. Events
+//! are queued while the writer still holds its lock (so their order is commit
+//! order) but are delivered on a dedicated dispatcher thread, never while a store
+//! lock is held. A slow listener delays only later deliveries, never a write; a
+//! panicking listener is caught and logged. Observed queries re-run on that thread,
+//! once per burst of events however many touched their collection.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeSource {
+    /// A local write by the app.
+    Local,
+    /// Published from the server by a pull, or confirmed by a push.
+    Remote,
+    /// An optimistic or rejected change undone.
+    Rollback,
+}
+
+/// The changes of one collection within an event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectionChange {
+    pub collection: String,
+    /// Rows as apps see them ([`crate::Record::to_json`]).
+    pub upserted: Vec<Value>,
+    pub deleted: Vec<String>,
+}
+
+/// One committed transaction's changes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChangeEvent {
+    pub source: ChangeSource,
+    pub changes: Vec<CollectionChange>,
+}
+
+impl ChangeEvent {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("event serializes")
+    }
+
+    pub fn collection(&self, name: &str) -> Option<&CollectionChange> {
+        self.changes.iter().find(|c| c.collection == name)
+    }
+}
+
+/// Collects the changes of one transaction, keeping the last state of each record.
+#[derive(Default)]
+pub(crate) struct EventBuilder {
+    collections: BTreeMap<String, PendingChanges>,
+}
+
+#[derive(Default)]
+struct PendingChanges {
+    order: Vec<String>,
+    rows: HashMap<String, Option<Value>>,
+}
+
+impl EventBuilder {
+    pub fn upsert(&mut self, collection: &str, id: &str, row: Value) {
+        self.put(collection, id, Some(row));
+    }
+
+    pub fn delete(&mut self, collection: &str, id: &str) {
+        self.put(collection, id, None);
+    }
+
+    fn put(&mut self, collection: &str, id: &str, row: Option<Value>) {
+        let c = self.collections.entry(collection.to_string()).or_default();
+        if c.rows.insert(id.to_string(), row).is_none() {
+            c.order.push(id.to_string());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.collections.is_empty()
+    }
+
+    pub fn build(self, source: ChangeSource) -> ChangeEvent {
+        let changes = self
+            .collections
+            .into_iter()
+            .map(|(collection, mut p)| {
+                let mut upserted = Vec::new();
+                let mut deleted = Vec::new();
+                for id in p.order {
+                    match p.rows.remove(&id).flatten() {
+                        Some(row) => upserted.push(row),
+                        None => deleted.push(id),
+                    }
+                }
+                CollectionChange {
+                    collection,
+                    upserted,
+                    deleted,
+                }
+            })
+            .collect();
+        ChangeEvent { source, changes }
+    }
+}
+
+/// Receives every committed change event.
+pub trait ChangeListener: Send + Sync {
+    fn on_change(&self, event: &ChangeEvent);
+}
+
+/// Receives the new result of an observed query.
+pub trait QueryListener: Send + Sync {
+    fn on_result(&self, rows: &[Value]);
+}
+
+impl<F: Fn(&ChangeEvent) + Send + Sync> ChangeListener for F {
+    fn on_change(&self, event: &ChangeEvent) {
+        self(event)
+    }
+}
+
+impl<F: Fn(&[Value]) + Send + Sync> QueryListener for F {
+    fn on_result(&self, rows: &[Value]) {
+        self(rows)
+    }
+}
+
+/// Runs an observed query; provided by the store.
+pub(crate) type QueryRunner = Arc<dyn Fn() -> Result<Vec<Value>> + Send + Sync>;
+
+struct Observer {
+    collection: String,
+    run: QueryRunner,
+    listener: Arc<dyn QueryListener>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    change: HashMap<u64, Arc<dyn ChangeListener>>,
+    observers: HashMap<u64, Arc<Observer>>,
+}
+
+enum Msg {
+    Event(Arc<ChangeEvent>),
+    Observe(u64),
+    Flush(Sender<()>),
+}
+
+/// Owns the dispatcher thread and the listener registry.
+pub(crate) struct Dispatcher {
+    tx: Mutex<Option<Sender<Msg>>>,
+    registry: Arc<Mutex<Registry>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Dispatcher {
+    pub fn start() -> Arc<Dispatcher> {
+        let (tx, rx) = channel();
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let reg = registry.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferry-events".into())
+            .spawn(move || run(rx, reg))
+            .expect("spawn event thread");
+        Arc::new(Dispatcher {
+            tx: Mutex::new(Some(tx)),
+            registry,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Queues an event; call while still holding the writer lock.
+    pub fn emit(&self, event: ChangeEvent) {
+        self.send(Msg::Event(Arc::new(event)));
+    }
+
+    pub fn subscribe(self: &Arc<Self>, listener: Arc<dyn ChangeListener>) -> Subscription {
+        let mut r = self.registry.lock();
+        r.next_id += 1;
+        let id = r.next_id;
+        r.change.insert(id, listener);
+        Subscription::new(self, id)
+    }
+
+    pub fn observe(
+        self: &Arc<Self>,
+        collection: &str,
+        run: QueryRunner,
+        listener: Arc<dyn QueryListener>,
+    ) -> Subscription {
+        let id = {
+            let mut r = self.registry.lock();
+            r.next_id += 1;
+            let id = r.next_id;
+            r.observers.insert(
+                id,
+                Arc::new(Observer {
+                    collection: collection.to_string(),
+                    run,
+                    listener,
+                }),
+            );
+            id
+        };
+        self.send(Msg::Observe(id));
+        Subscription::new(self, id)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut r = self.registry.lock();
+        r.change.remove(&id);
+        r.observers.remove(&id);
+    }
+
+    /// Blocks until every event queued before this call has been delivered.
+    pub fn flush(&self) {
+        let (tx, rx) = channel();
+        self.send(Msg::Flush(tx));
+        let _ = rx.recv();
+    }
+
+    /// Stops the thread after it has delivered what is queued.
+    pub fn shutdown(&self) {
+        self.tx.lock().take();
+        if let Some(t) = self.thread.lock().take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: Receiver<Msg>, registry: Arc<Mutex<Registry>>) {
+    while let Ok(first) = rx.recv() {
+        // Drain the burst so observed queries re-run once for all of it.
+        let mut batch = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        let mut touched: HashSet<String> = HashSet::new();
+        let mut fresh: Vec<u64> = Vec::new();
+        let mut flushes = Vec::new();
+        for msg in batch {
+            match msg {
+                Msg::Event(ev) => {
+                    let listeners: Vec<_> = registry.lock().change.values().cloned().collect();
+                    for l in listeners {
+                        guarded("change listener", || l.on_change(&ev));
+                    }
+                    touched.extend(ev.changes.iter().map(|c| c.collection.clone()));
+                }
+                Msg::Observe(id) => fresh.push(id),
+                Msg::Flush(done) => flushes.push(done),
+            }
+        }
+        let observers: Vec<(u64, Arc<Observer>)> = registry
+            .lock()
+            .observers
+            .iter()
+            .filter(|(id, o)| touched.contains(&o.collection) || fresh.contains(id))
+            .map(|(id, o)| (*id, o.clone()))
+            .collect();
+        for (_, o) in observers {
+            match (o.run)() {
+                Ok(rows) => guarded("query listener", || o.listener.on_result(&rows)),
+                Err(e) => {
+                    tracing::warn!(collection = %o.collection, error = %e, "observed query failed")
+                }
+            }
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+fn guarded(what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!("a {what} panicked; the event was still delivered to the others");
+    }
+}
+
+/// Keeps a listener registered; dropping it (or [`Subscription::cancel`]) unsubscribes.
+pub struct Subscription {
+    dispatcher: std::sync::Weak<Dispatcher>,
+    id: u64,
+}
+
+impl Subscription {
+    fn new(d: &Arc<Dispatcher>, id: u64) -> Self {
+        Subscription {
+            dispatcher: Arc::downgrade(d),
+            id,
+        }
+    }
+
+    pub fn cancel(&self) {
+        if let Some(d) = self.dispatcher.upgrade() {
+            d.remove(self.id);
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}

@@ -1,0 +1,353 @@
+//! Collection definitions: parsing, validation and value checking.
+//!
+//! The app declares its collections once, in JSON, with the same shape on every
+//! platform. This module turns that JSON into a validated [`Schema`] and checks
+//! record values against it. It must never let an unchecked name reach SQL: every
+//! collection, column and index name is a validated identifier, and names starting
+//! with `_` (the core's bookkeeping) or equal to `id` are refused.
+
+mod migrate;
+
+pub use migrate::{Migration, plan_migration};
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, JsonKind, Result};
+
+/// Largest string or JSON value a single column may hold, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Largest JSON document the core accepts in one call (a record or a batch).
+pub const MAX_INPUT_BYTES: usize = 64 << 20;
+/// Longest accepted record id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+const MAX_NAME_LEN: usize = 63;
+
+/// The type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Json,
+}
+
+impl ColumnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Number => "number",
+            ColumnType::Integer => "integer",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Json => "json",
+        }
+    }
+
+    /// The SQLite declared type (and so its affinity).
+    pub(crate) fn sql_type(self) -> &'static str {
+        match self {
+            ColumnType::String | ColumnType::Json => "TEXT",
+            ColumnType::Number => "REAL",
+            ColumnType::Integer | ColumnType::Boolean => "INTEGER",
+        }
+    }
+}
+
+/// One column of a collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    #[serde(default)]
+    pub nullable: bool,
+    /// Value used on create when the field is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+}
+
+/// A secondary index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub unique: bool,
+}
+
+impl Index {
+    /// Deterministic SQL name of the index in `collection`.
+    pub(crate) fn sql_name(&self, collection: &str) -> String {
+        format!(
+            "idx_{}_{}{}",
+            collection,
+            self.columns.join("_"),
+            if self.unique { "_u" } else { "" }
+        )
+    }
+}
+
+/// Whether a collection takes part in sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    #[default]
+    Synced,
+    LocalOnly,
+}
+
+/// A collection: one SQLite table of records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collection {
+    pub name: String,
+    pub columns: Vec<Column>,
+    #[serde(default)]
+    pub indexes: Vec<Index>,
+    #[serde(default)]
+    pub sync: SyncMode,
+}
+
+impl Collection {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.sync == SyncMode::Synced
+    }
+
+    pub(crate) fn unknown_column(&self, column: &str) -> Error {
+        Error::UnknownColumn {
+            collection: self.name.clone(),
+            column: column.to_string(),
+        }
+    }
+
+    /// Checks one value against its column, returning it in canonical form.
+    pub fn check_value(&self, column: &Column, value: &Value) -> Result<()> {
+        let wrong = || Error::WrongType {
+            collection: self.name.clone(),
+            column: column.name.clone(),
+            expected: column.ty.as_str().to_string(),
+            got: JsonKind(value).to_string(),
+        };
+        match (column.ty, value) {
+            (_, Value::Null) if column.nullable => Ok(()),
+            (_, Value::Null) => Err(Error::NullNotAllowed {
+                collection: self.name.clone(),
+                column: column.name.clone(),
+            }),
+            (ColumnType::String, Value::String(s)) => self.check_size(column, s.len()),
+            (ColumnType::Number, Value::Number(_)) => Ok(()),
+            (ColumnType::Integer, Value::Number(n)) if n.is_i64() => Ok(()),
+            (ColumnType::Boolean, Value::Bool(_)) => Ok(()),
+            (ColumnType::Json, v) => self.check_size(column, v.to_string().len()),
+            _ => Err(wrong()),
+        }
+    }
+
+    fn check_size(&self, column: &Column, size: usize) -> Result<()> {
+        if size > MAX_VALUE_BYTES {
+            return Err(Error::TooLarge {
+                what: format!("value of `{}.{}`", self.name, column.name),
+                size,
+                limit: MAX_VALUE_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The app's whole schema: a version and its collections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    pub version: u32,
+    pub collections: Vec<Collection>,
+}
+
+impl Schema {
+    /// Parses and validates a schema document.
+    pub fn from_json(json: &str) -> Result<Schema> {
+        let schema: Schema = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidSchema(format!("cannot parse schema JSON: {e}")))?;
+        schema.validate()?;
+        Ok(schema)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("schema serializes")
+    }
+
+    pub fn collection(&self, name: &str) -> Result<&Collection> {
+        self.collections
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| Error::UnknownCollection(name.to_string()))
+    }
+
+    /// Checks names, duplicates, defaults and indexes.
+    pub fn validate(&self) -> Result<()> {
+        if self.version == 0 {
+            return Err(Error::InvalidSchema("version must be 1 or more".into()));
+        }
+        let mut seen = BTreeMap::new();
+        for c in &self.collections {
+            validate_name(&c.name)?;
+            if seen.insert(c.name.as_str(), ()).is_some() {
+                return Err(Error::InvalidSchema(format!(
+                    "collection `{}` is declared twice",
+                    c.name
+                )));
+            }
+            let mut cols = BTreeMap::new();
+            for col in &c.columns {
+                validate_name(&col.name)?;
+                if cols.insert(col.name.as_str(), ()).is_some() {
+                    return Err(Error::InvalidSchema(format!(
+                        "column `{}.{}` is declared twice",
+                        c.name, col.name
+                    )));
+                }
+                if let Some(d) = &col.default {
+                    c.check_value(col, d).map_err(|e| {
+                        Error::InvalidSchema(format!(
+                            "bad default for `{}.{}`: {e}",
+                            c.name, col.name
+                        ))
+                    })?;
+                }
+            }
+            for idx in &c.indexes {
+                if idx.columns.is_empty() {
+                    return Err(Error::InvalidSchema(format!(
+                        "an index of `{}` has no columns",
+                        c.name
+                    )));
+                }
+                for col in &idx.columns {
+                    if c.column(col).is_none() {
+                        return Err(c.unknown_column(col));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses anything but a plain identifier, and the names the core reserves.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return bad("empty"),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return bad("must start with a letter");
+        }
+        _ => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return bad("only ASCII letters, digits and `_` are allowed");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("longer than 63 characters");
+    }
+    if name.starts_with('_') {
+        return bad("names starting with `_` are reserved for Ferry's bookkeeping");
+    }
+    if name.eq_ignore_ascii_case("id") || name.to_ascii_lowercase().starts_with("sqlite") {
+        return bad("reserved name");
+    }
+    Ok(())
+}
+
+/// Checks a client-supplied record id.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!(
+            "record id must be 1 to {MAX_ID_BYTES} bytes with no control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema(v: Value) -> Result<Schema> {
+        Schema::from_json(&v.to_string())
+    }
+
+    #[test]
+    fn reserved_and_unsafe_names_are_refused() {
+        for bad in [
+            "_status",
+            "id",
+            "a b",
+            "x;drop table t",
+            "",
+            "1abc",
+            "sqlite_master",
+        ] {
+            let r = schema(
+                json!({"version":1,"collections":[{"name":"t","columns":[{"name":bad,"type":"string"}]}]}),
+            );
+            assert!(
+                matches!(r, Err(Error::InvalidName { .. })),
+                "{bad:?} was accepted: {r:?}"
+            );
+        }
+        let r = schema(json!({"version":1,"collections":[{"name":"_ferry_outbox","columns":[]}]}));
+        assert!(matches!(r, Err(Error::InvalidName { .. })));
+    }
+
+    #[test]
+    fn bad_default_and_unknown_index_column_are_refused() {
+        let r = schema(
+            json!({"version":1,"collections":[{"name":"t","columns":[{"name":"n","type":"integer","default":"x"}]}]}),
+        );
+        assert!(matches!(r, Err(Error::InvalidSchema(_))), "{r:?}");
+        let r = schema(
+            json!({"version":1,"collections":[{"name":"t","columns":[],"indexes":[{"columns":["nope"]}]}]}),
+        );
+        assert!(matches!(r, Err(Error::UnknownColumn { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn value_checks_name_the_column_and_types() {
+        let s = schema(json!({"version":1,"collections":[{"name":"t","columns":[
+            {"name":"n","type":"integer"},{"name":"s","type":"string","nullable":true}]}]}))
+        .unwrap();
+        let c = s.collection("t").unwrap();
+        let n = c.column("n").unwrap();
+        assert!(c.check_value(n, &json!(3)).is_ok());
+        let e = c.check_value(n, &json!(3.5)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "wrong type for `t.n`: expected integer, got number"
+        );
+        assert!(matches!(
+            c.check_value(n, &Value::Null),
+            Err(Error::NullNotAllowed { .. })
+        ));
+        let big = "x".repeat(MAX_VALUE_BYTES + 1);
+        assert!(matches!(
+            c.check_value(c.column("s").unwrap(), &json!(big)),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+}

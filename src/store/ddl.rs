@@ -1,0 +1,183 @@
+//! Creating and migrating the database's tables.
+//!
+//! The schema the database was last opened with is stored in `_ferry_meta`, so a
+//! new app version can be compared with it and migrated in one transaction. A
+//! refused migration rolls back completely: the database stays as it was.
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::records::quote;
+use super::{meta_get, meta_set, outbox};
+use crate::error::{Error, Result};
+use crate::schema::{Collection, Index, Migration, Schema, plan_migration};
+
+const META_DDL: &str =
+    "CREATE TABLE IF NOT EXISTS _ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+/// Brings the database to `wanted` (or loads the stored schema when `None`), and
+/// returns the schema in force and the installation's client id.
+pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(Schema, String)> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(META_DDL)?;
+    tx.execute_batch(outbox::DDL)?;
+    crate::sync::staging::create_tables(&tx)?;
+    let stored = match meta_get(&tx, "schema")? {
+        Some(json) => Some(Schema::from_json(&json)?),
+        None => None,
+    };
+    let schema = match (stored, wanted) {
+        (None, None) => {
+            return Err(Error::InvalidSchema(
+                "this database has no schema yet; open it with one (ferry init --schema FILE)"
+                    .into(),
+            ));
+        }
+        (Some(old), None) => old,
+        (None, Some(new)) => {
+            for c in &new.collections {
+                create_collection(&tx, c)?;
+            }
+            new
+        }
+        (Some(old), Some(new)) => {
+            for step in plan_migration(&old, &new)? {
+                run_step(&tx, &step)?;
+            }
+            new
+        }
+    };
+    meta_set(&tx, "schema", &schema.to_json())?;
+    let client_id = match meta_get(&tx, "client_id")? {
+        Some(id) => id,
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            meta_set(&tx, "client_id", &id)?;
+            id
+        }
+    };
+    tx.commit()?;
+    Ok((schema, client_id))
+}
+
+fn create_collection(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
+    let mut sql = format!(
+        "CREATE TABLE {} (id TEXT PRIMARY KEY NOT NULL",
+        quote(&c.name)
+    );
+    for col in &c.columns {
+        sql.push_str(&format!(", {} {}", quote(&col.name), col.ty.sql_type()));
+    }
+    sql.push_str(
+        ", _status TEXT NOT NULL, _changed TEXT, _version INTEGER, \
+         _created_at INTEGER NOT NULL, _updated_at INTEGER NOT NULL);",
+    );
+    tx.execute_batch(&sql)?;
+    // Only pending rows and tombstones are indexed: tiny on a mostly synced table.
+    tx.execute_batch(&format!(
+        "CREATE INDEX {} ON {}(_status) WHERE _status <> 'synced';",
+        quote(&format!("_ferry_{}_pending", c.name)),
+        quote(&c.name)
+    ))?;
+    for idx in &c.indexes {
+        create_index(tx, &c.name, idx)?;
+    }
+    Ok(())
+}
+
+fn create_index(tx: &Transaction<'_>, collection: &str, idx: &Index) -> Result<()> {
+    let cols: Vec<String> = idx.columns.iter().map(|c| quote(c)).collect();
+    tx.execute_batch(&format!(
+        "CREATE {}INDEX {} ON {}({});",
+        if idx.unique { "UNIQUE " } else { "" },
+        quote(&idx.sql_name(collection)),
+        quote(collection),
+        cols.join(", ")
+    ))?;
+    Ok(())
+}
+
+fn count(tx: &Transaction<'_>, sql: &str) -> Result<i64> {
+    Ok(tx.query_row(sql, [], |r| r.get(0))?)
+}
+
+fn run_step(tx: &Transaction<'_>, step: &Migration) -> Result<()> {
+    match step {
+        Migration::CreateCollection(c) => create_collection(tx, c),
+        Migration::AddColumn { collection, column } => {
+            let mut sql = format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                quote(collection),
+                quote(&column.name),
+                column.ty.sql_type()
+            );
+            if let Some(d) = &column.default {
+                // Defaults are checked values; bind-free DDL needs a literal.
+                let lit = match super::records::ToSql::to_sql(d, column.ty) {
+                    rusqlite::types::Value::Null => "NULL".to_string(),
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Real(f) => format!("{f:?}"),
+                    rusqlite::types::Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+                    rusqlite::types::Value::Blob(_) => "NULL".to_string(),
+                };
+                sql.push_str(&format!(" DEFAULT {lit}"));
+            }
+            tx.execute_batch(&sql)?;
+            Ok(())
+        }
+        Migration::DropColumn { collection, column } => {
+            let in_use = count(
+                tx,
+                &format!(
+                    "SELECT COUNT(*) FROM {} WHERE {} IS NOT NULL",
+                    quote(collection),
+                    quote(column)
+                ),
+            )?;
+            if in_use > 0 {
+                return Err(Error::IncompatibleSchema(format!(
+                    "column `{collection}.{column}` was removed but {in_use} records still hold a value in it"
+                )));
+            }
+            tx.execute_batch(&format!(
+                "ALTER TABLE {} DROP COLUMN {}",
+                quote(collection),
+                quote(column)
+            ))?;
+            Ok(())
+        }
+        Migration::DropCollection(name) => {
+            let n = count(tx, &format!("SELECT COUNT(*) FROM {}", quote(name)))?;
+            if n > 0 {
+                return Err(Error::IncompatibleSchema(format!(
+                    "collection `{name}` was removed but still holds {n} records"
+                )));
+            }
+            tx.execute_batch(&format!("DROP TABLE {}", quote(name)))?;
+            Ok(())
+        }
+        Migration::RequireNoNulls { collection, column } => {
+            let n = count(
+                tx,
+                &format!(
+                    "SELECT COUNT(*) FROM {} WHERE {} IS NULL",
+                    quote(collection),
+                    quote(column)
+                ),
+            )?;
+            if n > 0 {
+                return Err(Error::IncompatibleSchema(format!(
+                    "`{collection}.{column}` became non-nullable but {n} records hold null"
+                )));
+            }
+            Ok(())
+        }
+        Migration::CreateIndex { collection, index } => create_index(tx, collection, index),
+        Migration::DropIndex { collection, index } => {
+            tx.execute_batch(&format!(
+                "DROP INDEX IF EXISTS {}",
+                quote(&index.sql_name(collection))
+            ))?;
+            Ok(())
+        }
+    }
+}

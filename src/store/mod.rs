@@ -1,0 +1,687 @@
+//! The local store: records, outbox and metadata in one SQLite database.
+//!
+//! The store is the source of truth for the UI. Every write runs in one
+//! transaction on the single writer connection: the record rows, their outbox
+//! entries and the queued change event commit together or not at all, and the
+//! event is delivered only after the commit (see [`crate::events`]). Reads use
+//! separate reader connections and never wait for the writer. Nothing in here
+//! talks to the network.
+
+mod conn;
+mod ddl;
+pub mod outbox;
+pub mod query;
+pub mod records;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_protocol::Op;
+use parking_lot::Mutex;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params_from_iter};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use outbox::{EntryState, OutboxEntry};
+pub use query::{Filter, Query, Sort};
+pub use records::{Fields, Record, RecordStatus};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::events::{
+    ChangeListener, ChangeSource, Dispatcher, EventBuilder, QueryListener, Subscription,
+};
+use crate::schema::{Collection, MAX_INPUT_BYTES, Schema, validate_id};
+use conn::Readers;
+use outbox::Enqueued;
+use records::{ToSql, check_fields, complete_for_create, normalise, quote, read_record};
+
+/// Most operations accepted in one batch write.
+pub const MAX_BATCH_OPS: usize = 200_000;
+
+/// One write in a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Create a record; `fields` may carry an `id`, else a UUID v7 is made.
+    Create {
+        collection: String,
+        fields: Fields,
+    },
+    /// Change some fields of an existing record.
+    Update {
+        collection: String,
+        id: String,
+        fields: Fields,
+    },
+    /// Update the record with `fields["id"]` if it exists, else create it.
+    Put {
+        collection: String,
+        fields: Fields,
+    },
+    Delete {
+        collection: String,
+        id: String,
+    },
+}
+
+impl WriteOp {
+    /// Parses a `put` document: one object, or an array of objects (a batch).
+    pub fn puts_from_json(collection: &str, json: &str) -> Result<Vec<WriteOp>> {
+        check_input_size(json.len())?;
+        let v: Value = serde_json::from_str(json)?;
+        let items = match v {
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        items
+            .into_iter()
+            .map(|item| {
+                Ok(WriteOp::Put {
+                    collection: collection.to_string(),
+                    fields: records::into_object(item, "a record")?,
+                })
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn check_input_size(len: usize) -> Result<()> {
+    if len > MAX_INPUT_BYTES {
+        return Err(Error::TooLarge {
+            what: "the JSON input".into(),
+            size: len,
+            limit: MAX_INPUT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Counts the `status` command and the sync status report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoreStatus {
+    pub schema_version: u32,
+    pub client_id: String,
+    pub records: std::collections::BTreeMap<String, u64>,
+    pub pending: u64,
+    pub quarantined: u64,
+}
+
+struct Inner {
+    path: PathBuf,
+    schema: Arc<Schema>,
+    writer: Mutex<Connection>,
+    readers: Arc<Readers>,
+    dispatcher: Arc<Dispatcher>,
+    clock: Arc<dyn Clock>,
+    client_id: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.dispatcher.shutdown();
+    }
+}
+
+/// A handle to a local database. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating or migrating) the database at `path` with `schema`.
+    pub fn open(path: impl AsRef<Path>, schema: Schema) -> Result<Store> {
+        Self::open_with(path.as_ref(), Some(schema), Arc::new(SystemClock))
+    }
+
+    /// Opens an existing database with the schema stored in it.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(path.as_ref(), None, Arc::new(SystemClock))
+    }
+
+    /// Opens with an explicit schema (or the stored one) and clock.
+    pub fn open_with(path: &Path, schema: Option<Schema>, clock: Arc<dyn Clock>) -> Result<Store> {
+        if let Some(s) = &schema {
+            s.validate()?;
+        }
+        let mut writer = conn::open_writer(path)?;
+        let (schema, client_id) = ddl::prepare(&mut writer, schema)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                schema: Arc::new(schema),
+                writer: Mutex::new(writer),
+                readers: Arc::new(Readers::new(path)),
+                dispatcher: Dispatcher::start(),
+                clock,
+                client_id,
+            }),
+        })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stable id of this installation, sent to the server with every sync.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn collection(&self, name: &str) -> Result<&Collection> {
+        self.inner.schema.collection(name)
+    }
+
+    /// Runs `f` in one immediate write transaction; emits its event after commit.
+    pub(crate) fn write_tx<T>(
+        &self,
+        source: ChangeSource,
+        f: impl FnOnce(&mut Writer<'_, '_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut w = Writer {
+            tx: &tx,
+            schema: &self.inner.schema,
+            events: EventBuilder::default(),
+            now: self.inner.clock.now_ms(),
+        };
+        let out = f(&mut w)?;
+        let events = std::mem::take(&mut w.events);
+        tx.commit()?;
+        if !events.is_empty() {
+            // Queued under the writer lock so events keep commit order; delivered
+            // later on the dispatcher thread.
+            self.inner.dispatcher.emit(events.build(source));
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch of writes in one transaction: all of them or none.
+    pub fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<Option<Record>>> {
+        if ops.len() > MAX_BATCH_OPS {
+            return Err(Error::TooLarge {
+                what: format!("a batch of {} writes", ops.len()),
+                size: ops.len(),
+                limit: MAX_BATCH_OPS,
+            });
+        }
+        self.write_tx(ChangeSource::Local, |w| {
+            ops.into_iter()
+                .map(|op| match op {
+                    WriteOp::Create { collection, fields } => {
+                        w.create(&collection, fields).map(Some)
+                    }
+                    WriteOp::Update {
+                        collection,
+                        id,
+                        fields,
+                    } => w.update(&collection, &id, fields).map(Some),
+                    WriteOp::Put { collection, fields } => w.put(&collection, fields).map(Some),
+                    WriteOp::Delete { collection, id } => w.delete(&collection, &id).map(|_| None),
+                })
+                .collect()
+        })
+    }
+
+    pub fn create(&self, collection: &str, fields: Fields) -> Result<Record> {
+        self.write_tx(ChangeSource::Local, |w| w.create(collection, fields))
+    }
+
+    pub fn update(&self, collection: &str, id: &str, fields: Fields) -> Result<Record> {
+        self.write_tx(ChangeSource::Local, |w| w.update(collection, id, fields))
+    }
+
+    pub fn put(&self, collection: &str, fields: Fields) -> Result<Record> {
+        self.write_tx(ChangeSource::Local, |w| w.put(collection, fields))
+    }
+
+    pub fn delete(&self, collection: &str, id: &str) -> Result<()> {
+        self.write_tx(ChangeSource::Local, |w| w.delete(collection, id))
+    }
+
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.inner.readers.with(f)
+    }
+
+    /// The record with `id`, unless absent or deleted.
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Record>> {
+        let c = self.collection(collection)?;
+        self.read(|conn| load(conn, c, id))
+            .map(|r| r.filter(|r| r.status != RecordStatus::Deleted))
+    }
+
+    /// The records with these ids that exist, in the order asked.
+    pub fn get_many(&self, collection: &str, ids: &[String]) -> Result<Vec<Record>> {
+        let c = self.collection(collection)?;
+        let mut found: HashMap<String, Record> = HashMap::with_capacity(ids.len());
+        self.read(|conn| {
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE id IN ({marks}) AND _status <> 'deleted'",
+                    records::select_list(c),
+                    quote(&c.name)
+                );
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query(params_from_iter(chunk.iter()))?;
+                while let Some(row) = rows.next()? {
+                    let r = read_record(c, row)?;
+                    found.insert(r.id.clone(), r);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    /// Records matching `q`.
+    pub fn query(&self, collection: &str, q: &Query) -> Result<Vec<Record>> {
+        let c = self.collection(collection)?;
+        self.read(|conn| run_query(conn, c, q))
+    }
+
+    /// How many records match `q` (ignoring its limit and offset).
+    pub fn count(&self, collection: &str, q: &Query) -> Result<u64> {
+        let c = self.collection(collection)?;
+        let unpaged = Query {
+            limit: None,
+            offset: None,
+            sort: vec![],
+            ..q.clone()
+        };
+        let compiled = query::compile(c, &unpaged)?;
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE {}",
+                quote(&c.name),
+                compiled.where_sql
+            );
+            let n: i64 = conn
+                .prepare_cached(&sql)?
+                .query_row(params_from_iter(compiled.params.iter()), |r| r.get(0))?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Every outbox entry, in push order.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        self.read(|conn| outbox::list(conn))
+    }
+
+    pub fn status(&self) -> Result<StoreStatus> {
+        self.read(|conn| {
+            let mut records = std::collections::BTreeMap::new();
+            for c in &self.inner.schema.collections {
+                let n: i64 = conn.query_row(
+                    &format!(
+                        "SELECT COUNT(*) FROM {} WHERE _status <> 'deleted'",
+                        quote(&c.name)
+                    ),
+                    [],
+                    |r| r.get(0),
+                )?;
+                records.insert(c.name.clone(), n as u64);
+            }
+            let (pending, quarantined) = outbox::counts(conn)?;
+            Ok(StoreStatus {
+                schema_version: self.inner.schema.version,
+                client_id: self.inner.client_id.clone(),
+                records,
+                pending,
+                quarantined,
+            })
+        })
+    }
+
+    /// Registers a listener for every committed change.
+    pub fn subscribe(&self, listener: Arc<dyn ChangeListener>) -> Subscription {
+        self.inner.dispatcher.subscribe(listener)
+    }
+
+    /// Observes a query: the listener gets the current result now, then the new
+    /// result after each burst of commits that touch `collection`.
+    pub fn observe(
+        &self,
+        collection: &str,
+        q: Query,
+        listener: Arc<dyn QueryListener>,
+    ) -> Result<Subscription> {
+        let c = self.collection(collection)?.clone();
+        query::compile(&c, &q)?;
+        let readers = self.inner.readers.clone();
+        let run = Arc::new(move || {
+            readers.with(|conn| {
+                Ok(run_query(conn, &c, &q)?
+                    .iter()
+                    .map(Record::to_json)
+                    .collect())
+            })
+        });
+        Ok(self.inner.dispatcher.observe(collection, run, listener))
+    }
+
+    /// Blocks until every event committed before this call was delivered.
+    pub fn flush_events(&self) {
+        self.inner.dispatcher.flush();
+    }
+}
+
+fn run_query(conn: &Connection, c: &Collection, q: &Query) -> Result<Vec<Record>> {
+    let compiled = query::compile(c, q)?;
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}{}",
+        records::select_list(c),
+        quote(&c.name),
+        compiled.where_sql,
+        compiled.tail_sql
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(compiled.params.iter()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(read_record(c, row)?);
+    }
+    Ok(out)
+}
+
+/// Loads a record, tombstones included.
+pub(crate) fn load(conn: &Connection, c: &Collection, id: &str) -> Result<Option<Record>> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE id = ?1",
+        records::select_list(c),
+        quote(&c.name)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(read_record(c, row)?)),
+        None => Ok(None),
+    }
+}
+
+/// The inside of a write transaction: record changes plus their outbox entries
+/// and event. Used by local writes and by the sync engine.
+pub(crate) struct Writer<'t, 'c> {
+    pub tx: &'t Transaction<'c>,
+    pub schema: &'t Schema,
+    pub events: EventBuilder,
+    pub now: i64,
+}
+
+impl Writer<'_, '_> {
+    pub fn create(&mut self, collection: &str, mut fields: Fields) -> Result<Record> {
+        let c = self.schema.collection(collection)?;
+        let id = match fields.remove("id") {
+            None => uuid::Uuid::now_v7().to_string(),
+            Some(Value::String(id)) => {
+                validate_id(&id)?;
+                id
+            }
+            Some(other) => {
+                return Err(Error::InvalidInput(format!(
+                    "`id` must be a string, got {}",
+                    crate::error::JsonKind(&other)
+                )));
+            }
+        };
+        check_fields(c, &fields)?;
+        complete_for_create(c, &mut fields)?;
+        normalise(c, &mut fields);
+        let status = if c.is_synced() {
+            RecordStatus::Created
+        } else {
+            RecordStatus::Synced
+        };
+        let rec = Record {
+            id,
+            fields,
+            status,
+            changed: Vec::new(),
+            version: None,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        self.insert_row(c, &rec).map_err(|e| match e {
+            Error::Database(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Error::AlreadyExists {
+                    collection: c.name.clone(),
+                    id: rec.id.clone(),
+                }
+            }
+            e => e,
+        })?;
+        if c.is_synced() {
+            // A new row has no unsent outbox entry to coalesce with.
+            outbox::append(
+                self.tx,
+                &c.name,
+                &rec.id,
+                Op::Create,
+                &rec.fields,
+                None,
+                self.now,
+            )?;
+        }
+        self.events.upsert(&c.name, &rec.id, rec.to_json());
+        Ok(rec)
+    }
+
+    pub(crate) fn insert_row(&self, c: &Collection, rec: &Record) -> Result<()> {
+        let mut cols = String::from("id");
+        let mut marks = String::from("?");
+        for col in &c.columns {
+            cols.push_str(", ");
+            cols.push_str(&quote(&col.name));
+            marks.push_str(", ?");
+        }
+        let sql = format!(
+            "INSERT INTO {} ({cols}, {}) VALUES ({marks}, ?, ?, ?, ?, ?)",
+            quote(&c.name),
+            records::BOOKKEEPING
+        );
+        let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 6);
+        vals.push(SqlValue::Text(rec.id.clone()));
+        for col in &c.columns {
+            vals.push(
+                rec.fields
+                    .get(&col.name)
+                    .map(|v| v.to_sql(col.ty))
+                    .unwrap_or(SqlValue::Null),
+            );
+        }
+        self.push_bookkeeping(&mut vals, rec);
+        vals.push(SqlValue::Integer(rec.created_at));
+        vals.push(SqlValue::Integer(rec.updated_at));
+        self.tx
+            .prepare_cached(&sql)?
+            .execute(params_from_iter(vals))?;
+        Ok(())
+    }
+
+    fn push_bookkeeping(&self, vals: &mut Vec<SqlValue>, rec: &Record) {
+        vals.push(SqlValue::Text(rec.status.as_str().into()));
+        vals.push(if rec.changed.is_empty() {
+            SqlValue::Null
+        } else {
+            SqlValue::Text(serde_json::to_string(&rec.changed).expect("strings serialize"))
+        });
+        vals.push(
+            rec.version
+                .map(|v| SqlValue::Integer(v as i64))
+                .unwrap_or(SqlValue::Null),
+        );
+    }
+
+    /// Rewrites every column and bookkeeping field of an existing row.
+    pub(crate) fn replace_row(&self, c: &Collection, rec: &Record) -> Result<()> {
+        let mut sets = String::new();
+        for col in &c.columns {
+            sets.push_str(&quote(&col.name));
+            sets.push_str(" = ?, ");
+        }
+        let sql = format!(
+            "UPDATE {} SET {sets}_status = ?, _changed = ?, _version = ?, _updated_at = ? WHERE id = ?",
+            quote(&c.name)
+        );
+        let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 5);
+        for col in &c.columns {
+            vals.push(
+                rec.fields
+                    .get(&col.name)
+                    .map(|v| v.to_sql(col.ty))
+                    .unwrap_or(SqlValue::Null),
+            );
+        }
+        self.push_bookkeeping(&mut vals, rec);
+        vals.push(SqlValue::Integer(rec.updated_at));
+        vals.push(SqlValue::Text(rec.id.clone()));
+        self.tx
+            .prepare_cached(&sql)?
+            .execute(params_from_iter(vals))?;
+        Ok(())
+    }
+
+    pub(crate) fn delete_row(&self, c: &Collection, id: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", quote(&c.name)))?
+            .execute([id])?;
+        Ok(())
+    }
+
+    pub(crate) fn load(&self, c: &Collection, id: &str) -> Result<Option<Record>> {
+        load(self.tx, c, id)
+    }
+
+    fn load_live(&self, c: &Collection, id: &str) -> Result<Record> {
+        self.load(c, id)?
+            .filter(|r| r.status != RecordStatus::Deleted)
+            .ok_or_else(|| Error::NotFound {
+                collection: c.name.clone(),
+                id: id.to_string(),
+            })
+    }
+
+    pub fn update(&mut self, collection: &str, id: &str, mut fields: Fields) -> Result<Record> {
+        let c = self.schema.collection(collection)?;
+        match fields.remove("id") {
+            None => {}
+            Some(Value::String(s)) if s == id => {}
+            Some(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "cannot change the id of `{collection}/{id}`"
+                )));
+            }
+        }
+        check_fields(c, &fields)?;
+        normalise(c, &mut fields);
+        let mut rec = self.load_live(c, id)?;
+        fields.retain(|k, v| rec.fields.get(k) != Some(v));
+        if fields.is_empty() {
+            return Ok(rec);
+        }
+        for (k, v) in &fields {
+            rec.fields.insert(k.clone(), v.clone());
+            if c.is_synced() && !rec.changed.contains(k) {
+                rec.changed.push(k.clone());
+            }
+        }
+        if c.is_synced() && rec.status == RecordStatus::Synced {
+            rec.status = RecordStatus::Updated;
+        }
+        rec.updated_at = self.now;
+        self.replace_row(c, &rec)?;
+        if c.is_synced() {
+            outbox::enqueue(
+                self.tx,
+                &c.name,
+                id,
+                Op::Update,
+                &fields,
+                rec.version,
+                self.now,
+            )?;
+        }
+        self.events.upsert(&c.name, id, rec.to_json());
+        Ok(rec)
+    }
+
+    pub fn put(&mut self, collection: &str, fields: Fields) -> Result<Record> {
+        let c = self.schema.collection(collection)?;
+        if let Some(Value::String(id)) = fields.get("id")
+            && let Some(existing) = self.load(c, id)?
+            && existing.status != RecordStatus::Deleted
+        {
+            let id = id.clone();
+            return self.update(collection, &id, fields);
+        }
+        self.create(collection, fields)
+    }
+
+    pub fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
+        let c = self.schema.collection(collection)?;
+        let mut rec = self.load_live(c, id)?;
+        let queued = if c.is_synced() {
+            outbox::enqueue(
+                self.tx,
+                &c.name,
+                id,
+                Op::Delete,
+                &Fields::new(),
+                rec.version,
+                self.now,
+            )?
+        } else {
+            Enqueued::Cancelled
+        };
+        if queued == Enqueued::Cancelled {
+            self.delete_row(c, id)?;
+        } else {
+            rec.status = RecordStatus::Deleted;
+            rec.updated_at = self.now;
+            self.replace_row(c, &rec)?;
+        }
+        self.events.delete(&c.name, id);
+        Ok(())
+    }
+}
+
+/// Reads a metadata value.
+pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM _ferry_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Writes a metadata value.
+pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _ferry_meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The outbox: the ordered list of local mutations still to push.
+//!
+//! Every local write to a synced collection appends here in the same transaction
+//! as the record change. Edits of one record that have not been sent yet coalesce
+//! (create+update → create, create+delete → nothing, update+delete → delete), so a
+//! push carries the net change. An entry that has been sent at least once is never
+//! rewritten: the server may have applied it under its mutation id, so later edits
+//! go into a new entry behind it.
+
+use ferry_protocol::{Mutation, Op};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::records::Fields;
+use crate::error::{Error, Result};
+
+pub(crate) const DDL: &str = "
+CREATE TABLE IF NOT EXISTS _ferry_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mutation_id TEXT NOT NULL UNIQUE,
+    collection TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    base_version INTEGER,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS _ferry_outbox_record ON _ferry_outbox(collection, record_id, seq);
+CREATE INDEX IF NOT EXISTS _ferry_outbox_ready ON _ferry_outbox(state, next_attempt_at);
+";
+
+/// Where an outbox entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryState {
+    /// Waiting to be pushed (possibly after `next_attempt_at`).
+    Pending,
+    /// Sent; its result has not been applied yet.
+    InFlight,
+    /// Permanently rejected; kept until the app discards or retries it.
+    Quarantined,
+}
+
+impl EntryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Pending => "pending",
+            EntryState::InFlight => "in_flight",
+            EntryState::Quarantined => "quarantined",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => EntryState::Pending,
+            "in_flight" => EntryState::InFlight,
+            "quarantined" => EntryState::Quarantined,
+            other => return Err(Error::Internal(format!("bad outbox state `{other}`"))),
+        })
+    }
+}
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub mutation_id: String,
+    pub collection: String,
+    pub record_id: String,
+    pub op: Op,
+    pub fields: Fields,
+    pub base_version: Option<u64>,
+    pub created_at: i64,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub state: EntryState,
+    pub last_error: Option<String>,
+}
+
+impl OutboxEntry {
+    pub fn to_mutation(&self) -> Mutation {
+        Mutation {
+            mutation_id: self.mutation_id.clone(),
+            collection: self.collection.clone(),
+            record_id: self.record_id.clone(),
+            op: self.op,
+            fields: self.fields.clone(),
+            base_version: self.base_version,
+        }
+    }
+}
+
+pub(crate) const SELECT: &str = "SELECT seq, mutation_id, collection, record_id, op, fields, base_version, created_at, attempts, next_attempt_at, state, last_error FROM _ferry_outbox";
+
+pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    let op: String = row.get(4)?;
+    let fields: String = row.get(5)?;
+    let state: String = row.get(10)?;
+    let bad = |e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    };
+    Ok(OutboxEntry {
+        seq: row.get(0)?,
+        mutation_id: row.get(1)?,
+        collection: row.get(2)?,
+        record_id: row.get(3)?,
+        op: Op::parse(&op).ok_or_else(|| bad(format!("bad op {op}")))?,
+        fields: serde_json::from_str(&fields).map_err(|e| bad(e.to_string()))?,
+        base_version: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        created_at: row.get(7)?,
+        attempts: row.get(8)?,
+        next_attempt_at: row.get(9)?,
+        state: EntryState::parse(&state).map_err(|e| bad(e.to_string()))?,
+        last_error: row.get(11)?,
+    })
+}
+
+/// What [`enqueue`] left in the outbox for the record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// An entry remains to be pushed.
+    Queued,
+    /// A create and a delete cancelled out: nothing is left to push.
+    Cancelled,
+}
+
+/// Records a local mutation, coalescing it into the record's unsent entry if any.
+pub(crate) fn enqueue(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+    op: Op,
+    fields: &Fields,
+    base_version: Option<u64>,
+    now: i64,
+) -> Result<Enqueued> {
+    let latest: Option<(i64, String, String, i64, String)> = tx
+        .prepare_cached(
+            "SELECT seq, op, fields, attempts, state FROM _ferry_outbox
+             WHERE collection = ?1 AND record_id = ?2 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![collection, record_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    if let Some((seq, prev_op, prev_fields, 0, state)) = latest
+        && state == "pending"
+    {
+        let prev_op = Op::parse(&prev_op).ok_or_else(|| Error::Internal("bad op".into()))?;
+        let mut merged: Fields = serde_json::from_str(&prev_fields)?;
+        let next = match (prev_op, op) {
+            (Op::Create, Op::Update) | (Op::Update, Op::Update) => {
+                merged.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Some((prev_op, merged))
+            }
+            (Op::Create, Op::Delete) => None,
+            (Op::Update, Op::Delete) => Some((Op::Delete, Fields::new())),
+            _ => {
+                return Err(Error::Internal(format!(
+                    "cannot follow {} with {} on `{collection}/{record_id}`",
+                    prev_op.as_str(),
+                    op.as_str()
+                )));
+            }
+        };
+        return match next {
+            None => {
+                tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq = ?1")?
+                    .execute([seq])?;
+                Ok(Enqueued::Cancelled)
+            }
+            Some((op, f)) => {
+                tx.prepare_cached("UPDATE _ferry_outbox SET op = ?2, fields = ?3 WHERE seq = ?1")?
+                    .execute(params![seq, op.as_str(), Value::Object(f).to_string()])?;
+                Ok(Enqueued::Queued)
+            }
+        };
+    }
+    append(tx, collection, record_id, op, fields, base_version, now)?;
+    Ok(Enqueued::Queued)
+}
+
+/// Appends a new entry without coalescing.
+pub(crate) fn append(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+    op: Op,
+    fields: &Fields,
+    base_version: Option<u64>,
+    now: i64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        uuid::Uuid::now_v7().to_string(),
+        collection,
+        record_id,
+        op.as_str(),
+        serde_json::to_string(fields)?,
+        base_version.map(|v| v as i64),
+        now
+    ])?;
+    Ok(())
+}
+
+/// All entries, in push order.
+pub(crate) fn list(conn: &rusqlite::Connection) -> Result<Vec<OutboxEntry>> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY seq"))?;
+    let rows = stmt.query_map([], read_entry)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Counts of pending (incl. in-flight) and quarantined entries.
+pub(crate) fn counts(conn: &rusqlite::Connection) -> Result<(u64, u64)> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(state IN ('pending','in_flight')),0), COALESCE(SUM(state = 'quarantined'),0) FROM _ferry_outbox",
+        )?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?)
+}

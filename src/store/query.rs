@@ -1,0 +1,419 @@
+//! Queries: a small JSON filter language compiled to parameterised SQL.
+//!
+//! Values never reach SQL text — they are bound as parameters — and column names
+//! are checked against the schema before they are quoted into the statement. The
+//! bookkeeping column `_status` is exposed as the sync state (`pending`/`synced`)
+//! and compiled to the exact predicate of the partial index that holds only
+//! pending rows, so a pending query on a large, mostly synced table reads only those.
+
+use rusqlite::types::Value as SqlValue;
+use serde_json::Value;
+
+use super::records::{ToSql, quote};
+use crate::error::{Error, JsonKind, Result};
+use crate::schema::{Collection, Column, ColumnType};
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    In,
+    NotIn,
+    Like,
+    IsNull,
+    IsNotNull,
+}
+
+impl Op {
+    fn parse(s: &str) -> Result<Op> {
+        Ok(match s {
+            "eq" => Op::Eq,
+            "ne" => Op::Ne,
+            "lt" => Op::Lt,
+            "lte" => Op::Lte,
+            "gt" => Op::Gt,
+            "gte" => Op::Gte,
+            "in" => Op::In,
+            "not_in" => Op::NotIn,
+            "like" => Op::Like,
+            "is_null" => Op::IsNull,
+            "is_not_null" => Op::IsNotNull,
+            other => {
+                return Err(Error::InvalidQuery(format!(
+                    "unknown operator `{other}` (eq, ne, lt, lte, gt, gte, in, not_in, like, is_null, is_not_null)"
+                )));
+            }
+        })
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Lt => "<",
+            Op::Lte => "<=",
+            Op::Gt => ">",
+            Op::Gte => ">=",
+            Op::Like => "LIKE",
+            Op::In => "IN",
+            Op::NotIn => "NOT IN",
+            Op::IsNull => "IS NULL",
+            Op::IsNotNull => "IS NOT NULL",
+        }
+    }
+}
+
+/// A filter tree.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Cond {
+        column: String,
+        op: Op,
+        value: Value,
+    },
+}
+
+/// One sort key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sort {
+    pub column: String,
+    pub desc: bool,
+}
+
+/// A whole query: filter, sort and paging.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Query {
+    pub filter: Option<Filter>,
+    pub sort: Vec<Sort>,
+    pub limit: Option<u64>,
+    pub offset: Option<u64>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidQuery(msg.into())
+}
+
+impl Filter {
+    /// Parses `{"and":[..]}`, `{"or":[..]}` or `{"column":c,"op":o,"value":v}`.
+    pub fn from_value(v: &Value) -> Result<Filter> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| invalid(format!("a filter must be an object, got {}", JsonKind(v))))?;
+        let list = |key: &str, items: &Value| -> Result<Vec<Filter>> {
+            let arr = items
+                .as_array()
+                .ok_or_else(|| invalid(format!("`{key}` takes an array of filters")))?;
+            arr.iter().map(Filter::from_value).collect()
+        };
+        if let Some(items) = obj.get("and") {
+            return Ok(Filter::And(list("and", items)?));
+        }
+        if let Some(items) = obj.get("or") {
+            return Ok(Filter::Or(list("or", items)?));
+        }
+        for key in obj.keys() {
+            if !matches!(key.as_str(), "column" | "op" | "value") {
+                return Err(invalid(format!("unexpected key `{key}` in a filter")));
+            }
+        }
+        let column = obj
+            .get("column")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("a condition needs a `column` string"))?;
+        let op = Op::parse(
+            obj.get("op")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("a condition needs an `op` string"))?,
+        )?;
+        Ok(Filter::Cond {
+            column: column.to_string(),
+            op,
+            value: obj.get("value").cloned().unwrap_or(Value::Null),
+        })
+    }
+}
+
+impl Query {
+    /// Parses `{"where": filter, "sort": [{"column":c,"desc":bool}], "limit": n, "offset": n}`.
+    pub fn from_json(json: &str) -> Result<Query> {
+        let v: Value = serde_json::from_str(json)?;
+        Query::from_value(&v)
+    }
+
+    pub fn from_value(v: &Value) -> Result<Query> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| invalid("a query must be a JSON object"))?;
+        let mut q = Query::default();
+        for (k, val) in obj {
+            match k.as_str() {
+                "where" => q.filter = Some(Filter::from_value(val)?),
+                "sort" => {
+                    let arr = val
+                        .as_array()
+                        .ok_or_else(|| invalid("`sort` takes an array"))?;
+                    for s in arr {
+                        let column = s
+                            .get("column")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| invalid("a sort key needs a `column` string"))?;
+                        let desc = match s.get("desc") {
+                            None => false,
+                            Some(Value::Bool(b)) => *b,
+                            Some(_) => return Err(invalid("`desc` must be a boolean")),
+                        };
+                        q.sort.push(Sort {
+                            column: column.to_string(),
+                            desc,
+                        });
+                    }
+                }
+                "limit" => q.limit = Some(as_count("limit", val)?),
+                "offset" => q.offset = Some(as_count("offset", val)?),
+                other => return Err(invalid(format!("unknown query key `{other}`"))),
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn as_count(key: &str, v: &Value) -> Result<u64> {
+    v.as_u64()
+        .ok_or_else(|| invalid(format!("`{key}` must be a non-negative integer")))
+}
+
+/// The columns a query may name besides the collection's own.
+enum Target<'a> {
+    Column(&'a Column),
+    Id,
+    Status,
+    Timestamp(&'static str),
+}
+
+fn target<'a>(c: &'a Collection, name: &str) -> Result<Target<'a>> {
+    match name {
+        "id" => Ok(Target::Id),
+        "_status" => Ok(Target::Status),
+        "_created_at" => Ok(Target::Timestamp("_created_at")),
+        "_updated_at" => Ok(Target::Timestamp("_updated_at")),
+        _ => c
+            .column(name)
+            .map(Target::Column)
+            .ok_or_else(|| c.unknown_column(name)),
+    }
+}
+
+/// Compiled SQL: a `WHERE` body and an `ORDER BY ... LIMIT` tail, plus parameters.
+pub(crate) struct Compiled {
+    pub where_sql: String,
+    pub tail_sql: String,
+    pub params: Vec<SqlValue>,
+}
+
+/// Compiles `q` for collection `c`. Tombstones are always excluded.
+pub(crate) fn compile(c: &Collection, q: &Query) -> Result<Compiled> {
+    let mut params = Vec::new();
+    let mut where_sql = String::from("_status <> 'deleted'");
+    if let Some(f) = &q.filter {
+        where_sql.push_str(" AND ");
+        compile_filter(c, f, &mut where_sql, &mut params)?;
+    }
+    let mut tail_sql = String::new();
+    if !q.sort.is_empty() {
+        tail_sql.push_str(" ORDER BY ");
+        for (i, s) in q.sort.iter().enumerate() {
+            let col = match target(c, &s.column)? {
+                Target::Column(col) if col.ty == ColumnType::Json => {
+                    return Err(invalid(format!(
+                        "cannot sort by json column `{}`",
+                        col.name
+                    )));
+                }
+                Target::Column(col) => quote(&col.name),
+                Target::Id => "id".into(),
+                Target::Status => "_status".into(),
+                Target::Timestamp(t) => t.into(),
+            };
+            if i > 0 {
+                tail_sql.push_str(", ");
+            }
+            tail_sql.push_str(&col);
+            tail_sql.push_str(if s.desc { " DESC" } else { " ASC" });
+        }
+    }
+    if q.limit.is_some() || q.offset.is_some() {
+        tail_sql.push_str(" LIMIT ? OFFSET ?");
+        params_push_count(&mut params, q.limit.map(|l| l as i64).unwrap_or(-1));
+        params_push_count(&mut params, q.offset.unwrap_or(0) as i64);
+    }
+    Ok(Compiled {
+        where_sql,
+        tail_sql,
+        params,
+    })
+}
+
+fn params_push_count(params: &mut Vec<SqlValue>, n: i64) {
+    params.push(SqlValue::Integer(n));
+}
+
+fn compile_filter(
+    c: &Collection,
+    f: &Filter,
+    sql: &mut String,
+    params: &mut Vec<SqlValue>,
+) -> Result<()> {
+    match f {
+        Filter::And(items) | Filter::Or(items) => {
+            if items.is_empty() {
+                sql.push_str(if matches!(f, Filter::And(_)) {
+                    "1"
+                } else {
+                    "0"
+                });
+                return Ok(());
+            }
+            let joiner = if matches!(f, Filter::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            sql.push('(');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(joiner);
+                }
+                compile_filter(c, item, sql, params)?;
+            }
+            sql.push(')');
+            Ok(())
+        }
+        Filter::Cond { column, op, value } => compile_cond(c, column, *op, value, sql, params),
+    }
+}
+
+fn compile_cond(
+    c: &Collection,
+    column: &str,
+    op: Op,
+    value: &Value,
+    sql: &mut String,
+    params: &mut Vec<SqlValue>,
+) -> Result<()> {
+    let tgt = target(c, column)?;
+    if let Target::Status = tgt {
+        return compile_status(op, value, sql);
+    }
+    let (col_sql, ty) = match tgt {
+        Target::Column(col) => (quote(&col.name), col.ty),
+        Target::Id => ("id".to_string(), ColumnType::String),
+        Target::Timestamp(t) => (t.to_string(), ColumnType::Integer),
+        Target::Status => unreachable!("handled above"),
+    };
+    if matches!(op, Op::IsNull | Op::IsNotNull) {
+        if !value.is_null() {
+            return Err(invalid(format!("`{}` takes no value", op.sql())));
+        }
+        sql.push_str(&format!("{col_sql} {}", op.sql()));
+        return Ok(());
+    }
+    if ty == ColumnType::Json {
+        return Err(invalid(format!(
+            "json column `{column}` can only be tested with is_null / is_not_null"
+        )));
+    }
+    let check = |v: &Value| -> Result<SqlValue> {
+        if v.is_null() {
+            return Err(invalid(format!(
+                "compare `{column}` with null using is_null / is_not_null"
+            )));
+        }
+        let ok = match ty {
+            ColumnType::String => v.is_string(),
+            ColumnType::Number => v.is_number(),
+            ColumnType::Integer => v.is_i64(),
+            ColumnType::Boolean => v.is_boolean(),
+            ColumnType::Json => false,
+        };
+        if !ok {
+            return Err(Error::WrongType {
+                collection: c.name.clone(),
+                column: column.to_string(),
+                expected: ty.as_str().to_string(),
+                got: JsonKind(v).to_string(),
+            });
+        }
+        Ok(v.to_sql(ty))
+    };
+    match op {
+        Op::In | Op::NotIn => {
+            let arr = value
+                .as_array()
+                .ok_or_else(|| invalid(format!("`{}` takes an array value", op.sql())))?;
+            if arr.is_empty() {
+                sql.push_str(if op == Op::In { "0" } else { "1" });
+                return Ok(());
+            }
+            sql.push_str(&format!("{col_sql} {} (", op.sql()));
+            for (i, v) in arr.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push('?');
+                params.push(check(v)?);
+            }
+            sql.push(')');
+        }
+        Op::Like => {
+            if ty != ColumnType::String {
+                return Err(invalid(format!(
+                    "`like` needs a string column, `{column}` is {}",
+                    ty.as_str()
+                )));
+            }
+            sql.push_str(&format!("{col_sql} LIKE ? ESCAPE '\\'"));
+            params.push(check(value)?);
+        }
+        _ => {
+            sql.push_str(&format!("{col_sql} {} ?", op.sql()));
+            params.push(check(value)?);
+        }
+    }
+    Ok(())
+}
+
+/// `_status` speaks of sync state: `pending` (not yet pushed) or `synced`.
+fn compile_status(op: Op, value: &Value, sql: &mut String) -> Result<()> {
+    let state = value
+        .as_str()
+        .ok_or_else(|| invalid("`_status` takes \"pending\" or \"synced\""))?;
+    let pending = match state {
+        "pending" => true,
+        "synced" => false,
+        other => {
+            return Err(invalid(format!(
+                "`_status` is \"pending\" or \"synced\", not `{other}`"
+            )));
+        }
+    };
+    let want_pending = match op {
+        Op::Eq => pending,
+        Op::Ne => !pending,
+        _ => return Err(invalid("`_status` supports eq and ne only")),
+    };
+    // `<> 'synced'` is exactly the predicate of the partial index on pending rows,
+    // which is the only form SQLite will serve from that index.
+    sql.push_str(if want_pending {
+        "_status <> 'synced'"
+    } else {
+        "_status = 'synced'"
+    });
+    Ok(())
+}
