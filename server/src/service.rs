@@ -287,9 +287,13 @@ impl SyncService {
             }
         }
         for table in changes.values_mut() {
-            let live: BTreeSet<Value> =
-                table.created.iter().chain(&table.updated).filter_map(|r| r.get("id").cloned()).collect();
-            table.deleted.retain(|id| !live.contains(&Value::String(id.clone())));
+            let live: BTreeSet<String> = table
+                .created
+                .iter()
+                .chain(&table.updated)
+                .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            table.deleted.retain(|id| !live.contains(id));
             table.deleted.sort();
             table.deleted.dedup();
         }
