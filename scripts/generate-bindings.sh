@@ -63,8 +63,8 @@ gen kotlin "$tmp/kotlin"
 gen swift "$tmp/swift"
 
 # Guard against a library without any uniffi exports silently producing "bindings".
-if ! grep -rqs 'fun \|class ' "$tmp/kotlin"; then
-  echo "generate-bindings: no Kotlin API generated from $LIB_FILE (no uniffi exports?)" >&2
+if ! grep -rqsE 'uniffi_[A-Za-z0-9_]+_fn_' "$tmp/swift"; then
+  echo "generate-bindings: no exported uniffi API found in $LIB_FILE (no #[uniffi::export]s yet?)" >&2
   exit 1
 fi
 
