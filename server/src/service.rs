@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_protocol::watermelon;
 use ferry_protocol::{
@@ -20,6 +21,9 @@ use crate::config::ServerConfig;
 use crate::cursor::{Cursor, CursorCodec, Position, StreamKey};
 use crate::error::{ApiError, CONFLICT, ServerError};
 use crate::storage::{self, ChangeKind, ChangeRow, PlannedMutation, Precondition, ReadRequest, Scan, Storage, WriteBatch};
+
+/// Longest a pull waits for older transactions to finish (see [`SyncService::read_settled`]).
+const SETTLE_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Prefix of a write checkpoint: `wc1.<major>.<minor>`.
 const CHECKPOINT_PREFIX: &str = "wc1.";
@@ -93,6 +97,23 @@ impl SyncService {
         }
     }
 
+    /// Reads; when committed changes are withheld behind the watermark (an older
+    /// transaction is still running on PostgreSQL), waits briefly for it so a pull
+    /// right after a push sees that push. Never returns withheld changes.
+    async fn read_settled(&self, req: ReadRequest) -> Result<storage::ReadResult, ServerError> {
+        let mut delay = Duration::from_millis(2);
+        let mut waited = Duration::ZERO;
+        loop {
+            let read = self.storage.read(req.clone()).await?;
+            if !read.withheld || waited >= SETTLE_BUDGET {
+                return Ok(read);
+            }
+            tokio::time::sleep(delay).await;
+            waited += delay;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
     /// One page of changes after `req.cursor` in the caller's scopes.
     pub async fn pull(&self, caller: &Caller, req: &PullRequest) -> Result<PullPage, ApiError> {
         let limits = &self.config.limits;
@@ -127,7 +148,7 @@ impl SyncService {
         let totals = req
             .want_totals
             .then(|| (caller.scopes.iter().cloned().collect::<Vec<_>>(), collections.clone()));
-        let read = self.storage.read(ReadRequest { scans: scans.clone(), totals }).await?;
+        let read = self.read_settled(ReadRequest { scans: scans.clone(), totals }).await?;
 
         // Merge every stream in global position order and take the first `limit`.
         let mut merged: Vec<(Position, usize, &ChangeRow)> = read
@@ -266,7 +287,7 @@ impl SyncService {
                 scans.push(Scan { key: StreamKey::new(scope, c), after, upto: None, limit: usize::MAX });
             }
         }
-        let read = self.storage.read(ReadRequest { scans: scans.clone(), totals: None }).await?;
+        let read = self.read_settled(ReadRequest { scans: scans.clone(), totals: None }).await?;
         let mut changes: watermelon::Changes = BTreeMap::new();
         for (scan, rows) in scans.iter().zip(&read.rows) {
             let table = changes.entry(scan.key.collection.clone()).or_default();

@@ -95,6 +95,9 @@ pub struct ReadResult {
     /// Every change below this position is committed and visible in this snapshot.
     pub watermark: Position,
     pub totals: BTreeMap<String, u64>,
+    /// Some scan stopped short of changes that are committed but at or above the
+    /// watermark (PostgreSQL only: an older transaction is still running).
+    pub withheld: bool,
 }
 
 /// The stored state of a record, as a write sees it (locked).

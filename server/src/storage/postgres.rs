@@ -245,6 +245,13 @@ impl Storage for PgStorage {
                  ORDER BY c.txid, c.seq LIMIT $8",
             )
             .await?;
+        let beyond = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM changes c WHERE c.scope = $1 AND c.collection = $2
+                   AND (c.txid, c.seq) > ($3, $4) AND c.txid >= $5)",
+            )
+            .await?;
+        let mut withheld = false;
         let mut rows = Vec::with_capacity(req.scans.len());
         for s in &req.scans {
             let upto = s.upto.unwrap_or(Position::MAX);
@@ -255,6 +262,11 @@ impl Storage for PgStorage {
                     &[&s.key.scope, &s.key.collection, &s.after.0, &s.after.1, &upto.0, &upto.1, &xmin, &limit],
                 )
                 .await?;
+            if !withheld && s.upto.is_none() && (result.len() as u64) < s.limit as u64 {
+                let after = result.last().map_or(s.after, |r| Position(r.get(0), r.get(1)));
+                withheld =
+                    tx.query_one(&beyond, &[&s.key.scope, &s.key.collection, &after.0, &after.1, &xmin]).await?.get(0);
+            }
             let mut out = Vec::with_capacity(result.len());
             for r in result {
                 let record = match r.get::<_, Option<serde_json::Value>>(7) {
@@ -292,7 +304,7 @@ impl Storage for PgStorage {
             }
         }
         tx.commit().await?;
-        Ok(ReadResult { rows, watermark: Position(xmin, 0), totals })
+        Ok(ReadResult { rows, watermark: Position(xmin, 0), totals, withheld })
     }
 
     async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ServerError> {

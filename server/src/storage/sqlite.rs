@@ -157,7 +157,7 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
         }
     }
     tx.commit()?;
-    Ok(ReadResult { rows, watermark, totals })
+    Ok(ReadResult { rows, watermark, totals, withheld: false })
 }
 
 fn load_current(tx: &rusqlite::Transaction, collection: &str, id: &str) -> Result<Option<CurrentRow>, ServerError> {

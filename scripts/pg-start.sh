@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Starts the local PostgreSQL 15 cluster and makes a role + database for the
+# ferry-server tests. Idempotent. Prints the URL to export as FERRY_TEST_PG_URL.
+# Tests create one database per test (the role has CREATEDB); stale ones from
+# earlier runs are dropped here.
+set -euo pipefail
+
+PG_VERSION="${PG_VERSION:-15}"
+ROLE="${FERRY_PG_ROLE:-ferry}"
+PASSWORD="${FERRY_PG_PASSWORD:-ferry}"
+DB="${FERRY_PG_DB:-ferry}"
+PORT="${FERRY_PG_PORT:-5432}"
+
+as_postgres() {
+  if [ "$(id -un)" = postgres ]; then "$@"; else su postgres -c "$(printf '%q ' "$@")"; fi
+}
+
+if ! command -v pg_ctlcluster >/dev/null; then
+  echo "pg-start: PostgreSQL is not installed (apt-get install postgresql-$PG_VERSION)" >&2
+  exit 1
+fi
+if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main"' | grep -q .; then
+  pg_createcluster "$PG_VERSION" main >/dev/null
+fi
+if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" && $4 == "online"' | grep -q .; then
+  pg_ctlcluster "$PG_VERSION" main start
+fi
+for _ in $(seq 1 30); do
+  as_postgres psql -p "$PORT" -tAc "SELECT 1" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+
+as_postgres psql -p "$PORT" -v ON_ERROR_STOP=1 -q <<SQL
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') THEN
+    CREATE ROLE $ROLE LOGIN CREATEDB PASSWORD '$PASSWORD';
+  ELSE
+    ALTER ROLE $ROLE LOGIN CREATEDB PASSWORD '$PASSWORD';
+  END IF;
+END
+\$\$;
+SQL
+if ! as_postgres psql -p "$PORT" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
+  as_postgres createdb -p "$PORT" -O "$ROLE" "$DB"
+fi
+# Drop per-test databases left by earlier runs.
+for stale in $(as_postgres psql -p "$PORT" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'ferry_t_%'"); do
+  as_postgres psql -p "$PORT" -qc "DROP DATABASE IF EXISTS \"$stale\" WITH (FORCE)" >/dev/null
+done
+
+echo "postgres://$ROLE:$PASSWORD@127.0.0.1:$PORT/$DB"
