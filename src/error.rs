@@ -102,3 +102,79 @@ impl fmt::Display for JsonKind<'_> {
         })
     }
 }
+
+/// Errors are cloned when several callers join one running sync. SQLite and I/O
+/// errors are not clonable; their clones keep the message as [`Error::Internal`].
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        use Error::*;
+        match self {
+            MalformedJson(s) => MalformedJson(s.clone()),
+            InvalidInput(s) => InvalidInput(s.clone()),
+            UnknownCollection(s) => UnknownCollection(s.clone()),
+            UnknownColumn { collection, column } => UnknownColumn {
+                collection: collection.clone(),
+                column: column.clone(),
+            },
+            WrongType {
+                collection,
+                column,
+                expected,
+                got,
+            } => WrongType {
+                collection: collection.clone(),
+                column: column.clone(),
+                expected: expected.clone(),
+                got: got.clone(),
+            },
+            NullNotAllowed { collection, column } => NullNotAllowed {
+                collection: collection.clone(),
+                column: column.clone(),
+            },
+            TooLarge { what, size, limit } => TooLarge {
+                what: what.clone(),
+                size: *size,
+                limit: *limit,
+            },
+            NotFound { collection, id } => NotFound {
+                collection: collection.clone(),
+                id: id.clone(),
+            },
+            AlreadyExists { collection, id } => AlreadyExists {
+                collection: collection.clone(),
+                id: id.clone(),
+            },
+            InvalidName { name, reason } => InvalidName {
+                name: name.clone(),
+                reason: reason.clone(),
+            },
+            InvalidSchema(s) => InvalidSchema(s.clone()),
+            IncompatibleSchema(s) => IncompatibleSchema(s.clone()),
+            InvalidQuery(s) => InvalidQuery(s.clone()),
+            Database(e) => Internal(format!("database error: {e}")),
+            Io(e) => Internal(format!("I/O error: {e}")),
+            Offline(s) => Offline(s.clone()),
+            Unauthorized(s) => Unauthorized(s.clone()),
+            Server {
+                status,
+                code,
+                message,
+            } => Server {
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Protocol(s) => Protocol(s.clone()),
+            Rejected { code, message } => Rejected {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Conflict { collection, id } => Conflict {
+                collection: collection.clone(),
+                id: id.clone(),
+            },
+            Closed => Closed,
+            Internal(s) => Internal(s.clone()),
+        }
+    }
+}

@@ -38,7 +38,15 @@ pub struct CollectionChange {
     /// Rows as apps see them ([`crate::Record::to_json`]).
     pub upserted: Vec<Value>,
     pub deleted: Vec<String>,
+    /// Too many rows changed to list (more than [`MAX_EVENT_ROWS`]): `upserted` and
+    /// `deleted` are empty and listeners should re-read the collection.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reload: bool,
 }
+
+/// Most rows one event lists per collection; past it the event says `reload`, so a
+/// 1M-row initial sync never builds a 1M-row event in memory.
+pub const MAX_EVENT_ROWS: usize = 10_000;
 
 /// One committed transaction's changes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,6 +75,7 @@ pub(crate) struct EventBuilder {
 struct PendingChanges {
     order: Vec<String>,
     rows: HashMap<String, Option<Value>>,
+    reload: bool,
 }
 
 impl EventBuilder {
@@ -80,9 +89,28 @@ impl EventBuilder {
 
     fn put(&mut self, collection: &str, id: &str, row: Option<Value>) {
         let c = self.collections.entry(collection.to_string()).or_default();
+        if c.reload {
+            return;
+        }
         if c.rows.insert(id.to_string(), row).is_none() {
             c.order.push(id.to_string());
+            if c.order.len() > MAX_EVENT_ROWS {
+                self.reload(collection);
+            }
         }
+    }
+
+    /// Marks `collection` as changed in bulk: the event lists no rows for it.
+    pub fn reload(&mut self, collection: &str) {
+        let c = self.collections.entry(collection.to_string()).or_default();
+        c.reload = true;
+        c.order = Vec::new();
+        c.rows = HashMap::new();
+    }
+
+    /// Whether a collection already overflowed into a reload.
+    pub fn is_reload(&self, collection: &str) -> bool {
+        self.collections.get(collection).is_some_and(|c| c.reload)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,6 +134,7 @@ impl EventBuilder {
                     collection,
                     upserted,
                     deleted,
+                    reload: p.reload,
                 }
             })
             .collect();

@@ -11,6 +11,7 @@ pub mod events;
 pub mod schema;
 pub mod store;
 pub mod sync;
+pub mod transport;
 
 pub use clock::{Clock, SystemClock};
 pub use error::{Error, Result};

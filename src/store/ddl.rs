@@ -20,11 +20,12 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(META_DDL)?;
     tx.execute_batch(outbox::DDL)?;
-    crate::sync::staging::create_tables(&tx)?;
+    tx.execute_batch(super::shadow::DDL)?;
     let stored = match meta_get(&tx, "schema")? {
         Some(json) => Some(Schema::from_json(&json)?),
         None => None,
     };
+    let changed = stored.as_ref() != wanted.as_ref() && wanted.is_some();
     let schema = match (stored, wanted) {
         (None, None) => {
             return Err(Error::InvalidSchema(
@@ -47,6 +48,7 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
         }
     };
     meta_set(&tx, "schema", &schema.to_json())?;
+    crate::sync::staging::prepare(&tx, &schema, changed)?;
     let client_id = match meta_get(&tx, "client_id")? {
         Some(id) => id,
         None => {

@@ -12,6 +12,7 @@ mod ddl;
 pub mod outbox;
 pub mod query;
 pub mod records;
+pub(crate) mod shadow;
 #[cfg(test)]
 mod tests;
 
@@ -69,6 +70,29 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// The collection and record id this write touches, giving a new record its
+    /// UUID v7 now (so a write that is validated, pushed and then applied keeps
+    /// one id throughout).
+    pub fn target(&mut self) -> (String, String) {
+        match self {
+            WriteOp::Create { collection, fields } | WriteOp::Put { collection, fields } => {
+                let id = match fields.get("id") {
+                    Some(Value::String(id)) => id.clone(),
+                    Some(_) => String::new(), // invalid; the write itself reports it
+                    None => {
+                        let id = uuid::Uuid::now_v7().to_string();
+                        fields.insert("id".into(), Value::String(id.clone()));
+                        id
+                    }
+                };
+                (collection.clone(), id)
+            }
+            WriteOp::Update { collection, id, .. } | WriteOp::Delete { collection, id } => {
+                (collection.clone(), id.clone())
+            }
+        }
+    }
+
     /// Parses a `put` document: one object, or an array of objects (a batch).
     pub fn puts_from_json(collection: &str, json: &str) -> Result<Vec<WriteOp>> {
         check_input_size(json.len())?;
@@ -98,6 +122,17 @@ pub(crate) fn check_input_size(len: usize) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Per-collection totals the server reported, beside what is held locally: the
+/// difference is what exists beyond the local horizon (not synced, archived, or
+/// pruned).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Anchor {
+    pub collection: String,
+    pub server_total: u64,
+    pub local_count: u64,
+    pub updated_at: i64,
 }
 
 /// Counts the `status` command and the sync status report.
@@ -227,20 +262,113 @@ impl Store {
             });
         }
         self.write_tx(ChangeSource::Local, |w| {
-            ops.into_iter()
-                .map(|op| match op {
-                    WriteOp::Create { collection, fields } => {
-                        w.create(&collection, fields).map(Some)
-                    }
-                    WriteOp::Update {
-                        collection,
-                        id,
+            ops.into_iter().map(|op| w.apply(op)).collect()
+        })
+    }
+
+    /// Runs `f` in a write transaction that is always rolled back: validates a
+    /// change and shows what it would queue, without keeping or announcing it.
+    pub(crate) fn simulate<T>(
+        &self,
+        f: impl FnOnce(&mut Writer<'_, '_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut w = Writer {
+            tx: &tx,
+            schema: &self.inner.schema,
+            events: EventBuilder::default(),
+            now: self.inner.clock.now_ms(),
+        };
+        f(&mut w)
+        // `tx` drops here: rolled back.
+    }
+
+    /// Mutations parked after a permanent rejection, oldest first.
+    pub fn quarantine(&self) -> Result<Vec<OutboxEntry>> {
+        Ok(self
+            .outbox()?
+            .into_iter()
+            .filter(|e| e.state == EntryState::Quarantined)
+            .collect())
+    }
+
+    /// Forgets a quarantined mutation (its record already shows the server state).
+    pub fn discard_quarantined(&self, mutation_id: &str) -> Result<()> {
+        self.write_tx(ChangeSource::Local, |w| {
+            let n = w.tx.execute(
+                "DELETE FROM _ferry_outbox WHERE mutation_id = ?1 AND state = 'quarantined'",
+                [mutation_id],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound {
+                    collection: "quarantine".into(),
+                    id: mutation_id.into(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Applies a quarantined mutation again as a new local write (validated as
+    /// any write), and removes it from the quarantine.
+    pub fn retry_quarantined(&self, mutation_id: &str) -> Result<Option<Record>> {
+        let entry = self
+            .quarantine()?
+            .into_iter()
+            .find(|e| e.mutation_id == mutation_id)
+            .ok_or_else(|| Error::NotFound {
+                collection: "quarantine".into(),
+                id: mutation_id.into(),
+            })?;
+        self.write_tx(ChangeSource::Local, |w| {
+            w.tx.execute("DELETE FROM _ferry_outbox WHERE seq = ?1", [entry.seq])?;
+            let mut fields = entry.fields.clone();
+            let c = w.schema.collection(&entry.collection)?;
+            let exists = w
+                .load(c, &entry.record_id)?
+                .is_some_and(|r| r.status != RecordStatus::Deleted);
+            let op = match entry.op {
+                Op::Delete if exists => WriteOp::Delete {
+                    collection: entry.collection.clone(),
+                    id: entry.record_id.clone(),
+                },
+                Op::Delete => return Ok(None),
+                _ if exists => WriteOp::Update {
+                    collection: entry.collection.clone(),
+                    id: entry.record_id.clone(),
+                    fields,
+                },
+                _ => {
+                    fields.insert("id".into(), Value::String(entry.record_id.clone()));
+                    WriteOp::Create {
+                        collection: entry.collection.clone(),
                         fields,
-                    } => w.update(&collection, &id, fields).map(Some),
-                    WriteOp::Put { collection, fields } => w.put(&collection, fields).map(Some),
-                    WriteOp::Delete { collection, id } => w.delete(&collection, &id).map(|_| None),
-                })
-                .collect()
+                    }
+                }
+            };
+            w.apply(op)
+        })
+    }
+
+    /// What exists on the server beyond the local horizon, per collection.
+    pub fn anchors(&self) -> Result<Vec<Anchor>> {
+        self.read(|conn| {
+            let mut out = Vec::new();
+            let mut stmt = conn.prepare_cached("SELECT collection, server_total, updated_at FROM _ferry_anchors ORDER BY collection")?;
+            let rows: Vec<(String, i64, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (collection, total, at) in rows {
+                let Ok(c) = self.collection(&collection) else { continue };
+                let local: i64 = conn.query_row(
+                    &format!("SELECT COUNT(*) FROM {} WHERE _status <> 'deleted'", quote(&c.name)),
+                    [],
+                    |r| r.get(0),
+                )?;
+                out.push(Anchor { collection, server_total: total as u64, local_count: local as u64, updated_at: at });
+            }
+            Ok(out)
         })
     }
 
@@ -430,6 +558,19 @@ pub(crate) struct Writer<'t, 'c> {
 }
 
 impl Writer<'_, '_> {
+    pub fn apply(&mut self, op: WriteOp) -> Result<Option<Record>> {
+        match op {
+            WriteOp::Create { collection, fields } => self.create(&collection, fields).map(Some),
+            WriteOp::Update {
+                collection,
+                id,
+                fields,
+            } => self.update(&collection, &id, fields).map(Some),
+            WriteOp::Put { collection, fields } => self.put(&collection, fields).map(Some),
+            WriteOp::Delete { collection, id } => self.delete(&collection, &id).map(|_| None),
+        }
+    }
+
     pub fn create(&mut self, collection: &str, mut fields: Fields) -> Result<Record> {
         let c = self.schema.collection(collection)?;
         let id = match fields.remove("id") {
@@ -602,6 +743,9 @@ impl Writer<'_, '_> {
         if fields.is_empty() {
             return Ok(rec);
         }
+        if c.is_synced() && rec.status == RecordStatus::Synced {
+            shadow::save_if_absent(self.tx, &c.name, id, rec.version, &rec.fields)?;
+        }
         for (k, v) in &fields {
             rec.fields.insert(k.clone(), v.clone());
             if c.is_synced() && !rec.changed.contains(k) {
@@ -643,6 +787,9 @@ impl Writer<'_, '_> {
     pub fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
         let c = self.schema.collection(collection)?;
         let mut rec = self.load_live(c, id)?;
+        if c.is_synced() && rec.status == RecordStatus::Synced {
+            shadow::save_if_absent(self.tx, &c.name, id, rec.version, &rec.fields)?;
+        }
         let queued = if c.is_synced() {
             outbox::enqueue(
                 self.tx,
@@ -658,6 +805,7 @@ impl Writer<'_, '_> {
         };
         if queued == Enqueued::Cancelled {
             self.delete_row(c, id)?;
+            shadow::remove(self.tx, &c.name, id)?;
         } else {
             rec.status = RecordStatus::Deleted;
             rec.updated_at = self.now;

@@ -225,3 +225,19 @@ pub(crate) fn counts(conn: &rusqlite::Connection) -> Result<(u64, u64)> {
         )?
         .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?)
 }
+
+/// After the record was rebased over server `version`, its unsent entries are
+/// based on that version.
+pub(crate) fn rebase(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+    version: u64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE _ferry_outbox SET base_version = ?3
+         WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
+    )?
+    .execute(params![collection, record_id, version as i64])?;
+    Ok(())
+}

@@ -1,4 +1,19 @@
-//! The sync engine (sans-IO). Filled in by the sync issue; today only staging
-//! tables exist so that the store's schema is final.
+//! The sync engine.
+//!
+//! The logic is sans-IO: [`staging`] and [`push`] take local state and server
+//! responses and decide what happens, in SQLite transactions; they never call the
+//! network. [`client::SyncClient`] drives them through an injected
+//! [`crate::transport::Transport`], [`crate::transport::TokenProvider`] and
+//! [`crate::Clock`], so every interleaving of faults can be tested deterministically.
 
+pub mod client;
+pub mod push;
+pub mod resolver;
 pub mod staging;
+
+pub use client::{
+    OfflineBehavior, SyncClient, SyncConfig, SyncPhase, SyncReport, SyncStatus, WriteMode,
+};
+pub use push::PushReport;
+pub use resolver::{ConflictResolver, LocalChangesWin, ServerWins};
+pub use staging::{PublishReport, StageReport};

@@ -1,0 +1,74 @@
+//! Shadows: the last server state of records with unsynced local changes.
+//!
+//! When a synced record is first changed locally, its server state is saved here,
+//! so that a permanent rejection (or a failed optimistic write) can roll the record
+//! back to exactly what the server holds. A record with no pending change has no
+//! shadow.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::records::Fields;
+use crate::error::Result;
+
+pub(crate) const DDL: &str = "
+CREATE TABLE IF NOT EXISTS _ferry_shadow (
+    collection TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    version INTEGER,
+    fields TEXT NOT NULL,
+    PRIMARY KEY (collection, record_id)
+);
+";
+
+/// Saves the server state unless one is saved already.
+pub(crate) fn save_if_absent(
+    tx: &Transaction<'_>,
+    collection: &str,
+    id: &str,
+    version: Option<u64>,
+    fields: &Fields,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO _ferry_shadow (collection, record_id, version, fields) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![collection, id, version.map(|v| v as i64), serde_json::to_string(fields)?])?;
+    Ok(())
+}
+
+/// Replaces the saved server state.
+pub(crate) fn set(
+    tx: &Transaction<'_>,
+    collection: &str,
+    id: &str,
+    version: Option<u64>,
+    fields: &Fields,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO _ferry_shadow (collection, record_id, version, fields) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![collection, id, version.map(|v| v as i64), serde_json::to_string(fields)?])?;
+    Ok(())
+}
+
+pub(crate) fn get(
+    tx: &Transaction<'_>,
+    collection: &str,
+    id: &str,
+) -> Result<Option<(Option<u64>, Fields)>> {
+    let row: Option<(Option<i64>, String)> = tx
+        .prepare_cached(
+            "SELECT version, fields FROM _ferry_shadow WHERE collection = ?1 AND record_id = ?2",
+        )?
+        .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((v, f)) => Ok(Some((v.map(|v| v as u64), serde_json::from_str(&f)?))),
+    }
+}
+
+pub(crate) fn remove(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<()> {
+    tx.prepare_cached("DELETE FROM _ferry_shadow WHERE collection = ?1 AND record_id = ?2")?
+        .execute(params![collection, id])?;
+    Ok(())
+}

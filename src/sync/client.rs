@@ -1,0 +1,823 @@
+//! The sync client: drives pulls, publishes and pushes over a transport, runs
+//! the three write modes, schedules background sync and reports status.
+//!
+//! All decisions are made by the sans-IO parts ([`super::staging`],
+//! [`super::push`]); this module only moves their inputs and outputs across the
+//! transport. One sync runs at a time: a second request joins the running one.
+//! Database work runs on tokio's blocking pool so the async workers stay free.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use ferry_protocol::{Mutation, MutationOutcome, PullRequest, PushRequest, PushResponse};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::push::{self, PushReport};
+use super::resolver::{ConflictResolver, LocalChangesWin};
+use super::staging::{self, PublishReport};
+use crate::error::{Error, Result};
+use crate::events::{ChangeEvent, ChangeSource, Subscription};
+use crate::store::{OutboxEntry, Record, RecordStatus, Store, WriteOp, outbox};
+use crate::transport::{TokenProvider, Transport, TransportError};
+
+/// How a write reaches the server (see DESIGN.md, "The three flows").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// Local transaction and event now; pushed soon after (debounced).
+    #[default]
+    OfflineFirst,
+    /// Local transaction and event now, then an immediate push of this change;
+    /// a rejection rolls it back with a rollback event. Offline: as offline-first.
+    Optimistic,
+    /// The server first; only a confirmed write is stored (as synced, never
+    /// queued). Offline, as chosen.
+    Online(OfflineBehavior),
+}
+
+/// What an online write does when the server cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineBehavior {
+    /// Store it as an offline-first write.
+    Queue,
+    /// Fail with [`Error::Offline`] and change nothing.
+    Fail,
+}
+
+/// Tuning of the client.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Rows asked per pull page.
+    pub page_size: u32,
+    /// Mutations per push request.
+    pub push_batch: usize,
+    /// Quiet time after a local write before the background push.
+    pub push_debounce: Duration,
+    /// Selective sync: only these collections (default: all synced ones).
+    pub collections: Option<Vec<String>>,
+    /// Push rounds per sync at most (a sync also pushes what conflicts re-queued).
+    pub max_push_rounds: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            page_size: 5_000,
+            push_batch: 1_000,
+            push_debounce: Duration::from_millis(300),
+            collections: None,
+            max_push_rounds: 1_000,
+        }
+    }
+}
+
+/// What the engine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncPhase {
+    #[default]
+    Idle,
+    Pulling,
+    Publishing,
+    Pushing,
+    Offline,
+    Error,
+}
+
+/// Status and progress, as events and through [`SyncClient::status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct SyncStatus {
+    pub phase: SyncPhase,
+    pub pages_done: u64,
+    pub records_done: u64,
+    pub bytes_done: u64,
+    /// Rows the server says exist in the pulled collections, when it tells.
+    pub records_total: Option<u64>,
+    pub pending: u64,
+    pub quarantined: u64,
+    pub last_error: Option<String>,
+    /// True after the server refused the token even after a refresh; sync stays
+    /// stopped until the next explicit [`SyncClient::sync`].
+    pub auth_failed: bool,
+    pub last_synced_at: Option<i64>,
+    pub online: bool,
+}
+
+/// Receives every status change.
+pub trait StatusListener: Send + Sync {
+    fn on_status(&self, status: &SyncStatus);
+}
+
+impl<F: Fn(&SyncStatus) + Send + Sync> StatusListener for F {
+    fn on_status(&self, status: &SyncStatus) {
+        self(status)
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncReport {
+    pub pages: u64,
+    pub pulled: u64,
+    pub skipped: u64,
+    pub published: PublishReport,
+    pub pushed: PushReport,
+}
+
+type SharedSync = Shared<BoxFuture<'static, Result<SyncReport>>>;
+
+struct Inner {
+    store: Store,
+    transport: Arc<dyn Transport>,
+    tokens: Arc<dyn TokenProvider>,
+    resolver: Arc<dyn ConflictResolver>,
+    config: SyncConfig,
+    status: Mutex<SyncStatus>,
+    status_listeners: Mutex<Vec<(u64, Arc<dyn StatusListener>)>>,
+    next_listener: AtomicU32,
+    running: Mutex<Option<SharedSync>>,
+    online: AtomicBool,
+    foreground: AtomicBool,
+    wake: Arc<Notify>,
+    scheduler: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    _local_writes: Mutex<Option<Subscription>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(h) = self.scheduler.lock().take() {
+            h.abort();
+        }
+    }
+}
+
+/// Two-way sync of a [`Store`] with a backend.
+#[derive(Clone)]
+pub struct SyncClient {
+    inner: Arc<Inner>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("database task failed: {e}")))?
+}
+
+impl SyncClient {
+    /// A client with the default resolver; in-flight entries of a crashed run are
+    /// put back in the outbox.
+    pub fn new(
+        store: Store,
+        transport: Arc<dyn Transport>,
+        tokens: Arc<dyn TokenProvider>,
+        config: SyncConfig,
+    ) -> Result<SyncClient> {
+        push::reset_in_flight(&store)?;
+        let client = SyncClient {
+            inner: Arc::new(Inner {
+                store,
+                transport,
+                tokens,
+                resolver: Arc::new(LocalChangesWin),
+                config,
+                status: Mutex::new(SyncStatus {
+                    online: true,
+                    ..Default::default()
+                }),
+                status_listeners: Mutex::new(Vec::new()),
+                next_listener: AtomicU32::new(0),
+                running: Mutex::new(None),
+                online: AtomicBool::new(true),
+                foreground: AtomicBool::new(true),
+                wake: Arc::new(Notify::new()),
+                scheduler: Mutex::new(None),
+                _local_writes: Mutex::new(None),
+            }),
+        };
+        client.refresh_counts();
+        Ok(client)
+    }
+
+    /// Replaces the conflict resolver (before syncing).
+    pub fn with_resolver(self, resolver: Arc<dyn ConflictResolver>) -> Result<SyncClient> {
+        let mut inner = Arc::try_unwrap(self.inner).map_err(|_| {
+            Error::InvalidInput("set the resolver before sharing the client".into())
+        })?;
+        inner.resolver = resolver;
+        Ok(SyncClient {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        self.inner.status.lock().clone()
+    }
+
+    /// Registers a status listener; returns an id for [`Self::remove_status_listener`].
+    pub fn add_status_listener(&self, l: Arc<dyn StatusListener>) -> u64 {
+        let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed) as u64;
+        self.inner.status_listeners.lock().push((id, l));
+        id
+    }
+
+    pub fn remove_status_listener(&self, id: u64) {
+        self.inner.status_listeners.lock().retain(|(i, _)| *i != id);
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut SyncStatus)) {
+        let snapshot = {
+            let mut s = self.inner.status.lock();
+            f(&mut s);
+            s.clone()
+        };
+        let listeners: Vec<_> = self
+            .inner
+            .status_listeners
+            .lock()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
+        for l in listeners {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.on_status(&snapshot)))
+                .is_err()
+            {
+                tracing::error!("a status listener panicked");
+            }
+        }
+    }
+
+    fn refresh_counts(&self) {
+        if let Ok(s) = self.inner.store.status() {
+            self.update_status(|st| {
+                st.pending = s.pending;
+                st.quarantined = s.quarantined;
+            });
+        }
+    }
+
+    /// The host says whether the network is reachable. Going online syncs.
+    pub fn set_online(&self, online: bool) {
+        self.inner.online.store(online, Ordering::SeqCst);
+        self.update_status(|s| {
+            s.online = online;
+            if !online {
+                s.phase = SyncPhase::Offline;
+            } else if s.phase == SyncPhase::Offline {
+                s.phase = SyncPhase::Idle;
+            }
+        });
+        if online {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// The host says whether the app is in the foreground. Background: no
+    /// automatic sync (explicit [`Self::sync`] calls still run).
+    pub fn set_foreground(&self, foreground: bool) {
+        self.inner.foreground.store(foreground, Ordering::SeqCst);
+        if foreground {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    fn is_online(&self) -> bool {
+        self.inner.online.load(Ordering::SeqCst)
+    }
+
+    /// Pull, publish, then push. Joins a sync that is already running.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        let fut = {
+            let mut slot = self.inner.running.lock();
+            match &*slot {
+                Some(f) if f.peek().is_none() => f.clone(),
+                _ => {
+                    let this = self.clone();
+                    let f = async move { this.run_sync().await }.boxed().shared();
+                    *slot = Some(f.clone());
+                    f
+                }
+            }
+        };
+        fut.await
+    }
+
+    async fn run_sync(&self) -> Result<SyncReport> {
+        if !self.is_online() {
+            return Err(Error::Offline("the host reported no network".into()));
+        }
+        self.update_status(|s| {
+            s.auth_failed = false;
+            s.last_error = None;
+        });
+        let result = async {
+            let mut report = self.pull().await?;
+            report.pushed = self.push_all().await?;
+            Ok(report)
+        }
+        .await;
+        let now = self.inner.store.clock().now_ms();
+        match &result {
+            Ok(_) => self.update_status(|s| {
+                s.phase = SyncPhase::Idle;
+                s.last_synced_at = Some(now);
+            }),
+            Err(e) => {
+                let offline = matches!(e, Error::Offline(_));
+                let auth = matches!(e, Error::Unauthorized(_));
+                let msg = e.to_string();
+                self.update_status(|s| {
+                    s.phase = if offline {
+                        SyncPhase::Offline
+                    } else {
+                        SyncPhase::Error
+                    };
+                    s.last_error = Some(msg);
+                    s.auth_failed = auth;
+                });
+            }
+        }
+        self.refresh_counts();
+        result
+    }
+
+    /// Calls the server with a token; on a 401, refreshes once and retries.
+    async fn authed<T>(
+        &self,
+        call: impl Fn(String) -> BoxFuture<'static, Result<T, TransportError>>,
+    ) -> Result<T> {
+        let token = self.inner.tokens.token(false).await?;
+        match call(token).await {
+            Err(TransportError::Unauthorized(_)) => {
+                let token = self.inner.tokens.token(true).await?;
+                Ok(call(token).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn pull(&self) -> Result<SyncReport> {
+        let store = self.inner.store.clone();
+        let mut cursor = {
+            let s = store.clone();
+            blocking(move || staging::resume_cursor(&s)).await?
+        };
+        self.update_status(|s| {
+            s.phase = SyncPhase::Pulling;
+            s.pages_done = 0;
+            s.records_done = 0;
+            s.bytes_done = 0;
+            s.records_total = None;
+        });
+        let mut report = SyncReport::default();
+        let mut staging_task: Option<tokio::task::JoinHandle<Result<staging::StageReport>>> = None;
+        let bytes_at_start = self.inner.transport.bytes_received();
+        loop {
+            let req = PullRequest {
+                cursor: cursor.clone(),
+                client_id: Some(store.client_id().to_string()),
+                limit: Some(self.inner.config.page_size),
+                collections: self.inner.config.collections.clone(),
+                want_totals: cursor.is_none() || report.pages == 0,
+            };
+            let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
+            let fetched = self
+                .authed(move |t| {
+                    let (transport, req) = (transport.clone(), req.clone());
+                    async move { transport.pull(&t, &req).await }.boxed()
+                })
+                .await;
+            // The previous page is staged while this one downloads; stage in order.
+            if let Some(t) = staging_task.take() {
+                let r = t.await.map_err(|e| Error::Internal(e.to_string()))??;
+                report.pulled += r.rows;
+                report.skipped += r.skipped;
+            }
+            let page = fetched?;
+            let has_more = page.has_more;
+            cursor = Some(page.cursor.clone());
+            report.pages += 1;
+            let rows: u64 = page.changes.values().map(|c| c.len() as u64).sum();
+            let total = page.totals.as_ref().map(|t| t.values().sum::<u64>());
+            let bytes = self
+                .inner
+                .transport
+                .bytes_received()
+                .saturating_sub(bytes_at_start);
+            self.update_status(|s| {
+                s.pages_done += 1;
+                s.records_done += rows;
+                s.bytes_done = bytes;
+                if total.is_some() {
+                    s.records_total = total;
+                }
+            });
+            let s = store.clone();
+            staging_task = Some(tokio::task::spawn_blocking(move || {
+                staging::stage_page(&s, &page)
+            }));
+            if !has_more {
+                break;
+            }
+        }
+        if let Some(t) = staging_task.take() {
+            let r = t.await.map_err(|e| Error::Internal(e.to_string()))??;
+            report.pulled += r.rows;
+            report.skipped += r.skipped;
+        }
+        self.update_status(|s| s.phase = SyncPhase::Publishing);
+        let s = store.clone();
+        let resolver = self.inner.resolver.clone();
+        report.published = blocking(move || staging::publish(&s, resolver.as_ref())).await?;
+        Ok(report)
+    }
+
+    /// Pushes ready outbox entries in batches until none is left.
+    pub async fn push_all(&self) -> Result<PushReport> {
+        self.update_status(|s| s.phase = SyncPhase::Pushing);
+        let mut total = PushReport::default();
+        for _ in 0..self.inner.config.max_push_rounds {
+            match self.push_batch(None).await? {
+                Some(r) => total.add(&r),
+                None => break,
+            }
+            self.refresh_counts();
+        }
+        Ok(total)
+    }
+
+    /// Sends one batch (restricted to `only` mutation ids if given).
+    async fn push_batch(&self, only: Option<HashSet<String>>) -> Result<Option<PushReport>> {
+        let store = self.inner.store.clone();
+        let max = self.inner.config.push_batch;
+        let prepared = {
+            let s = store.clone();
+            blocking(move || push::prepare(&s, &s.client_id().to_string(), max, only.as_ref()))
+                .await?
+        };
+        let Some((batch, req)) = prepared else {
+            return Ok(None);
+        };
+        let batch = Arc::new(batch);
+        match self.send_push(req).await {
+            Ok(resp) => {
+                let (s, b, resolver) = (store.clone(), batch.clone(), self.inner.resolver.clone());
+                let r =
+                    blocking(move || push::apply_results(&s, &b, &resp, resolver.as_ref())).await?;
+                Ok(Some(r))
+            }
+            Err(e) => {
+                let backoff = !matches!(e, Error::Unauthorized(_));
+                let (s, b) = (store.clone(), batch.clone());
+                blocking(move || push::fail_batch(&s, &b, backoff)).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_push(&self, req: PushRequest) -> Result<PushResponse> {
+        let sent = req.mutations.len();
+        let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
+        let resp = self
+            .authed(move |t| {
+                let (transport, req) = (transport.clone(), req.clone());
+                async move { transport.push(&t, &req).await }.boxed()
+            })
+            .await?;
+        if resp.results.len() != sent {
+            tracing::warn!(
+                sent,
+                got = resp.results.len(),
+                "push answer has a different number of results"
+            );
+        }
+        Ok(resp)
+    }
+
+    /// Writes in the chosen mode; see [`WriteMode`].
+    pub async fn write(
+        &self,
+        mut ops: Vec<WriteOp>,
+        mode: WriteMode,
+    ) -> Result<Vec<Option<Record>>> {
+        let targets: Vec<(String, String)> = ops.iter_mut().map(WriteOp::target).collect();
+        match mode {
+            WriteMode::OfflineFirst => self.write_local(ops).await,
+            WriteMode::Optimistic if !self.is_online() => self.write_local(ops).await,
+            WriteMode::Optimistic => self.write_optimistic(ops, &targets).await,
+            WriteMode::Online(fallback) => self.write_online(ops, &targets, fallback).await,
+        }
+    }
+
+    async fn write_local(&self, ops: Vec<WriteOp>) -> Result<Vec<Option<Record>>> {
+        let s = self.inner.store.clone();
+        let out = blocking(move || s.write(ops)).await?;
+        self.refresh_counts();
+        self.inner.wake.notify_one();
+        Ok(out)
+    }
+
+    async fn write_optimistic(
+        &self,
+        ops: Vec<WriteOp>,
+        targets: &[(String, String)],
+    ) -> Result<Vec<Option<Record>>> {
+        let out = self.write_local(ops).await?;
+        let s = self.inner.store.clone();
+        let keys: HashSet<(String, String)> = targets.iter().cloned().collect();
+        let ids: HashSet<String> = blocking(move || {
+            Ok(s.outbox()?
+                .into_iter()
+                .filter(|e| {
+                    e.state == outbox::EntryState::Pending
+                        && keys.contains(&(e.collection.clone(), e.record_id.clone()))
+                })
+                .map(|e| e.mutation_id)
+                .collect())
+        })
+        .await?;
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let report = match self.push_batch(Some(ids)).await {
+            // Unreachable or refused: it stays queued, as an offline-first write.
+            Err(e) => {
+                tracing::info!(error = %e, "optimistic push failed; the write stays queued");
+                return Ok(out);
+            }
+            Ok(r) => r.unwrap_or_default(),
+        };
+        self.refresh_counts();
+        if report.rejected > 0 {
+            let q = self.inner.store.quarantine()?;
+            let reason = q
+                .last()
+                .and_then(|e| e.last_error.clone())
+                .unwrap_or_default();
+            return Err(Error::Rejected {
+                code: reason.split(':').next().unwrap_or("rejected").to_string(),
+                message: format!("the write was rolled back: {reason}"),
+            });
+        }
+        // Re-read: a conflict may have merged server columns in.
+        let s = self.inner.store.clone();
+        let targets = targets.to_vec();
+        blocking(move || {
+            targets
+                .iter()
+                .map(|(c, id)| s.get(c, id))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+    }
+
+    async fn write_online(
+        &self,
+        ops: Vec<WriteOp>,
+        targets: &[(String, String)],
+        fallback: OfflineBehavior,
+    ) -> Result<Vec<Option<Record>>> {
+        if !self.is_online() {
+            return match fallback {
+                OfflineBehavior::Queue => self.write_local(ops).await,
+                OfflineBehavior::Fail => Err(Error::Offline("the host reported no network".into())),
+            };
+        }
+        // Validate, and learn the mutations, without keeping anything.
+        let (s, sim_ops, keys) = (self.inner.store.clone(), ops.clone(), targets.to_vec());
+        let simulated: Option<Vec<OutboxEntry>> = blocking(move || {
+            s.simulate(|w| {
+                let keyset: HashSet<_> = keys.iter().cloned().collect();
+                let before: i64 = count_entries(w, &keyset)?;
+                if before > 0 {
+                    return Ok(None);
+                }
+                for op in sim_ops {
+                    w.apply(op)?;
+                }
+                let mut stmt = w.tx.prepare(&format!("{} ORDER BY seq", outbox::SELECT))?;
+                let all = stmt
+                    .query_map([], outbox::read_entry)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(Some(
+                    all.into_iter()
+                        .filter(|e| keyset.contains(&(e.collection.clone(), e.record_id.clone())))
+                        .collect(),
+                ))
+            })
+        })
+        .await?;
+        // A record with unsynced changes must keep its outbox order: push it all.
+        let Some(entries) = simulated else {
+            return self.write_optimistic(ops, targets).await;
+        };
+        if entries.is_empty() {
+            return self.write_local(ops).await; // local-only collections, or no-op updates
+        }
+        let req = PushRequest {
+            client_id: self.inner.store.client_id().to_string(),
+            mutations: entries
+                .iter()
+                .map(OutboxEntry::to_mutation)
+                .collect::<Vec<Mutation>>(),
+        };
+        let resp = match self.send_push(req).await {
+            Ok(r) => r,
+            Err(e @ (Error::Offline(_) | Error::Server { .. })) => {
+                return match fallback {
+                    OfflineBehavior::Queue => self.write_local(ops).await,
+                    OfflineBehavior::Fail => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let mut versions: HashMap<(String, String), u64> = HashMap::new();
+        let mut failure: Option<Error> = None;
+        for (e, r) in entries.iter().zip(&resp.results) {
+            match &r.outcome {
+                MutationOutcome::Applied { version } => {
+                    versions.insert((e.collection.clone(), e.record_id.clone()), *version);
+                }
+                MutationOutcome::Rejected { code, message } => {
+                    failure.get_or_insert(Error::Rejected {
+                        code: code.as_str().into(),
+                        message: message.clone(),
+                    });
+                }
+                MutationOutcome::Conflict { .. } => {
+                    failure.get_or_insert(Error::Conflict {
+                        collection: e.collection.clone(),
+                        id: e.record_id.clone(),
+                    });
+                }
+                MutationOutcome::Retry { .. } => {
+                    failure.get_or_insert(Error::Offline("the server asked to retry later".into()));
+                }
+            }
+        }
+        // Store what the server confirmed, as synced: it never enters the outbox.
+        let (confirmed, unconfirmed): (Vec<_>, Vec<_>) = ops
+            .into_iter()
+            .zip(targets)
+            .partition(|(_, t)| versions.contains_key(*t));
+        let s = self.inner.store.clone();
+        let confirmed: Vec<WriteOp> = confirmed.into_iter().map(|(op, _)| op).collect();
+        let out = blocking(move || confirm(&s, confirmed, &versions)).await?;
+        match failure {
+            // "Retry later" is the server being unavailable for these writes.
+            Some(Error::Offline(_)) if fallback == OfflineBehavior::Queue => {
+                let mut queued = self
+                    .write_local(unconfirmed.into_iter().map(|(op, _)| op).collect())
+                    .await?;
+                let mut all = out;
+                all.append(&mut queued);
+                Ok(all)
+            }
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Starts background sync on the current tokio runtime: a debounced push after
+    /// local writes, a sync when the network returns or the app comes to the
+    /// foreground, retries with backoff. Idle means no timers and no polling.
+    pub fn start(&self) {
+        let wake = self.inner.wake.clone();
+        let sub = self.inner.store.subscribe(Arc::new(move |e: &ChangeEvent| {
+            if e.source == ChangeSource::Local {
+                wake.notify_one();
+            }
+        }));
+        *self.inner._local_writes.lock() = Some(sub);
+        let weak = Arc::downgrade(&self.inner);
+        let handle = tokio::spawn(async move {
+            let mut failures: u32 = 0;
+            let mut retry_in: Option<Duration> = None;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let wake = inner.wake.clone();
+                drop(inner);
+                match retry_in {
+                    Some(d) => {
+                        let _ = tokio::time::timeout(d, wake.notified()).await;
+                    }
+                    None => wake.notified().await,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let client = SyncClient { inner };
+                tokio::time::sleep(client.inner.config.push_debounce).await;
+                if !client.is_online()
+                    || !client.inner.foreground.load(Ordering::SeqCst)
+                    || client.status().auth_failed
+                {
+                    retry_in = None;
+                    continue;
+                }
+                match client.sync().await {
+                    Ok(_) => {
+                        failures = 0;
+                        retry_in = client.next_retry();
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::info!(error = %e, failures, "background sync failed");
+                        retry_in = match e {
+                            Error::Unauthorized(_) => None,
+                            _ => Some(Duration::from_millis(push::backoff_ms(failures) as u64)),
+                        };
+                    }
+                }
+            }
+        });
+        if let Some(old) = self.inner.scheduler.lock().replace(handle) {
+            old.abort();
+        }
+    }
+
+    /// Stops background sync.
+    pub fn stop(&self) {
+        if let Some(h) = self.inner.scheduler.lock().take() {
+            h.abort();
+        }
+        self.inner._local_writes.lock().take();
+    }
+
+    /// When an entry waiting for retry becomes due, if any.
+    fn next_retry(&self) -> Option<Duration> {
+        let next: Option<i64> = self
+            .inner
+            .store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT MIN(next_attempt_at) FROM _ferry_outbox WHERE state = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .ok()
+            .flatten();
+        let now = self.inner.store.clock().now_ms();
+        next.map(|n| Duration::from_millis((n - now).max(0) as u64))
+    }
+}
+
+fn count_entries(
+    w: &crate::store::Writer<'_, '_>,
+    keys: &HashSet<(String, String)>,
+) -> Result<i64> {
+    let mut n = 0;
+    let mut stmt = w.tx.prepare_cached(
+        "SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2",
+    )?;
+    for (c, id) in keys {
+        n += stmt.query_row([c, id], |r| r.get::<_, i64>(0))?;
+    }
+    Ok(n)
+}
+
+/// Applies server-confirmed writes locally as synced, without outbox entries.
+fn confirm(
+    store: &Store,
+    ops: Vec<WriteOp>,
+    versions: &HashMap<(String, String), u64>,
+) -> Result<Vec<Option<Record>>> {
+    if ops.is_empty() {
+        return Ok(vec![]);
+    }
+    store.write_tx(ChangeSource::Local, |w| {
+        let mut out = Vec::new();
+        for mut op in ops {
+            let key = op.target();
+            let rec = w.apply(op)?;
+            let c = w.schema.collection(&key.0)?;
+            w.tx.prepare_cached(
+                "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2",
+            )?
+            .execute([&key.0, &key.1])?;
+            crate::store::shadow::remove(w.tx, &key.0, &key.1)?;
+            match rec {
+                Some(mut r) => {
+                    r.status = RecordStatus::Synced;
+                    r.changed.clear();
+                    r.version = versions.get(&key).copied();
+                    w.replace_row(c, &r)?;
+                    w.events.upsert(&c.name, &r.id, r.to_json());
+                    out.push(Some(r));
+                }
+                None => {
+                    w.delete_row(c, &key.1)?;
+                    out.push(None);
+                }
+            }
+        }
+        Ok(out)
+    })
+}

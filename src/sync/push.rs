@@ -1,0 +1,395 @@
+//! Pushing the outbox, and applying per-item results.
+//!
+//! A batch holds at most one entry per record, in outbox order, and never an
+//! entry whose record has an earlier entry still in flight or waiting to retry.
+//! Each result decides its own entry: `applied` makes the record synced with the
+//! server version; `conflict` resolves and re-queues under a new mutation id;
+//! `rejected` rolls the record back to its shadow (the last server state), emits a
+//! rollback event and quarantines the mutation; `retry` backs off that entry
+//! alone. One bad item never holds up the others.
+
+use std::collections::{HashMap, HashSet};
+
+use ferry_protocol::{MutationOutcome, Op, PushRequest, PushResponse, ServerRecord};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::resolver::ConflictResolver;
+use crate::error::Result;
+use crate::events::ChangeSource;
+use crate::schema::Collection;
+use crate::store::records::normalise;
+use crate::store::{OutboxEntry, Record, RecordStatus, Store, Writer, outbox, shadow};
+
+/// Exponential backoff with jitter for attempt `attempts` (1-based), in ms.
+pub fn backoff_ms(attempts: u32) -> i64 {
+    let exp = attempts.saturating_sub(1).min(16);
+    let cap = (1_000i64 << exp).min(300_000);
+    cap / 2 + fastrand::i64(0..=cap / 2)
+}
+
+/// What a push did, item by item.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct PushReport {
+    pub applied: u64,
+    pub conflicts: u64,
+    pub rejected: u64,
+    pub retried: u64,
+}
+
+impl PushReport {
+    pub fn add(&mut self, o: &PushReport) {
+        self.applied += o.applied;
+        self.conflicts += o.conflicts;
+        self.rejected += o.rejected;
+        self.retried += o.retried;
+    }
+}
+
+/// Picks the next batch, marks it in flight, and returns it with the request.
+pub(crate) fn prepare(
+    store: &Store,
+    client_id: &str,
+    max: usize,
+    only: Option<&HashSet<String>>,
+) -> Result<Option<(Vec<OutboxEntry>, PushRequest)>> {
+    store.write_tx(ChangeSource::Remote, |w| {
+        let mut chosen = Vec::new();
+        {
+            let mut stmt = w.tx.prepare_cached(&format!(
+                "{} WHERE state IN ('pending','in_flight') ORDER BY seq",
+                outbox::SELECT
+            ))?;
+            let mut rows = stmt.query([])?;
+            let mut blocked: HashSet<(String, String)> = HashSet::new();
+            while let Some(row) = rows.next()? {
+                let e = outbox::read_entry(row)?;
+                let key = (e.collection.clone(), e.record_id.clone());
+                if blocked.contains(&key) {
+                    continue;
+                }
+                blocked.insert(key);
+                let wanted = only.is_none_or(|o| o.contains(&e.mutation_id));
+                if e.state == outbox::EntryState::Pending && e.next_attempt_at <= w.now && wanted {
+                    chosen.push(e);
+                    if chosen.len() >= max {
+                        break;
+                    }
+                }
+            }
+        }
+        if chosen.is_empty() {
+            return Ok(None);
+        }
+        let mut mark = w.tx.prepare_cached(
+            "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
+        )?;
+        for e in &mut chosen {
+            mark.execute([e.seq])?;
+            e.attempts += 1;
+            e.state = outbox::EntryState::InFlight;
+        }
+        let req = PushRequest {
+            client_id: client_id.to_string(),
+            mutations: chosen.iter().map(OutboxEntry::to_mutation).collect(),
+        };
+        Ok(Some((chosen, req)))
+    })
+}
+
+/// Puts every in-flight entry back to pending (on start-up: a crash mid-push).
+pub(crate) fn reset_in_flight(store: &Store) -> Result<()> {
+    store.write_tx(ChangeSource::Remote, |w| {
+        w.tx.execute(
+            "UPDATE _ferry_outbox SET state = 'pending' WHERE state = 'in_flight'",
+            [],
+        )?;
+        Ok(())
+    })
+}
+
+/// The whole request failed (network, 5xx, auth): back off every entry of it.
+pub(crate) fn fail_batch(store: &Store, batch: &[OutboxEntry], backoff: bool) -> Result<()> {
+    store.write_tx(ChangeSource::Remote, |w| {
+        let mut stmt = w.tx.prepare_cached(
+            "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2 WHERE seq = ?1 AND state = 'in_flight'",
+        )?;
+        for e in batch {
+            let next = if backoff { w.now + backoff_ms(e.attempts) } else { 0 };
+            stmt.execute(params![e.seq, next])?;
+        }
+        Ok(())
+    })
+}
+
+/// Applies the per-item results of a push.
+pub(crate) fn apply_results(
+    store: &Store,
+    batch: &[OutboxEntry],
+    resp: &PushResponse,
+    resolver: &dyn ConflictResolver,
+) -> Result<PushReport> {
+    let by_id: HashMap<&str, &MutationOutcome> = resp
+        .results
+        .iter()
+        .map(|r| (r.mutation_id.as_str(), &r.outcome))
+        .collect();
+    let mut report = PushReport::default();
+    let mut rejected = Vec::new();
+    store.write_tx(ChangeSource::Remote, |w| {
+        for e in batch {
+            let c = w.schema.collection(&e.collection)?;
+            match by_id.get(e.mutation_id.as_str()) {
+                Some(MutationOutcome::Applied { version }) => {
+                    applied(w, c, e, *version)?;
+                    report.applied += 1;
+                }
+                Some(MutationOutcome::Conflict { server_record, .. }) => {
+                    conflict(w, c, e, server_record.as_ref(), resolver)?;
+                    report.conflicts += 1;
+                }
+                Some(MutationOutcome::Rejected { code, message }) => {
+                    rejected.push((e, format!("{}: {message}", code.as_str())));
+                }
+                Some(MutationOutcome::Retry { retry_after_ms }) => {
+                    let next = w.now + (*retry_after_ms as i64).max(backoff_ms(e.attempts));
+                    retry_at(w, e, next)?;
+                    report.retried += 1;
+                }
+                None => {
+                    tracing::warn!(mutation_id = %e.mutation_id, "the server gave no result for a mutation; retrying it later");
+                    retry_at(w, e, w.now + backoff_ms(e.attempts))?;
+                    report.retried += 1;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if !rejected.is_empty() {
+        report.rejected = rejected.len() as u64;
+        store.write_tx(ChangeSource::Rollback, |w| {
+            for (e, reason) in &rejected {
+                let c = w.schema.collection(&e.collection)?;
+                quarantine(w, c, e, reason)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(report)
+}
+
+fn retry_at(w: &Writer<'_, '_>, e: &OutboxEntry, next: i64) -> Result<()> {
+    w.tx.prepare_cached(
+        "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2 WHERE seq = ?1",
+    )?
+    .execute(params![e.seq, next])?;
+    Ok(())
+}
+
+fn remove_entry(w: &Writer<'_, '_>, e: &OutboxEntry) -> Result<()> {
+    w.tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq = ?1")?
+        .execute([e.seq])?;
+    Ok(())
+}
+
+fn other_entries(w: &Writer<'_, '_>, e: &OutboxEntry) -> Result<i64> {
+    Ok(w.tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2
+             AND seq <> ?3 AND state <> 'quarantined'",
+        )?
+        .query_row(params![e.collection, e.record_id, e.seq], |r| r.get(0))?)
+}
+
+fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, version: u64) -> Result<()> {
+    remove_entry(w, e)?;
+    let Some(mut rec) = w.load(c, &e.record_id)? else {
+        return Ok(());
+    };
+    if other_entries(w, e)? == 0 {
+        shadow::remove(w.tx, &c.name, &rec.id)?;
+        if e.op == Op::Delete {
+            w.delete_row(c, &rec.id)?;
+            return Ok(());
+        }
+        rec.status = RecordStatus::Synced;
+        rec.changed.clear();
+        rec.version = Some(version);
+        w.replace_row(c, &rec)?;
+        w.events.upsert(&c.name, &rec.id, rec.to_json());
+    } else {
+        // Edited again while in flight: the server now holds shadow + what we sent.
+        let mut server = match e.op {
+            Op::Create => Default::default(),
+            _ => shadow::get(w.tx, &c.name, &rec.id)?
+                .map(|s| s.1)
+                .unwrap_or_default(),
+        };
+        server.extend(e.fields.clone());
+        shadow::set(w.tx, &c.name, &rec.id, Some(version), &server)?;
+        rec.version = Some(version);
+        if rec.status == RecordStatus::Created {
+            rec.status = RecordStatus::Updated;
+        }
+        w.replace_row(c, &rec)?;
+        outbox::rebase(w.tx, &c.name, &rec.id, version)?;
+    }
+    Ok(())
+}
+
+fn conflict(
+    w: &mut Writer<'_, '_>,
+    c: &Collection,
+    e: &OutboxEntry,
+    server: Option<&ServerRecord>,
+    resolver: &dyn ConflictResolver,
+) -> Result<()> {
+    remove_entry(w, e)?;
+    let Some(server) = server else {
+        // Deleted on the server: it wins over our change.
+        forget_record(w, c, &e.record_id)?;
+        w.events.delete(&c.name, &e.record_id);
+        return Ok(());
+    };
+    let Some(mut local) = w.load(c, &e.record_id)? else {
+        return Ok(());
+    };
+    shadow::set(
+        w.tx,
+        &c.name,
+        &local.id,
+        Some(server.version),
+        &server.fields,
+    )?;
+    if e.op == Op::Delete || local.status == RecordStatus::Deleted {
+        local.version = Some(server.version);
+        w.replace_row(c, &local)?;
+        requeue(w, e, Op::Delete, Default::default(), server.version)?;
+        return Ok(());
+    }
+    let mut merged = resolver.resolve(&c.name, &local, server);
+    normalise(c, &mut merged);
+    let diff: crate::store::Fields = merged
+        .iter()
+        .filter(|(k, v)| server.fields.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    local.fields = merged;
+    local.version = Some(server.version);
+    local.updated_at = w.now;
+    if diff.is_empty() && other_entries(w, e)? == 0 {
+        local.status = RecordStatus::Synced;
+        local.changed.clear();
+        shadow::remove(w.tx, &c.name, &local.id)?;
+    } else {
+        local.status = RecordStatus::Updated;
+        local.changed = diff.keys().cloned().collect();
+        if !diff.is_empty() {
+            requeue(w, e, Op::Update, diff, server.version)?;
+        }
+        outbox::rebase(w.tx, &c.name, &local.id, server.version)?;
+    }
+    w.replace_row(c, &local)?;
+    w.events.upsert(&c.name, &local.id, local.to_json());
+    Ok(())
+}
+
+/// Re-queues a resolved change under a new mutation id, folding it under any
+/// later unsent edit of the same record (the later edit's values win).
+fn requeue(
+    w: &Writer<'_, '_>,
+    e: &OutboxEntry,
+    op: Op,
+    fields: crate::store::Fields,
+    base: u64,
+) -> Result<()> {
+    let later: Option<(i64, String, String)> =
+        w.tx.prepare_cached(
+            "SELECT seq, op, fields FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2
+             AND state = 'pending' AND attempts = 0 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![e.collection, e.record_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    match later {
+        Some((_, later_op, _)) if later_op == "delete" => Ok(()),
+        Some((seq, _, later_fields)) => {
+            let mut merged = fields;
+            let later: crate::store::Fields = serde_json::from_str(&later_fields)?;
+            merged.extend(later);
+            w.tx.prepare_cached(
+                "UPDATE _ferry_outbox SET fields = ?2, base_version = ?3 WHERE seq = ?1",
+            )?
+            .execute(params![
+                seq,
+                serde_json::Value::Object(merged).to_string(),
+                base as i64
+            ])?;
+            Ok(())
+        }
+        None => outbox::append(
+            w.tx,
+            &e.collection,
+            &e.record_id,
+            op,
+            &fields,
+            Some(base),
+            w.now,
+        ),
+    }
+}
+
+/// Drops a record and its unsent entries (the server deleted it).
+pub(crate) fn forget_record(w: &Writer<'_, '_>, c: &Collection, id: &str) -> Result<()> {
+    w.delete_row(c, id)?;
+    shadow::remove(w.tx, &c.name, id)?;
+    w.tx.prepare_cached(
+        "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
+    )?
+    .execute(params![c.name, id])?;
+    Ok(())
+}
+
+/// Rolls the record back to its last server state and quarantines the mutation.
+fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, reason: &str) -> Result<()> {
+    w.tx.prepare_cached(
+        "UPDATE _ferry_outbox SET state = 'quarantined', last_error = ?2 WHERE seq = ?1",
+    )?
+    .execute(params![e.seq, reason])?;
+    // Later unsent edits of the record stood on the rejected one: they go too.
+    w.tx.prepare_cached(
+        "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
+    )?
+    .execute(params![e.collection, e.record_id])?;
+    match shadow::get(w.tx, &c.name, &e.record_id)? {
+        Some((version, fields)) => {
+            let now = w.now;
+            let existing = w.load(c, &e.record_id)?;
+            let rec = Record {
+                id: e.record_id.clone(),
+                fields,
+                status: RecordStatus::Synced,
+                changed: vec![],
+                version,
+                created_at: existing.as_ref().map(|r| r.created_at).unwrap_or(now),
+                updated_at: now,
+            };
+            if existing.is_some() {
+                w.replace_row(c, &rec)?;
+            } else {
+                w.insert_row(c, &rec)?;
+            }
+            shadow::remove(w.tx, &c.name, &e.record_id)?;
+            w.events.upsert(&c.name, &rec.id, rec.to_json());
+        }
+        None => {
+            // Never on the server (a rejected create): the record goes.
+            if w.load(c, &e.record_id)?.is_some() {
+                w.delete_row(c, &e.record_id)?;
+                w.events.delete(&c.name, &e.record_id);
+            }
+        }
+    }
+    Ok(())
+}

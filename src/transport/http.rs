@@ -1,0 +1,99 @@
+//! The default transport: HTTP/JSON with reqwest over rustls.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_protocol::{
+    ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION, PULL_PATH, PUSH_PATH, PullPage, PullRequest,
+    PushRequest, PushResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Transport, TransportError};
+
+/// HTTP transport to a Ferry backend at `base_url`.
+#[derive(Clone)]
+pub struct HttpTransport {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl HttpTransport {
+    pub fn new(base_url: &str) -> Result<Self, TransportError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .gzip(true)
+            .build()
+            .map_err(|e| TransportError::Protocol(format!("cannot build HTTP client: {e}")))?;
+        Ok(HttpTransport {
+            base: base_url.trim_end_matches('/').to_string(),
+            client,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn post<B: Serialize + Sync, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+        body: &B,
+    ) -> Result<R, TransportError> {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string())
+            .json(body)
+            .send()
+            .await
+            .map_err(offline)?;
+        read_json(resp).await
+    }
+}
+
+pub(crate) fn offline(e: reqwest::Error) -> TransportError {
+    TransportError::Offline(e.to_string())
+}
+
+/// Decodes a 2xx JSON answer, or maps an error answer to a [`TransportError`].
+pub(crate) async fn read_json<R: DeserializeOwned>(
+    resp: reqwest::Response,
+) -> Result<R, TransportError> {
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(offline)?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| TransportError::Protocol(format!("bad response body: {e}")));
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (
+            "unknown".to_string(),
+            String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+        ),
+    };
+    if status.as_u16() == 401 {
+        return Err(TransportError::Unauthorized(message));
+    }
+    Err(TransportError::Server {
+        status: status.as_u16(),
+        code,
+        message,
+    })
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    async fn pull(&self, token: &str, req: &PullRequest) -> Result<PullPage, TransportError> {
+        self.post(PULL_PATH, token, req).await
+    }
+
+    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError> {
+        self.post(PUSH_PATH, token, req).await
+    }
+}

@@ -1,0 +1,93 @@
+//! Transports: how the sync engine reaches a backend.
+//!
+//! The engine never does I/O itself; it calls a [`Transport`]. The default is
+//! [`HttpTransport`] (reqwest with rustls, no OpenSSL); a host can supply its own
+//! (for example one that goes through the mobile platform's networking), and tests
+//! inject fakes to drive every fault deterministically. [`watermelon`] adapts a
+//! WatermelonDB-protocol backend to the same trait.
+
+mod http;
+
+pub use http::HttpTransport;
+
+use async_trait::async_trait;
+use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse};
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TransportError {
+    /// No answer: no network, refused, reset or timed out. Safe to retry later.
+    #[error("offline: {0}")]
+    Offline(String),
+    /// 401: the token is missing, wrong or expired.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Any other error answer from the server.
+    #[error("server error {status} ({code}): {message}")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The answer broke the protocol (bad JSON, wrong shape).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl TransportError {
+    /// Worth retrying later with backoff (network trouble, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransportError::Offline(_) => true,
+            TransportError::Server { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+impl From<TransportError> for crate::Error {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Offline(m) => crate::Error::Offline(m),
+            TransportError::Unauthorized(m) => crate::Error::Unauthorized(m),
+            TransportError::Server {
+                status,
+                code,
+                message,
+            } => crate::Error::Server {
+                status,
+                code,
+                message,
+            },
+            TransportError::Protocol(m) => crate::Error::Protocol(m),
+        }
+    }
+}
+
+/// A backend speaking the Ferry protocol (see `docs/protocol.md`).
+#[async_trait]
+pub trait Transport: Send + Sync {
+    async fn pull(&self, token: &str, req: &PullRequest) -> Result<PullPage, TransportError>;
+    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError>;
+    /// Response bytes received so far (for progress); 0 if the transport can't tell.
+    fn bytes_received(&self) -> u64 {
+        0
+    }
+}
+
+/// Supplies bearer tokens. On a 401 the engine asks once for a refreshed token.
+#[async_trait]
+pub trait TokenProvider: Send + Sync {
+    /// The current token; `refresh` is true after the server refused the last one.
+    async fn token(&self, refresh: bool) -> Result<String, TransportError>;
+}
+
+/// A fixed token (development, tests, the CLI).
+pub struct StaticToken(pub String);
+
+#[async_trait]
+impl TokenProvider for StaticToken {
+    async fn token(&self, _refresh: bool) -> Result<String, TransportError> {
+        Ok(self.0.clone())
+    }
+}
