@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod service;
 pub mod storage;
+pub mod testing;
 
 use std::net::SocketAddr;
 

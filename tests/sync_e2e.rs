@@ -1,0 +1,587 @@
+//! End-to-end sync against an in-process ferry-server (SQLite, or PostgreSQL
+//! with FERRY_E2E_BACKEND=postgres).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use ferry::sync::{OfflineBehavior, SyncConfig, SyncPhase, WriteMode};
+use ferry::transport::{TokenProvider, TransportError};
+use ferry::{ChangeEvent, ChangeSource, EntryState, Error, WriteOp};
+use parking_lot::Mutex;
+use serde_json::json;
+use support::*;
+
+/// The server refuses `tasks.notes` longer than 10 characters; the app does not know.
+fn strict_notes() -> ferry_server::ServerConfig {
+    let mut c = ferry_server::ServerConfig::dev();
+    c.collections
+        .get_mut("tasks")
+        .unwrap()
+        .fields
+        .get_mut("notes")
+        .unwrap()
+        .max_length = Some(10);
+    c
+}
+
+const TOO_LONG: &str = "far more than ten characters";
+
+fn create(id: &str, title: &str) -> WriteOp {
+    WriteOp::Create {
+        collection: "tasks".into(),
+        fields: obj(json!({"id": id, "title": title})),
+    }
+}
+
+fn update(id: &str, fields: serde_json::Value) -> WriteOp {
+    WriteOp::Update {
+        collection: "tasks".into(),
+        id: id.into(),
+        fields: obj(fields),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_converge_with_per_column_merge_and_deletes() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let b = device(&server.url(), ALICE);
+    a.client
+        .write(
+            vec![create("t1", "buy milk"), create("t2", "call bob")],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    assert_eq!(contents(&b.store, "tasks"), contents(&a.store, "tasks"));
+    // Offline edits of different columns of one record, and a delete.
+    a.store
+        .update("tasks", "t1", obj(json!({"title": "buy oat milk"})))
+        .unwrap();
+    b.store
+        .update("tasks", "t1", obj(json!({"done": true})))
+        .unwrap();
+    b.store.delete("tasks", "t2").unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    a.client.sync().await.unwrap();
+    let t1 = a.store.get("tasks", "t1").unwrap().unwrap();
+    assert_eq!(t1.fields["title"], "buy oat milk");
+    assert_eq!(t1.fields["done"], true);
+    assert!(a.store.get("tasks", "t2").unwrap().is_none());
+    assert_eq!(contents(&a.store, "tasks"), contents(&b.store, "tasks"));
+    assert!(a.store.outbox().unwrap().is_empty() && b.store.outbox().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_conflict_is_resolved_and_requeued() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let b = device(&server.url(), ALICE);
+    a.client
+        .write(vec![create("t", "v1")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    a.client
+        .write(
+            vec![update("t", json!({"title": "from a"}))],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    // B pushes without pulling first: its base version is stale → conflict.
+    b.store
+        .update("tasks", "t", obj(json!({"priority": 5})))
+        .unwrap();
+    let report = b.client.push_all().await.unwrap();
+    assert_eq!(report.conflicts, 1, "{report:?}");
+    assert_eq!(
+        report.applied, 1,
+        "re-queued under a new id and applied: {report:?}"
+    );
+    let t = b.store.get("tasks", "t").unwrap().unwrap();
+    assert_eq!(
+        (t.fields["title"].clone(), t.fields["priority"].clone()),
+        (json!("from a"), json!(5))
+    );
+    a.client.sync().await.unwrap();
+    assert_eq!(contents(&a.store, "tasks"), contents(&b.store, "tasks"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_item_rolls_back_is_quarantined_and_does_not_block_the_rest() {
+    let server = start_server_with(strict_notes()).await;
+    let a = device(&server.url(), ALICE);
+    a.client
+        .write(vec![create("ok1", "fine")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    let rollbacks: Arc<Mutex<Vec<ChangeEvent>>> = Arc::default();
+    let sink = rollbacks.clone();
+    let _sub = a.store.subscribe(Arc::new(move |e: &ChangeEvent| {
+        if e.source == ChangeSource::Rollback {
+            sink.lock().push(e.clone())
+        }
+    }));
+    a.store
+        .update(
+            "tasks",
+            "ok1",
+            obj(json!({"notes": TOO_LONG, "title": "changed"})),
+        )
+        .unwrap();
+    a.store
+        .create("tasks", obj(json!({"id": "bad", "notes": TOO_LONG})))
+        .unwrap();
+    a.store
+        .create("tasks", obj(json!({"id": "ok2", "title": "also fine"})))
+        .unwrap();
+    let report = a.client.sync().await.unwrap().pushed;
+    assert_eq!((report.applied, report.rejected), (1, 2), "{report:?}");
+    // ok1 is back at the server's state; `bad` never existed there; ok2 synced.
+    let ok1 = a.store.get("tasks", "ok1").unwrap().unwrap();
+    assert_eq!(ok1.fields["title"], "fine");
+    assert_eq!(ok1.fields["notes"], serde_json::Value::Null);
+    assert!(!ok1.status.is_pending());
+    assert!(a.store.get("tasks", "bad").unwrap().is_none());
+    assert!(
+        !a.store
+            .get("tasks", "ok2")
+            .unwrap()
+            .unwrap()
+            .status
+            .is_pending()
+    );
+    let q = a.store.quarantine().unwrap();
+    assert_eq!(q.len(), 2);
+    assert!(q.iter().all(|e| {
+        e.state == EntryState::Quarantined
+            && e.last_error
+                .as_deref()
+                .unwrap()
+                .starts_with("invalid_record")
+    }));
+    a.store.flush_events();
+    let rb = rollbacks.lock().clone();
+    assert_eq!(rb.len(), 1, "one rollback event for the batch");
+    let tasks = rb[0].collection("tasks").unwrap();
+    assert_eq!(tasks.deleted, vec!["bad".to_string()]);
+    assert_eq!(tasks.upserted[0]["id"], "ok1");
+    assert_eq!(a.client.status().quarantined, 2);
+    // The app discards one and retries the other (still rejected → back in quarantine).
+    a.store.discard_quarantined(&q[0].mutation_id).unwrap();
+    a.store.retry_quarantined(&q[1].mutation_id).unwrap();
+    let report = a.client.sync().await.unwrap().pushed;
+    assert_eq!(report.rejected, 1);
+    assert_eq!(a.store.quarantine().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_backs_off_one_item_while_the_others_sync() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.transport.retry_records.lock().insert("slow".into());
+    a.client
+        .write(
+            vec![create("slow", "x"), create("fast", "y")],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    let report = a.client.sync().await.unwrap().pushed;
+    assert_eq!((report.applied, report.retried), (1, 1));
+    let ob = a.store.outbox().unwrap();
+    assert_eq!(ob.len(), 1);
+    assert_eq!(ob[0].record_id, "slow");
+    assert!(
+        ob[0].next_attempt_at > a.store.clock().now_ms() + 30_000,
+        "server's retry_after is honoured"
+    );
+    // Not due yet: a second sync does not resend it.
+    a.transport.retry_records.lock().clear();
+    assert_eq!(a.client.sync().await.unwrap().pushed.applied, 0);
+    assert_eq!(a.transport.deliveries("slow"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_push_response_is_retried_without_applying_twice() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let b = device(&server.url(), ALICE);
+    a.client
+        .write(vec![create("t", "once")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.transport.lose_push_response.store(true, Ordering::SeqCst);
+    assert!(matches!(a.client.sync().await, Err(Error::Offline(_))));
+    // Edits made meanwhile do not fold into the sent entry.
+    a.store
+        .update("tasks", "t", obj(json!({"priority": 1})))
+        .unwrap();
+    assert_eq!(a.store.outbox().unwrap().len(), 2);
+    // Backoff: make the entries due now.
+    a.store.outbox().unwrap();
+    let report = loop {
+        let r = a.client.sync().await.unwrap().pushed;
+        if r.applied > 0 {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(report.applied >= 1);
+    while !a.store.outbox().unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        a.client.sync().await.unwrap();
+    }
+    b.client.sync().await.unwrap();
+    let t = b.store.get("tasks", "t").unwrap().unwrap();
+    assert_eq!(
+        (t.fields["title"].clone(), t.fields["priority"].clone()),
+        (json!("once"), json!(1))
+    );
+    assert_eq!(t.version, Some(2), "create applied once, update once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_pull_resumes_at_every_page_boundary_and_publishes_all_or_nothing() {
+    let server = start_server().await;
+    let seeder = device(&server.url(), ALICE);
+    let ops: Vec<WriteOp> = (0..50).map(|i| create(&format!("r{i:02}"), "x")).collect();
+    seeder
+        .client
+        .write(ops, WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    seeder.client.sync().await.unwrap();
+    let config = SyncConfig {
+        page_size: 10,
+        ..SyncConfig::default()
+    };
+    for k in 0..5 {
+        let d = device_with(
+            &server.url(),
+            Arc::new(ferry::transport::StaticToken(ALICE.into())),
+            schema(),
+            config.clone(),
+        );
+        *d.transport.fail_pull_after.lock() = Some(k);
+        assert!(
+            matches!(d.client.sync().await, Err(Error::Offline(_))),
+            "k={k}"
+        );
+        assert!(
+            d.store
+                .query("tasks", &Default::default())
+                .unwrap()
+                .is_empty(),
+            "nothing visible before the pull completes (k={k})"
+        );
+        assert_eq!(d.client.status().phase, SyncPhase::Offline);
+        *d.transport.fail_pull_after.lock() = None;
+        d.transport.pulls.store(0, Ordering::SeqCst);
+        let report = d.client.sync().await.unwrap();
+        assert_eq!(
+            report.pages as usize,
+            d.transport.pulls.load(Ordering::SeqCst)
+        );
+        assert!(
+            report.pages <= 6 - k as u64,
+            "resumed from page {k}, fetched {} pages",
+            report.pages
+        );
+        assert_eq!(
+            d.store.query("tasks", &Default::default()).unwrap().len(),
+            50,
+            "k={k}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_do_not_come_back_as_remote_changes() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.client
+        .write(
+            vec![create("t1", "a"), create("t2", "b")],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    a.store.flush_events();
+    let events: Arc<Mutex<Vec<ChangeEvent>>> = Arc::default();
+    let sink = events.clone();
+    let _sub = a
+        .store
+        .subscribe(Arc::new(move |e: &ChangeEvent| sink.lock().push(e.clone())));
+    let report = a.client.sync().await.unwrap();
+    a.store.flush_events();
+    assert_eq!(
+        report.pulled, 0,
+        "the server skipped our own writes: {report:?}"
+    );
+    assert!(events.lock().is_empty(), "{:?}", events.lock());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_mode_ever_pushes_a_change_twice() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.client
+        .write(vec![create("off", "1")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    a.client
+        .write(vec![create("opt", "2")], WriteMode::Optimistic)
+        .await
+        .unwrap();
+    assert_eq!(a.transport.deliveries("opt"), 1, "pushed at once");
+    let r = a
+        .client
+        .write(
+            vec![create("onl", "3")],
+            WriteMode::Online(OfflineBehavior::Fail),
+        )
+        .await
+        .unwrap();
+    let onl = r[0].clone().unwrap();
+    assert!(!onl.status.is_pending());
+    assert_eq!(onl.version, Some(1));
+    assert!(
+        a.store.outbox().unwrap().is_empty(),
+        "a confirmed write never enters the outbox"
+    );
+    a.client.sync().await.unwrap();
+    a.client.sync().await.unwrap();
+    for id in ["off", "opt", "onl"] {
+        assert_eq!(a.transport.deliveries(id), 1, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_mode_offline_fails_or_queues_as_asked() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.transport.offline.store(true, Ordering::SeqCst);
+    let e = a
+        .client
+        .write(
+            vec![create("x", "1")],
+            WriteMode::Online(OfflineBehavior::Fail),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Offline(_)), "{e}");
+    assert!(
+        a.store.get("tasks", "x").unwrap().is_none(),
+        "nothing changed"
+    );
+    a.client
+        .write(
+            vec![create("y", "1")],
+            WriteMode::Online(OfflineBehavior::Queue),
+        )
+        .await
+        .unwrap();
+    assert!(
+        a.store
+            .get("tasks", "y")
+            .unwrap()
+            .unwrap()
+            .status
+            .is_pending()
+    );
+    // Optimistic writes while unreachable stay queued, then sync once.
+    a.client
+        .write(vec![create("z", "1")], WriteMode::Optimistic)
+        .await
+        .unwrap();
+    a.transport.offline.store(false, Ordering::SeqCst);
+    a.client.set_online(true);
+    // Entries backed off after the failed optimistic push; wait for them.
+    for _ in 0..50 {
+        a.client.sync().await.unwrap();
+        if a.store.outbox().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(a.store.outbox().unwrap().is_empty());
+    assert_eq!(
+        (a.transport.deliveries("y"), a.transport.deliveries("z")),
+        (1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_write_rejected_changes_nothing_and_optimistic_rejection_rolls_back() {
+    let server = start_server_with(strict_notes()).await;
+    let a = device(&server.url(), ALICE);
+    let bad = WriteOp::Create {
+        collection: "tasks".into(),
+        fields: obj(json!({"id": "b1", "notes": TOO_LONG})),
+    };
+    let e = a
+        .client
+        .write(vec![bad], WriteMode::Online(OfflineBehavior::Fail))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Rejected { code, .. } if code == "invalid_record"),
+        "{e}"
+    );
+    assert!(a.store.get("tasks", "b1").unwrap().is_none());
+    assert!(a.store.outbox().unwrap().is_empty());
+    let bad = WriteOp::Create {
+        collection: "tasks".into(),
+        fields: obj(json!({"id": "b2", "notes": TOO_LONG})),
+    };
+    let e = a
+        .client
+        .write(vec![bad], WriteMode::Optimistic)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Rejected { .. }), "{e}");
+    assert!(a.store.get("tasks", "b2").unwrap().is_none(), "rolled back");
+}
+
+struct RefreshingTokens {
+    calls: AtomicUsize,
+    refreshes: AtomicUsize,
+    good_after_refresh: bool,
+}
+
+#[async_trait]
+impl TokenProvider for RefreshingTokens {
+    async fn token(&self, refresh: bool) -> Result<String, TransportError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if refresh {
+            self.refreshes.fetch_add(1, Ordering::SeqCst);
+            if self.good_after_refresh {
+                return Ok(ALICE.into());
+            }
+        }
+        Ok("expired-token".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_refreshes_the_token_once_and_retries() {
+    let server = start_server().await;
+    let tokens = Arc::new(RefreshingTokens {
+        calls: 0.into(),
+        refreshes: 0.into(),
+        good_after_refresh: true,
+    });
+    let a = device_with(
+        &server.url(),
+        tokens.clone(),
+        schema(),
+        SyncConfig::default(),
+    );
+    a.store.create("tasks", obj(json!({"id": "t"}))).unwrap();
+    a.client.sync().await.unwrap();
+    assert!(tokens.refreshes.load(Ordering::SeqCst) >= 1);
+    assert!(a.store.outbox().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecoverable_auth_failure_stops_with_a_typed_status_and_keeps_data() {
+    let server = start_server().await;
+    let tokens = Arc::new(RefreshingTokens {
+        calls: 0.into(),
+        refreshes: 0.into(),
+        good_after_refresh: false,
+    });
+    let a = device_with(
+        &server.url(),
+        tokens.clone(),
+        schema(),
+        SyncConfig::default(),
+    );
+    a.store
+        .create("tasks", obj(json!({"id": "t", "title": "keep me"})))
+        .unwrap();
+    let e = a.client.sync().await.unwrap_err();
+    assert!(matches!(e, Error::Unauthorized(_)), "{e}");
+    assert_eq!(
+        tokens.refreshes.load(Ordering::SeqCst),
+        1,
+        "refreshed exactly once"
+    );
+    let st = a.client.status();
+    assert!(st.auth_failed);
+    assert_eq!(st.phase, SyncPhase::Error);
+    assert_eq!(
+        a.store.get("tasks", "t").unwrap().unwrap().fields["title"],
+        "keep me"
+    );
+    assert_eq!(a.store.outbox().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sync_request_joins_the_running_one() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let (r1, r2) = tokio::join!(a.client.sync(), a.client.sync());
+    assert_eq!(r1.unwrap(), r2.unwrap());
+    assert_eq!(
+        a.transport.pulls.load(Ordering::SeqCst),
+        1,
+        "one pull served both"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_rows_leave_the_device_and_anchors_count_the_server() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let b = device(&server.url(), ALICE);
+    a.client
+        .write(
+            vec![create("keep", "k"), create("old", "o")],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    assert_eq!(
+        b.store
+            .anchors()
+            .unwrap()
+            .iter()
+            .find(|x| x.collection == "tasks")
+            .unwrap()
+            .server_total,
+        2
+    );
+    a.client
+        .write(
+            vec![update("old", json!({"archived": true}))],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    assert!(
+        b.store.get("tasks", "old").unwrap().is_none(),
+        "archived rows are evicted"
+    );
+    assert!(
+        b.store.outbox().unwrap().is_empty(),
+        "an eviction is not a user delete"
+    );
+}
