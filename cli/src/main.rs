@@ -49,8 +49,10 @@ enum Command {
     Outbox,
     /// Print record counts, pending mutations and the schema version.
     Status,
-    // `demo` and `sync --server URL --token T` go here, with their code in
-    // `commands/demo.rs` and `commands/sync.rs`.
+    /// Run two devices syncing through a local ferry-server (needs nothing installed).
+    Demo(commands::demo::DemoArgs),
+    /// Sync the database with a running ferry-server.
+    Sync(commands::sync::SyncArgs),
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -63,6 +65,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Query(args) => commands::records::query(&ctx, args),
         Command::Outbox => commands::inspect::outbox(&ctx),
         Command::Status => commands::inspect::status(&ctx),
+        Command::Demo(args) => commands::demo::run(args),
+        Command::Sync(args) => commands::sync::run(&ctx, args),
     }
 }
 

@@ -7,9 +7,11 @@
 //! A new group (e.g. `demo`, `sync`) gets its own file here, takes a [`Ctx`] and
 //! returns `Result<(), Failure>`, printing its result with [`print_json`].
 
+pub mod demo;
 pub mod init;
 pub mod inspect;
 pub mod records;
+pub mod sync;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
