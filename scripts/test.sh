@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs every test lane. README's "all tests" command; .ci/run calls it after
+# installing what it needs.
+#
+#   1. format and lints (cargo fmt --check, clippy -D warnings)
+#   2. PostgreSQL: start the local cluster (scripts/pg-start.sh) for the server's
+#      storage suite and the end-to-end suite on PostgreSQL
+#   3. cargo test --workspace (unit, store, CLI, crash, server on SQLite + PostgreSQL,
+#      end-to-end sync on SQLite)
+#   4. end-to-end sync again with the server on PostgreSQL
+#   5. bindings: generated code is current, Kotlin on the JVM against a real
+#      ferry-server, the Swift C header compiles against the static library
+#   6. the demo runs and converges
+#
+# Under CI (env CI set) nothing is skipped: a missing PostgreSQL or Kotlin
+# toolchain fails the run. Outside CI those lanes skip with a loud message.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+lane() { printf '\n==== %s ====\n' "$*"; }
+skip() {
+  if [ -n "${CI:-}" ]; then echo "FAILED: $* (required under CI)" >&2; exit 1; fi
+  printf '\n!!!! SKIPPED: %s !!!!\n\n' "$*" >&2
+}
+
+lane "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+lane "PostgreSQL"
+if [ -z "${FERRY_TEST_PG_URL:-}" ]; then
+  if url=$(scripts/pg-start.sh); then
+    export FERRY_TEST_PG_URL="$url"
+  else
+    skip "PostgreSQL could not be started (scripts/pg-start.sh); its tests will skip"
+  fi
+fi
+
+lane "cargo test --workspace"
+cargo test --workspace
+
+if [ -n "${FERRY_TEST_PG_URL:-}" ]; then
+  lane "end-to-end sync on PostgreSQL"
+  FERRY_E2E_BACKEND=postgres cargo test --test sync_e2e
+fi
+
+lane "bindings"
+if [ -d bindings/kotlin/tests ]; then
+  scripts/generate-bindings.sh --check
+  if [ -n "${CI:-}" ] || scripts/kotlin-toolchain.sh --check >/dev/null 2>&1; then
+    FERRY_INSTALL_TOOLCHAIN=1 scripts/test-kotlin.sh
+  else
+    skip "the Kotlin toolchain is not installed (scripts/kotlin-toolchain.sh)"
+  fi
+  scripts/check-swift-header.sh
+else
+  skip "no binding tests yet (bindings/kotlin/tests)"
+fi
+
+lane "demo"
+cargo run -q -p ferry-cli -- demo
+
+lane "all lanes passed"
