@@ -27,7 +27,10 @@ impl Caller {
     pub fn new(user_id: &str, shared: impl IntoIterator<Item = String>) -> Caller {
         let mut scopes: BTreeSet<String> = shared.into_iter().collect();
         scopes.insert(owner_scope(user_id));
-        Caller { user_id: user_id.to_string(), scopes }
+        Caller {
+            user_id: user_id.to_string(),
+            scopes,
+        }
     }
     pub fn owner_scope(&self) -> String {
         owner_scope(&self.user_id)
@@ -59,7 +62,12 @@ impl Authenticator {
         let by_token = config
             .users
             .iter()
-            .map(|u| (u.token.clone(), Caller::new(&u.id, u.scopes.iter().cloned())))
+            .map(|u| {
+                (
+                    u.token.clone(),
+                    Caller::new(&u.id, u.scopes.iter().cloned()),
+                )
+            })
             .collect();
         let jwt = config.jwt.as_ref().map(|j| {
             let mut v = Validation::new(Algorithm::HS256);
@@ -83,12 +91,11 @@ impl Authenticator {
         if let Some(caller) = self.by_token.get(token) {
             return Ok(caller.clone());
         }
-        if let Some((key, validation)) = &self.jwt {
-            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, validation) {
-                if !data.claims.sub.is_empty() {
-                    return Ok(Caller::new(&data.claims.sub, data.claims.scopes));
-                }
-            }
+        if let Some((key, validation)) = &self.jwt
+            && let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, validation)
+            && !data.claims.sub.is_empty()
+        {
+            return Ok(Caller::new(&data.claims.sub, data.claims.scopes));
         }
         Err(ApiError::unauthorized("invalid or expired token"))
     }

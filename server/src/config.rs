@@ -67,7 +67,11 @@ pub struct FieldConfig {
 
 impl FieldConfig {
     fn new(ty: FieldType, nullable: bool) -> Self {
-        FieldConfig { ty, nullable, max_length: None }
+        FieldConfig {
+            ty,
+            nullable,
+            max_length: None,
+        }
     }
 }
 
@@ -76,7 +80,10 @@ impl FieldConfig {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SyncRule {
     /// Rows whose `field` equals `equals` are not synced.
-    ExcludeWhen { field: String, equals: serde_json::Value },
+    ExcludeWhen {
+        field: String,
+        equals: serde_json::Value,
+    },
 }
 
 impl SyncRule {
@@ -119,7 +126,9 @@ pub struct JwtConfig {
 
 impl fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtConfig").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("JwtConfig")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -214,7 +223,9 @@ impl ServerConfig {
             }
             for field in c.fields.keys() {
                 if field == "id" || field.starts_with('_') {
-                    return bad(format!("{name}.{field}: `id` and `_`-prefixed names are reserved"));
+                    return bad(format!(
+                        "{name}.{field}: `id` and `_`-prefixed names are reserved"
+                    ));
                 }
             }
             if let Some(sf) = &c.scope_field {

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 
 /// A point in commit order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Position(pub i64, pub i64);
 
 impl Position {
@@ -35,7 +37,10 @@ pub struct StreamKey {
 
 impl StreamKey {
     pub fn new(scope: &str, collection: &str) -> Self {
-        StreamKey { scope: scope.to_string(), collection: collection.to_string() }
+        StreamKey {
+            scope: scope.to_string(),
+            collection: collection.to_string(),
+        }
     }
     fn encode(&self) -> String {
         format!("{}\u{1f}{}", self.collection, self.scope)
@@ -77,15 +82,28 @@ pub struct CursorCodec {
 
 impl CursorCodec {
     pub fn new(secret: &[u8]) -> Self {
-        CursorCodec { key: hmac::Key::new(hmac::HMAC_SHA256, secret) }
+        CursorCodec {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
     }
 
     pub fn encode(&self, user_id: &str, c: &Cursor) -> String {
-        let map = |m: &BTreeMap<StreamKey, Position>| m.iter().map(|(k, p)| (k.encode(), *p)).collect();
-        let wire = Wire { v: 1, u: user_id.to_string(), w: c.watermark, s: map(&c.streams), r: map(&c.revoking) };
+        let map =
+            |m: &BTreeMap<StreamKey, Position>| m.iter().map(|(k, p)| (k.encode(), *p)).collect();
+        let wire = Wire {
+            v: 1,
+            u: user_id.to_string(),
+            w: c.watermark,
+            s: map(&c.streams),
+            r: map(&c.revoking),
+        };
         let json = serde_json::to_vec(&wire).expect("cursor serializes");
         let tag = hmac::sign(&self.key, &json);
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&json), URL_SAFE_NO_PAD.encode(tag.as_ref()))
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&json),
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
     }
 
     /// Decodes a cursor; any tampering, other user's cursor or garbage → `invalid_cursor`.
@@ -99,10 +117,17 @@ impl CursorCodec {
         if wire.v != 1 || wire.u != user_id {
             return Err(bad());
         }
-        let map = |m: BTreeMap<String, Position>| -> Result<BTreeMap<StreamKey, Position>, ApiError> {
-            m.into_iter().map(|(k, p)| Ok((StreamKey::decode(&k).ok_or_else(bad)?, p))).collect()
-        };
-        Ok(Cursor { streams: map(wire.s)?, revoking: map(wire.r)?, watermark: wire.w })
+        let map =
+            |m: BTreeMap<String, Position>| -> Result<BTreeMap<StreamKey, Position>, ApiError> {
+                m.into_iter()
+                    .map(|(k, p)| Ok((StreamKey::decode(&k).ok_or_else(bad)?, p)))
+                    .collect()
+            };
+        Ok(Cursor {
+            streams: map(wire.s)?,
+            revoking: map(wire.r)?,
+            watermark: wire.w,
+        })
     }
 }
 
@@ -113,8 +138,12 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_tampering_and_other_users() {
         let codec = CursorCodec::new(b"secret");
-        let mut c = Cursor { watermark: Position(7, 0), ..Default::default() };
-        c.streams.insert(StreamKey::new("user:alice", "tasks"), Position(5, 2));
+        let mut c = Cursor {
+            watermark: Position(7, 0),
+            ..Default::default()
+        };
+        c.streams
+            .insert(StreamKey::new("user:alice", "tasks"), Position(5, 2));
         let s = codec.encode("alice", &c);
         assert_eq!(codec.decode("alice", &s).unwrap(), c);
         assert!(codec.decode("bob", &s).is_err());

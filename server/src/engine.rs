@@ -51,7 +51,12 @@ impl Decision {
 }
 
 fn reject(code: RejectCode, message: impl Into<String>) -> Decision {
-    Decision::NoWrite { outcome: MutationOutcome::Rejected { code, message: message.into() } }
+    Decision::NoWrite {
+        outcome: MutationOutcome::Rejected {
+            code,
+            message: message.into(),
+        },
+    }
 }
 
 fn conflict(id: &str, cur: &CurrentRow) -> Decision {
@@ -60,7 +65,12 @@ fn conflict(id: &str, cur: &CurrentRow) -> Decision {
         version: cur.version,
         fields: cur.fields.clone(),
     });
-    Decision::Conflict { outcome: MutationOutcome::Conflict { server_record, deleted: cur.deleted } }
+    Decision::Conflict {
+        outcome: MutationOutcome::Conflict {
+            server_record,
+            deleted: cur.deleted,
+        },
+    }
 }
 
 /// Whether a row with these fields is synced to clients (not excluded by a rule).
@@ -81,7 +91,11 @@ pub fn validate_record_id(id: &str) -> Result<(), String> {
 
 /// Validates `fields` against the collection. `complete` (a create) also requires
 /// every non-nullable field.
-pub fn validate_fields(coll: &CollectionConfig, fields: &Fields, complete: bool) -> Result<(), String> {
+pub fn validate_fields(
+    coll: &CollectionConfig,
+    fields: &Fields,
+    complete: bool,
+) -> Result<(), String> {
     for (name, value) in fields {
         let Some(f) = coll.fields.get(name) else {
             return Err(format!("unknown field {name:?}"));
@@ -110,20 +124,30 @@ pub fn validate_fields(coll: &CollectionConfig, fields: &Fields, complete: bool)
                 other => other.to_string().len(),
             };
             if len > max {
-                return Err(format!("field {name:?} is {len} bytes, over its limit of {max}"));
+                return Err(format!(
+                    "field {name:?} is {len} bytes, over its limit of {max}"
+                ));
             }
         }
     }
-    if complete {
-        if let Some((name, _)) = coll.fields.iter().find(|(n, f)| !f.nullable && !fields.contains_key(*n)) {
-            return Err(format!("missing required field {name:?}"));
-        }
+    if complete
+        && let Some((name, _)) = coll
+            .fields
+            .iter()
+            .find(|(n, f)| !f.nullable && !fields.contains_key(*n))
+    {
+        return Err(format!("missing required field {name:?}"));
     }
     Ok(())
 }
 
 /// The scope a row with `fields` lives in.
-fn scope_of(coll: &CollectionConfig, fields: &Fields, current: Option<&CurrentRow>, caller: &Caller) -> String {
+fn scope_of(
+    coll: &CollectionConfig,
+    fields: &Fields,
+    current: Option<&CurrentRow>,
+    caller: &Caller,
+) -> String {
     if let Some(Value::String(s)) = coll.scope_field.as_ref().and_then(|f| fields.get(f)) {
         return s.clone();
     }
@@ -142,17 +166,28 @@ fn precondition_holds(p: Precondition, cur: &CurrentRow) -> bool {
 }
 
 /// Decides one mutation against the current (locked) row.
-pub fn decide(config: &ServerConfig, caller: &Caller, m: &PlannedMutation, current: Option<&CurrentRow>) -> Decision {
+pub fn decide(
+    config: &ServerConfig,
+    caller: &Caller,
+    m: &PlannedMutation,
+    current: Option<&CurrentRow>,
+) -> Decision {
     let Some(coll) = config.collections.get(&m.collection) else {
-        return reject(RejectCode::UnknownCollection, format!("unknown collection {:?}", m.collection));
+        return reject(
+            RejectCode::UnknownCollection,
+            format!("unknown collection {:?}", m.collection),
+        );
     };
     if let Err(e) = validate_record_id(&m.record_id) {
         return reject(RejectCode::InvalidRecord, e);
     }
-    if let Some(cur) = current {
-        if !caller.can_access(&cur.scope) {
-            return reject(RejectCode::Forbidden, "the record is in a scope you cannot access");
-        }
+    if let Some(cur) = current
+        && !caller.can_access(&cur.scope)
+    {
+        return reject(
+            RejectCode::Forbidden,
+            "the record is in a scope you cannot access",
+        );
     }
     let op = match (m.op, current, m.lenient) {
         (Op::Create, Some(cur), true) if !cur.deleted => Op::Update,
@@ -165,7 +200,10 @@ pub fn decide(config: &ServerConfig, caller: &Caller, m: &PlannedMutation, curre
                 return if m.lenient {
                     conflict(&m.record_id, cur)
                 } else {
-                    reject(RejectCode::AlreadyExists, "a record with this id already exists")
+                    reject(
+                        RejectCode::AlreadyExists,
+                        "a record with this id already exists",
+                    )
                 };
             }
             if let Err(e) = validate_fields(coll, &m.fields, true) {
@@ -192,12 +230,18 @@ pub fn decide(config: &ServerConfig, caller: &Caller, m: &PlannedMutation, curre
             write(coll, caller, Some(cur), fields, false)
         }
         Op::Delete => match current {
-            None if m.lenient => Decision::NoWrite { outcome: MutationOutcome::Applied { version: 0 } },
+            None if m.lenient => Decision::NoWrite {
+                outcome: MutationOutcome::Applied { version: 0 },
+            },
             None => reject(RejectCode::NotFound, "no record with this id"),
-            Some(cur) if cur.deleted && m.lenient => {
-                Decision::NoWrite { outcome: MutationOutcome::Applied { version: cur.version } }
+            Some(cur) if cur.deleted && m.lenient => Decision::NoWrite {
+                outcome: MutationOutcome::Applied {
+                    version: cur.version,
+                },
+            },
+            Some(cur) if cur.deleted || !precondition_holds(m.precondition, cur) => {
+                conflict(&m.record_id, cur)
             }
-            Some(cur) if cur.deleted || !precondition_holds(m.precondition, cur) => conflict(&m.record_id, cur),
             Some(cur) => write(coll, caller, Some(cur), Fields::new(), true),
         },
     }
@@ -215,7 +259,10 @@ fn write(
         _ => scope_of(coll, &fields, current, caller),
     };
     if !caller.can_access(&scope) {
-        return reject(RejectCode::Forbidden, format!("you cannot write to scope {scope:?}"));
+        return reject(
+            RejectCode::Forbidden,
+            format!("you cannot write to scope {scope:?}"),
+        );
     }
     let synced = !deleted && is_synced(coll, &fields);
     let mut changes = Vec::new();
@@ -244,7 +291,13 @@ fn write(
     totals.sort();
     let version = current.map_or(1, |c| c.version + 1);
     Decision::Write {
-        row: NewRow { scope, version, deleted, fields, created: current.is_none() },
+        row: NewRow {
+            scope,
+            version,
+            deleted,
+            fields,
+            created: current.is_none(),
+        },
         changes,
         totals,
         outcome: MutationOutcome::Applied { version },

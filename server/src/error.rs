@@ -57,7 +57,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, error_code::UNAUTHORIZED, message)
@@ -66,10 +70,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn unknown_collection(name: &str) -> Self {
-        Self::bad_request(error_code::UNKNOWN_COLLECTION, format!("unknown collection {name:?}"))
+        Self::bad_request(
+            error_code::UNKNOWN_COLLECTION,
+            format!("unknown collection {name:?}"),
+        )
     }
     pub fn invalid_cursor() -> Self {
-        Self::bad_request(error_code::INVALID_CURSOR, "the cursor was not issued to this user by this server")
+        Self::bad_request(
+            error_code::INVALID_CURSOR,
+            "the cursor was not issued to this user by this server",
+        )
     }
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
@@ -79,7 +89,12 @@ impl ApiError {
         )
     }
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message.clone() } }
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+            },
+        }
     }
 }
 
@@ -88,9 +103,17 @@ impl From<ServerError> for ApiError {
         tracing::error!(error = %e, "request failed in storage");
         let pool_exhausted = matches!(e, ServerError::Pool(_));
         if pool_exhausted {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error_code::UNAVAILABLE, "storage is busy, retry later")
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error_code::UNAVAILABLE,
+                "storage is busy, retry later",
+            )
         } else {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error_code::INTERNAL, "internal error")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                error_code::INTERNAL,
+                "internal error",
+            )
         }
     }
 }

@@ -15,7 +15,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use ferry_protocol::{MutationOutcome, PROTOCOL_HEADER, PROTOCOL_VERSION, PullRequest, PushRequest, error_code};
+use ferry_protocol::{
+    MutationOutcome, PROTOCOL_HEADER, PROTOCOL_VERSION, PullRequest, PushRequest, error_code,
+};
 use serde::de::DeserializeOwned;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -35,22 +37,30 @@ pub struct AppState {
 /// Builds the router with every middleware layer.
 pub fn router(service: SyncService) -> Router {
     let limits = service.config().limits.clone();
-    let state = Arc::new(AppState { auth: Authenticator::new(service.config()), service });
+    let state = Arc::new(AppState {
+        auth: Authenticator::new(service.config()),
+        service,
+    });
     crate::metrics::handle();
     Router::new()
         .route(ferry_protocol::PULL_PATH, post(pull))
         .route(ferry_protocol::PUSH_PATH, post(push))
-        .route(ferry_protocol::watermelon::SYNC_PATH, get(watermelon_pull).post(watermelon_push))
+        .route(
+            ferry_protocol::watermelon::SYNC_PATH,
+            get(watermelon_pull).post(watermelon_push),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .with_state(state)
-        .layer(middleware::map_response(json_errors))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(limits.request_timeout_ms),
         ))
+        .layer(middleware::map_response(json_errors))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
@@ -66,15 +76,21 @@ async fn json_errors(response: Response) -> Response {
         return response;
     }
     let err = match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error_code::PAYLOAD_TOO_LARGE, "request body too large")
-        }
-        StatusCode::REQUEST_TIMEOUT => {
-            ApiError::new(StatusCode::REQUEST_TIMEOUT, error_code::UNAVAILABLE, "request timed out")
-        }
-        StatusCode::METHOD_NOT_ALLOWED => {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, error_code::INVALID_REQUEST, "method not allowed")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            error_code::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            error_code::UNAVAILABLE,
+            "request timed out",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_code::INVALID_REQUEST,
+            "method not allowed",
+        ),
         _ => return response,
     };
     err.into_response()
@@ -83,7 +99,8 @@ async fn json_errors(response: Response) -> Response {
 impl AppState {
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         if let Some(v) = headers.get(PROTOCOL_HEADER) {
-            let supported = v.to_str().ok().and_then(|s| s.trim().parse::<u32>().ok()) == Some(PROTOCOL_VERSION);
+            let supported = v.to_str().ok().and_then(|s| s.trim().parse::<u32>().ok())
+                == Some(PROTOCOL_VERSION);
             if !supported {
                 return Err(ApiError::bad_request(
                     error_code::UNSUPPORTED_PROTOCOL,
@@ -91,44 +108,71 @@ impl AppState {
                 ));
             }
         }
-        self.auth.authenticate(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
+        self.auth.authenticate(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
     }
 }
 
 /// Parses a JSON body: syntax errors → `malformed_json`, shape errors → `invalid_request`.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() { error_code::INVALID_REQUEST } else { error_code::MALFORMED_JSON };
+        let code = if e.is_data() {
+            error_code::INVALID_REQUEST
+        } else {
+            error_code::MALFORMED_JSON
+        };
         ApiError::bad_request(code, format!("request body: {e}"))
     })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::payload_too_large(limit))
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::payload_too_large(limit))
 }
 
 fn protocol_json<T: serde::Serialize>(value: &T) -> Response {
     let mut r = Json(value).into_response();
-    r.headers_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
+    r.headers_mut()
+        .insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
     r
 }
 
-async fn pull(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn pull(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let caller = s.caller(&headers)?;
     let body = read_body(body, s.service.config().limits.max_body_bytes).await?;
-    let req: PullRequest = if body.is_empty() { PullRequest::default_request() } else { parse_json(&body)? };
+    let req: PullRequest = if body.is_empty() {
+        PullRequest::default_request()
+    } else {
+        parse_json(&body)?
+    };
     let page = s.service.pull(&caller, &req).await?;
     crate::metrics::pulled("ferry", page.changes.values().map(|c| c.len() as u64).sum());
     Ok(protocol_json(&page))
 }
 
-async fn push(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn push(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let caller = s.caller(&headers)?;
     let body = read_body(body, s.service.config().limits.max_body_bytes).await?;
     let req: PushRequest = parse_json(&body)?;
     let n = req.mutations.len() as u64;
     let resp = s.service.push(&caller, req).await?;
-    let applied = resp.results.iter().filter(|r| matches!(r.outcome, MutationOutcome::Applied { .. })).count();
+    let applied = resp
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, MutationOutcome::Applied { .. }))
+        .count();
     crate::metrics::pushed("ferry", n, applied as u64);
     Ok(protocol_json(&resp))
 }
@@ -138,7 +182,10 @@ fn wm_number(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>
     match params.get(name).map(|s| s.trim()) {
         None | Some("" | "null" | "undefined") => Ok(None),
         Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
-            ApiError::bad_request(error_code::INVALID_REQUEST, format!("{name} must be an integer or null"))
+            ApiError::bad_request(
+                error_code::INVALID_REQUEST,
+                format!("{name} must be an integer or null"),
+            )
         }),
     }
 }
@@ -155,8 +202,15 @@ async fn watermelon_pull(
         None | Some("" | "null" | "undefined") => None,
         Some(json) => Some(parse_json(json.as_bytes())?),
     };
-    let resp = s.service.watermelon_pull(&caller, last_pulled_at, migration.as_ref()).await?;
-    let rows = resp.changes.values().map(|t| (t.created.len() + t.updated.len() + t.deleted.len()) as u64).sum();
+    let resp = s
+        .service
+        .watermelon_pull(&caller, last_pulled_at, migration.as_ref())
+        .await?;
+    let rows = resp
+        .changes
+        .values()
+        .map(|t| (t.created.len() + t.updated.len() + t.deleted.len()) as u64)
+        .sum();
     crate::metrics::pulled("watermelon", rows);
     Ok(Json(resp).into_response())
 }
@@ -173,28 +227,51 @@ async fn watermelon_push(
     // WatermelonDB's frontend example posts the changes object itself; accept a
     // `{"changes": {...}}` wrapper too, unless `changes` is one of the collections.
     let wrapped = value.as_object().is_some_and(|o| {
-        o.get("changes").is_some_and(|c| c.is_object()) && !s.service.config().collections.contains_key("changes")
+        o.get("changes").is_some_and(|c| c.is_object())
+            && !s.service.config().collections.contains_key("changes")
     });
     if wrapped {
         value = value["changes"].take();
     }
     let changes: ferry_protocol::watermelon::Changes = parse_json(value.to_string().as_bytes())?;
     let last_pulled_at = wm_number(&params, "last_pulled_at")?.ok_or_else(|| {
-        ApiError::bad_request(error_code::INVALID_REQUEST, "last_pulled_at query parameter is required")
+        ApiError::bad_request(
+            error_code::INVALID_REQUEST,
+            "last_pulled_at query parameter is required",
+        )
     })?;
-    let n = changes.values().map(|t| (t.created.len() + t.updated.len() + t.deleted.len()) as u64).sum();
-    let resp = s.service.watermelon_push(&caller, last_pulled_at, changes).await?;
-    let rejected: u64 = resp.experimental_rejected_ids.iter().flat_map(|m| m.values()).map(|v| v.len() as u64).sum();
+    let n = changes
+        .values()
+        .map(|t| (t.created.len() + t.updated.len() + t.deleted.len()) as u64)
+        .sum();
+    let resp = s
+        .service
+        .watermelon_push(&caller, last_pulled_at, changes)
+        .await?;
+    let rejected: u64 = resp
+        .experimental_rejected_ids
+        .iter()
+        .flat_map(|m| m.values())
+        .map(|v| v.len() as u64)
+        .sum();
     crate::metrics::pushed("watermelon", n, n - rejected);
     Ok(Json(resp).into_response())
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {
     match s.service.storage().ping().await {
-        Ok(()) => Json(serde_json::json!({"status": "ok", "backend": s.service.storage().backend()})).into_response(),
+        Ok(()) => {
+            Json(serde_json::json!({"status": "ok", "backend": s.service.storage().backend()}))
+                .into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error_code::UNAVAILABLE, "storage unreachable").into_response()
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error_code::UNAVAILABLE,
+                "storage unreachable",
+            )
+            .into_response()
         }
     }
 }
@@ -213,6 +290,12 @@ trait DefaultRequest {
 
 impl DefaultRequest for PullRequest {
     fn default_request() -> Self {
-        PullRequest { cursor: None, client_id: None, limit: None, collections: None, want_totals: false }
+        PullRequest {
+            cursor: None,
+            client_id: None,
+            limit: None,
+            collections: None,
+            want_totals: false,
+        }
     }
 }

@@ -79,5 +79,9 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         }
     });
     tracing::info!(%addr, "ferry-server listening");
-    Ok(RunningServer { addr, shutdown, task })
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+    })
 }

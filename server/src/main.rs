@@ -27,8 +27,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -56,14 +56,20 @@ async fn main() -> std::process::ExitCode {
             }
         },
         None => {
-            println!("ferry-server: no --config given, using the built-in DEV config (do not use in production)");
+            println!(
+                "ferry-server: no --config given, using the built-in DEV config (do not use in production)"
+            );
             for (user, token) in DEV_TOKENS {
                 println!("  dev user {user:<6} Authorization: Bearer {token}");
             }
             ServerConfig::dev()
         }
     };
-    let opts = ServerOptions { listen: args.listen, database_url: args.database_url, config };
+    let opts = ServerOptions {
+        listen: args.listen,
+        database_url: args.database_url,
+        config,
+    };
     let server = match start(opts).await {
         Ok(s) => s,
         Err(e) => {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ferry_protocol::watermelon;
 use ferry_protocol::{
-    CollectionChanges, Fields, MutationOutcome, MutationResult, Op, PullPage, PullRequest, PushRequest, PushResponse,
-    RejectCode, ServerRecord, error_code,
+    CollectionChanges, Fields, MutationOutcome, MutationResult, Op, PullPage, PullRequest,
+    PushRequest, PushResponse, RejectCode, ServerRecord, error_code,
 };
 use serde_json::Value;
 
@@ -20,7 +20,10 @@ use crate::auth::Caller;
 use crate::config::ServerConfig;
 use crate::cursor::{Cursor, CursorCodec, Position, StreamKey};
 use crate::error::{ApiError, CONFLICT, ServerError};
-use crate::storage::{self, ChangeKind, ChangeRow, PlannedMutation, Precondition, ReadRequest, Scan, Storage, WriteBatch};
+use crate::storage::{
+    self, ChangeKind, ChangeRow, PlannedMutation, Precondition, ReadRequest, Scan, Storage,
+    WriteBatch,
+};
 
 /// Longest a pull waits for older transactions to finish (see [`SyncService::read_settled`]).
 const SETTLE_BUDGET: Duration = Duration::from_millis(1500);
@@ -62,15 +65,25 @@ pub struct Counts {
 
 impl SyncService {
     /// Opens storage from a database URL and builds the service.
-    pub async fn open(database_url: &str, config: ServerConfig) -> Result<SyncService, ServerError> {
+    pub async fn open(
+        database_url: &str,
+        config: ServerConfig,
+    ) -> Result<SyncService, ServerError> {
         config.validate()?;
         let storage = storage::open(database_url).await?;
         Self::new(storage, config).await
     }
 
-    pub async fn new(storage: Arc<dyn Storage>, config: ServerConfig) -> Result<SyncService, ServerError> {
+    pub async fn new(
+        storage: Arc<dyn Storage>,
+        config: ServerConfig,
+    ) -> Result<SyncService, ServerError> {
         let secret = storage.secret().await?;
-        Ok(SyncService { storage, config: Arc::new(config), codec: CursorCodec::new(&secret) })
+        Ok(SyncService {
+            storage,
+            config: Arc::new(config),
+            codec: CursorCodec::new(&secret),
+        })
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -117,14 +130,22 @@ impl SyncService {
     /// One page of changes after `req.cursor` in the caller's scopes.
     pub async fn pull(&self, caller: &Caller, req: &PullRequest) -> Result<PullPage, ApiError> {
         let limits = &self.config.limits;
-        let limit = req.limit.unwrap_or(limits.default_page_rows).clamp(1, limits.max_page_rows) as usize;
+        let limit = req
+            .limit
+            .unwrap_or(limits.default_page_rows)
+            .clamp(1, limits.max_page_rows) as usize;
         let collections = self.collections(req.collections.as_deref())?;
         let mut cursor = match &req.cursor {
             Some(s) => self.codec.decode(&caller.user_id, s)?,
             None => Cursor::default(),
         };
         // Streams of scopes the caller lost start being evicted; regained ones stop.
-        let lost: Vec<StreamKey> = cursor.streams.keys().filter(|k| !caller.can_access(&k.scope)).cloned().collect();
+        let lost: Vec<StreamKey> = cursor
+            .streams
+            .keys()
+            .filter(|k| !caller.can_access(&k.scope))
+            .cloned()
+            .collect();
         for k in lost {
             cursor.streams.remove(&k);
             cursor.revoking.insert(k, Position::ZERO);
@@ -136,19 +157,37 @@ impl SyncService {
             for c in &collections {
                 let key = StreamKey::new(scope, c);
                 let after = cursor.streams.get(&key).copied().unwrap_or(Position::ZERO);
-                scans.push(Scan { key, after, upto: None, limit: limit + 1 });
+                scans.push(Scan {
+                    key,
+                    after,
+                    upto: None,
+                    limit: limit + 1,
+                });
             }
         }
         let live = scans.len();
         for (key, after) in &cursor.revoking {
             if collections.contains(&key.collection) {
-                scans.push(Scan { key: key.clone(), after: *after, upto: None, limit: limit + 1 });
+                scans.push(Scan {
+                    key: key.clone(),
+                    after: *after,
+                    upto: None,
+                    limit: limit + 1,
+                });
             }
         }
-        let totals = req
-            .want_totals
-            .then(|| (caller.scopes.iter().cloned().collect::<Vec<_>>(), collections.clone()));
-        let read = self.read_settled(ReadRequest { scans: scans.clone(), totals }).await?;
+        let totals = req.want_totals.then(|| {
+            (
+                caller.scopes.iter().cloned().collect::<Vec<_>>(),
+                collections.clone(),
+            )
+        });
+        let read = self
+            .read_settled(ReadRequest {
+                scans: scans.clone(),
+                totals,
+            })
+            .await?;
 
         // Merge every stream in global position order and take the first `limit`.
         let mut merged: Vec<(Position, usize, &ChangeRow)> = read
@@ -173,7 +212,9 @@ impl SyncService {
                 continue;
             }
             cursor.streams.insert(key.clone(), *pos);
-            let echo = row.kind != ChangeKind::Evict && req.client_id.is_some() && row.client_id == req.client_id;
+            let echo = row.kind != ChangeKind::Evict
+                && req.client_id.is_some()
+                && row.client_id == req.client_id;
             if echo {
                 continue;
             }
@@ -197,10 +238,17 @@ impl SyncService {
         }
         for page in changes.values_mut() {
             // A record that moved between two of the caller's scopes: keep the live entry.
-            let live_ids: BTreeSet<&String> =
-                page.upserts.iter().map(|r| &r.id).chain(page.deletes.iter()).collect();
+            let live_ids: BTreeSet<&String> = page
+                .upserts
+                .iter()
+                .map(|r| &r.id)
+                .chain(page.deletes.iter())
+                .collect();
             let evictions = std::mem::take(&mut page.evictions);
-            page.evictions = evictions.into_iter().filter(|id| !live_ids.contains(id)).collect();
+            page.evictions = evictions
+                .into_iter()
+                .filter(|id| !live_ids.contains(id))
+                .collect();
         }
         changes.retain(|_, c| !c.is_empty());
         if !has_more {
@@ -217,7 +265,10 @@ impl SyncService {
     /// Applies a push: each mutation on its own merits, idempotent by mutation id.
     pub async fn push(&self, caller: &Caller, req: PushRequest) -> Result<PushResponse, ApiError> {
         if req.client_id.is_empty() {
-            return Err(ApiError::bad_request(error_code::INVALID_REQUEST, "client_id must not be empty"));
+            return Err(ApiError::bad_request(
+                error_code::INVALID_REQUEST,
+                "client_id must not be empty",
+            ));
         }
         let max = self.config.limits.max_push_mutations;
         if req.mutations.len() > max {
@@ -226,13 +277,21 @@ impl SyncService {
                 format!("a push carries at most {max} mutations"),
             ));
         }
-        if let Some(m) = req.mutations.iter().find(|m| m.mutation_id.is_empty() || m.mutation_id.len() > 128) {
+        if let Some(m) = req
+            .mutations
+            .iter()
+            .find(|m| m.mutation_id.is_empty() || m.mutation_id.len() > 128)
+        {
             return Err(ApiError::bad_request(
                 error_code::INVALID_REQUEST,
                 format!("mutation id {:?} must be 1..=128 bytes", m.mutation_id),
             ));
         }
-        let ids: Vec<String> = req.mutations.iter().map(|m| m.mutation_id.clone()).collect();
+        let ids: Vec<String> = req
+            .mutations
+            .iter()
+            .map(|m| m.mutation_id.clone())
+            .collect();
         let mutations = req
             .mutations
             .into_iter()
@@ -242,7 +301,9 @@ impl SyncService {
                 record_id: m.record_id,
                 op: m.op,
                 fields: m.fields,
-                precondition: m.base_version.map_or(Precondition::None, Precondition::BaseVersion),
+                precondition: m
+                    .base_version
+                    .map_or(Precondition::None, Precondition::BaseVersion),
                 lenient: false,
             })
             .collect();
@@ -259,9 +320,15 @@ impl SyncService {
         let results = ids
             .into_iter()
             .zip(result.outcomes)
-            .map(|(mutation_id, outcome)| MutationResult { mutation_id, outcome })
+            .map(|(mutation_id, outcome)| MutationResult {
+                mutation_id,
+                outcome,
+            })
             .collect();
-        Ok(PushResponse { results, write_checkpoint: encode_checkpoint(result.checkpoint) })
+        Ok(PushResponse {
+            results,
+            write_checkpoint: encode_checkpoint(result.checkpoint),
+        })
     }
 
     /// WatermelonDB pull: every change since `last_pulled_at` (a position, not a time).
@@ -284,10 +351,20 @@ impl SyncService {
                     Some(t) if !full.contains(c.as_str()) => Position(t, -1),
                     _ => Position::ZERO,
                 };
-                scans.push(Scan { key: StreamKey::new(scope, c), after, upto: None, limit: usize::MAX });
+                scans.push(Scan {
+                    key: StreamKey::new(scope, c),
+                    after,
+                    upto: None,
+                    limit: usize::MAX,
+                });
             }
         }
-        let read = self.read_settled(ReadRequest { scans: scans.clone(), totals: None }).await?;
+        let read = self
+            .read_settled(ReadRequest {
+                scans: scans.clone(),
+                totals: None,
+            })
+            .await?;
         let mut changes: watermelon::Changes = BTreeMap::new();
         for (scan, rows) in scans.iter().zip(&read.rows) {
             let table = changes.entry(scan.key.collection.clone()).or_default();
@@ -303,7 +380,9 @@ impl SyncService {
                         }
                     }
                     (ChangeKind::Upsert, None) => {}
-                    (ChangeKind::Delete | ChangeKind::Evict, _) => table.deleted.push(row.record_id.clone()),
+                    (ChangeKind::Delete | ChangeKind::Evict, _) => {
+                        table.deleted.push(row.record_id.clone())
+                    }
                 }
             }
         }
@@ -318,7 +397,10 @@ impl SyncService {
             table.deleted.sort();
             table.deleted.dedup();
         }
-        Ok(watermelon::PullResponse { changes, timestamp: read.watermark.0 })
+        Ok(watermelon::PullResponse {
+            changes,
+            timestamp: read.watermark.0,
+        })
     }
 
     /// WatermelonDB push: all-or-nothing on conflict, per-record rejections reported
@@ -389,7 +471,9 @@ impl SyncService {
                 rejected.entry(table).or_default().push(id);
             }
         }
-        Ok(watermelon::PushResponse { experimental_rejected_ids: (!rejected.is_empty()).then_some(rejected) })
+        Ok(watermelon::PushResponse {
+            experimental_rejected_ids: (!rejected.is_empty()).then_some(rejected),
+        })
     }
 }
 

@@ -4,7 +4,9 @@
 /// Creates a new, empty database next to the one `FERRY_TEST_PG_URL` names and
 /// returns its URL; `None` when the variable is unset.
 pub async fn fresh_pg_database() -> Option<String> {
-    let base = std::env::var("FERRY_TEST_PG_URL").ok().filter(|u| !u.is_empty())?;
+    let base = std::env::var("FERRY_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
     let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
         .await
         .expect("connect to FERRY_TEST_PG_URL");

@@ -19,7 +19,6 @@ use tokio::sync::{Barrier, oneshot};
 const WRITERS: usize = 6;
 const ROUNDS: usize = 5;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_committed_out_of_order_all_reach_the_puller() {
     let Some(db) = pg_db().await else { return };
@@ -36,12 +35,23 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
             let mut pulls = 0u64;
             loop {
                 let stopping = stop_rx.try_recv().is_ok();
-                let req = PullRequest { cursor: cursor.clone(), client_id: None, limit: Some(3), collections: None, want_totals: false };
+                let req = PullRequest {
+                    cursor: cursor.clone(),
+                    client_id: None,
+                    limit: Some(3),
+                    collections: None,
+                    want_totals: false,
+                };
                 let page = svc.pull(&alice(), &req).await.unwrap();
                 pulls += 1;
                 for c in page.changes.values() {
                     // Only the updated versions count: they are what commits out of order.
-                    seen.extend(c.upserts.iter().filter(|r| r.version == 2).map(|r| r.id.clone()));
+                    seen.extend(
+                        c.upserts
+                            .iter()
+                            .filter(|r| r.version == 2)
+                            .map(|r| r.id.clone()),
+                    );
                 }
                 cursor = Some(page.cursor);
                 if stopping && !page.has_more {
@@ -69,7 +79,15 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
                 }
             })
             .collect();
-        svc.push(&alice(), ferry_protocol::PushRequest { client_id: "seed".into(), mutations: creates }).await.unwrap();
+        svc.push(
+            &alice(),
+            ferry_protocol::PushRequest {
+                client_id: "seed".into(),
+                mutations: creates,
+            },
+        )
+        .await
+        .unwrap();
         // Every writer opens its transaction and writes (taking txid and seq) in
         // order 0..WRITERS, then they commit in reverse order with pauses between,
         // so the puller runs while later positions are committed and earlier ones are not.
@@ -124,9 +142,19 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop_tx.send(()).unwrap();
     let started = Instant::now();
-    let (seen, pulls) = tokio::time::timeout(Duration::from_secs(30), puller).await.expect("puller finished").unwrap();
-    assert!(pulls >= ROUNDS as u64, "the puller pulled while writers were open ({pulls} pulls)");
+    let (seen, pulls) = tokio::time::timeout(Duration::from_secs(30), puller)
+        .await
+        .expect("puller finished")
+        .unwrap();
+    assert!(
+        pulls >= ROUNDS as u64,
+        "the puller pulled while writers were open ({pulls} pulls)"
+    );
     let missing: Vec<_> = committed.difference(&seen).collect();
-    assert!(missing.is_empty(), "rows never reached the puller: {missing:?} (after {:?})", started.elapsed());
+    assert!(
+        missing.is_empty(),
+        "rows never reached the puller: {missing:?} (after {:?})",
+        started.elapsed()
+    );
     assert_eq!(seen.len(), ROUNDS * WRITERS);
 }

@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use ferry_protocol::{Mutation, MutationOutcome, Op, PullPage, PullRequest, PushRequest, RejectCode};
+use ferry_protocol::{
+    Mutation, MutationOutcome, Op, PullPage, PullRequest, PushRequest, RejectCode,
+};
 use ferry_server::SyncService;
 use ferry_server::auth::Caller;
 use serde_json::json;
@@ -60,25 +62,53 @@ fn create(mid: &str, coll: &str, id: &str, f: serde_json::Value) -> Mutation {
 }
 
 fn update(mid: &str, coll: &str, id: &str, base: u64, f: serde_json::Value) -> Mutation {
-    Mutation { op: Op::Update, base_version: Some(base), ..create(mid, coll, id, f) }
+    Mutation {
+        op: Op::Update,
+        base_version: Some(base),
+        ..create(mid, coll, id, f)
+    }
 }
 
 fn delete(mid: &str, coll: &str, id: &str, base: u64) -> Mutation {
-    Mutation { op: Op::Delete, base_version: Some(base), ..create(mid, coll, id, json!({})) }
+    Mutation {
+        op: Op::Delete,
+        base_version: Some(base),
+        ..create(mid, coll, id, json!({}))
+    }
 }
 
 fn task(title: &str) -> serde_json::Value {
     json!({"title": title, "done": false})
 }
 
-async fn push(svc: &SyncService, who: &Caller, client: &str, ms: Vec<Mutation>) -> Vec<MutationOutcome> {
-    let resp = svc.push(who, PushRequest { client_id: client.into(), mutations: ms }).await.expect("push");
+async fn push(
+    svc: &SyncService,
+    who: &Caller,
+    client: &str,
+    ms: Vec<Mutation>,
+) -> Vec<MutationOutcome> {
+    let resp = svc
+        .push(
+            who,
+            PushRequest {
+                client_id: client.into(),
+                mutations: ms,
+            },
+        )
+        .await
+        .expect("push");
     assert!(resp.write_checkpoint.starts_with("wc1."));
     resp.results.into_iter().map(|r| r.outcome).collect()
 }
 
 fn req(cursor: Option<&str>) -> PullRequest {
-    PullRequest { cursor: cursor.map(String::from), client_id: None, limit: None, collections: None, want_totals: true }
+    PullRequest {
+        cursor: cursor.map(String::from),
+        client_id: None,
+        limit: None,
+        collections: None,
+        want_totals: true,
+    }
 }
 
 /// Pulls pages until `has_more == false`; returns them.
@@ -109,7 +139,16 @@ fn rejected_code(o: &MutationOutcome) -> Option<RejectCode> {
 
 async fn push_then_pull_returns_rows_with_versions_and_tombstones(svc: SyncService) {
     let a = alice();
-    let out = push(&svc, &a, "c1", vec![create("m1", "tasks", "t1", task("one")), create("m2", "tasks", "t2", task("two"))]).await;
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m1", "tasks", "t1", task("one")),
+            create("m2", "tasks", "t2", task("two")),
+        ],
+    )
+    .await;
     assert_eq!(out, vec![applied(1), applied(1)]);
     let first = svc.pull(&a, &req(None)).await.unwrap();
     assert!(!first.has_more);
@@ -118,17 +157,33 @@ async fn push_then_pull_returns_rows_with_versions_and_tombstones(svc: SyncServi
     let t1 = tasks.upserts.iter().find(|r| r.id == "t1").unwrap();
     assert_eq!(t1.version, 1);
     assert_eq!(t1.fields["title"], "one");
-    assert_eq!(t1.fields["priority"], serde_json::Value::Null, "missing nullable fields are stored as null");
+    assert_eq!(
+        t1.fields["priority"],
+        serde_json::Value::Null,
+        "missing nullable fields are stored as null"
+    );
     assert_eq!(first.totals.as_ref().unwrap()["tasks"], 2);
 
-    let out = push(&svc, &a, "c1", vec![update("m3", "tasks", "t1", 1, json!({"done": true})), delete("m4", "tasks", "t2", 1)]).await;
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            update("m3", "tasks", "t1", 1, json!({"done": true})),
+            delete("m4", "tasks", "t2", 1),
+        ],
+    )
+    .await;
     assert_eq!(out, vec![applied(2), applied(2)]);
     let next = svc.pull(&a, &req(Some(&first.cursor))).await.unwrap();
     let tasks = &next.changes["tasks"];
     assert_eq!(tasks.upserts.len(), 1, "only the change since the cursor");
     assert_eq!(tasks.upserts[0].version, 2);
     assert_eq!(tasks.upserts[0].fields["done"], true);
-    assert_eq!(tasks.upserts[0].fields["title"], "one", "update merges changed fields");
+    assert_eq!(
+        tasks.upserts[0].fields["title"], "one",
+        "update merges changed fields"
+    );
     assert_eq!(tasks.deletes, vec!["t2".to_string()]);
     assert_eq!(next.totals.as_ref().unwrap()["tasks"], 1);
     let idle = svc.pull(&a, &req(Some(&next.cursor))).await.unwrap();
@@ -137,15 +192,32 @@ async fn push_then_pull_returns_rows_with_versions_and_tombstones(svc: SyncServi
 
 async fn pull_pages_carry_has_more_and_deliver_every_row_once(svc: SyncService) {
     let a = alice();
-    let ms: Vec<Mutation> = (0..120).map(|i| create(&format!("m{i}"), "tasks", &format!("t{i:03}"), task("x"))).collect();
+    let ms: Vec<Mutation> = (0..120)
+        .map(|i| create(&format!("m{i}"), "tasks", &format!("t{i:03}"), task("x")))
+        .collect();
     push(&svc, &a, "c1", ms).await;
     // Also rows in a shared scope, so pages merge two streams.
-    let ms: Vec<Mutation> =
-        (0..30).map(|i| create(&format!("d{i}"), "docs", &format!("d{i}"), json!({"title": "d", "space": "team"}))).collect();
+    let ms: Vec<Mutation> = (0..30)
+        .map(|i| {
+            create(
+                &format!("d{i}"),
+                "docs",
+                &format!("d{i}"),
+                json!({"title": "d", "space": "team"}),
+            )
+        })
+        .collect();
     push(&svc, &a, "c1", ms).await;
-    let r = PullRequest { limit: Some(1_000_000), ..req(None) };
+    let r = PullRequest {
+        limit: Some(1_000_000),
+        ..req(None)
+    };
     let pages = pull_all(&svc, &a, r).await;
-    assert!(pages.len() >= 3, "limit is clamped to max_page_rows=50, got {} pages", pages.len());
+    assert!(
+        pages.len() >= 3,
+        "limit is clamped to max_page_rows=50, got {} pages",
+        pages.len()
+    );
     for p in &pages[..pages.len() - 1] {
         assert!(p.has_more);
         assert_eq!(p.changes.values().map(|c| c.len()).sum::<usize>(), 50);
@@ -181,22 +253,64 @@ async fn push_retry_with_same_mutation_ids_applies_nothing_twice(svc: SyncServic
 
 async fn stale_base_version_conflicts_with_the_server_row(svc: SyncService) {
     let a = alice();
-    push(&svc, &a, "c1", vec![create("m1", "tasks", "t1", task("one"))]).await;
-    push(&svc, &a, "c2", vec![update("m2", "tasks", "t1", 1, json!({"title": "theirs"}))]).await;
-    let out = push(&svc, &a, "c1", vec![update("m3", "tasks", "t1", 1, json!({"title": "mine"}))]).await;
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![create("m1", "tasks", "t1", task("one"))],
+    )
+    .await;
+    push(
+        &svc,
+        &a,
+        "c2",
+        vec![update("m2", "tasks", "t1", 1, json!({"title": "theirs"}))],
+    )
+    .await;
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![update("m3", "tasks", "t1", 1, json!({"title": "mine"}))],
+    )
+    .await;
     match &out[0] {
-        MutationOutcome::Conflict { server_record: Some(r), deleted: false } => {
+        MutationOutcome::Conflict {
+            server_record: Some(r),
+            deleted: false,
+        } => {
             assert_eq!(r.version, 2);
             assert_eq!(r.fields["title"], "theirs");
         }
         other => panic!("expected conflict, got {other:?}"),
     }
     push(&svc, &a, "c2", vec![delete("m4", "tasks", "t1", 2)]).await;
-    let out = push(&svc, &a, "c1", vec![update("m5", "tasks", "t1", 2, json!({"title": "mine"}))]).await;
-    assert_eq!(out[0], MutationOutcome::Conflict { server_record: None, deleted: true });
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![update("m5", "tasks", "t1", 2, json!({"title": "mine"}))],
+    )
+    .await;
+    assert_eq!(
+        out[0],
+        MutationOutcome::Conflict {
+            server_record: None,
+            deleted: true
+        }
+    );
     // A conflict is not remembered: the same mutation id re-evaluates.
-    let out = push(&svc, &a, "c1", vec![update("m3", "tasks", "t1", 1, json!({"title": "mine"}))]).await;
-    assert!(matches!(out[0], MutationOutcome::Conflict { deleted: true, .. }));
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![update("m3", "tasks", "t1", 1, json!({"title": "mine"}))],
+    )
+    .await;
+    assert!(matches!(
+        out[0],
+        MutationOutcome::Conflict { deleted: true, .. }
+    ));
 }
 
 async fn rejected_mutation_does_not_block_the_rest(svc: SyncService) {
@@ -208,16 +322,46 @@ async fn rejected_mutation_does_not_block_the_rest(svc: SyncService) {
         vec![
             create("m1", "tasks", "ok1", task("fine")),
             create("m2", "tasks", "bad1", json!({"title": "x", "done": "yes"})),
-            create("m3", "tasks", "bad2", json!({"title": "x", "done": false, "colour": "red"})),
+            create(
+                "m3",
+                "tasks",
+                "bad2",
+                json!({"title": "x", "done": false, "colour": "red"}),
+            ),
             create("m4", "tasks", "bad3", json!({"title": null, "done": false})),
             create("m5", "tasks", "bad4", json!({"done": false})),
-            create("m6", "docs", "bad5", json!({"title": "this title is far too long"})),
-            create("m7", "docs", "bad6", json!({"title": "t", "meta": {"blob": "x".repeat(100)}})),
+            create(
+                "m6",
+                "docs",
+                "bad5",
+                json!({"title": "this title is far too long"}),
+            ),
+            create(
+                "m7",
+                "docs",
+                "bad6",
+                json!({"title": "t", "meta": {"blob": "x".repeat(100)}}),
+            ),
             create("m8", "nope", "bad7", json!({})),
-            create("m9", "docs", "bad8", json!({"title": "t", "space": "other-team"})),
+            create(
+                "m9",
+                "docs",
+                "bad8",
+                json!({"title": "t", "space": "other-team"}),
+            ),
             create("m10", "tasks", "bad/9", task("x")),
-            create("m11", "tasks", "bad10", json!({"title": "x", "done": false, "priority": 1.5})),
-            create("m12", "tasks", "ok2", json!({"title": "y", "done": true, "priority": 3})),
+            create(
+                "m11",
+                "tasks",
+                "bad10",
+                json!({"title": "x", "done": false, "priority": 1.5}),
+            ),
+            create(
+                "m12",
+                "tasks",
+                "ok2",
+                json!({"title": "y", "done": true, "priority": 3}),
+            ),
         ],
     )
     .await;
@@ -227,23 +371,69 @@ async fn rejected_mutation_does_not_block_the_rest(svc: SyncService) {
     use RejectCode::*;
     assert_eq!(
         codes,
-        [InvalidRecord, InvalidRecord, InvalidRecord, InvalidRecord, InvalidRecord, InvalidRecord, UnknownCollection, Forbidden, InvalidRecord, InvalidRecord]
-            .map(Some)
+        [
+            InvalidRecord,
+            InvalidRecord,
+            InvalidRecord,
+            InvalidRecord,
+            InvalidRecord,
+            InvalidRecord,
+            UnknownCollection,
+            Forbidden,
+            InvalidRecord,
+            InvalidRecord
+        ]
+        .map(Some)
     );
     let page = svc.pull(&a, &req(None)).await.unwrap();
-    let ids: BTreeSet<_> = page.changes.values().flat_map(|c| c.upserts.iter().map(|r| r.id.clone())).collect();
-    assert_eq!(ids, BTreeSet::from(["ok1".to_string(), "ok2".to_string()]), "rejected items were never written");
+    let ids: BTreeSet<_> = page
+        .changes
+        .values()
+        .flat_map(|c| c.upserts.iter().map(|r| r.id.clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["ok1".to_string(), "ok2".to_string()]),
+        "rejected items were never written"
+    );
 }
 
 async fn create_of_existing_id_and_update_of_missing_id_are_rejected(svc: SyncService) {
     let a = alice();
-    push(&svc, &a, "c1", vec![create("m1", "tasks", "t1", task("one"))]).await;
-    let out = push(&svc, &a, "c1", vec![create("m2", "tasks", "t1", task("again")), update("m3", "tasks", "nope", 1, json!({}))]).await;
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![create("m1", "tasks", "t1", task("one"))],
+    )
+    .await;
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m2", "tasks", "t1", task("again")),
+            update("m3", "tasks", "nope", 1, json!({})),
+        ],
+    )
+    .await;
     assert_eq!(rejected_code(&out[0]), Some(RejectCode::AlreadyExists));
     assert_eq!(rejected_code(&out[1]), Some(RejectCode::NotFound));
     // Another user's record: forbidden, never applied, existence not revealed.
-    let out = push(&svc, &carol(), "c9", vec![update("m4", "tasks", "t1", 1, json!({"title": "hijack"})), delete("m5", "tasks", "t1", 1)]).await;
-    assert_eq!(out.iter().map(rejected_code).collect::<Vec<_>>(), [Some(RejectCode::Forbidden); 2]);
+    let out = push(
+        &svc,
+        &carol(),
+        "c9",
+        vec![
+            update("m4", "tasks", "t1", 1, json!({"title": "hijack"})),
+            delete("m5", "tasks", "t1", 1),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.iter().map(rejected_code).collect::<Vec<_>>(),
+        [Some(RejectCode::Forbidden); 2]
+    );
     let page = svc.pull(&a, &req(None)).await.unwrap();
     assert_eq!(page.changes["tasks"].upserts[0].fields["title"], "one");
 }
@@ -251,42 +441,95 @@ async fn create_of_existing_id_and_update_of_missing_id_are_rejected(svc: SyncSe
 async fn sync_rule_and_scope_change_evict_and_totals_follow(svc: SyncService) {
     let a = alice();
     let b = bob();
-    push(&svc, &a, "c1", vec![create("m1", "tasks", "t1", task("one")), create("m2", "docs", "d1", json!({"title": "shared", "space": "team"}))]).await;
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m1", "tasks", "t1", task("one")),
+            create(
+                "m2",
+                "docs",
+                "d1",
+                json!({"title": "shared", "space": "team"}),
+            ),
+        ],
+    )
+    .await;
     let pa = svc.pull(&a, &req(None)).await.unwrap();
     let pb = svc.pull(&b, &req(None)).await.unwrap();
-    assert_eq!(pb.changes["docs"].upserts[0].id, "d1", "bob shares scope team");
-    assert!(!pb.changes.contains_key("tasks"), "alice's owner scope is hers");
+    assert_eq!(
+        pb.changes["docs"].upserts[0].id, "d1",
+        "bob shares scope team"
+    );
+    assert!(
+        !pb.changes.contains_key("tasks"),
+        "alice's owner scope is hers"
+    );
     assert_eq!(pa.totals.as_ref().unwrap()["tasks"], 1);
 
     // Archived: excluded by the sync rule → eviction, not a delete.
-    let out = push(&svc, &a, "c1", vec![update("m3", "tasks", "t1", 1, json!({"archived": true}))]).await;
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![update("m3", "tasks", "t1", 1, json!({"archived": true}))],
+    )
+    .await;
     assert_eq!(out[0], applied(2));
     let pa2 = svc.pull(&a, &req(Some(&pa.cursor))).await.unwrap();
     assert_eq!(pa2.changes["tasks"].evictions, vec!["t1".to_string()]);
     assert!(pa2.changes["tasks"].upserts.is_empty() && pa2.changes["tasks"].deletes.is_empty());
     assert_eq!(pa2.totals.as_ref().unwrap()["tasks"], 0);
     // Unarchived: comes back as an upsert.
-    push(&svc, &a, "c1", vec![update("m4", "tasks", "t1", 2, json!({"archived": false}))]).await;
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![update("m4", "tasks", "t1", 2, json!({"archived": false}))],
+    )
+    .await;
     let pa3 = svc.pull(&a, &req(Some(&pa2.cursor))).await.unwrap();
     assert_eq!(pa3.changes["tasks"].upserts[0].version, 3);
 
     // Moved from the shared scope to alice's owner scope: bob gets an eviction.
-    let out = push(&svc, &a, "c1", vec![update("m5", "docs", "d1", 1, json!({"space": null}))]).await;
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![update("m5", "docs", "d1", 1, json!({"space": null}))],
+    )
+    .await;
     assert_eq!(out[0], applied(2));
     let pb2 = svc.pull(&b, &req(Some(&pb.cursor))).await.unwrap();
     assert_eq!(pb2.changes["docs"].evictions, vec!["d1".to_string()]);
     assert_eq!(pb2.totals.as_ref().unwrap()["docs"], 0);
     let pa4 = svc.pull(&a, &req(Some(&pa3.cursor))).await.unwrap();
     let docs = &pa4.changes["docs"];
-    assert_eq!(docs.upserts.len(), 1, "alice still sees it in her owner scope");
-    assert!(docs.evictions.is_empty(), "a move between two of alice's scopes is not an eviction for her");
+    assert_eq!(
+        docs.upserts.len(),
+        1,
+        "alice still sees it in her owner scope"
+    );
+    assert!(
+        docs.evictions.is_empty(),
+        "a move between two of alice's scopes is not an eviction for her"
+    );
     assert_eq!(pa4.totals.as_ref().unwrap()["docs"], 1);
 }
 
 async fn revoked_scope_is_evicted_and_granted_scope_gets_full_history(svc: SyncService) {
     let a = alice();
-    let ms: Vec<Mutation> =
-        (0..70).map(|i| create(&format!("m{i}"), "docs", &format!("d{i}"), json!({"title": "t", "space": "team"}))).collect();
+    let ms: Vec<Mutation> = (0..70)
+        .map(|i| {
+            create(
+                &format!("m{i}"),
+                "docs",
+                &format!("d{i}"),
+                json!({"title": "t", "space": "team"}),
+            )
+        })
+        .collect();
     push(&svc, &a, "c1", ms).await;
     // Carol first syncs without the scope, then is granted it: full history.
     let c_without = carol();
@@ -294,56 +537,168 @@ async fn revoked_scope_is_evicted_and_granted_scope_gets_full_history(svc: SyncS
     assert!(p0.iter().all(|p| p.changes.is_empty()));
     let c_with = Caller::new("carol", ["team".to_string()]);
     let granted = pull_all(&svc, &c_with, req(Some(&p0.last().unwrap().cursor))).await;
-    let got: usize = granted.iter().map(|p| p.changes.get("docs").map_or(0, |c| c.upserts.len())).sum();
-    assert_eq!(got, 70, "a newly granted scope arrives with its full history");
+    let got: usize = granted
+        .iter()
+        .map(|p| p.changes.get("docs").map_or(0, |c| c.upserts.len()))
+        .sum();
+    assert_eq!(
+        got, 70,
+        "a newly granted scope arrives with its full history"
+    );
     // Revoked again: every row of the scope is evicted, over several pages.
     let revoked = pull_all(&svc, &c_without, req(Some(&granted.last().unwrap().cursor))).await;
     assert!(revoked.len() >= 2, "evictions are paged too");
-    let evicted: BTreeSet<String> =
-        revoked.iter().flat_map(|p| p.changes.get("docs").map(|c| c.evictions.clone()).unwrap_or_default()).collect();
+    let evicted: BTreeSet<String> = revoked
+        .iter()
+        .flat_map(|p| {
+            p.changes
+                .get("docs")
+                .map(|c| c.evictions.clone())
+                .unwrap_or_default()
+        })
+        .collect();
     assert_eq!(evicted.len(), 70);
-    let after = svc.pull(&c_without, &req(Some(&revoked.last().unwrap().cursor))).await.unwrap();
-    assert!(after.changes.is_empty(), "eviction of a revoked scope happens once");
+    let after = svc
+        .pull(&c_without, &req(Some(&revoked.last().unwrap().cursor)))
+        .await
+        .unwrap();
+    assert!(
+        after.changes.is_empty(),
+        "eviction of a revoked scope happens once"
+    );
 }
 
 async fn own_writes_are_not_echoed_but_the_cursor_advances(svc: SyncService) {
     let a = alice();
     let start = svc.pull(&a, &req(None)).await.unwrap();
-    push(&svc, &a, "phone", vec![create("m1", "tasks", "t1", task("mine"))]).await;
-    push(&svc, &a, "laptop", vec![create("m2", "tasks", "t2", task("other device"))]).await;
-    let r = PullRequest { client_id: Some("phone".into()), ..req(Some(&start.cursor)) };
+    push(
+        &svc,
+        &a,
+        "phone",
+        vec![create("m1", "tasks", "t1", task("mine"))],
+    )
+    .await;
+    push(
+        &svc,
+        &a,
+        "laptop",
+        vec![create("m2", "tasks", "t2", task("other device"))],
+    )
+    .await;
+    let r = PullRequest {
+        client_id: Some("phone".into()),
+        ..req(Some(&start.cursor))
+    };
     let page = svc.pull(&a, &r).await.unwrap();
-    let ids: Vec<_> = page.changes["tasks"].upserts.iter().map(|r| r.id.as_str()).collect();
+    let ids: Vec<_> = page.changes["tasks"]
+        .upserts
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect();
     assert_eq!(ids, ["t2"], "the phone's own write is not echoed back");
-    let again = svc.pull(&a, &PullRequest { cursor: Some(page.cursor.clone()), ..r.clone() }).await.unwrap();
-    assert!(again.changes.is_empty(), "the cursor advanced past the skipped echo");
+    let again = svc
+        .pull(
+            &a,
+            &PullRequest {
+                cursor: Some(page.cursor.clone()),
+                ..r.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        again.changes.is_empty(),
+        "the cursor advanced past the skipped echo"
+    );
     // Another device of the same user does get it.
-    let laptop = svc.pull(&a, &PullRequest { client_id: Some("laptop".into()), ..req(Some(&start.cursor)) }).await.unwrap();
+    let laptop = svc
+        .pull(
+            &a,
+            &PullRequest {
+                client_id: Some("laptop".into()),
+                ..req(Some(&start.cursor))
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(laptop.changes["tasks"].upserts[0].id, "t1");
 }
 
 async fn users_only_see_their_scopes_and_cannot_use_each_others_cursors(svc: SyncService) {
-    push(&svc, &alice(), "c1", vec![create("m1", "tasks", "t1", task("alice's"))]).await;
-    push(&svc, &bob(), "c2", vec![create("m1", "tasks", "t2", task("bob's"))]).await;
+    push(
+        &svc,
+        &alice(),
+        "c1",
+        vec![create("m1", "tasks", "t1", task("alice's"))],
+    )
+    .await;
+    push(
+        &svc,
+        &bob(),
+        "c2",
+        vec![create("m1", "tasks", "t2", task("bob's"))],
+    )
+    .await;
     let pa = svc.pull(&alice(), &req(None)).await.unwrap();
     let pb = svc.pull(&bob(), &req(None)).await.unwrap();
-    assert_eq!(pa.changes["tasks"].upserts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t1"]);
-    assert_eq!(pb.changes["tasks"].upserts.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t2"]);
+    assert_eq!(
+        pa.changes["tasks"]
+            .upserts
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        ["t1"]
+    );
+    assert_eq!(
+        pb.changes["tasks"]
+            .upserts
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        ["t2"]
+    );
     let err = svc.pull(&bob(), &req(Some(&pa.cursor))).await.unwrap_err();
     assert_eq!(err.code, "invalid_cursor");
-    let err = svc.pull(&bob(), &req(Some("not-a-cursor"))).await.unwrap_err();
+    let err = svc
+        .pull(&bob(), &req(Some("not-a-cursor")))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, "invalid_cursor");
-    let err = svc.pull(&bob(), &PullRequest { collections: Some(vec!["nope".into()]), ..req(None) }).await.unwrap_err();
+    let err = svc
+        .pull(
+            &bob(),
+            &PullRequest {
+                collections: Some(vec!["nope".into()]),
+                ..req(None)
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.code, "unknown_collection");
 }
 
 async fn selecting_a_collection_later_gets_its_full_history(svc: SyncService) {
     let a = alice();
-    push(&svc, &a, "c1", vec![create("m1", "tasks", "t1", task("x")), create("m2", "projects", "p1", json!({"name": "P"}))]).await;
-    let only_tasks = PullRequest { collections: Some(vec!["tasks".into()]), ..req(None) };
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m1", "tasks", "t1", task("x")),
+            create("m2", "projects", "p1", json!({"name": "P"})),
+        ],
+    )
+    .await;
+    let only_tasks = PullRequest {
+        collections: Some(vec!["tasks".into()]),
+        ..req(None)
+    };
     let p1 = svc.pull(&a, &only_tasks).await.unwrap();
     assert!(p1.changes.contains_key("tasks") && !p1.changes.contains_key("projects"));
-    assert_eq!(p1.totals.as_ref().unwrap().keys().collect::<Vec<_>>(), ["tasks"]);
+    assert_eq!(
+        p1.totals.as_ref().unwrap().keys().collect::<Vec<_>>(),
+        ["tasks"]
+    );
     let p2 = svc.pull(&a, &req(Some(&p1.cursor))).await.unwrap();
     assert_eq!(p2.changes["projects"].upserts[0].id, "p1");
     assert!(!p2.changes.contains_key("tasks"));

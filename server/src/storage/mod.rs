@@ -181,7 +181,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Storage>, ServerError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStorage::connect(url).await?))
     } else {
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
         if path.is_empty() {
             return Err(ServerError::DatabaseUrl("empty SQLite path".into()));
         }
@@ -193,7 +196,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Storage>, ServerError> {
 pub(crate) fn new_secret() -> Vec<u8> {
     use ring::rand::SecureRandom;
     let mut bytes = vec![0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut bytes).expect("system randomness");
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system randomness");
     bytes
 }
 
@@ -209,6 +214,8 @@ pub(crate) fn encode_outcome(o: &MutationOutcome) -> String {
 pub(crate) fn decode_fields(json: serde_json::Value) -> Result<Fields, ServerError> {
     match json {
         serde_json::Value::Object(map) => Ok(map),
-        other => Err(ServerError::Corrupt(format!("record data is not an object: {other}"))),
+        other => Err(ServerError::Corrupt(format!(
+            "record data is not an object: {other}"
+        ))),
     }
 }

@@ -18,8 +18,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
-    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult, decode_fields,
-    decode_outcome, encode_outcome,
+    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult,
+    decode_fields, decode_outcome, encode_outcome,
 };
 use crate::cursor::Position;
 use crate::engine::{Decision, decide};
@@ -59,9 +59,15 @@ pub struct PgStorage {
 impl PgStorage {
     /// Connects a pool and creates the schema if missing.
     pub async fn connect(url: &str) -> Result<PgStorage, ServerError> {
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| ServerError::DatabaseUrl(e.to_string()))?;
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| ServerError::DatabaseUrl(e.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(16)
             .wait_timeout(Some(std::time::Duration::from_secs(10)))
@@ -89,17 +95,30 @@ impl PgStorage {
     /// Applies a batch inside an open transaction without committing. `Ok(None)` means
     /// the batch aborted on a conflict and the caller must roll back. Exposed so tests
     /// can commit concurrent writers in a chosen order.
-    pub async fn write_in(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<Option<Vec<ferry_protocol::MutationOutcome>>, ServerError> {
-        let txid: i64 = tx.query_one("SELECT pg_current_xact_id()::text::bigint", &[]).await?.get(0);
+    pub async fn write_in(
+        tx: &Transaction<'_>,
+        batch: &WriteBatch,
+    ) -> Result<Option<Vec<ferry_protocol::MutationOutcome>>, ServerError> {
+        let txid: i64 = tx
+            .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+            .await?
+            .get(0);
         let claim = tx
             .prepare_cached(
                 "INSERT INTO mutations (user_id, mutation_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )
             .await?;
-        let stored = tx.prepare_cached("SELECT outcome FROM mutations WHERE user_id = $1 AND mutation_id = $2").await?;
-        let remember =
-            tx.prepare_cached("UPDATE mutations SET outcome = $3 WHERE user_id = $1 AND mutation_id = $2").await?;
-        let forget = tx.prepare_cached("DELETE FROM mutations WHERE user_id = $1 AND mutation_id = $2").await?;
+        let stored = tx
+            .prepare_cached("SELECT outcome FROM mutations WHERE user_id = $1 AND mutation_id = $2")
+            .await?;
+        let remember = tx
+            .prepare_cached(
+                "UPDATE mutations SET outcome = $3 WHERE user_id = $1 AND mutation_id = $2",
+            )
+            .await?;
+        let forget = tx
+            .prepare_cached("DELETE FROM mutations WHERE user_id = $1 AND mutation_id = $2")
+            .await?;
         let load = tx
             .prepare_cached(
                 "SELECT scope, version, deleted, data, changed_at, created_at FROM records
@@ -163,11 +182,23 @@ impl PgStorage {
                 let outcome = match decision {
                     Decision::Conflict { .. } if batch.abort_on_conflict => return Ok(None),
                     Decision::Conflict { outcome } | Decision::NoWrite { outcome } => outcome,
-                    Decision::Write { row, changes, totals, outcome } => {
+                    Decision::Write {
+                        row,
+                        changes,
+                        totals,
+                        outcome,
+                    } => {
                         let data = serde_json::Value::Object(row.fields);
                         let version = row.version as i64;
-                        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-                            [&m.collection, &m.record_id, &row.scope, &version, &row.deleted, &data, &txid];
+                        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                            &m.collection,
+                            &m.record_id,
+                            &row.scope,
+                            &version,
+                            &row.deleted,
+                            &data,
+                            &txid,
+                        ];
                         if current.is_none() {
                             if tx.execute(&insert_record, &args).await? == 0 {
                                 // A concurrent create of this id committed first: decide again.
@@ -177,18 +208,30 @@ impl PgStorage {
                             tx.execute(&update_record, &args).await?;
                         }
                         for (scope, kind) in &changes {
-                            tx.execute(&set_change, &[scope, &m.collection, &m.record_id, &txid, &kind.code(), &batch.client_id])
-                                .await?;
+                            tx.execute(
+                                &set_change,
+                                &[
+                                    scope,
+                                    &m.collection,
+                                    &m.record_id,
+                                    &txid,
+                                    &kind.code(),
+                                    &batch.client_id,
+                                ],
+                            )
+                            .await?;
                         }
                         for (scope, delta) in &totals {
-                            tx.execute(&add_total, &[scope, &m.collection, delta]).await?;
+                            tx.execute(&add_total, &[scope, &m.collection, delta])
+                                .await?;
                         }
                         outcome
                     }
                 };
                 if let Some(mid) = &m.mutation_id {
                     if remembered {
-                        tx.execute(&remember, &[user, mid, &encode_outcome(&outcome)]).await?;
+                        tx.execute(&remember, &[user, mid, &encode_outcome(&outcome)])
+                            .await?;
                     } else {
                         tx.execute(&forget, &[user, mid]).await?;
                     }
@@ -205,17 +248,32 @@ impl PgStorage {
         let tx = client.transaction().await?;
         let Some(outcomes) = Self::write_in(&tx, batch).await? else {
             tx.rollback().await?;
-            return Ok(WriteResult { outcomes: vec![], checkpoint: Position::ZERO, aborted: true });
+            return Ok(WriteResult {
+                outcomes: vec![],
+                checkpoint: Position::ZERO,
+                aborted: true,
+            });
         };
         tx.commit().await?;
-        let xmax: i64 =
-            client.query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint", &[]).await?.get(0);
-        Ok(WriteResult { outcomes, checkpoint: Position(xmax, 0), aborted: false })
+        let xmax: i64 = client
+            .query_one(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(WriteResult {
+            outcomes,
+            checkpoint: Position(xmax, 0),
+            aborted: false,
+        })
     }
 }
 
 fn retryable(e: &ServerError) -> bool {
-    let ServerError::Postgres(e) = e else { return false };
+    let ServerError::Postgres(e) = e else {
+        return false;
+    };
     matches!(
         e.code(),
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::UNIQUE_VIOLATION
@@ -233,8 +291,13 @@ impl Storage for PgStorage {
             .start()
             .await?;
         // First statement: fixes the snapshot, and its xmin is the watermark.
-        let xmin: i64 =
-            tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", &[]).await?.get(0);
+        let xmin: i64 = tx
+            .query_one(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
         let scan = tx
             .prepare_cached(
                 "SELECT c.txid, c.seq, c.record_id, c.kind, c.client_id, r.version, r.created_at, r.data
@@ -259,13 +322,29 @@ impl Storage for PgStorage {
             let result = tx
                 .query(
                     &scan,
-                    &[&s.key.scope, &s.key.collection, &s.after.0, &s.after.1, &upto.0, &upto.1, &xmin, &limit],
+                    &[
+                        &s.key.scope,
+                        &s.key.collection,
+                        &s.after.0,
+                        &s.after.1,
+                        &upto.0,
+                        &upto.1,
+                        &xmin,
+                        &limit,
+                    ],
                 )
                 .await?;
             if !withheld && s.upto.is_none() && (result.len() as u64) < s.limit as u64 {
-                let after = result.last().map_or(s.after, |r| Position(r.get(0), r.get(1)));
-                withheld =
-                    tx.query_one(&beyond, &[&s.key.scope, &s.key.collection, &after.0, &after.1, &xmin]).await?.get(0);
+                let after = result
+                    .last()
+                    .map_or(s.after, |r| Position(r.get(0), r.get(1)));
+                withheld = tx
+                    .query_one(
+                        &beyond,
+                        &[&s.key.scope, &s.key.collection, &after.0, &after.1, &xmin],
+                    )
+                    .await?
+                    .get(0);
             }
             let mut out = Vec::with_capacity(result.len());
             for r in result {
@@ -304,7 +383,12 @@ impl Storage for PgStorage {
             }
         }
         tx.commit().await?;
-        Ok(ReadResult { rows, watermark: Position(xmin, 0), totals, withheld })
+        Ok(ReadResult {
+            rows,
+            watermark: Position(xmin, 0),
+            totals,
+            withheld,
+        })
     }
 
     async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ServerError> {
@@ -315,7 +399,9 @@ impl Storage for PgStorage {
                     tracing::debug!(attempt, error = %e, "retrying write batch");
                     attempt += 1;
                 }
-                Err(e) if retryable(&e) => return Err(ServerError::Pool(format!("write contention: {e}"))),
+                Err(e) if retryable(&e) => {
+                    return Err(ServerError::Pool(format!("write contention: {e}")));
+                }
                 other => return other,
             }
         }
@@ -323,7 +409,10 @@ impl Storage for PgStorage {
 
     async fn secret(&self) -> Result<Vec<u8>, ServerError> {
         let client = self.pool.get().await?;
-        Ok(client.query_one("SELECT value FROM meta WHERE key = 'cursor_secret'", &[]).await?.get(0))
+        Ok(client
+            .query_one("SELECT value FROM meta WHERE key = 'cursor_secret'", &[])
+            .await?
+            .get(0))
     }
 
     async fn ping(&self) -> Result<(), ServerError> {

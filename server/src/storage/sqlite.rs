@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult, decode_fields,
-    decode_outcome, encode_outcome,
+    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult,
+    decode_fields, decode_outcome, encode_outcome,
 };
 use crate::cursor::Position;
 use crate::engine::{Decision, decide};
@@ -71,11 +71,18 @@ impl SqliteStorage {
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', ?1)",
                 [super::new_secret()],
             )?;
-            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('head', 0)", [])?;
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('head', 0)",
+                [],
+            )?;
             Ok(conn)
         })
         .await??;
-        Ok(SqliteStorage { path, writer: Arc::new(Mutex::new(writer)), readers: Arc::default() })
+        Ok(SqliteStorage {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::default(),
+        })
     }
 
     async fn with_reader<T: Send + 'static>(
@@ -102,7 +109,9 @@ impl SqliteStorage {
 }
 
 fn head(conn: &Connection) -> Result<i64, rusqlite::Error> {
-    conn.query_row("SELECT value FROM meta WHERE key = 'head'", [], |r| r.get(0))
+    conn.query_row("SELECT value FROM meta WHERE key = 'head'", [], |r| {
+        r.get(0)
+    })
 }
 
 fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, ServerError> {
@@ -118,10 +127,24 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
              ORDER BY c.pos LIMIT ?5",
         )?;
         for scan in &req.scans {
-            let upto = scan.upto.map_or(i64::MAX, |p| p.0);
+            // Positions here are (n, 0): compare the pair, not just n.
+            let after = if scan.after.1 < 0 {
+                scan.after.0 - 1
+            } else {
+                scan.after.0
+            };
+            let upto = scan
+                .upto
+                .map_or(i64::MAX, |p| if p.1 < 0 { p.0 - 1 } else { p.0 });
             let limit = i64::try_from(scan.limit).unwrap_or(i64::MAX);
             let mut out = Vec::new();
-            let mut q = stmt.query(params![scan.key.scope, scan.key.collection, scan.after.0, upto, limit])?;
+            let mut q = stmt.query(params![
+                scan.key.scope,
+                scan.key.collection,
+                after,
+                upto,
+                limit
+            ])?;
             while let Some(r) = q.next()? {
                 let kind = ChangeKind::from_code(r.get(2)?)?;
                 let record = match r.get::<_, Option<String>>(6)? {
@@ -129,7 +152,8 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
                         version: r.get::<_, i64>(4)? as u64,
                         created_at: r.get(5)?,
                         fields: decode_fields(
-                            serde_json::from_str(&data).map_err(|e| ServerError::Corrupt(e.to_string()))?,
+                            serde_json::from_str(&data)
+                                .map_err(|e| ServerError::Corrupt(e.to_string()))?,
                         )?,
                     }),
                     None => None,
@@ -147,20 +171,33 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
     }
     let mut totals = BTreeMap::new();
     if let Some((scopes, collections)) = &req.totals {
-        let mut stmt = tx.prepare_cached("SELECT count FROM totals WHERE scope = ?1 AND collection = ?2")?;
+        let mut stmt =
+            tx.prepare_cached("SELECT count FROM totals WHERE scope = ?1 AND collection = ?2")?;
         for c in collections {
             let mut sum = 0i64;
             for s in scopes {
-                sum += stmt.query_row(params![s, c], |r| r.get::<_, i64>(0)).optional()?.unwrap_or(0);
+                sum += stmt
+                    .query_row(params![s, c], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .unwrap_or(0);
             }
             totals.insert(c.clone(), sum.max(0) as u64);
         }
     }
     tx.commit()?;
-    Ok(ReadResult { rows, watermark, totals, withheld: false })
+    Ok(ReadResult {
+        rows,
+        watermark,
+        totals,
+        withheld: false,
+    })
 }
 
-fn load_current(tx: &rusqlite::Transaction, collection: &str, id: &str) -> Result<Option<CurrentRow>, ServerError> {
+fn load_current(
+    tx: &rusqlite::Transaction,
+    collection: &str,
+    id: &str,
+) -> Result<Option<CurrentRow>, ServerError> {
     let row = tx
         .prepare_cached(
             "SELECT scope, version, deleted, data, changed_at, created_at FROM records
@@ -178,8 +215,17 @@ fn load_current(tx: &rusqlite::Transaction, collection: &str, id: &str) -> Resul
         })
         .optional()?;
     row.map(|(scope, version, deleted, data, changed_at, created_at)| {
-        let fields = decode_fields(serde_json::from_str(&data).map_err(|e| ServerError::Corrupt(e.to_string()))?)?;
-        Ok(CurrentRow { scope, version: version as u64, deleted, fields, changed_at, created_at })
+        let fields = decode_fields(
+            serde_json::from_str(&data).map_err(|e| ServerError::Corrupt(e.to_string()))?,
+        )?;
+        Ok(CurrentRow {
+            scope,
+            version: version as u64,
+            deleted,
+            fields,
+            changed_at,
+            created_at,
+        })
     })
     .transpose()
 }
@@ -192,7 +238,9 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
     for m in &batch.mutations {
         if let Some(mid) = &m.mutation_id {
             let stored: Option<String> = tx
-                .prepare_cached("SELECT outcome FROM mutations WHERE user_id = ?1 AND mutation_id = ?2")?
+                .prepare_cached(
+                    "SELECT outcome FROM mutations WHERE user_id = ?1 AND mutation_id = ?2",
+                )?
                 .query_row(params![user, mid], |r| r.get(0))
                 .optional()?;
             if let Some(json) = stored {
@@ -206,10 +254,19 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
         let outcome = match decision {
             Decision::Conflict { outcome } if batch.abort_on_conflict => {
                 drop(tx);
-                return Ok(WriteResult { outcomes: vec![outcome], checkpoint: Position::ZERO, aborted: true });
+                return Ok(WriteResult {
+                    outcomes: vec![outcome],
+                    checkpoint: Position::ZERO,
+                    aborted: true,
+                });
             }
             Decision::Conflict { outcome } | Decision::NoWrite { outcome } => outcome,
-            Decision::Write { row, changes, totals, outcome } => {
+            Decision::Write {
+                row,
+                changes,
+                totals,
+                outcome,
+            } => {
                 let first = pos + 1;
                 for (scope, kind) in &changes {
                     pos += 1;
@@ -241,14 +298,20 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
             }
         };
         if let (Some(mid), true) = (&m.mutation_id, remembered) {
-            tx.prepare_cached("INSERT INTO mutations (user_id, mutation_id, outcome) VALUES (?1, ?2, ?3)")?
-                .execute(params![user, mid, encode_outcome(&outcome)])?;
+            tx.prepare_cached(
+                "INSERT INTO mutations (user_id, mutation_id, outcome) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![user, mid, encode_outcome(&outcome)])?;
         }
         outcomes.push(outcome);
     }
     tx.execute("UPDATE meta SET value = ?1 WHERE key = 'head'", [pos])?;
     tx.commit()?;
-    Ok(WriteResult { outcomes, checkpoint: Position(pos + 1, 0), aborted: false })
+    Ok(WriteResult {
+        outcomes,
+        checkpoint: Position(pos + 1, 0),
+        aborted: false,
+    })
 }
 
 #[async_trait]
@@ -259,18 +322,24 @@ impl Storage for SqliteStorage {
 
     async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ServerError> {
         let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || write_in(&mut writer.lock().expect("writer"), &batch)).await?
+        tokio::task::spawn_blocking(move || write_in(&mut writer.lock().expect("writer"), &batch))
+            .await?
     }
 
     async fn secret(&self) -> Result<Vec<u8>, ServerError> {
         self.with_reader(|conn| {
-            Ok(conn.query_row("SELECT value FROM meta WHERE key = 'cursor_secret'", [], |r| r.get(0))?)
+            Ok(conn.query_row(
+                "SELECT value FROM meta WHERE key = 'cursor_secret'",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .await
     }
 
     async fn ping(&self) -> Result<(), ServerError> {
-        self.with_reader(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.with_reader(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 
     fn backend(&self) -> &'static str {

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use ferry_server::SyncService;
 use ferry_server::auth::Caller;
 use ferry_server::config::{CollectionConfig, FieldConfig, FieldType, ServerConfig, UserConfig};
-use ferry_server::SyncService;
 
 pub struct TestDb {
     pub url: String,
@@ -17,36 +17,41 @@ pub struct TestDb {
 pub fn sqlite_db() -> TestDb {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite:{}", dir.path().join("server.db").display());
-    TestDb { url, _dir: Some(dir) }
+    TestDb {
+        url,
+        _dir: Some(dir),
+    }
 }
 
 /// A fresh PostgreSQL database for one test, or `None` (with a loud message) when
 /// `FERRY_TEST_PG_URL` is unset outside CI. Under CI an unset URL fails the test.
 pub async fn pg_db() -> Option<TestDb> {
-    let base = match std::env::var("FERRY_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => u,
+    match std::env::var("FERRY_TEST_PG_URL") {
+        Ok(u) if !u.is_empty() => {}
         _ => {
             if std::env::var_os("CI").is_some() {
-                panic!("FERRY_TEST_PG_URL is not set under CI: the PostgreSQL suite must run (scripts/pg-start.sh)");
+                panic!(
+                    "FERRY_TEST_PG_URL is not set under CI: the PostgreSQL suite must run (scripts/pg-start.sh)"
+                );
             }
-            eprintln!("SKIPPED: set FERRY_TEST_PG_URL (run scripts/pg-start.sh) to run the PostgreSQL tests");
+            eprintln!(
+                "SKIPPED: set FERRY_TEST_PG_URL (run scripts/pg-start.sh) to run the PostgreSQL tests"
+            );
             return None;
         }
-    };
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("connect to FERRY_TEST_PG_URL");
-    tokio::spawn(conn);
-    let name = format!("ferry_t_{}", uuid::Uuid::new_v4().simple());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-    let (prefix, query) = match base.split_once('?') {
-        Some((p, q)) => (p.to_string(), format!("?{q}")),
-        None => (base.clone(), String::new()),
-    };
-    let (authority, _db) = prefix.rsplit_once('/').expect("FERRY_TEST_PG_URL has a /database path");
-    Some(TestDb { url: format!("{authority}/{name}{query}"), _dir: None })
+    }
+    let url = ferry_server::testing::fresh_pg_database()
+        .await
+        .expect("FERRY_TEST_PG_URL is set");
+    Some(TestDb { url, _dir: None })
 }
 
 fn field(ty: FieldType, nullable: bool, max_length: Option<usize>) -> FieldConfig {
-    FieldConfig { ty, nullable, max_length }
+    FieldConfig {
+        ty,
+        nullable,
+        max_length,
+    }
 }
 
 /// The dev config plus `docs` (scoped by its `space` field, with a size limit and
@@ -66,7 +71,11 @@ pub fn test_config() -> ServerConfig {
             sync_rules: vec![],
         },
     );
-    c.users.push(UserConfig { id: "carol".into(), token: "carol-token".into(), scopes: vec![] });
+    c.users.push(UserConfig {
+        id: "carol".into(),
+        token: "carol-token".into(),
+        scopes: vec![],
+    });
     c.limits.max_page_rows = 50;
     c.limits.max_body_bytes = 64 * 1024;
     c
@@ -83,7 +92,9 @@ pub fn carol() -> Caller {
 }
 
 pub async fn service(db: &TestDb) -> SyncService {
-    SyncService::open(&db.url, test_config()).await.expect("open service")
+    SyncService::open(&db.url, test_config())
+        .await
+        .expect("open service")
 }
 
 pub fn fields(v: serde_json::Value) -> ferry_protocol::Fields {

@@ -1,0 +1,510 @@
+//! Request-level suite: every endpoint and every bad input over real HTTP against an
+//! in-process server (SQLite).
+
+mod common;
+
+use common::*;
+use ferry_protocol::{ErrorBody, PullPage, PushResponse};
+use ferry_server::{RunningServer, ServerOptions, start};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+struct Harness {
+    server: RunningServer,
+    http: Client,
+    _db: TestDb,
+}
+
+async fn harness() -> Harness {
+    let db = sqlite_db();
+    let server = start(ServerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        config: test_config(),
+    })
+    .await
+    .unwrap();
+    Harness {
+        server,
+        http: Client::new(),
+        _db: db,
+    }
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.server.url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+    async fn raw(
+        &self,
+        path: &str,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.server.url()))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+    async fn pull(&self, token: &str, body: Value) -> PullPage {
+        let (s, v) = self
+            .call(Method::POST, "/v1/pull", Some(token), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        serde_json::from_value(v).unwrap()
+    }
+    async fn push(&self, token: &str, body: Value) -> PushResponse {
+        let (s, v) = self
+            .call(Method::POST, "/v1/push", Some(token), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        serde_json::from_value(v).unwrap()
+    }
+}
+
+fn error_code(v: &Value) -> String {
+    let body: ErrorBody =
+        serde_json::from_value(v.clone()).unwrap_or_else(|_| panic!("not an ErrorBody: {v}"));
+    body.error.code
+}
+
+fn create(mid: &str, id: &str, fields: Value) -> Value {
+    json!({"mutation_id": mid, "collection": "tasks", "record_id": id, "op": "create", "fields": fields})
+}
+
+const ALICE: &str = "alice-dev-token";
+const BOB: &str = "bob-dev-token";
+
+#[tokio::test]
+async fn missing_or_wrong_token_is_401_with_a_json_error() {
+    let h = harness().await;
+    for (token, path) in [
+        (None, "/v1/pull"),
+        (Some("wrong"), "/v1/pull"),
+        (None, "/v1/push"),
+        (Some("nope"), "/v1/push"),
+    ] {
+        let (s, v) = h.call(Method::POST, path, token, Some(json!({}))).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(&v), "unauthorized");
+        assert!(
+            !v.to_string().contains("wrong") && !v.to_string().contains("nope"),
+            "the token is not echoed"
+        );
+    }
+    let (s, v) = h
+        .call(Method::GET, "/watermelon/sync", Some("wrong"), None)
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    h.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics_answer() {
+    let h = harness().await;
+    let (s, v) = h.call(Method::GET, "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+    h.pull(ALICE, json!({})).await;
+    let (s, v) = h.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().unwrap();
+    for metric in [
+        "ferry_http_requests_total",
+        "ferry_http_request_duration_seconds_bucket",
+        "ferry_pulls_total",
+    ] {
+        assert!(
+            text.contains(metric),
+            "{metric} missing from /metrics:\n{text}"
+        );
+    }
+    let (s, v) = h.call(Method::GET, "/nope", None, None).await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn bad_inputs_get_typed_4xx_errors_and_write_nothing() {
+    let h = harness().await;
+    let (s, v) = h.raw("/v1/push", ALICE, "{not json").await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
+    let (s, v) = h.raw("/v1/pull", ALICE, r#"{"cursor": "#).await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
+    let (s, v) = h
+        .raw("/v1/push", ALICE, r#"{"client_id": 5, "mutations": []}"#)
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/pull",
+            Some(ALICE),
+            Some(json!({"collections": ["nope"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "unknown_collection")
+    );
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/pull",
+            Some(ALICE),
+            Some(json!({"cursor": "forged.cursor"})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_cursor")
+    );
+    let big = json!({"client_id": "c", "mutations": [create("m1", "t1", json!({"title": "x".repeat(100_000), "done": false}))]});
+    let (s, v) = h.raw("/v1/push", ALICE, big.to_string()).await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let resp = h
+        .http
+        .post(format!("{}/v1/pull", h.server.url()))
+        .bearer_auth(ALICE)
+        .header("ferry-protocol", "99")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_code(&resp.json().await.unwrap()),
+        "unsupported_protocol"
+    );
+    let page = h.pull(ALICE, json!({})).await;
+    assert!(
+        page.changes.is_empty(),
+        "nothing was written by any bad request"
+    );
+}
+
+#[tokio::test]
+async fn push_outcomes_over_http_retry_conflict_rejection_forbidden() {
+    let h = harness().await;
+    let batch = json!({"client_id": "phone", "mutations": [
+        create("m1", "t1", json!({"title": "a", "done": false})),
+        create("m2", "t2", json!({"title": 7, "done": false})),
+        {"mutation_id": "m3", "collection": "docs", "record_id": "d1", "op": "create", "fields": {"title": "x", "space": "secret"}},
+        create("m4", "t3", json!({"title": "c", "done": true})),
+    ]});
+    let first = h.push(ALICE, batch.clone()).await;
+    let statuses: Vec<Value> = serde_json::to_value(&first.results)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            json!("applied"),
+            json!("rejected"),
+            json!("rejected"),
+            json!("applied")
+        ]
+    );
+    let v = serde_json::to_value(&first.results).unwrap();
+    assert_eq!(v[1]["code"], "invalid_record");
+    assert_eq!(v[2]["code"], "forbidden");
+    let retry = h.push(ALICE, batch).await;
+    assert_eq!(retry.results, first.results, "idempotent retry");
+    // Conflict: stale base version.
+    h.push(BOB, json!({"client_id": "b", "mutations": []}))
+        .await;
+    h.push(ALICE, json!({"client_id": "laptop", "mutations": [{"mutation_id": "m5", "collection": "tasks", "record_id": "t1", "op": "update", "fields": {"done": true}, "base_version": 1}]})).await;
+    let c = h.push(ALICE, json!({"client_id": "phone", "mutations": [{"mutation_id": "m6", "collection": "tasks", "record_id": "t1", "op": "update", "fields": {"title": "b"}, "base_version": 1}]})).await;
+    let v = serde_json::to_value(&c.results[0]).unwrap();
+    assert_eq!(v["status"], "conflict");
+    assert_eq!(v["server_record"]["version"], 2);
+    // Bob cannot touch alice's record.
+    let f = h.push(BOB, json!({"client_id": "b", "mutations": [{"mutation_id": "x", "collection": "tasks", "record_id": "t1", "op": "delete", "base_version": 2}]})).await;
+    assert_eq!(
+        serde_json::to_value(&f.results[0]).unwrap()["code"],
+        "forbidden"
+    );
+    let pb = h.pull(BOB, json!({})).await;
+    assert!(pb.changes.is_empty());
+}
+
+#[tokio::test]
+async fn pull_pages_evictions_and_totals_over_http() {
+    let h = harness().await;
+    let ms: Vec<Value> = (0..60)
+        .map(|i| {
+            create(
+                &format!("m{i}"),
+                &format!("t{i}"),
+                json!({"title": "x", "done": false}),
+            )
+        })
+        .collect();
+    h.push(ALICE, json!({"client_id": "c", "mutations": ms}))
+        .await;
+    let p1 = h
+        .pull(ALICE, json!({"limit": 40, "want_totals": true}))
+        .await;
+    assert!(p1.has_more);
+    assert_eq!(p1.changes["tasks"].upserts.len(), 40);
+    assert_eq!(p1.totals.as_ref().unwrap()["tasks"], 60);
+    let p2 = h
+        .pull(ALICE, json!({"cursor": p1.cursor, "limit": 40}))
+        .await;
+    assert!(!p2.has_more);
+    assert_eq!(p2.changes["tasks"].upserts.len(), 20);
+    assert!(p2.totals.is_none(), "totals only when asked");
+    h.push(ALICE, json!({"client_id": "c", "mutations": [{"mutation_id": "a", "collection": "tasks", "record_id": "t5", "op": "update", "fields": {"archived": true}, "base_version": 1}]})).await;
+    let p3 = h
+        .pull(ALICE, json!({"cursor": p2.cursor, "want_totals": true}))
+        .await;
+    assert_eq!(p3.changes["tasks"].evictions, vec!["t5".to_string()]);
+    assert_eq!(p3.totals.unwrap()["tasks"], 59);
+}
+
+#[tokio::test]
+async fn watermelon_pull_and_push_follow_the_watermelondb_backend_contract() {
+    let h = harness().await;
+    // First sync: everything accessible, as `created`.
+    h.push(ALICE, json!({"client_id": "c", "mutations": [create("m1", "t1", json!({"title": "from ferry", "done": false}))]})).await;
+    let (s, v) = h
+        .call(
+            Method::GET,
+            "/watermelon/sync?last_pulled_at=null&schema_version=1&migration=null",
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["changes"]["tasks"]["created"][0]["id"], "t1");
+    assert_eq!(v["changes"]["tasks"]["created"][0]["title"], "from ferry");
+    assert!(v["changes"]["tasks"]["created"][0].get("_status").is_none());
+    let ts = v["timestamp"].as_i64().unwrap();
+
+    // Push: created, updated (full raw records with _status/_changed), deleted of a missing id.
+    let push = json!({"changes": {"tasks": {
+        "created": [{"id": "w1", "title": "from watermelon", "done": false, "_status": "created", "_changed": ""}],
+        "updated": [{"id": "t1", "title": "edited", "done": true, "_status": "updated", "_changed": "title,done"}],
+        "deleted": ["never-existed"]
+    }}});
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/watermelon/sync?last_pulled_at={ts}"),
+            Some(ALICE),
+            Some(push.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v.get("experimentalRejectedIds").is_none());
+    // The same push again with the old last_pulled_at: its records changed after it → conflict.
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/watermelon/sync?last_pulled_at={ts}"),
+            Some(ALICE),
+            Some(push),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "but the records changed after last_pulled_at: conflict"
+    );
+
+    // Incremental pull: t1 updated, w1 created since ts.
+    let (_, v) = h
+        .call(
+            Method::GET,
+            &format!("/watermelon/sync?last_pulled_at={ts}&schema_version=1"),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    let created: Vec<&str> = v["changes"]["tasks"]["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let updated: Vec<&str> = v["changes"]["tasks"]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!((created, updated), (vec!["w1"], vec!["t1"]));
+    let ts2 = v["timestamp"].as_i64().unwrap();
+    assert!(ts2 > ts);
+
+    // A Ferry client changes t1 → a WatermelonDB push based on ts2 conflicts, nothing applies.
+    h.push(ALICE, json!({"client_id": "c", "mutations": [{"mutation_id": "m2", "collection": "tasks", "record_id": "t1", "op": "update", "fields": {"done": false}, "base_version": 2}]})).await;
+    let conflicting = json!({"tasks": {"created": [{"id": "w2", "title": "x", "done": false}], "updated": [{"id": "t1", "title": "mine", "done": true}], "deleted": []}});
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/watermelon/sync?last_pulled_at={ts2}"),
+            Some(ALICE),
+            Some(conflicting),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+    let page = h.pull(ALICE, json!({})).await;
+    assert!(
+        page.changes["tasks"].upserts.iter().all(|r| r.id != "w2"),
+        "a conflicting push applies nothing"
+    );
+
+    // Per-record rejections: experimentalRejectedIds, the rest applied.
+    let (_, v) = h
+        .call(
+            Method::GET,
+            &format!("/watermelon/sync?last_pulled_at={ts2}"),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    let ts3 = v["timestamp"].as_i64().unwrap();
+    let mixed = json!({"tasks": {"created": [
+        {"id": "ok", "title": "fine", "done": false},
+        {"id": "bad", "title": "x", "done": "not a boolean"}
+    ], "updated": [], "deleted": []}});
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/watermelon/sync?last_pulled_at={ts3}"),
+            Some(ALICE),
+            Some(mixed),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["experimentalRejectedIds"], json!({"tasks": ["bad"]}));
+    let page = h.pull(ALICE, json!({})).await;
+    assert!(page.changes["tasks"].upserts.iter().any(|r| r.id == "ok"));
+
+    // Unknown table and bad parameters.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/watermelon/sync?last_pulled_at={ts3}"),
+            Some(ALICE),
+            Some(json!({"nope": {"created": [], "updated": [], "deleted": []}})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "unknown_collection")
+    );
+    let (s, v) = h
+        .call(
+            Method::GET,
+            "/watermelon/sync?last_pulled_at=yesterday",
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/watermelon/sync",
+            Some(ALICE),
+            Some(json!({"tasks": {}})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+
+    // Migration: a table added since the last sync comes back in full.
+    h.push(ALICE, json!({"client_id": "c", "mutations": [{"mutation_id": "p", "collection": "projects", "record_id": "p1", "op": "create", "fields": {"name": "P"}}]})).await;
+    let (_, v) = h
+        .call(
+            Method::GET,
+            &format!("/watermelon/sync?last_pulled_at={ts3}"),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    let ts4 = v["timestamp"].as_i64().unwrap();
+    let migration = urlencode(r#"{"from":1,"tables":["projects"],"columns":[]}"#);
+    let (_, v) = h
+        .call(
+            Method::GET,
+            &format!(
+                "/watermelon/sync?last_pulled_at={ts4}&schema_version=2&migration={migration}"
+            ),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(v["changes"]["projects"]["updated"][0]["id"], "p1", "{v}");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
