@@ -320,7 +320,24 @@ impl SyncClient {
         });
         let result = async {
             let mut report = self.pull().await?;
+            if self.inner.transport.repull_on_retry() {
+                // What waited on a whole-push conflict is due again after this pull.
+                let s = self.inner.store.clone();
+                blocking(move || push::make_due(&s)).await?;
+            }
             report.pushed = self.push_all().await?;
+            // WatermelonDB-style backends fail a whole push on conflict: pull, push again.
+            let mut rounds = 0;
+            while report.pushed.retried > 0 && self.inner.transport.repull_on_retry() && rounds < 3
+            {
+                rounds += 1;
+                let s = self.inner.store.clone();
+                blocking(move || push::make_due(&s)).await?;
+                let again = self.pull().await?;
+                report.pages += again.pages;
+                report.pulled += again.pulled;
+                report.pushed = self.push_all().await?;
+            }
             Ok(report)
         }
         .await;

@@ -108,6 +108,17 @@ pub(crate) fn reset_in_flight(store: &Store) -> Result<()> {
     })
 }
 
+/// Makes every waiting entry due now (after a re-pull resolved what blocked it).
+pub(crate) fn make_due(store: &Store) -> Result<()> {
+    store.write_tx(ChangeSource::Remote, |w| {
+        w.tx.execute(
+            "UPDATE _ferry_outbox SET next_attempt_at = 0 WHERE state = 'pending'",
+            [],
+        )?;
+        Ok(())
+    })
+}
+
 /// The whole request failed (network, 5xx, auth): back off every entry of it.
 pub(crate) fn fail_batch(store: &Store, batch: &[OutboxEntry], backoff: bool) -> Result<()> {
     store.write_tx(ChangeSource::Remote, |w| {

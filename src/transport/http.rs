@@ -37,6 +37,10 @@ impl HttpTransport {
         &self.base
     }
 
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     async fn post<B: Serialize + Sync, R: DeserializeOwned>(
         &self,
         path: &str,

@@ -7,8 +7,10 @@
 //! WatermelonDB-protocol backend to the same trait.
 
 mod http;
+pub mod watermelon;
 
 pub use http::HttpTransport;
+pub use watermelon::WatermelonTransport;
 
 use async_trait::async_trait;
 use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse};
@@ -72,6 +74,11 @@ pub trait Transport: Send + Sync {
     /// Response bytes received so far (for progress); 0 if the transport can't tell.
     fn bytes_received(&self) -> u64 {
         0
+    }
+    /// A `retry` answer means "pull first, then push again" (WatermelonDB's
+    /// all-or-nothing conflicts): the client re-pulls and retries within the sync.
+    fn repull_on_retry(&self) -> bool {
+        false
     }
 }
 
