@@ -257,3 +257,30 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_and_the_dev_config_are_valid() {
+        let example: ServerConfig =
+            serde_json::from_str(include_str!("../../server-config.example.json")).unwrap();
+        example.validate().unwrap();
+        assert_eq!(example.collections["projects"].scope_field.as_deref(), Some("team"));
+        ServerConfig::dev().validate().unwrap();
+    }
+
+    #[test]
+    fn a_scope_field_that_is_not_a_string_field_is_refused() {
+        let mut c = ServerConfig::dev();
+        c.collections.get_mut("tasks").unwrap().scope_field = Some("done".into());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_tokens() {
+        let shown = format!("{:?}", ServerConfig::dev());
+        assert!(!shown.contains("alice-dev-token"), "{shown}");
+    }
+}
