@@ -267,7 +267,10 @@ mod tests {
         let example: ServerConfig =
             serde_json::from_str(include_str!("../../server-config.example.json")).unwrap();
         example.validate().unwrap();
-        assert_eq!(example.collections["projects"].scope_field.as_deref(), Some("team"));
+        assert_eq!(
+            example.collections["projects"].scope_field.as_deref(),
+            Some("team")
+        );
         ServerConfig::dev().validate().unwrap();
     }
 
