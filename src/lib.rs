@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod error;
 pub mod events;
+pub mod ffi;
 pub mod schema;
 pub mod store;
 pub mod sync;
@@ -23,3 +24,5 @@ pub use store::{
     EntryState, Fields, Filter, OutboxEntry, Query, Record, RecordStatus, Sort, Store, StoreStatus,
     WriteOp,
 };
+
+uniffi::setup_scaffolding!();

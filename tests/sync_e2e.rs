@@ -303,6 +303,17 @@ async fn interrupted_pull_resumes_at_every_page_boundary_and_publishes_all_or_no
             50,
             "k={k}"
         );
+        if k == 0 {
+            let st = d.client.status();
+            assert_eq!(
+                (st.phase, st.pages_done, st.records_done),
+                (SyncPhase::Idle, 5, 50),
+                "{st:?}"
+            );
+            assert_eq!(st.records_total, Some(50));
+            assert!(st.bytes_done > 50 * 20, "{st:?}");
+            assert!(st.last_synced_at.is_some() && st.last_error.is_none());
+        }
     }
 }
 
@@ -584,4 +595,61 @@ async fn evicted_rows_leave_the_device_and_anchors_count_the_server() {
         b.store.outbox().unwrap().is_empty(),
         "an eviction is not a user delete"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_resolver_decides_rebased_conflicts() {
+    struct KeepLongerTitle;
+    impl ferry::sync::ConflictResolver for KeepLongerTitle {
+        fn resolve(
+            &self,
+            _c: &str,
+            local: &ferry::Record,
+            server: &ferry_protocol::ServerRecord,
+        ) -> ferry::Fields {
+            let mut merged = server.fields.clone();
+            let (l, s) = (
+                local.fields["title"].as_str().unwrap_or(""),
+                server.fields["title"].as_str().unwrap_or(""),
+            );
+            if l.len() > s.len() {
+                merged.insert("title".into(), local.fields["title"].clone());
+            }
+            merged
+        }
+    }
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let b = device(&server.url(), ALICE);
+    b.client.set_resolver(Arc::new(KeepLongerTitle));
+    a.client
+        .write(vec![create("t", "seed")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    a.store
+        .update("tasks", "t", obj(json!({"title": "a much longer title"})))
+        .unwrap();
+    b.store
+        .update("tasks", "t", obj(json!({"title": "short", "priority": 9})))
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    let t = b.store.get("tasks", "t").unwrap().unwrap();
+    assert_eq!(
+        t.fields["title"], "a much longer title",
+        "the resolver kept the server's longer title"
+    );
+    assert_eq!(
+        t.fields["priority"],
+        serde_json::Value::Null,
+        "this resolver drops other local columns too"
+    );
+    assert!(
+        b.store.outbox().unwrap().is_empty(),
+        "nothing differs from the server: nothing to push"
+    );
+    a.client.sync().await.unwrap();
+    assert_eq!(contents(&a.store, "tasks"), contents(&b.store, "tasks"));
 }

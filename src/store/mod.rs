@@ -454,7 +454,7 @@ impl Store {
 
     /// Every outbox entry, in push order.
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
-        self.read(|conn| outbox::list(conn))
+        self.read(outbox::list)
     }
 
     pub fn status(&self) -> Result<StoreStatus> {

@@ -241,3 +241,29 @@ pub(crate) fn rebase(
     .execute(params![collection, record_id, version as i64])?;
     Ok(())
 }
+
+/// After a rebase, the record's unsent updates carry exactly `diff` (what still
+/// differs from the server); with nothing left they are dropped. Returns whether
+/// any entry for the record remains.
+pub(crate) fn rewrite_updates(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+    diff: &Fields,
+) -> Result<bool> {
+    if diff.is_empty() {
+        tx.prepare_cached(
+            "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending' AND op = 'update'",
+        )?
+        .execute(params![collection, record_id])?;
+    } else {
+        tx.prepare_cached(
+            "UPDATE _ferry_outbox SET fields = ?3 WHERE collection = ?1 AND record_id = ?2 AND state = 'pending' AND op = 'update'",
+        )?
+        .execute(params![collection, record_id, serde_json::to_string(diff)?])?;
+    }
+    let left: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state <> 'quarantined'")?
+        .query_row(params![collection, record_id], |r| r.get(0))?;
+    Ok(left > 0)
+}

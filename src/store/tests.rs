@@ -221,7 +221,8 @@ fn every_bad_input_is_a_typed_error_and_writes_nothing() {
     let (_d, s) = open();
     s.create("tasks", obj(json!({"id": "keep"}))).unwrap();
     let before = snapshot(&s);
-    let cases: Vec<(&str, &str, fn(&Error) -> bool)> = vec![
+    type Case = (&'static str, &'static str, fn(&Error) -> bool);
+    let cases: Vec<Case> = vec![
         ("tasks", "{\"title\": ", |e| {
             matches!(e, Error::MalformedJson(_))
         }),

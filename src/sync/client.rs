@@ -135,7 +135,7 @@ struct Inner {
     store: Store,
     transport: Arc<dyn Transport>,
     tokens: Arc<dyn TokenProvider>,
-    resolver: Arc<dyn ConflictResolver>,
+    resolver: Mutex<Arc<dyn ConflictResolver>>,
     config: SyncConfig,
     status: Mutex<SyncStatus>,
     status_listeners: Mutex<Vec<(u64, Arc<dyn StatusListener>)>>,
@@ -183,7 +183,7 @@ impl SyncClient {
                 store,
                 transport,
                 tokens,
-                resolver: Arc::new(LocalChangesWin),
+                resolver: Mutex::new(Arc::new(LocalChangesWin)),
                 config,
                 status: Mutex::new(SyncStatus {
                     online: true,
@@ -203,15 +203,15 @@ impl SyncClient {
         Ok(client)
     }
 
-    /// Replaces the conflict resolver (before syncing).
+    /// Replaces the conflict resolver.
     pub fn with_resolver(self, resolver: Arc<dyn ConflictResolver>) -> Result<SyncClient> {
-        let mut inner = Arc::try_unwrap(self.inner).map_err(|_| {
-            Error::InvalidInput("set the resolver before sharing the client".into())
-        })?;
-        inner.resolver = resolver;
-        Ok(SyncClient {
-            inner: Arc::new(inner),
-        })
+        self.set_resolver(resolver);
+        Ok(self)
+    }
+
+    /// Replaces the conflict resolver; used from the next publish or push on.
+    pub fn set_resolver(&self, resolver: Arc<dyn ConflictResolver>) {
+        *self.inner.resolver.lock() = resolver;
     }
 
     pub fn store(&self) -> &Store {
@@ -452,7 +452,7 @@ impl SyncClient {
         }
         self.update_status(|s| s.phase = SyncPhase::Publishing);
         let s = store.clone();
-        let resolver = self.inner.resolver.clone();
+        let resolver = self.inner.resolver.lock().clone();
         report.published = blocking(move || staging::publish(&s, resolver.as_ref())).await?;
         Ok(report)
     }
@@ -477,8 +477,7 @@ impl SyncClient {
         let max = self.inner.config.push_batch;
         let prepared = {
             let s = store.clone();
-            blocking(move || push::prepare(&s, &s.client_id().to_string(), max, only.as_ref()))
-                .await?
+            blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref())).await?
         };
         let Some((batch, req)) = prepared else {
             return Ok(None);
@@ -486,7 +485,11 @@ impl SyncClient {
         let batch = Arc::new(batch);
         match self.send_push(req).await {
             Ok(resp) => {
-                let (s, b, resolver) = (store.clone(), batch.clone(), self.inner.resolver.clone());
+                let (s, b, resolver) = (
+                    store.clone(),
+                    batch.clone(),
+                    self.inner.resolver.lock().clone(),
+                );
                 let r =
                     blocking(move || push::apply_results(&s, &b, &resp, resolver.as_ref())).await?;
                 Ok(Some(r))
@@ -731,6 +734,8 @@ impl SyncClient {
                 let Some(inner) = weak.upgrade() else { return };
                 let client = SyncClient { inner };
                 tokio::time::sleep(client.inner.config.push_debounce).await;
+                // Writes during the debounce are covered by this sync: drop their wake-up.
+                let _ = tokio::time::timeout(Duration::ZERO, client.inner.wake.notified()).await;
                 if !client.is_online()
                     || !client.inner.foreground.load(Ordering::SeqCst)
                     || client.status().auth_failed

@@ -18,7 +18,6 @@ use super::resolver::ConflictResolver;
 use crate::error::Result;
 use crate::events::ChangeSource;
 use crate::schema::Collection;
-use crate::store::records::normalise;
 use crate::store::{OutboxEntry, Record, RecordStatus, Store, Writer, outbox, shadow};
 
 /// Exponential backoff with jitter for attempt `attempts` (1-based), in ms.
@@ -278,8 +277,7 @@ fn conflict(
         requeue(w, e, Op::Delete, Default::default(), server.version)?;
         return Ok(());
     }
-    let mut merged = resolver.resolve(&c.name, &local, server);
-    normalise(c, &mut merged);
+    let merged = super::staging::resolved(c, &local, server, resolver);
     let diff: crate::store::Fields = merged
         .iter()
         .filter(|(k, v)| server.fields.get(*k) != Some(*v))

@@ -76,12 +76,6 @@ pub(crate) fn resume_cursor(store: &Store) -> Result<Option<String>> {
     store.read(|c| Ok(meta_get(c, STAGED_CURSOR)?.or(meta_get(c, CURSOR)?)))
 }
 
-/// The published cursor.
-#[cfg(test)]
-pub(crate) fn published_cursor(store: &Store) -> Result<Option<String>> {
-    store.read(|c| meta_get(c, CURSOR))
-}
-
 /// What staging a page did.
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct StageReport {
@@ -313,12 +307,25 @@ pub(crate) fn rebase_over(
     server: &ServerRecord,
     resolver: &dyn ConflictResolver,
 ) -> Result<()> {
-    if local.status != RecordStatus::Deleted {
-        local.fields = resolver.resolve(&c.name, &local, server);
-        normalise(c, &mut local.fields);
-    }
     local.version = Some(server.version);
     local.updated_at = w.now;
+    if local.status == RecordStatus::Updated {
+        let merged = resolved(c, &local, server, resolver);
+        // What still differs from the server is what remains to push.
+        let diff: Fields = merged
+            .iter()
+            .filter(|(k, v)| server.fields.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        local.fields = merged;
+        local.changed = diff.keys().cloned().collect();
+        if !outbox::rewrite_updates(w.tx, &c.name, &local.id, &diff)? {
+            local.status = RecordStatus::Synced;
+            local.changed.clear();
+        }
+    } else if local.status == RecordStatus::Created {
+        local.fields = resolved(c, &local, server, resolver);
+    }
     w.replace_row(c, &local)?;
     shadow::set(
         w.tx,
@@ -328,10 +335,43 @@ pub(crate) fn rebase_over(
         &server.fields,
     )?;
     outbox::rebase(w.tx, &c.name, &local.id, server.version)?;
+    if local.status == RecordStatus::Synced {
+        shadow::remove(w.tx, &c.name, &local.id)?;
+    }
     if local.status != RecordStatus::Deleted {
         w.events.upsert(&c.name, &local.id, local.to_json());
     }
     Ok(())
+}
+
+/// The resolver's merge, validated like any write; a merge that does not fit the
+/// schema is logged and the server row is taken instead.
+pub(crate) fn resolved(
+    c: &Collection,
+    local: &Record,
+    server: &ServerRecord,
+    resolver: &dyn ConflictResolver,
+) -> Fields {
+    let mut merged: Fields = resolver
+        .resolve(&c.name, local, server)
+        .into_iter()
+        .filter(|(k, _)| c.column(k).is_some())
+        .collect();
+    for (k, v) in &local.fields {
+        merged
+            .entry(k.clone())
+            .or_insert_with(|| server.fields.get(k).unwrap_or(v).clone());
+    }
+    normalise(c, &mut merged);
+    match check_fields(c, &merged) {
+        Ok(()) => merged,
+        Err(e) => {
+            tracing::warn!(collection = %c.name, id = %local.id, error = %e, "conflict resolver returned invalid fields; taking the server's row");
+            let mut f = server.fields.clone();
+            normalise(c, &mut f);
+            f
+        }
+    }
 }
 
 /// Adds the rows this publish will change to the event (or marks a reload).

@@ -1,5 +1,7 @@
 //! The default transport: HTTP/JSON with reqwest over rustls.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +19,7 @@ use super::{Transport, TransportError};
 pub struct HttpTransport {
     base: String,
     client: reqwest::Client,
+    received: Arc<AtomicU64>,
 }
 
 impl HttpTransport {
@@ -30,6 +33,7 @@ impl HttpTransport {
         Ok(HttpTransport {
             base: base_url.trim_end_matches('/').to_string(),
             client,
+            received: Arc::default(),
         })
     }
 
@@ -56,7 +60,20 @@ impl HttpTransport {
             .send()
             .await
             .map_err(offline)?;
-        read_json(resp).await
+        self.read_json(resp).await
+    }
+
+    /// Decodes a 2xx JSON answer, or maps an error answer to a [`TransportError`];
+    /// counts the bytes for progress.
+    pub(crate) async fn read_json<R: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<R, TransportError> {
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(offline)?;
+        self.received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        decode(status, &bytes)
     }
 }
 
@@ -64,21 +81,19 @@ pub(crate) fn offline(e: reqwest::Error) -> TransportError {
     TransportError::Offline(e.to_string())
 }
 
-/// Decodes a 2xx JSON answer, or maps an error answer to a [`TransportError`].
-pub(crate) async fn read_json<R: DeserializeOwned>(
-    resp: reqwest::Response,
+fn decode<R: DeserializeOwned>(
+    status: reqwest::StatusCode,
+    bytes: &[u8],
 ) -> Result<R, TransportError> {
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(offline)?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes)
+        return serde_json::from_slice(bytes)
             .map_err(|e| TransportError::Protocol(format!("bad response body: {e}")));
     }
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(b) => (b.error.code, b.error.message),
         Err(_) => (
             "unknown".to_string(),
-            String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            String::from_utf8_lossy(bytes).chars().take(200).collect(),
         ),
     };
     if status.as_u16() == 401 {
@@ -99,5 +114,9 @@ impl Transport for HttpTransport {
 
     async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError> {
         self.post(PUSH_PATH, token, req).await
+    }
+
+    fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 }

@@ -24,7 +24,7 @@ use ferry_protocol::{
 };
 use serde_json::Value;
 
-use super::http::{offline, read_json};
+use super::http::offline;
 use super::{HttpTransport, Transport, TransportError};
 
 const UNKNOWN: i64 = i64::MIN;
@@ -91,7 +91,7 @@ impl Transport for WatermelonTransport {
             .send()
             .await
             .map_err(offline)?;
-        let body: PullResponse = read_json(resp).await?;
+        let body: PullResponse = self.http.read_json(resp).await?;
         let version = u64::try_from(body.timestamp).unwrap_or(0);
         let mut changes = BTreeMap::new();
         for (table, t) in body.changes {
@@ -162,7 +162,7 @@ impl Transport for WatermelonTransport {
             .send()
             .await
             .map_err(offline)?;
-        let body: WmPushResponse = match read_json(resp).await {
+        let body: WmPushResponse = match self.http.read_json(resp).await {
             Ok(b) => b,
             Err(TransportError::Server { status: 409, .. }) => return Ok(retry_all(0)),
             Err(e) => return Err(e),
@@ -195,6 +195,10 @@ impl Transport for WatermelonTransport {
             results,
             write_checkpoint: last.to_string(),
         })
+    }
+
+    fn bytes_received(&self) -> u64 {
+        self.http.bytes_received()
     }
 
     fn repull_on_retry(&self) -> bool {

@@ -153,6 +153,10 @@ impl Transport for Faulty {
         }
         Ok(resp)
     }
+
+    fn bytes_received(&self) -> u64 {
+        self.inner.bytes_received()
+    }
 }
 
 pub struct Device {

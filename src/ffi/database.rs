@@ -1,0 +1,230 @@
+//! [`FerryDatabase`]: the local store, exported.
+//!
+//! Records cross as JSON: one string per batch in and out, never one call per
+//! row. Rows look like `{"id":..,<columns>..,"_status":"pending"|"synced",
+//! "_version":n|null}`. Queries are the core's JSON query (`crate::store::query`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::error::FerryError;
+use super::listeners::{self, ChangeListener, QueryListener, SubscriptionHandle};
+use super::ops;
+use crate::schema::Schema;
+use crate::store::{Query, Store};
+
+type Result<T> = std::result::Result<T, FerryError>;
+
+/// A local Ferry database (one SQLite file).
+#[derive(uniffi::Object)]
+pub struct FerryDatabase {
+    pub(crate) store: Store,
+}
+
+/// Counts of the local database.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct StoreStatus {
+    pub schema_version: u32,
+    pub client_id: String,
+    /// Live records per collection.
+    pub records: HashMap<String, u64>,
+    /// Outbox entries waiting to be pushed.
+    pub pending: u64,
+    pub quarantined: u64,
+}
+
+/// What exists on the server beyond the local horizon, for one collection.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Anchor {
+    pub collection: String,
+    pub server_total: u64,
+    pub local_count: u64,
+    pub updated_at: i64,
+}
+
+#[uniffi::export]
+impl FerryDatabase {
+    /// Opens (creating or migrating) the database at `path` with a JSON schema.
+    #[uniffi::constructor]
+    pub fn open(path: String, schema_json: String) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self::from(Store::open(
+            path,
+            Schema::from_json(&schema_json)?,
+        )?)))
+    }
+
+    /// Opens an existing database with the schema stored in it.
+    #[uniffi::constructor]
+    pub fn open_existing(path: String) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self::from(Store::open_existing(path)?)))
+    }
+
+    pub fn client_id(&self) -> String {
+        self.store.client_id().to_string()
+    }
+
+    /// The schema in use, as JSON.
+    pub fn schema_json(&self) -> String {
+        self.store.schema().to_json()
+    }
+
+    /// A mixed batch (see `ops`): one transaction, one event. Returns the written
+    /// rows as a JSON array (`null` for deletes).
+    pub fn write(&self, ops_json: String) -> Result<String> {
+        Ok(ops::written(self.store.write(ops::batch(&ops_json)?)?))
+    }
+
+    /// Creates records (a JSON array of objects, or one object); returns the rows.
+    pub fn create(&self, collection: String, records_json: String) -> Result<String> {
+        Ok(ops::written(
+            self.store
+                .write(ops::creates(&collection, &records_json)?)?,
+        ))
+    }
+
+    /// Updates records; each object carries its `id` and the fields to change.
+    pub fn update(&self, collection: String, records_json: String) -> Result<String> {
+        Ok(ops::written(
+            self.store
+                .write(ops::updates(&collection, &records_json)?)?,
+        ))
+    }
+
+    /// Creates or updates records by `id`; returns the rows.
+    pub fn put(&self, collection: String, records_json: String) -> Result<String> {
+        Ok(ops::written(
+            self.store.write(ops::puts(&collection, &records_json)?)?,
+        ))
+    }
+
+    /// Deletes records by id, in one transaction.
+    pub fn delete(&self, collection: String, ids: Vec<String>) -> Result<()> {
+        self.store
+            .write(ops::deletes(&collection, ids))
+            .map(drop)
+            .map_err(Into::into)
+    }
+
+    /// The row with `id` as JSON, or null if absent or deleted.
+    pub fn get(&self, collection: String, id: String) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .get(&collection, &id)?
+            .map(|r| super::to_json(&r.to_json())))
+    }
+
+    /// The rows with these ids that exist, in the order asked, as a JSON array.
+    pub fn get_many(&self, collection: String, ids: Vec<String>) -> Result<String> {
+        Ok(ops::rows(&self.store.get_many(&collection, &ids)?))
+    }
+
+    /// Rows matching a JSON query, as a JSON array.
+    pub fn query(&self, collection: String, query_json: String) -> Result<String> {
+        Ok(ops::rows(
+            &self
+                .store
+                .query(&collection, &Query::from_json(&query_json)?)?,
+        ))
+    }
+
+    /// How many rows match a JSON query (ignoring its limit and offset).
+    pub fn count(&self, collection: String, query_json: String) -> Result<u64> {
+        Ok(self
+            .store
+            .count(&collection, &Query::from_json(&query_json)?)?)
+    }
+
+    /// Every outbox entry in push order, as a JSON array.
+    pub fn outbox(&self) -> Result<String> {
+        Ok(super::to_json(&self.store.outbox()?))
+    }
+
+    /// Quarantined mutations (permanently rejected), as a JSON array.
+    pub fn quarantine(&self) -> Result<String> {
+        Ok(super::to_json(&self.store.quarantine()?))
+    }
+
+    /// Forgets a quarantined mutation.
+    pub fn discard_quarantined(&self, mutation_id: String) -> Result<()> {
+        Ok(self.store.discard_quarantined(&mutation_id)?)
+    }
+
+    /// Applies a quarantined mutation again as a new local write; returns the row.
+    pub fn retry_quarantined(&self, mutation_id: String) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .retry_quarantined(&mutation_id)?
+            .map(|r| super::to_json(&r.to_json())))
+    }
+
+    pub fn anchors(&self) -> Result<Vec<Anchor>> {
+        Ok(self
+            .store
+            .anchors()?
+            .into_iter()
+            .map(Anchor::from)
+            .collect())
+    }
+
+    pub fn status(&self) -> Result<StoreStatus> {
+        Ok(self.store.status()?.into())
+    }
+
+    /// Registers a listener for every committed change (one JSON event per
+    /// transaction, delivered on the core's event thread).
+    pub fn subscribe(&self, listener: Arc<dyn ChangeListener>) -> Arc<SubscriptionHandle> {
+        SubscriptionHandle::from_subscription(
+            self.store.subscribe(Arc::new(listeners::Change(listener))),
+        )
+    }
+
+    /// Observes a JSON query: the listener gets the rows now, then again after
+    /// each burst of commits that touch `collection`.
+    pub fn observe(
+        &self,
+        collection: String,
+        query_json: String,
+        listener: Arc<dyn QueryListener>,
+    ) -> Result<Arc<SubscriptionHandle>> {
+        let sub = self.store.observe(
+            &collection,
+            Query::from_json(&query_json)?,
+            Arc::new(listeners::Query(listener)),
+        )?;
+        Ok(SubscriptionHandle::from_subscription(sub))
+    }
+
+    /// Blocks until every event committed before this call was delivered.
+    pub fn flush_events(&self) {
+        self.store.flush_events()
+    }
+}
+
+impl From<Store> for FerryDatabase {
+    fn from(store: Store) -> Self {
+        FerryDatabase { store }
+    }
+}
+
+impl From<crate::store::StoreStatus> for StoreStatus {
+    fn from(s: crate::store::StoreStatus) -> Self {
+        StoreStatus {
+            schema_version: s.schema_version,
+            client_id: s.client_id,
+            records: s.records.into_iter().collect(),
+            pending: s.pending,
+            quarantined: s.quarantined,
+        }
+    }
+}
+
+impl From<crate::store::Anchor> for Anchor {
+    fn from(a: crate::store::Anchor) -> Self {
+        Anchor {
+            collection: a.collection,
+            server_total: a.server_total,
+            local_count: a.local_count,
+            updated_at: a.updated_at,
+        }
+    }
+}

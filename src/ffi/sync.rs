@@ -1,0 +1,305 @@
+//! [`FerrySyncClient`]: two-way sync of a [`FerryDatabase`] with a Ferry backend
+//! over HTTP, exported with its records.
+//!
+//! `sync()` and `write()` are async (`suspend` in Kotlin, `async` in Swift) and run
+//! on the FFI runtime. Background sync (`start`) runs there too; the host drives
+//! it with `set_online` and `set_foreground`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::database::FerryDatabase;
+use super::error::FerryError;
+use super::listeners::{self, ConflictResolver, StatusListener, SubscriptionHandle, TokenProvider};
+use super::{on_runtime, ops, runtime};
+use crate::sync::{OfflineBehavior as CoreOffline, SyncClient, WriteMode as CoreMode};
+use crate::transport::HttpTransport;
+
+type Result<T> = std::result::Result<T, FerryError>;
+
+/// Tuning of the sync client; every field has a default.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncConfig {
+    /// Rows asked per pull page.
+    #[uniffi(default = 5000)]
+    pub page_size: u32,
+    /// Mutations per push request.
+    #[uniffi(default = 1000)]
+    pub push_batch: u32,
+    /// Quiet time after a local write before the background push.
+    #[uniffi(default = 300)]
+    pub push_debounce_ms: u64,
+    /// Selective sync: only these collections (null: every synced one).
+    #[uniffi(default = None)]
+    pub collections: Option<Vec<String>>,
+}
+
+/// How a write reaches the server (see DESIGN.md, "The three flows").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum WriteMode {
+    /// Local transaction and event now; pushed soon after.
+    OfflineFirst,
+    /// Local now, then an immediate push; a rejection rolls back (rollback event)
+    /// and fails the call with `Rejected`. Offline: as offline-first.
+    Optimistic,
+    /// The server first; only a confirmed write is stored. When offline, as chosen.
+    Online { when_offline: OfflineBehavior },
+}
+
+/// What an online write does when the server cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum OfflineBehavior {
+    /// Store it as an offline-first write.
+    Queue,
+    /// Fail with `Offline` and change nothing.
+    Fail,
+}
+
+/// What the engine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncPhase {
+    Idle,
+    Pulling,
+    Publishing,
+    Pushing,
+    Offline,
+    Error,
+}
+
+/// Sync status and progress.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncStatus {
+    pub phase: SyncPhase,
+    pub pages_done: u64,
+    pub records_done: u64,
+    pub bytes_done: u64,
+    pub records_total: Option<u64>,
+    pub pending: u64,
+    pub quarantined: u64,
+    pub last_error: Option<String>,
+    /// The server refused the token even after a refresh; background sync waits
+    /// for the next explicit `sync()`.
+    pub auth_failed: bool,
+    pub last_synced_at: Option<i64>,
+    pub online: bool,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncReport {
+    pub pages: u64,
+    pub pulled: u64,
+    pub skipped: u64,
+    pub pushed_applied: u64,
+    pub pushed_conflicts: u64,
+    pub pushed_rejected: u64,
+    pub pushed_retried: u64,
+    /// The full report (publish counts per collection included) as JSON.
+    pub detail_json: String,
+}
+
+/// Syncs one database with a Ferry backend.
+#[derive(uniffi::Object)]
+pub struct FerrySyncClient {
+    client: SyncClient,
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl FerrySyncClient {
+    /// A client for `db` talking HTTP to `server_url`, with the default conflict
+    /// resolution (pending local columns win).
+    #[uniffi::constructor]
+    pub fn new(
+        db: Arc<FerryDatabase>,
+        server_url: String,
+        token_provider: Arc<dyn TokenProvider>,
+        config: SyncConfig,
+    ) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            client: client(&db, &server_url, token_provider, config)?,
+        }))
+    }
+
+    /// As `new`, with a host conflict resolver.
+    #[uniffi::constructor]
+    pub fn with_resolver(
+        db: Arc<FerryDatabase>,
+        server_url: String,
+        token_provider: Arc<dyn TokenProvider>,
+        config: SyncConfig,
+        resolver: Arc<dyn ConflictResolver>,
+    ) -> Result<Arc<Self>> {
+        let client = client(&db, &server_url, token_provider, config)?
+            .with_resolver(Arc::new(listeners::Resolver(resolver)))?;
+        Ok(Arc::new(Self { client }))
+    }
+
+    /// Pull, publish, then push. Joins a sync that is already running.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        let c = self.client.clone();
+        on_runtime(async move { c.sync().await })
+            .await
+            .map(Into::into)
+    }
+
+    /// Writes a mixed batch (the `FerryDatabase.write` JSON) in `mode`; returns
+    /// the written rows as a JSON array.
+    pub async fn write(&self, ops_json: String, mode: WriteMode) -> Result<String> {
+        let (c, ops) = (self.client.clone(), ops::batch(&ops_json)?);
+        on_runtime(async move { c.write(ops, mode.into()).await })
+            .await
+            .map(ops::written)
+    }
+
+    /// Pushes every ready outbox entry; returns how many the server applied.
+    pub async fn push_all(&self) -> Result<u64> {
+        let c = self.client.clone();
+        on_runtime(async move { c.push_all().await })
+            .await
+            .map(|r| r.applied)
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        (&self.client.status()).into()
+    }
+
+    /// Registers a status listener until the handle is cancelled or dropped.
+    pub fn add_status_listener(
+        &self,
+        listener: Arc<dyn StatusListener>,
+    ) -> Arc<SubscriptionHandle> {
+        let id = self
+            .client
+            .add_status_listener(Arc::new(listeners::Status(listener)));
+        let c = self.client.clone();
+        SubscriptionHandle::new(move || c.remove_status_listener(id))
+    }
+
+    /// The host says whether the network is reachable. Going online syncs.
+    pub fn set_online(&self, online: bool) {
+        self.client.set_online(online)
+    }
+
+    /// The host says whether the app is in the foreground (no background sync
+    /// in the background; explicit `sync()` still runs).
+    pub fn set_foreground(&self, foreground: bool) {
+        self.client.set_foreground(foreground)
+    }
+
+    /// Starts background sync: a debounced push after local writes, a sync when
+    /// the network returns or the app comes to the foreground, retries with backoff.
+    pub fn start(&self) {
+        let _rt = runtime().enter();
+        self.client.start()
+    }
+
+    pub fn stop(&self) {
+        self.client.stop()
+    }
+}
+
+/// The default config.
+#[uniffi::export]
+pub fn default_sync_config() -> SyncConfig {
+    SyncConfig::from(&crate::sync::SyncConfig::default())
+}
+
+fn client(
+    db: &FerryDatabase,
+    url: &str,
+    tokens: Arc<dyn TokenProvider>,
+    config: SyncConfig,
+) -> crate::Result<SyncClient> {
+    let transport = HttpTransport::new(url)?;
+    SyncClient::new(
+        db.store.clone(),
+        Arc::new(transport),
+        Arc::new(listeners::Tokens(tokens)),
+        config.into(),
+    )
+}
+
+impl From<SyncConfig> for crate::sync::SyncConfig {
+    fn from(c: SyncConfig) -> Self {
+        crate::sync::SyncConfig {
+            page_size: c.page_size,
+            push_batch: c.push_batch as usize,
+            push_debounce: Duration::from_millis(c.push_debounce_ms),
+            collections: c.collections,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<&crate::sync::SyncConfig> for SyncConfig {
+    fn from(c: &crate::sync::SyncConfig) -> Self {
+        SyncConfig {
+            page_size: c.page_size,
+            push_batch: c.push_batch as u32,
+            push_debounce_ms: c.push_debounce.as_millis() as u64,
+            collections: c.collections.clone(),
+        }
+    }
+}
+
+impl From<WriteMode> for CoreMode {
+    fn from(m: WriteMode) -> Self {
+        match m {
+            WriteMode::OfflineFirst => CoreMode::OfflineFirst,
+            WriteMode::Optimistic => CoreMode::Optimistic,
+            WriteMode::Online {
+                when_offline: OfflineBehavior::Queue,
+            } => CoreMode::Online(CoreOffline::Queue),
+            WriteMode::Online {
+                when_offline: OfflineBehavior::Fail,
+            } => CoreMode::Online(CoreOffline::Fail),
+        }
+    }
+}
+
+impl From<crate::sync::SyncPhase> for SyncPhase {
+    fn from(p: crate::sync::SyncPhase) -> Self {
+        use crate::sync::SyncPhase as P;
+        match p {
+            P::Idle => SyncPhase::Idle,
+            P::Pulling => SyncPhase::Pulling,
+            P::Publishing => SyncPhase::Publishing,
+            P::Pushing => SyncPhase::Pushing,
+            P::Offline => SyncPhase::Offline,
+            P::Error => SyncPhase::Error,
+        }
+    }
+}
+
+impl From<&crate::sync::SyncStatus> for SyncStatus {
+    fn from(s: &crate::sync::SyncStatus) -> Self {
+        SyncStatus {
+            phase: s.phase.into(),
+            pages_done: s.pages_done,
+            records_done: s.records_done,
+            bytes_done: s.bytes_done,
+            records_total: s.records_total,
+            pending: s.pending,
+            quarantined: s.quarantined,
+            last_error: s.last_error.clone(),
+            auth_failed: s.auth_failed,
+            last_synced_at: s.last_synced_at,
+            online: s.online,
+        }
+    }
+}
+
+impl From<crate::sync::SyncReport> for SyncReport {
+    fn from(r: crate::sync::SyncReport) -> Self {
+        SyncReport {
+            pages: r.pages,
+            pulled: r.pulled,
+            skipped: r.skipped,
+            pushed_applied: r.pushed.applied,
+            pushed_conflicts: r.pushed.conflicts,
+            pushed_rejected: r.pushed.rejected,
+            pushed_retried: r.pushed.retried,
+            detail_json: super::to_json(&r),
+        }
+    }
+}
