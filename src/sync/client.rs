@@ -818,6 +818,13 @@ fn confirm(
         let mut out = Vec::new();
         for mut op in ops {
             let key = op.target();
+            if count_entries(w, &HashSet::from([key.clone()]))? > 0 {
+                // Edited locally while the write was on its way: queue normally
+                // behind that edit; its stale base version makes the server
+                // answer a conflict, which resolves as any other.
+                out.push(w.apply(op)?);
+                continue;
+            }
             let rec = w.apply(op)?;
             let c = w.schema.collection(&key.0)?;
             w.tx.prepare_cached(
