@@ -82,23 +82,23 @@ impl From<Error> for FerryError {
     }
 }
 
-/// What a host callback may throw. Kotlin: `HostException.Offline(message)` etc.
+/// What a host callback may throw. Kotlin: `HostException.Offline(reason)` etc.
 /// Any other exception the host throws arrives as [`HostError::Failed`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 pub enum HostError {
     /// The host could not reach its auth service; sync treats it as offline.
-    #[error("offline: {message}")]
-    Offline { message: String },
+    #[error("offline: {reason}")]
+    Offline { reason: String },
     /// The host has no valid credentials; sync stops with `auth_failed`.
-    #[error("unauthorized: {message}")]
-    Unauthorized { message: String },
+    #[error("unauthorized: {reason}")]
+    Unauthorized { reason: String },
     /// Anything else, including an unexpected exception in the callback.
-    #[error("host callback failed: {message}")]
-    Failed { message: String },
+    #[error("host callback failed: {reason}")]
+    Failed { reason: String },
 }
 
 impl From<uniffi::UnexpectedUniFFICallbackError> for HostError {
     fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
-        HostError::Failed { message: e.reason }
+        HostError::Failed { reason: e.reason }
     }
 }

@@ -141,10 +141,10 @@ impl crate::transport::TokenProvider for Tokens {
             .await
             .map_err(|e| TransportError::Unauthorized(format!("token provider failed: {e}")))?;
         answer.map_err(|e| match e {
-            HostError::Offline { message } => TransportError::Offline(message),
-            HostError::Unauthorized { message } => TransportError::Unauthorized(message),
-            HostError::Failed { message } => {
-                TransportError::Unauthorized(format!("token provider failed: {message}"))
+            HostError::Offline { reason } => TransportError::Offline(reason),
+            HostError::Unauthorized { reason } => TransportError::Unauthorized(reason),
+            HostError::Failed { reason } => {
+                TransportError::Unauthorized(format!("token provider failed: {reason}"))
             }
         })
     }
