@@ -83,6 +83,13 @@ impl EventBuilder {
         self.put(collection, id, Some(row));
     }
 
+    /// Like [`Self::upsert`], building the row only if the event will list it.
+    pub fn upsert_with(&mut self, collection: &str, id: &str, row: impl FnOnce() -> Value) {
+        if !self.is_reload(collection) {
+            self.put(collection, id, Some(row()));
+        }
+    }
+
     pub fn delete(&mut self, collection: &str, id: &str) {
         self.put(collection, id, None);
     }

@@ -16,11 +16,14 @@ use crate::error::Result;
 const BUSY_TIMEOUT_MS: u32 = 5_000;
 /// Page cache per connection, in KiB (negative = KiB in SQLite's pragma).
 const CACHE_KIB: i64 = 16 * 1024;
+/// The writer gets more: a large batch should not spill pages mid-transaction.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     configure(&conn)?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
 }

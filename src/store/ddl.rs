@@ -71,7 +71,7 @@ fn create_collection(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
     }
     sql.push_str(
         ", _status TEXT NOT NULL, _changed TEXT, _version INTEGER, \
-         _created_at INTEGER NOT NULL, _updated_at INTEGER NOT NULL);",
+         _created_at INTEGER NOT NULL, _updated_at INTEGER NOT NULL) WITHOUT ROWID;",
     );
     tx.execute_batch(&sql)?;
     // Only pending rows and tombstones are indexed: tiny on a mostly synced table.

@@ -145,9 +145,43 @@ pub struct StoreStatus {
     pub quarantined: u64,
 }
 
+/// Per-collection row statements, built once at open (a bulk write runs them
+/// per row).
+struct RowSql {
+    insert: String,
+    replace: String,
+}
+
+impl RowSql {
+    fn new(c: &Collection) -> RowSql {
+        let mut cols = String::from("id");
+        let mut marks = String::from("?");
+        let mut sets = String::new();
+        for col in &c.columns {
+            cols.push_str(", ");
+            cols.push_str(&quote(&col.name));
+            marks.push_str(", ?");
+            sets.push_str(&quote(&col.name));
+            sets.push_str(" = ?, ");
+        }
+        RowSql {
+            insert: format!(
+                "INSERT INTO {} ({cols}, {}) VALUES ({marks}, ?, ?, ?, ?, ?)",
+                quote(&c.name),
+                records::BOOKKEEPING
+            ),
+            replace: format!(
+                "UPDATE {} SET {sets}_status = ?, _changed = ?, _version = ?, _updated_at = ? WHERE id = ?",
+                quote(&c.name)
+            ),
+        }
+    }
+}
+
 struct Inner {
     path: PathBuf,
     schema: Arc<Schema>,
+    sql: HashMap<String, RowSql>,
     writer: Mutex<Connection>,
     readers: Arc<Readers>,
     dispatcher: Arc<Dispatcher>,
@@ -195,6 +229,11 @@ impl Store {
         let (schema, client_id) = ddl::prepare(&mut writer, schema)?;
         Ok(Store {
             inner: Arc::new(Inner {
+                sql: schema
+                    .collections
+                    .iter()
+                    .map(|c| (c.name.clone(), RowSql::new(c)))
+                    .collect(),
                 path: path.to_path_buf(),
                 schema: Arc::new(schema),
                 writer: Mutex::new(writer),
@@ -238,6 +277,7 @@ impl Store {
         let mut w = Writer {
             tx: &tx,
             schema: &self.inner.schema,
+            sql: &self.inner.sql,
             events: EventBuilder::default(),
             now: self.inner.clock.now_ms(),
         };
@@ -277,6 +317,7 @@ impl Store {
         let mut w = Writer {
             tx: &tx,
             schema: &self.inner.schema,
+            sql: &self.inner.sql,
             events: EventBuilder::default(),
             now: self.inner.clock.now_ms(),
         };
@@ -454,7 +495,7 @@ impl Store {
 
     /// Every outbox entry, in push order.
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
-        self.read(outbox::list)
+        self.read(|conn| outbox::list(conn, &self.inner.schema))
     }
 
     pub fn status(&self) -> Result<StoreStatus> {
@@ -553,6 +594,7 @@ pub(crate) fn load(conn: &Connection, c: &Collection, id: &str) -> Result<Option
 pub(crate) struct Writer<'t, 'c> {
     pub tx: &'t Transaction<'c>,
     pub schema: &'t Schema,
+    sql: &'t HashMap<String, RowSql>,
     pub events: EventBuilder,
     pub now: i64,
 }
@@ -616,33 +658,13 @@ impl Writer<'_, '_> {
         })?;
         if c.is_synced() {
             // A new row has no unsent outbox entry to coalesce with.
-            outbox::append(
-                self.tx,
-                &c.name,
-                &rec.id,
-                Op::Create,
-                &rec.fields,
-                None,
-                self.now,
-            )?;
+            outbox::append(self.tx, &c.name, &rec.id, Op::Create, None, None, self.now)?;
         }
-        self.events.upsert(&c.name, &rec.id, rec.to_json());
+        self.events.upsert_with(&c.name, &rec.id, || rec.to_json());
         Ok(rec)
     }
 
     pub(crate) fn insert_row(&self, c: &Collection, rec: &Record) -> Result<()> {
-        let mut cols = String::from("id");
-        let mut marks = String::from("?");
-        for col in &c.columns {
-            cols.push_str(", ");
-            cols.push_str(&quote(&col.name));
-            marks.push_str(", ?");
-        }
-        let sql = format!(
-            "INSERT INTO {} ({cols}, {}) VALUES ({marks}, ?, ?, ?, ?, ?)",
-            quote(&c.name),
-            records::BOOKKEEPING
-        );
         let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 6);
         vals.push(SqlValue::Text(rec.id.clone()));
         for col in &c.columns {
@@ -657,7 +679,7 @@ impl Writer<'_, '_> {
         vals.push(SqlValue::Integer(rec.created_at));
         vals.push(SqlValue::Integer(rec.updated_at));
         self.tx
-            .prepare_cached(&sql)?
+            .prepare_cached(&self.sql[&c.name].insert)?
             .execute(params_from_iter(vals))?;
         Ok(())
     }
@@ -678,15 +700,6 @@ impl Writer<'_, '_> {
 
     /// Rewrites every column and bookkeeping field of an existing row.
     pub(crate) fn replace_row(&self, c: &Collection, rec: &Record) -> Result<()> {
-        let mut sets = String::new();
-        for col in &c.columns {
-            sets.push_str(&quote(&col.name));
-            sets.push_str(" = ?, ");
-        }
-        let sql = format!(
-            "UPDATE {} SET {sets}_status = ?, _changed = ?, _version = ?, _updated_at = ? WHERE id = ?",
-            quote(&c.name)
-        );
         let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 5);
         for col in &c.columns {
             vals.push(
@@ -700,7 +713,7 @@ impl Writer<'_, '_> {
         vals.push(SqlValue::Integer(rec.updated_at));
         vals.push(SqlValue::Text(rec.id.clone()));
         self.tx
-            .prepare_cached(&sql)?
+            .prepare_cached(&self.sql[&c.name].replace)?
             .execute(params_from_iter(vals))?;
         Ok(())
     }

@@ -6,6 +6,11 @@
 //! push carries the net change. An entry that has been sent at least once is never
 //! rewritten: the server may have applied it under its mutation id, so later edits
 //! go into a new entry behind it.
+//!
+//! A create that has not been sent stores no copy of its fields (`fields` is
+//! NULL): the record row holds them, including later edits, so a local create
+//! costs one small outbox row. The fields are read from the row, and frozen into
+//! the entry, when it is first sent.
 
 use ferry_protocol::{Mutation, Op};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -14,15 +19,17 @@ use serde_json::Value;
 
 use super::records::Fields;
 use crate::error::{Error, Result};
+use crate::schema::Schema;
 
 pub(crate) const DDL: &str = "
 CREATE TABLE IF NOT EXISTS _ferry_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    mutation_id TEXT NOT NULL UNIQUE,
+    mutation_id TEXT NOT NULL,
     collection TEXT NOT NULL,
     record_id TEXT NOT NULL,
     op TEXT NOT NULL,
-    fields TEXT NOT NULL,
+    -- NULL: a create not sent yet, whose fields are the record row's own.
+    fields TEXT,
     base_version INTEGER,
     created_at INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -31,7 +38,6 @@ CREATE TABLE IF NOT EXISTS _ferry_outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS _ferry_outbox_record ON _ferry_outbox(collection, record_id, seq);
-CREATE INDEX IF NOT EXISTS _ferry_outbox_ready ON _ferry_outbox(state, next_attempt_at);
 ";
 
 /// Where an outbox entry stands.
@@ -79,6 +85,9 @@ pub struct OutboxEntry {
     pub next_attempt_at: i64,
     pub state: EntryState,
     pub last_error: Option<String>,
+    /// A create not sent yet: `fields` must be read from the record row.
+    #[serde(skip)]
+    pub(crate) live: bool,
 }
 
 impl OutboxEntry {
@@ -98,7 +107,7 @@ pub(crate) const SELECT: &str = "SELECT seq, mutation_id, collection, record_id,
 
 pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     let op: String = row.get(4)?;
-    let fields: String = row.get(5)?;
+    let fields: Option<String> = row.get(5)?;
     let state: String = row.get(10)?;
     let bad = |e: String| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
@@ -109,7 +118,11 @@ pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntr
         collection: row.get(2)?,
         record_id: row.get(3)?,
         op: Op::parse(&op).ok_or_else(|| bad(format!("bad op {op}")))?,
-        fields: serde_json::from_str(&fields).map_err(|e| bad(e.to_string()))?,
+        live: fields.is_none(),
+        fields: match &fields {
+            Some(f) => serde_json::from_str(f).map_err(|e| bad(e.to_string()))?,
+            None => Fields::new(),
+        },
         base_version: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
         created_at: row.get(7)?,
         attempts: row.get(8)?,
@@ -138,7 +151,7 @@ pub(crate) fn enqueue(
     base_version: Option<u64>,
     now: i64,
 ) -> Result<Enqueued> {
-    let latest: Option<(i64, String, String, i64, String)> = tx
+    let latest: Option<(i64, String, Option<String>, i64, String)> = tx
         .prepare_cached(
             "SELECT seq, op, fields, attempts, state FROM _ferry_outbox
              WHERE collection = ?1 AND record_id = ?2 ORDER BY seq DESC LIMIT 1",
@@ -151,6 +164,18 @@ pub(crate) fn enqueue(
         && state == "pending"
     {
         let prev_op = Op::parse(&prev_op).ok_or_else(|| Error::Internal("bad op".into()))?;
+        let Some(prev_fields) = prev_fields else {
+            // An unsent create reads its fields from the row: an update needs
+            // nothing more, a delete cancels it.
+            return match op {
+                Op::Delete => {
+                    tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq = ?1")?
+                        .execute([seq])?;
+                    Ok(Enqueued::Cancelled)
+                }
+                _ => Ok(Enqueued::Queued),
+            };
+        };
         let mut merged: Fields = serde_json::from_str(&prev_fields)?;
         let next = match (prev_op, op) {
             (Op::Create, Op::Update) | (Op::Update, Op::Update) => {
@@ -180,17 +205,26 @@ pub(crate) fn enqueue(
             }
         };
     }
-    append(tx, collection, record_id, op, fields, base_version, now)?;
+    append(
+        tx,
+        collection,
+        record_id,
+        op,
+        Some(fields),
+        base_version,
+        now,
+    )?;
     Ok(Enqueued::Queued)
 }
 
-/// Appends a new entry without coalescing.
+/// Appends a new entry without coalescing; `fields: None` is an unsent create
+/// whose fields are the record row's.
 pub(crate) fn append(
     tx: &Transaction<'_>,
     collection: &str,
     record_id: &str,
     op: Op,
-    fields: &Fields,
+    fields: Option<&Fields>,
     base_version: Option<u64>,
     now: i64,
 ) -> Result<()> {
@@ -203,18 +237,35 @@ pub(crate) fn append(
         collection,
         record_id,
         op.as_str(),
-        serde_json::to_string(fields)?,
+        fields.map(serde_json::to_string).transpose()?,
         base_version.map(|v| v as i64),
         now
     ])?;
     Ok(())
 }
 
-/// All entries, in push order.
-pub(crate) fn list(conn: &rusqlite::Connection) -> Result<Vec<OutboxEntry>> {
+/// All entries, in push order, with the fields of unsent creates filled in.
+pub(crate) fn list(conn: &rusqlite::Connection, schema: &Schema) -> Result<Vec<OutboxEntry>> {
     let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY seq"))?;
     let rows = stmt.query_map([], read_entry)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut entries: Vec<OutboxEntry> = rows.collect::<rusqlite::Result<_>>()?;
+    for e in entries.iter_mut().filter(|e| e.live) {
+        fill_live(conn, schema, e)?;
+    }
+    Ok(entries)
+}
+
+/// Reads an unsent create's fields from its record row.
+pub(crate) fn fill_live(
+    conn: &rusqlite::Connection,
+    schema: &Schema,
+    e: &mut OutboxEntry,
+) -> Result<()> {
+    let c = schema.collection(&e.collection)?;
+    if let Some(rec) = super::load(conn, c, &e.record_id)? {
+        e.fields = rec.fields;
+    }
+    Ok(())
 }
 
 /// Counts of pending (incl. in-flight) and quarantined entries.

@@ -156,15 +156,11 @@ fn a_sent_entry_is_never_rewritten() {
     let (_d, s) = open();
     s.create("tasks", obj(json!({"id": "t", "title": "a"})))
         .unwrap();
-    s.read(|_| Ok(())).unwrap();
-    s.write_tx(ChangeSource::Local, |w| {
-        w.tx.execute(
-            "UPDATE _ferry_outbox SET attempts = 1, state = 'in_flight'",
-            [],
-        )?;
-        Ok(())
-    })
-    .unwrap();
+    // Sending freezes the create's fields into the entry.
+    let (sent, _) = crate::sync::push::prepare(&s, "client", 10, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent[0].fields["title"], "a");
     s.update("tasks", "t", obj(json!({"title": "b"}))).unwrap();
     let ob = s.outbox().unwrap();
     assert_eq!(ob.len(), 2);

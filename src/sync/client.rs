@@ -623,10 +623,7 @@ impl SyncClient {
                 for op in sim_ops {
                     w.apply(op)?;
                 }
-                let mut stmt = w.tx.prepare(&format!("{} ORDER BY seq", outbox::SELECT))?;
-                let all = stmt
-                    .query_map([], outbox::read_entry)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let all = outbox::list(w.tx, w.schema)?;
                 Ok(Some(
                     all.into_iter()
                         .filter(|e| keyset.contains(&(e.collection.clone(), e.record_id.clone())))

@@ -83,7 +83,15 @@ pub(crate) fn prepare(
         let mut mark = w.tx.prepare_cached(
             "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
         )?;
+        let mut freeze =
+            w.tx.prepare_cached("UPDATE _ferry_outbox SET fields = ?2 WHERE seq = ?1")?;
         for e in &mut chosen {
+            if e.live {
+                // Sent from now on: the entry keeps exactly what the server gets.
+                outbox::fill_live(w.tx, w.schema, e)?;
+                freeze.execute(rusqlite::params![e.seq, serde_json::to_string(&e.fields)?])?;
+                e.live = false;
+            }
             mark.execute([e.seq])?;
             e.attempts += 1;
             e.state = outbox::EntryState::InFlight;
@@ -342,7 +350,7 @@ fn requeue(
             &e.collection,
             &e.record_id,
             op,
-            &fields,
+            Some(&fields),
             Some(base),
             w.now,
         ),

@@ -64,7 +64,7 @@ pub(crate) fn prepare(tx: &Transaction<'_>, schema: &Schema, schema_changed: boo
         for col in &c.columns {
             sql.push_str(&format!(", {} {}", quote(&col.name), col.ty.sql_type()));
         }
-        sql.push_str(", _version INTEGER, _kind TEXT NOT NULL)");
+        sql.push_str(", _version INTEGER, _kind TEXT NOT NULL) WITHOUT ROWID");
         tx.execute_batch(&sql)?;
     }
     Ok(())
