@@ -1,0 +1,705 @@
+//! Sync benchmarks (issue 4, point 11). Run with:
+//!
+//! ```text
+//! cargo bench --bench sync
+//! ```
+//!
+//! Environment: `FERRY_BENCH_SYNC_N` (records, default 1,000,000),
+//! `FERRY_BENCH_SYNC_REPS` (repetitions of the 1M runs, default 3),
+//! `FERRY_BENCH_SYNC_INCR` (incremental syncs, default 20),
+//! `FERRY_BENCH_SYNC_PUSH_REPS` (10k-push repetitions, default 5). Without
+//! `--bench` (as under `cargo test --all-targets`) it runs a small smoke version.
+//!
+//! The parent process runs an in-process ferry-server on SQLite, seeds it through
+//! `/v1/push` (batches of 5,000) and runs the raw baselines. Every client
+//! measurement runs in a child process (this binary re-executed with
+//! `--ferry-sync-child`), so the server's memory is not counted in the client's
+//! peak RSS (`VmHWM` of the child). Measured, each as a median:
+//!
+//! 1. **initial**: a first `SyncClient::sync()` of N tasks into a fresh client DB
+//!    over loopback HTTP (gzip, as deployed), against a raw rusqlite insert of the
+//!    same rows into the same table (created by `Store::open` with the same schema,
+//!    so the same columns and indexes): one transaction, one prepared statement,
+//!    WAL, synchronous=NORMAL, the store writer's 64 MiB cache. Target ≥ 50% of raw.
+//!    Also a *pull-only* run (the same pages fetched and decoded, not stored).
+//! 2. **peak RSS** of the client process during that sync. Target < 150 MB.
+//! 3. **incremental**: one record changed on the server by another device, then
+//!    `sync()` on the 1M-row client; baseline: `sync()` with nothing to pull.
+//!    Target < 10 ms.
+//! 4. **push**: 10k local creates, then `push_all()` (default batch of 1,000);
+//!    baseline: the same number of mutations pushed straight through the
+//!    transport (no client store). Target ≥ 50k mutations/s.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ferry::sync::{SyncClient, SyncConfig, SyncPhase, SyncStatus};
+use ferry::transport::{HttpTransport, StaticToken, Transport, TransportError};
+use ferry::{Fields, Schema, Store, WriteOp};
+use ferry_protocol::{Mutation, Op, PullPage, PullRequest, PushRequest, PushResponse};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "alice-dev-token";
+const SCHEMA: &str = include_str!("../examples/tasks.schema.json");
+const CHILD_FLAG: &str = "--ferry-sync-child";
+const RESULT_PREFIX: &str = "FERRY_SYNC_BENCH ";
+const SEED_BATCH: usize = 5_000;
+
+struct Params {
+    n: usize,
+    reps: usize,
+    incr: usize,
+    push: usize,
+    push_reps: usize,
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn params(bench: bool) -> Params {
+    if bench {
+        Params {
+            n: env_or("FERRY_BENCH_SYNC_N", 1_000_000),
+            reps: env_or("FERRY_BENCH_SYNC_REPS", 3),
+            incr: env_or("FERRY_BENCH_SYNC_INCR", 20),
+            push: 10_000,
+            push_reps: env_or("FERRY_BENCH_SYNC_PUSH_REPS", 5),
+        }
+    } else {
+        Params {
+            n: 3_000,
+            reps: 1,
+            incr: 2,
+            push: 500,
+            push_reps: 1,
+        }
+    }
+}
+
+fn schema() -> Schema {
+    Schema::from_json(SCHEMA).unwrap()
+}
+
+/// One task, as pushed to the server and as inserted by the raw baseline.
+struct Row {
+    id: String,
+    title: String,
+    done: bool,
+    priority: i64,
+    notes: Option<String>,
+    project: Option<String>,
+}
+
+fn rows(n: usize) -> Vec<Row> {
+    (0..n)
+        .map(|i| Row {
+            id: uuid::Uuid::now_v7().to_string(),
+            title: format!("task number {i} with a typical title"),
+            done: i % 3 == 0,
+            priority: (i % 5) as i64,
+            notes: (i % 2 == 0).then(|| format!("notes for task {i}: remember the details")),
+            project: (i % 4 != 0).then(|| format!("project-{}", i % 50)),
+        })
+        .collect()
+}
+
+fn row_fields(r: &Row) -> Fields {
+    let Value::Object(m) = json!({
+        "title": r.title,
+        "done": r.done,
+        "priority": r.priority,
+        "notes": r.notes,
+        "archived": false,
+        "project": r.project,
+    }) else {
+        unreachable!()
+    };
+    m
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == CHILD_FLAG) {
+        child(&args[i + 1..]);
+        return;
+    }
+    let bench = args.iter().any(|a| a == "--bench");
+    parent(params(bench));
+}
+
+// ---------------------------------------------------------------- parent
+
+fn parent(p: Params) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt.block_on(async {
+        ferry_server::start(ferry_server::ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite:{}", dir.path().join("server.db").display()),
+            config: ferry_server::ServerConfig::dev(),
+        })
+        .await
+        .expect("server starts")
+    });
+    let url = server.url();
+    eprintln!(
+        "sync bench: N = {}, reps = {}, incremental runs = {}, push = {} x {}",
+        p.n, p.reps, p.incr, p.push, p.push_reps
+    );
+
+    let data = rows(p.n);
+    let t = Instant::now();
+    rt.block_on(seed(&url, &data));
+    let seed_s = secs(t.elapsed());
+    eprintln!(
+        "seeded {} tasks through /v1/push in {:.1} s ({:.0}/s)",
+        p.n,
+        seed_s,
+        p.n as f64 / seed_s
+    );
+
+    // 1-3: raw insert and initial sync, interleaved; the last child also runs
+    // the incremental syncs.
+    let mut raw = Vec::new();
+    let mut initial = Vec::new();
+    let mut pull_only = Vec::new();
+    for rep in 0..p.reps {
+        let db = dir.path().join(format!("raw-{rep}.db"));
+        let r = raw_insert(&db, &data);
+        eprintln!("rep {rep}: raw insert {:.2} s", r);
+        raw.push(r);
+        remove_db(&db);
+
+        let db = dir.path().join(format!("client-{rep}.db"));
+        let incr = if rep + 1 == p.reps { p.incr } else { 0 };
+        let out = run_child(&[
+            "initial",
+            &url,
+            &db.display().to_string(),
+            &incr.to_string(),
+        ]);
+        assert_eq!(out["pulled"].as_u64().unwrap() as usize, p.n, "{out}");
+        eprintln!("rep {rep}: initial sync {out}");
+        initial.push(out);
+        remove_db(&db);
+
+        let out = run_child(&["pull-only", &url]);
+        eprintln!("rep {rep}: pull only {out}");
+        pull_only.push(out);
+    }
+
+    // 4: push.
+    let mut push_raw = Vec::new();
+    for _ in 0..p.push_reps {
+        push_raw.push(rt.block_on(raw_push(&url, p.push)));
+    }
+    let db = dir.path().join("push.db");
+    let push_out = run_child(&[
+        "push",
+        &url,
+        &db.display().to_string(),
+        &p.push.to_string(),
+        &p.push_reps.to_string(),
+    ]);
+    eprintln!("push {push_out}");
+
+    rt.block_on(server.shutdown());
+    report(&p, seed_s, &raw, &initial, &pull_only, &push_raw, &push_out);
+}
+
+fn remove_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+async fn seed(url: &str, data: &[Row]) {
+    let t = HttpTransport::new(url).unwrap();
+    for chunk in data.chunks(SEED_BATCH) {
+        let req = PushRequest {
+            client_id: "bench-seeder".into(),
+            mutations: chunk
+                .iter()
+                .map(|r| Mutation {
+                    mutation_id: uuid::Uuid::new_v4().to_string(),
+                    collection: "tasks".into(),
+                    record_id: r.id.clone(),
+                    op: Op::Create,
+                    fields: row_fields(r),
+                    base_version: None,
+                })
+                .collect(),
+        };
+        let resp = t.push(TOKEN, &req).await.expect("seed push");
+        assert_eq!(resp.results.len(), chunk.len());
+    }
+}
+
+/// Seconds to insert `data` into a fresh copy of the client's `tasks` table.
+fn raw_insert(db: &Path, data: &[Row]) -> f64 {
+    // Same table, columns and indexes as the client DB.
+    drop(Store::open(db, schema()).unwrap());
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.pragma_update(None, "cache_size", -64 * 1024).unwrap();
+    let now = 1_700_000_000_000i64;
+    let t = Instant::now();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut stmt = tx
+            .prepare(
+                "INSERT INTO tasks (id, title, done, priority, notes, archived, project,
+                 _status, _changed, _version, _created_at, _updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'synced', NULL, 1, ?8, ?8)",
+            )
+            .unwrap();
+        for r in data {
+            stmt.execute(rusqlite::params![
+                r.id, r.title, r.done, r.priority, r.notes, false, r.project, now
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    secs(t.elapsed())
+}
+
+/// Seconds to push `n` creates straight through the transport, 1,000 a request.
+async fn raw_push(url: &str, n: usize) -> f64 {
+    let t = HttpTransport::new(url).unwrap();
+    let batches: Vec<PushRequest> = rows(n)
+        .chunks(SyncConfig::default().push_batch)
+        .map(|c| PushRequest {
+            client_id: "bench-raw-pusher".into(),
+            mutations: c
+                .iter()
+                .map(|r| Mutation {
+                    mutation_id: uuid::Uuid::now_v7().to_string(),
+                    collection: "tasks".into(),
+                    record_id: r.id.clone(),
+                    op: Op::Create,
+                    fields: row_fields(r),
+                    base_version: None,
+                })
+                .collect(),
+        })
+        .collect();
+    let start = Instant::now();
+    for req in &batches {
+        t.push(TOKEN, req).await.unwrap();
+    }
+    secs(start.elapsed())
+}
+
+fn run_child(args: &[&str]) -> Value {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg(CHILD_FLAG)
+        .args(args)
+        .output()
+        .expect("child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        panic!(
+            "child {args:?} failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(RESULT_PREFIX))
+        .expect("child printed a result");
+    serde_json::from_str(line).unwrap()
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(f64::NAN)
+}
+
+fn arr(v: &Value, k: &str) -> Vec<f64> {
+    v[k].as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+fn med_of(v: &[Value], k: &str) -> f64 {
+    median(&v.iter().map(|x| f(x, k)).collect::<Vec<_>>())
+}
+
+fn report(
+    p: &Params,
+    seed_s: f64,
+    raw: &[f64],
+    initial: &[Value],
+    pull_only: &[Value],
+    push_raw: &[f64],
+    push: &Value,
+) {
+    let n = p.n as f64;
+    let raw_rate = n / median(raw);
+    let sync_s = med_of(initial, "total_s");
+    let sync_rate = n / sync_s;
+    let pull_rate = n / med_of(pull_only, "total_s");
+    let hwm = med_of(initial, "vm_hwm_kb") / 1024.0;
+    let last = initial.last().unwrap();
+    let incr = arr(last, "incremental_ms");
+    let empty = arr(last, "empty_ms");
+    let push_times = arr(push, "push_s");
+    let push_rate = p.push as f64 / median(&push_times);
+    let push_raw_rate = p.push as f64 / median(push_raw);
+
+    println!();
+    println!("## Sync results (N = {})", p.n);
+    println!();
+    println!("| metric | target | measured (median) | baseline (median) | ratio |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| initial sync, {} records | ≥ 50% of raw | {:.0} rec/s ({:.2} s) | raw insert {:.0} rec/s ({:.2} s) | {:.0}% |",
+        p.n,
+        sync_rate,
+        sync_s,
+        raw_rate,
+        median(raw),
+        100.0 * sync_rate / raw_rate
+    );
+    println!(
+        "| peak client RSS (VmHWM) | < 150 MB | {:.0} MB | – | – |",
+        hwm
+    );
+    println!(
+        "| incremental sync, 1 change at {} rows | < 10 ms | {:.2} ms | sync with nothing to pull {:.2} ms | {:.2}x |",
+        p.n,
+        median(&incr),
+        median(&empty),
+        median(&incr) / median(&empty)
+    );
+    println!(
+        "| push of {} mutations | ≥ 50k/s | {:.0} mut/s ({:.0} ms) | transport only {:.0} mut/s | {:.0}% |",
+        p.push,
+        push_rate,
+        1e3 * median(&push_times),
+        push_raw_rate,
+        100.0 * push_rate / push_raw_rate
+    );
+    println!();
+    println!("Where the initial sync's time goes (medians, seconds):");
+    for k in [
+        "pull_phase_s",
+        "publish_s",
+        "push_phase_s",
+        "fetch_s",
+        "stage_wait_s",
+        "pages",
+    ] {
+        println!("  {k:>14}: {:.2}", med_of(initial, k));
+    }
+    println!(
+        "  pull only (fetch + decode, nothing stored): {:.2} s = {:.0} rec/s; of which HTTP {:.2} s, JSON decode {:.2} s",
+        med_of(pull_only, "total_s"),
+        pull_rate,
+        med_of(pull_only, "http_s"),
+        med_of(pull_only, "decode_s")
+    );
+    println!("  seeding: {seed_s:.1} s");
+    println!(
+        "  raw insert runs (s): {:?}",
+        raw.iter()
+            .map(|x| (x * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "  initial sync runs (s): {:?}",
+        initial
+            .iter()
+            .map(|x| (f(x, "total_s") * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    println!("  incremental runs (ms): {incr:.2?}");
+    println!("  push runs (s): {push_times:.3?}; transport-only runs (s): {push_raw:.3?}");
+    println!(
+        "  {} local creates before each push (Store::write): median {:.3} s",
+        p.push,
+        median(&arr(push, "create_s"))
+    );
+}
+
+// ---------------------------------------------------------------- child
+
+fn child(args: &[String]) {
+    let rt = runtime();
+    let out = match args[0].as_str() {
+        "initial" => rt.block_on(child_initial(
+            &args[1],
+            Path::new(&args[2]),
+            args[3].parse().unwrap(),
+        )),
+        "pull-only" => rt.block_on(child_pull_only(&args[1])),
+        "push" => rt.block_on(child_push(
+            &args[1],
+            Path::new(&args[2]),
+            args[3].parse().unwrap(),
+            args[4].parse().unwrap(),
+        )),
+        other => panic!("unknown child mode {other}"),
+    };
+    println!("{RESULT_PREFIX}{out}");
+}
+
+/// `VmHWM` (peak resident set) of this process, in KiB.
+fn vm_hwm_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The HTTP transport, timing each pull call and the gaps between calls.
+struct Timed {
+    inner: HttpTransport,
+    fetch_ns: AtomicU64,
+    gap_ns: AtomicU64,
+    last_end: Mutex<Option<Instant>>,
+}
+
+impl Timed {
+    fn new(url: &str) -> Timed {
+        Timed {
+            inner: HttpTransport::new(url).unwrap(),
+            fetch_ns: AtomicU64::new(0),
+            gap_ns: AtomicU64::new(0),
+            last_end: Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for Timed {
+    async fn pull(&self, token: &str, req: &PullRequest) -> Result<PullPage, TransportError> {
+        let start = Instant::now();
+        if let Some(end) = *self.last_end.lock() {
+            self.gap_ns
+                .fetch_add((start - end).as_nanos() as u64, Ordering::Relaxed);
+        }
+        let out = self.inner.pull(token, req).await;
+        let end = Instant::now();
+        self.fetch_ns
+            .fetch_add((end - start).as_nanos() as u64, Ordering::Relaxed);
+        *self.last_end.lock() = Some(end);
+        out
+    }
+
+    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError> {
+        self.inner.push(token, req).await
+    }
+}
+
+async fn child_initial(url: &str, db: &Path, incremental: usize) -> Value {
+    let store = Store::open(db, schema()).unwrap();
+    let transport = Arc::new(Timed::new(url));
+    let client = SyncClient::new(
+        store.clone(),
+        transport.clone(),
+        Arc::new(StaticToken(TOKEN.into())),
+        SyncConfig::default(),
+    )
+    .unwrap();
+    let phases: Arc<Mutex<Vec<(SyncPhase, Instant)>>> = Arc::default();
+    let ph = phases.clone();
+    client.add_status_listener(Arc::new(move |s: &SyncStatus| {
+        let mut v = ph.lock();
+        if v.last().is_none_or(|(p, _)| *p != s.phase) {
+            v.push((s.phase, Instant::now()));
+        }
+    }));
+
+    let start = Instant::now();
+    let report = client.sync().await.unwrap();
+    let end = Instant::now();
+    let hwm = vm_hwm_kb();
+    let at = |phase: SyncPhase| {
+        phases
+            .lock()
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .map(|(_, t)| *t)
+    };
+    let publishing = at(SyncPhase::Publishing).unwrap_or(end);
+    let pushing = at(SyncPhase::Pushing).unwrap_or(end);
+    let fetch_s = transport.fetch_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let stage_wait_s = transport.gap_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let pull_phase_s = secs(publishing - start);
+
+    // Incremental: another device changes one record, then this client syncs.
+    let other = HttpTransport::new(url).unwrap();
+    let ids: Vec<String> = {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id FROM tasks ORDER BY id LIMIT ?1")
+            .unwrap();
+        stmt.query_map([incremental as i64 + 2], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let mut incr_ms = Vec::new();
+    let mut empty_ms = Vec::new();
+    let runs = if incremental == 0 { 0 } else { incremental + 2 };
+    for (k, id) in ids.iter().enumerate().take(runs) {
+        let req = PushRequest {
+            client_id: "bench-other-device".into(),
+            mutations: vec![Mutation {
+                mutation_id: uuid::Uuid::now_v7().to_string(),
+                collection: "tasks".into(),
+                record_id: id.clone(),
+                op: Op::Update,
+                fields: serde_json::from_value(json!({"title": format!("changed {k}")})).unwrap(),
+                base_version: None,
+            }],
+        };
+        other.push(TOKEN, &req).await.unwrap();
+        let t = Instant::now();
+        let r = client.sync().await.unwrap();
+        let d = t.elapsed();
+        assert_eq!(r.pulled, 1, "{r:?}");
+        let t = Instant::now();
+        let r = client.sync().await.unwrap();
+        let e = t.elapsed();
+        assert_eq!(r.pulled, 0, "{r:?}");
+        if k >= 2 {
+            // The first two are warm-up.
+            incr_ms.push(d.as_secs_f64() * 1e3);
+            empty_ms.push(e.as_secs_f64() * 1e3);
+        }
+    }
+    json!({
+        "total_s": secs(end - start),
+        "pulled": report.pulled,
+        "pages": report.pages,
+        "pull_phase_s": pull_phase_s,
+        "publish_s": secs(pushing - publishing),
+        "push_phase_s": secs(end - pushing),
+        "fetch_s": fetch_s,
+        "stage_wait_s": stage_wait_s,
+        "vm_hwm_kb": hwm,
+        "incremental_ms": incr_ms,
+        "empty_ms": empty_ms,
+    })
+}
+
+/// Fetches and decodes every page of a first pull, storing nothing; splits the
+/// time into HTTP (server, loopback, gzip) and JSON decoding.
+async fn child_pull_only(url: &str) -> Value {
+    let http = reqwest::Client::builder().gzip(true).build().unwrap();
+    let mut cursor: Option<String> = None;
+    let (mut http_s, mut decode_s, mut rows) = (0.0, 0.0, 0u64);
+    let start = Instant::now();
+    loop {
+        let req = PullRequest {
+            cursor: cursor.clone(),
+            client_id: Some("bench-pull-only".into()),
+            limit: Some(SyncConfig::default().page_size),
+            collections: None,
+            want_totals: cursor.is_none(),
+        };
+        let t = Instant::now();
+        let bytes = http
+            .post(format!("{url}{}", ferry_protocol::PULL_PATH))
+            .bearer_auth(TOKEN)
+            .header(
+                ferry_protocol::PROTOCOL_HEADER,
+                ferry_protocol::PROTOCOL_VERSION.to_string(),
+            )
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let t2 = Instant::now();
+        let page: PullPage = serde_json::from_slice(&bytes).unwrap();
+        decode_s += secs(t2.elapsed());
+        http_s += secs(t2 - t);
+        rows += page.changes.values().map(|c| c.len() as u64).sum::<u64>();
+        cursor = Some(page.cursor);
+        if !page.has_more {
+            break;
+        }
+    }
+    json!({
+        "total_s": secs(start.elapsed()),
+        "http_s": http_s,
+        "decode_s": decode_s,
+        "rows": rows,
+        "vm_hwm_kb": vm_hwm_kb(),
+    })
+}
+
+async fn child_push(url: &str, db: &Path, n: usize, reps: usize) -> Value {
+    let store = Store::open(db, schema()).unwrap();
+    let client = SyncClient::new(
+        store.clone(),
+        Arc::new(HttpTransport::new(url).unwrap()),
+        Arc::new(StaticToken(TOKEN.into())),
+        SyncConfig::default(),
+    )
+    .unwrap();
+    let (mut push_s, mut create_s) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let ops: Vec<WriteOp> = rows(n)
+            .iter()
+            .map(|r| {
+                let mut fields = row_fields(r);
+                fields.insert("id".into(), Value::String(r.id.clone()));
+                WriteOp::Create {
+                    collection: "tasks".into(),
+                    fields,
+                }
+            })
+            .collect();
+        let t = Instant::now();
+        store.write(ops).unwrap();
+        create_s.push(secs(t.elapsed()));
+        let t = Instant::now();
+        let report = client.push_all().await.unwrap();
+        push_s.push(secs(t.elapsed()));
+        assert_eq!(report.applied as usize, n, "{report:?}");
+    }
+    json!({ "push_s": push_s, "create_s": create_s, "vm_hwm_kb": vm_hwm_kb() })
+}
