@@ -125,6 +125,7 @@ pub struct RustBaseline {
 impl FerryDatabase {
     /// Runs each workload `rounds` times in Rust (`calls` calls per round for the
     /// per-call figures) and returns the medians per call / per batch.
+    #[allow(clippy::too_many_arguments)]
     pub fn bench_rust_baseline(
         &self,
         collection: String,
