@@ -22,6 +22,9 @@ struct Args {
     database_url: Option<String>,
     #[arg(long, default_value_t = 200)]
     clients: usize,
+    /// Reuse a database seeded by an earlier run (with the same --rows).
+    #[arg(long)]
+    skip_seed: bool,
 }
 
 fn task(mid: String, id: String, op: Op, base: Option<u64>) -> Mutation {
@@ -66,6 +69,9 @@ async fn main() {
     let batch = 10_000;
     let start = Instant::now();
     let mut done = 0;
+    if args.skip_seed {
+        done = args.rows;
+    }
     while done < args.rows {
         let n = batch.min(args.rows - done);
         let ms = (done..done + n)
@@ -83,12 +89,14 @@ async fn main() {
         done += n;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!(
-        "seed/push: {} creates in {:.1}s = {:.0} mutations/s (batches of {batch})",
-        args.rows,
-        secs,
-        args.rows as f64 / secs
-    );
+    if !args.skip_seed {
+        println!(
+            "seed/push: {} creates in {:.1}s = {:.0} mutations/s (batches of {batch})",
+            args.rows,
+            secs,
+            args.rows as f64 / secs
+        );
+    }
 
     // Cursor at head.
     let mut req = PullRequest {

@@ -26,7 +26,7 @@ use crate::storage::{
 };
 
 /// Longest a pull waits for older transactions to finish (see [`SyncService::read_settled`]).
-const SETTLE_BUDGET: Duration = Duration::from_millis(1500);
+const SETTLE_BUDGET: Duration = Duration::from_millis(250);
 
 /// Prefix of a write checkpoint: `wc1.<major>.<minor>`.
 const CHECKPOINT_PREFIX: &str = "wc1.";

@@ -2,8 +2,10 @@
 //!
 //! Sequence order is not commit order on PostgreSQL, so a change's position is
 //! `(txid, seq)`: the writing transaction's id (`pg_current_xact_id()`) and a
-//! sequence value. A read returns only changes with `txid < pg_snapshot_xmin` of its
-//! own snapshot: every transaction below that is finished, so nothing can later
+//! sequence value. A read returns only changes with `txid <` the oldest transaction
+//! still running in its own snapshot (`pg_snapshot_xmin`, ignoring transactions
+//! of other databases of the cluster): every transaction below that is finished,
+//! so nothing can later
 //! commit *before* a position already handed out, and a cursor never skips a late
 //! committer. Reads run in one REPEATABLE READ READ ONLY transaction so all scans
 //! share that snapshot. This module must never hand out a position at or above the
@@ -284,20 +286,41 @@ fn retryable(e: &ServerError) -> bool {
 impl Storage for PgStorage {
     async fn read(&self, req: ReadRequest) -> Result<ReadResult, ServerError> {
         let mut client = self.pool.get().await?;
+        // Transactions of *other* databases of the cluster cannot write here, but they
+        // hold back the cluster-wide xmin. Their xids, read before our snapshot is
+        // taken (an xid never changes database), may be ignored; any xid not known
+        // to be foreign is treated as ours.
+        let foreign: Vec<i64> = client
+            .query_one(
+                "SELECT coalesce(array_agg(backend_xid::text::bigint), '{}') FROM pg_stat_activity
+                 WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()",
+                &[],
+            )
+            .await?
+            .get(0);
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
             .await?;
-        // First statement: fixes the snapshot, and its xmin is the watermark.
-        let xmin: i64 = tx
+        // First statement: fixes the snapshot. The watermark is its oldest running
+        // transaction that may be ours (or xmax when there is none).
+        let row = tx
             .query_one(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                "SELECT pg_snapshot_xmax(s)::text::bigint,
+                        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x)
+                 FROM pg_current_snapshot() AS s",
                 &[],
             )
-            .await?
-            .get(0);
+            .await?;
+        let xmax: i64 = row.get(0);
+        let running: Vec<i64> = row.get(1);
+        let xmin = running
+            .into_iter()
+            .filter(|x| !foreign.contains(x))
+            .min()
+            .unwrap_or(xmax);
         let scan = tx
             .prepare_cached(
                 "SELECT c.txid, c.seq, c.record_id, c.kind, c.client_id, r.version, r.created_at, r.data
