@@ -255,11 +255,13 @@ impl SyncClient {
         }
     }
 
+    /// Outbox counts only: `Store::status` would also count every collection's
+    /// rows, a full scan of each table on every sync, push batch and write.
     fn refresh_counts(&self) {
-        if let Ok(s) = self.inner.store.status() {
+        if let Ok((pending, quarantined)) = self.inner.store.read(outbox::counts) {
             self.update_status(|st| {
-                st.pending = s.pending;
-                st.quarantined = s.quarantined;
+                st.pending = pending;
+                st.quarantined = quarantined;
             });
         }
     }
