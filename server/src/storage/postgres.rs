@@ -61,8 +61,16 @@ pub struct PgStorage {
 impl PgStorage {
     /// Connects a pool and creates the schema if missing.
     pub async fn connect(url: &str) -> Result<PgStorage, ServerError> {
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| ServerError::DatabaseUrl(e.to_string()))?;
+        // Statements are prepared once per connection; PostgreSQL's generic plans for
+        // them (made after five runs) do not use the stream bounds well, so plan each
+        // execution with its real parameters.
+        let options = format!(
+            "{} -c plan_cache_mode=force_custom_plan",
+            config.get_options().unwrap_or("")
+        );
+        config.options(options.trim());
         let manager = Manager::from_config(
             config,
             NoTls,
