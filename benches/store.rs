@@ -257,7 +257,7 @@ fn big_store() -> (tempfile::TempDir, Store) {
     // Pick rows spread over the table and edit them the normal way.
     let conn = rusqlite::Connection::open(&path).unwrap();
     let ids: Vec<String> = conn
-        .prepare("SELECT id FROM items WHERE rowid % ?1 = 0 LIMIT ?2")
+        .prepare("SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM items) WHERE n % ?1 = 0 LIMIT ?2")
         .unwrap()
         .query_map(params![(BIG / PENDING) as i64, PENDING as i64], |r| {
             r.get(0)

@@ -493,7 +493,12 @@ impl Store {
         })
     }
 
-    /// Every outbox entry, in push order.
+    /// Pending and quarantined mutation counts (cheap: pending rows only).
+    pub fn pending_counts(&self) -> Result<(u64, u64)> {
+        self.read(|conn| outbox::counts(conn, &self.inner.schema))
+    }
+
+    /// Every outbox entry and unsent create, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
         self.read(|conn| outbox::list(conn, &self.inner.schema))
     }
@@ -512,7 +517,7 @@ impl Store {
                 )?;
                 records.insert(c.name.clone(), n as u64);
             }
-            let (pending, quarantined) = outbox::counts(conn)?;
+            let (pending, quarantined) = outbox::counts(conn, &self.inner.schema)?;
             Ok(StoreStatus {
                 schema_version: self.inner.schema.version,
                 client_id: self.inner.client_id.clone(),
@@ -656,10 +661,7 @@ impl Writer<'_, '_> {
             }
             e => e,
         })?;
-        if c.is_synced() {
-            // A new row has no unsent outbox entry to coalesce with.
-            outbox::append(self.tx, &c.name, &rec.id, Op::Create, None, None, self.now)?;
-        }
+        // A synced create needs no outbox row: the row itself is the unsent create.
         self.events.upsert_with(&c.name, &rec.id, || rec.to_json());
         Ok(rec)
     }
@@ -779,6 +781,7 @@ impl Writer<'_, '_> {
                 &fields,
                 rec.version,
                 self.now,
+                rec.status == RecordStatus::Created,
             )?;
         }
         self.events.upsert(&c.name, id, rec.to_json());
@@ -812,6 +815,7 @@ impl Writer<'_, '_> {
                 &Fields::new(),
                 rec.version,
                 self.now,
+                rec.status == RecordStatus::Created,
             )?
         } else {
             Enqueued::Cancelled

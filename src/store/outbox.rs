@@ -7,10 +7,13 @@
 //! rewritten: the server may have applied it under its mutation id, so later edits
 //! go into a new entry behind it.
 //!
-//! A create that has not been sent stores no copy of its fields (`fields` is
-//! NULL): the record row holds them, including later edits, so a local create
-//! costs one small outbox row. The fields are read from the row, and frozen into
-//! the entry, when it is first sent.
+//! A create that has not been sent has no outbox row at all: the record row
+//! (`_status = 'created'`, found through the partial index on pending rows)
+//! holds its fields, including later edits, so a local create costs what a plain
+//! insert costs. Such an *unsent create* is listed like an entry (with an empty
+//! mutation id) and becomes a real entry, with its fields frozen and a mutation
+//! id, when it is first sent. Within a record it always comes first: later edits
+//! of it need no entry, and deleting it leaves nothing to push.
 
 use ferry_protocol::{Mutation, Op};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -28,8 +31,7 @@ CREATE TABLE IF NOT EXISTS _ferry_outbox (
     collection TEXT NOT NULL,
     record_id TEXT NOT NULL,
     op TEXT NOT NULL,
-    -- NULL: a create not sent yet, whose fields are the record row's own.
-    fields TEXT,
+    fields TEXT NOT NULL,
     base_version INTEGER,
     created_at INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -85,9 +87,6 @@ pub struct OutboxEntry {
     pub next_attempt_at: i64,
     pub state: EntryState,
     pub last_error: Option<String>,
-    /// A create not sent yet: `fields` must be read from the record row.
-    #[serde(skip)]
-    pub(crate) live: bool,
 }
 
 impl OutboxEntry {
@@ -107,7 +106,7 @@ pub(crate) const SELECT: &str = "SELECT seq, mutation_id, collection, record_id,
 
 pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     let op: String = row.get(4)?;
-    let fields: Option<String> = row.get(5)?;
+    let fields: String = row.get(5)?;
     let state: String = row.get(10)?;
     let bad = |e: String| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
@@ -118,11 +117,7 @@ pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntr
         collection: row.get(2)?,
         record_id: row.get(3)?,
         op: Op::parse(&op).ok_or_else(|| bad(format!("bad op {op}")))?,
-        live: fields.is_none(),
-        fields: match &fields {
-            Some(f) => serde_json::from_str(f).map_err(|e| bad(e.to_string()))?,
-            None => Fields::new(),
-        },
+        fields: serde_json::from_str(&fields).map_err(|e| bad(e.to_string()))?,
         base_version: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
         created_at: row.get(7)?,
         attempts: row.get(8)?,
@@ -142,6 +137,8 @@ pub(crate) enum Enqueued {
 }
 
 /// Records a local mutation, coalescing it into the record's unsent entry if any.
+/// `created` says the record is a local create (`_status = 'created'`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue(
     tx: &Transaction<'_>,
     collection: &str,
@@ -150,32 +147,30 @@ pub(crate) fn enqueue(
     fields: &Fields,
     base_version: Option<u64>,
     now: i64,
+    created: bool,
 ) -> Result<Enqueued> {
-    let latest: Option<(i64, String, Option<String>, i64, String)> = tx
+    let latest: Option<(i64, String, String, i64, String)> = tx
         .prepare_cached(
             "SELECT seq, op, fields, attempts, state FROM _ferry_outbox
-             WHERE collection = ?1 AND record_id = ?2 ORDER BY seq DESC LIMIT 1",
+             WHERE collection = ?1 AND record_id = ?2 AND state <> 'quarantined'
+             ORDER BY seq DESC LIMIT 1",
         )?
         .query_row(params![collection, record_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
+    if latest.is_none() && created {
+        // An unsent create: the row carries the edit; a delete leaves nothing.
+        return Ok(if op == Op::Delete {
+            Enqueued::Cancelled
+        } else {
+            Enqueued::Queued
+        });
+    }
     if let Some((seq, prev_op, prev_fields, 0, state)) = latest
         && state == "pending"
     {
         let prev_op = Op::parse(&prev_op).ok_or_else(|| Error::Internal("bad op".into()))?;
-        let Some(prev_fields) = prev_fields else {
-            // An unsent create reads its fields from the row: an update needs
-            // nothing more, a delete cancels it.
-            return match op {
-                Op::Delete => {
-                    tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq = ?1")?
-                        .execute([seq])?;
-                    Ok(Enqueued::Cancelled)
-                }
-                _ => Ok(Enqueued::Queued),
-            };
-        };
         let mut merged: Fields = serde_json::from_str(&prev_fields)?;
         let next = match (prev_op, op) {
             (Op::Create, Op::Update) | (Op::Update, Op::Update) => {
@@ -205,76 +200,115 @@ pub(crate) fn enqueue(
             }
         };
     }
-    append(
-        tx,
-        collection,
-        record_id,
-        op,
-        Some(fields),
-        base_version,
-        now,
-    )?;
+    append(tx, collection, record_id, op, fields, base_version, now)?;
     Ok(Enqueued::Queued)
 }
 
-/// Appends a new entry without coalescing; `fields: None` is an unsent create
-/// whose fields are the record row's.
+/// Appends a new entry without coalescing; returns its seq and mutation id.
 pub(crate) fn append(
     tx: &Transaction<'_>,
     collection: &str,
     record_id: &str,
     op: Op,
-    fields: Option<&Fields>,
+    fields: &Fields,
     base_version: Option<u64>,
     now: i64,
-) -> Result<()> {
+) -> Result<(i64, String)> {
+    let mutation_id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
         "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        uuid::Uuid::now_v7().to_string(),
+        mutation_id,
         collection,
         record_id,
         op.as_str(),
-        fields.map(serde_json::to_string).transpose()?,
+        serde_json::to_string(fields)?,
         base_version.map(|v| v as i64),
         now
     ])?;
-    Ok(())
+    Ok((tx.last_insert_rowid(), mutation_id))
 }
 
-/// All entries, in push order, with the fields of unsent creates filled in.
+/// All entries and unsent creates, oldest first.
 pub(crate) fn list(conn: &rusqlite::Connection, schema: &Schema) -> Result<Vec<OutboxEntry>> {
     let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY seq"))?;
     let rows = stmt.query_map([], read_entry)?;
     let mut entries: Vec<OutboxEntry> = rows.collect::<rusqlite::Result<_>>()?;
-    for e in entries.iter_mut().filter(|e| e.live) {
-        fill_live(conn, schema, e)?;
+    for c in schema.collections.iter().filter(|c| c.is_synced()) {
+        entries.extend(unsent_creates(conn, c, None, usize::MAX)?);
     }
+    entries.sort_by_key(|e| (e.created_at, e.seq));
     Ok(entries)
 }
 
-/// Reads an unsent create's fields from its record row.
-pub(crate) fn fill_live(
+/// Unsent creates of `c` (records created locally with no outbox entry), oldest
+/// first, as entries with `seq` 0 and no mutation id yet.
+pub(crate) fn unsent_creates(
     conn: &rusqlite::Connection,
-    schema: &Schema,
-    e: &mut OutboxEntry,
-) -> Result<()> {
-    let c = schema.collection(&e.collection)?;
-    if let Some(rec) = super::load(conn, c, &e.record_id)? {
-        e.fields = rec.fields;
+    c: &crate::schema::Collection,
+    only: Option<&std::collections::HashSet<(String, String)>>,
+    max: usize,
+) -> Result<Vec<OutboxEntry>> {
+    // `_status <> 'synced'` is the partial index's predicate: only pending rows are read.
+    let sql = format!(
+        "SELECT {} FROM {t} t WHERE _status <> 'synced' AND _status = 'created'
+         AND NOT EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = ?1
+                         AND o.record_id = t.id AND o.state <> 'quarantined')
+         ORDER BY _created_at, id",
+        super::records::select_list(c),
+        t = super::records::quote(&c.name)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([&c.name])?;
+    let mut out = Vec::new();
+    while out.len() < max
+        && let Some(row) = rows.next()?
+    {
+        let r = super::records::read_record(c, row)?;
+        if only.is_some_and(|o| !o.contains(&(c.name.clone(), r.id.clone()))) {
+            continue;
+        }
+        out.push(OutboxEntry {
+            seq: 0,
+            mutation_id: String::new(),
+            collection: c.name.clone(),
+            record_id: r.id,
+            op: Op::Create,
+            fields: r.fields,
+            base_version: None,
+            created_at: r.created_at,
+            attempts: 0,
+            next_attempt_at: 0,
+            state: EntryState::Pending,
+            last_error: None,
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
-/// Counts of pending (incl. in-flight) and quarantined entries.
-pub(crate) fn counts(conn: &rusqlite::Connection) -> Result<(u64, u64)> {
-    Ok(conn
+/// Counts of pending mutations (entries pending or in flight, plus unsent
+/// creates) and of quarantined ones.
+pub(crate) fn counts(conn: &rusqlite::Connection, schema: &Schema) -> Result<(u64, u64)> {
+    let (mut pending, quarantined) = conn
         .prepare_cached(
             "SELECT COALESCE(SUM(state IN ('pending','in_flight')),0), COALESCE(SUM(state = 'quarantined'),0) FROM _ferry_outbox",
         )?
-        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?)
+        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?;
+    for c in schema.collections.iter().filter(|c| c.is_synced()) {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {t} t WHERE _status <> 'synced' AND _status = 'created'
+             AND NOT EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = ?1
+                             AND o.record_id = t.id AND o.state <> 'quarantined')",
+            t = super::records::quote(&c.name)
+        );
+        let n: i64 = conn
+            .prepare_cached(&sql)?
+            .query_row([&c.name], |r| r.get(0))?;
+        pending += n as u64;
+    }
+    Ok((pending, quarantined))
 }
 
 /// After the record was rebased over server `version`, its unsent entries are

@@ -258,7 +258,7 @@ impl SyncClient {
     /// Outbox counts only: `Store::status` would also count every collection's
     /// rows, a full scan of each table on every sync, push batch and write.
     fn refresh_counts(&self) {
-        if let Ok((pending, quarantined)) = self.inner.store.read(outbox::counts) {
+        if let Ok((pending, quarantined)) = self.inner.store.pending_counts() {
             self.update_status(|st| {
                 st.pending = pending;
                 st.quarantined = quarantined;
@@ -473,8 +473,11 @@ impl SyncClient {
         Ok(total)
     }
 
-    /// Sends one batch (restricted to `only` mutation ids if given).
-    async fn push_batch(&self, only: Option<HashSet<String>>) -> Result<Option<PushReport>> {
+    /// Sends one batch (restricted to `only` these records if given).
+    async fn push_batch(
+        &self,
+        only: Option<HashSet<(String, String)>>,
+    ) -> Result<Option<PushReport>> {
         let store = self.inner.store.clone();
         let max = self.inner.config.push_batch;
         let prepared = {
@@ -553,23 +556,8 @@ impl SyncClient {
         targets: &[(String, String)],
     ) -> Result<Vec<Option<Record>>> {
         let out = self.write_local(ops).await?;
-        let s = self.inner.store.clone();
         let keys: HashSet<(String, String)> = targets.iter().cloned().collect();
-        let ids: HashSet<String> = blocking(move || {
-            Ok(s.outbox()?
-                .into_iter()
-                .filter(|e| {
-                    e.state == outbox::EntryState::Pending
-                        && keys.contains(&(e.collection.clone(), e.record_id.clone()))
-                })
-                .map(|e| e.mutation_id)
-                .collect())
-        })
-        .await?;
-        if ids.is_empty() {
-            return Ok(out);
-        }
-        let report = match self.push_batch(Some(ids)).await {
+        let report = match self.push_batch(Some(keys)).await {
             // Unreachable or refused: it stays queued, as an offline-first write.
             Err(e) => {
                 tracing::info!(error = %e, "optimistic push failed; the write stays queued");
@@ -645,7 +633,14 @@ impl SyncClient {
             client_id: self.inner.store.client_id().to_string(),
             mutations: entries
                 .iter()
-                .map(OutboxEntry::to_mutation)
+                .map(|e| {
+                    let mut m = e.to_mutation();
+                    if m.mutation_id.is_empty() {
+                        // An unsent create has no id until it is sent: this is its send.
+                        m.mutation_id = uuid::Uuid::now_v7().to_string();
+                    }
+                    m
+                })
                 .collect::<Vec<Mutation>>(),
         };
         let resp = match self.send_push(req).await {

@@ -50,7 +50,7 @@ pub(crate) fn prepare(
     store: &Store,
     client_id: &str,
     max: usize,
-    only: Option<&HashSet<String>>,
+    only: Option<&HashSet<(String, String)>>,
 ) -> Result<Option<(Vec<OutboxEntry>, PushRequest)>> {
     store.write_tx(ChangeSource::Remote, |w| {
         let mut chosen = Vec::new();
@@ -67,8 +67,8 @@ pub(crate) fn prepare(
                 if blocked.contains(&key) {
                     continue;
                 }
+                let wanted = only.is_none_or(|o| o.contains(&key));
                 blocked.insert(key);
-                let wanted = only.is_none_or(|o| o.contains(&e.mutation_id));
                 if e.state == outbox::EntryState::Pending && e.next_attempt_at <= w.now && wanted {
                     chosen.push(e);
                     if chosen.len() >= max {
@@ -77,21 +77,33 @@ pub(crate) fn prepare(
                 }
             }
         }
+        // Unsent creates become real entries now: fields frozen, mutation id given.
+        for c in w.schema.collections.iter().filter(|c| c.is_synced()) {
+            if chosen.len() >= max {
+                break;
+            }
+            for mut e in outbox::unsent_creates(w.tx, c, only, max - chosen.len())? {
+                let (seq, mutation_id) = outbox::append(
+                    w.tx,
+                    &e.collection,
+                    &e.record_id,
+                    Op::Create,
+                    &e.fields,
+                    None,
+                    e.created_at,
+                )?;
+                e.seq = seq;
+                e.mutation_id = mutation_id;
+                chosen.push(e);
+            }
+        }
         if chosen.is_empty() {
             return Ok(None);
         }
         let mut mark = w.tx.prepare_cached(
             "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
         )?;
-        let mut freeze =
-            w.tx.prepare_cached("UPDATE _ferry_outbox SET fields = ?2 WHERE seq = ?1")?;
         for e in &mut chosen {
-            if e.live {
-                // Sent from now on: the entry keeps exactly what the server gets.
-                outbox::fill_live(w.tx, w.schema, e)?;
-                freeze.execute(rusqlite::params![e.seq, serde_json::to_string(&e.fields)?])?;
-                e.live = false;
-            }
             mark.execute([e.seq])?;
             e.attempts += 1;
             e.state = outbox::EntryState::InFlight;
@@ -350,10 +362,11 @@ fn requeue(
             &e.collection,
             &e.record_id,
             op,
-            Some(&fields),
+            &fields,
             Some(base),
             w.now,
-        ),
+        )
+        .map(|_| ()),
     }
 }
 
