@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use ferry_protocol::Op;
 use parking_lot::Mutex;
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params_from_iter};
 use serde::Serialize;
 use serde_json::Value;
@@ -39,7 +39,7 @@ use crate::events::{
 use crate::schema::{Collection, MAX_INPUT_BYTES, Schema, validate_id};
 use conn::Readers;
 use outbox::Enqueued;
-use records::{ToSql, check_fields, complete_for_create, normalise, quote, read_record};
+use records::{check_fields, complete_for_create, normalise, quote, read_record};
 
 /// Most operations accepted in one batch write.
 pub const MAX_BATCH_OPS: usize = 200_000;
@@ -667,53 +667,29 @@ impl Writer<'_, '_> {
     }
 
     pub(crate) fn insert_row(&self, c: &Collection, rec: &Record) -> Result<()> {
-        let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 6);
-        vals.push(SqlValue::Text(rec.id.clone()));
+        let mut vals: Vec<ToSqlOutput<'_>> = Vec::with_capacity(c.columns.len() + 6);
+        vals.push(ToSqlOutput::Borrowed(ValueRef::Text(rec.id.as_bytes())));
         for col in &c.columns {
-            vals.push(
-                rec.fields
-                    .get(&col.name)
-                    .map(|v| v.to_sql(col.ty))
-                    .unwrap_or(SqlValue::Null),
-            );
+            vals.push(records::bind(rec.fields.get(&col.name), col.ty));
         }
-        self.push_bookkeeping(&mut vals, rec);
-        vals.push(SqlValue::Integer(rec.created_at));
-        vals.push(SqlValue::Integer(rec.updated_at));
+        push_bookkeeping(&mut vals, rec);
+        vals.push(ToSqlOutput::Owned(SqlValue::Integer(rec.created_at)));
+        vals.push(ToSqlOutput::Owned(SqlValue::Integer(rec.updated_at)));
         self.tx
             .prepare_cached(&self.sql[&c.name].insert)?
             .execute(params_from_iter(vals))?;
         Ok(())
     }
 
-    fn push_bookkeeping(&self, vals: &mut Vec<SqlValue>, rec: &Record) {
-        vals.push(SqlValue::Text(rec.status.as_str().into()));
-        vals.push(if rec.changed.is_empty() {
-            SqlValue::Null
-        } else {
-            SqlValue::Text(serde_json::to_string(&rec.changed).expect("strings serialize"))
-        });
-        vals.push(
-            rec.version
-                .map(|v| SqlValue::Integer(v as i64))
-                .unwrap_or(SqlValue::Null),
-        );
-    }
-
     /// Rewrites every column and bookkeeping field of an existing row.
     pub(crate) fn replace_row(&self, c: &Collection, rec: &Record) -> Result<()> {
-        let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 5);
+        let mut vals: Vec<ToSqlOutput<'_>> = Vec::with_capacity(c.columns.len() + 5);
         for col in &c.columns {
-            vals.push(
-                rec.fields
-                    .get(&col.name)
-                    .map(|v| v.to_sql(col.ty))
-                    .unwrap_or(SqlValue::Null),
-            );
+            vals.push(records::bind(rec.fields.get(&col.name), col.ty));
         }
-        self.push_bookkeeping(&mut vals, rec);
-        vals.push(SqlValue::Integer(rec.updated_at));
-        vals.push(SqlValue::Text(rec.id.clone()));
+        push_bookkeeping(&mut vals, rec);
+        vals.push(ToSqlOutput::Owned(SqlValue::Integer(rec.updated_at)));
+        vals.push(ToSqlOutput::Borrowed(ValueRef::Text(rec.id.as_bytes())));
         self.tx
             .prepare_cached(&self.sql[&c.name].replace)?
             .execute(params_from_iter(vals))?;
@@ -831,6 +807,25 @@ impl Writer<'_, '_> {
         self.events.delete(&c.name, id);
         Ok(())
     }
+}
+
+/// The bookkeeping columns' values, in [`records::BOOKKEEPING`] order (without the
+/// timestamps).
+fn push_bookkeeping<'a>(vals: &mut Vec<ToSqlOutput<'a>>, rec: &'a Record) {
+    vals.push(ToSqlOutput::Borrowed(ValueRef::Text(
+        rec.status.as_str().as_bytes(),
+    )));
+    vals.push(if rec.changed.is_empty() {
+        ToSqlOutput::Borrowed(ValueRef::Null)
+    } else {
+        ToSqlOutput::Owned(SqlValue::Text(
+            serde_json::to_string(&rec.changed).expect("strings serialize"),
+        ))
+    });
+    vals.push(match rec.version {
+        Some(v) => ToSqlOutput::Owned(SqlValue::Integer(v as i64)),
+        None => ToSqlOutput::Borrowed(ValueRef::Null),
+    });
 }
 
 /// Reads a metadata value.

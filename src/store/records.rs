@@ -7,7 +7,7 @@
 //! module must never build SQL from a value; only validated names are quoted in.
 
 use rusqlite::Row;
-use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -133,6 +133,17 @@ impl ToSql for Value {
             (_, Value::Number(n)) => SqlValue::Real(n.as_f64().unwrap_or(0.0)),
             (_, v) => SqlValue::Text(v.to_string()),
         }
+    }
+}
+
+/// Binds a checked value for a column of type `ty`, borrowing text instead of
+/// copying it (a bulk write binds every value of every row).
+pub(crate) fn bind(v: Option<&Value>, ty: ColumnType) -> ToSqlOutput<'_> {
+    match (ty, v) {
+        (_, None | Some(Value::Null)) => ToSqlOutput::Borrowed(ValueRef::Null),
+        (ColumnType::Json, Some(v)) => ToSqlOutput::Owned(SqlValue::Text(v.to_string())),
+        (_, Some(Value::String(s))) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        (_, Some(v)) => ToSqlOutput::Owned(v.to_sql(ty)),
     }
 }
 
