@@ -48,7 +48,7 @@ lane "bindings"
 if [ -d bindings/kotlin/tests ]; then
   scripts/generate-bindings.sh --check
   if [ -n "${CI:-}" ] || scripts/kotlin-toolchain.sh --check >/dev/null 2>&1; then
-    FERRY_INSTALL_TOOLCHAIN=1 scripts/test-kotlin.sh
+    FERRY_INSTALL_TOOLCHAIN=1 scripts/test-kotlin-e2e.sh
   else
     skip "the Kotlin toolchain is not installed (scripts/kotlin-toolchain.sh)"
   fi
