@@ -447,6 +447,10 @@ fn report(
             .collect::<Vec<_>>()
     );
     println!("  incremental runs (ms): {incr:.2?}");
+    println!(
+        "  of an incremental sync, the pull request (server + HTTP + decode): median {:.2} ms",
+        median(&arr(last, "incremental_fetch_ms"))
+    );
     println!("  push runs (s): {push_times:.3?}; transport-only runs (s): {push_raw:.3?}");
     println!(
         "  {} local creates before each push (Store::write): median {:.3} s",
@@ -577,6 +581,7 @@ async fn child_initial(url: &str, db: &Path, incremental: usize) -> Value {
     };
     let mut incr_ms = Vec::new();
     let mut empty_ms = Vec::new();
+    let mut incr_fetch_ms = Vec::new();
     let runs = if incremental == 0 { 0 } else { incremental + 2 };
     for (k, id) in ids.iter().enumerate().take(runs) {
         let req = PushRequest {
@@ -591,9 +596,11 @@ async fn child_initial(url: &str, db: &Path, incremental: usize) -> Value {
             }],
         };
         other.push(TOKEN, &req).await.unwrap();
+        let fetched = transport.fetch_ns.load(Ordering::Relaxed);
         let t = Instant::now();
         let r = client.sync().await.unwrap();
         let d = t.elapsed();
+        let fetch = transport.fetch_ns.load(Ordering::Relaxed) - fetched;
         assert_eq!(r.pulled, 1, "{r:?}");
         let t = Instant::now();
         let r = client.sync().await.unwrap();
@@ -603,6 +610,7 @@ async fn child_initial(url: &str, db: &Path, incremental: usize) -> Value {
             // The first two are warm-up.
             incr_ms.push(d.as_secs_f64() * 1e3);
             empty_ms.push(e.as_secs_f64() * 1e3);
+            incr_fetch_ms.push(fetch as f64 / 1e6);
         }
     }
     json!({
@@ -617,6 +625,7 @@ async fn child_initial(url: &str, db: &Path, incremental: usize) -> Value {
         "vm_hwm_kb": hwm,
         "incremental_ms": incr_ms,
         "empty_ms": empty_ms,
+        "incremental_fetch_ms": incr_fetch_ms,
     })
 }
 
