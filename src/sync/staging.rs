@@ -407,7 +407,9 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
     }
     let gone: Vec<String> =
         w.tx.prepare(&format!(
-            "SELECT s.id FROM {stage} s JOIN {t} t ON t.id = s.id WHERE s._kind <> 'upsert'"
+            // CROSS JOIN keeps staging (small) outside: without statistics SQLite
+            // would otherwise scan the whole collection and probe staging.
+            "SELECT s.id FROM {stage} s CROSS JOIN {t} t ON t.id = s.id WHERE s._kind <> 'upsert'"
         ))?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
