@@ -119,6 +119,23 @@ async fn kill_9_during_publish_leaves_a_consistent_database() {
     );
     let report = client.sync().await.unwrap();
     assert_eq!(count(&store), RECORDS);
+    // The bulk publish into the empty collection rebuilt its declared indexes.
+    let indexes: Vec<String> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "_ferry_tasks_pending",
+            "idx_tasks_done_priority",
+            "idx_tasks_project"
+        ]
+    );
     if n == 0 {
         assert_eq!(
             report.pulled, 0,

@@ -13,7 +13,7 @@ use crate::failure::Failure;
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Base URL of the ferry-server, e.g. http://127.0.0.1:8787
+    /// Base URL of the ferry-server, e.g. http://127.0.0.1:8080
     #[arg(long, env = "FERRY_SERVER")]
     server: String,
     /// Bearer token (the dev server prints its tokens at startup).
