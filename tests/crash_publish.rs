@@ -119,7 +119,7 @@ async fn kill_9_during_publish_leaves_a_consistent_database() {
     );
     let report = client.sync().await.unwrap();
     assert_eq!(count(&store), RECORDS);
-    // The bulk publish into the empty collection rebuilt its declared indexes.
+    // The collection still has its declared indexes after the interrupted publish.
     let indexes: Vec<String> = rusqlite::Connection::open(&db)
         .unwrap()
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' ORDER BY name")

@@ -86,7 +86,7 @@ fn create_collection(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn create_index(tx: &Transaction<'_>, collection: &str, idx: &Index) -> Result<()> {
+fn create_index(tx: &Transaction<'_>, collection: &str, idx: &Index) -> Result<()> {
     let cols: Vec<String> = idx.columns.iter().map(|c| quote(c)).collect();
     tx.execute_batch(&format!(
         "CREATE {}INDEX {} ON {}({});",

@@ -8,7 +8,7 @@
 //! talks to the network.
 
 mod conn;
-pub(crate) mod ddl;
+mod ddl;
 pub mod outbox;
 pub mod query;
 pub mod records;

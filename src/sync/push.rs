@@ -233,21 +233,29 @@ fn other_entries(w: &Writer<'_, '_>, e: &OutboxEntry) -> Result<i64> {
 
 fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, version: u64) -> Result<()> {
     remove_entry(w, e)?;
+    if other_entries(w, e)? == 0 {
+        // The common case, kept to narrow statements: a push applies thousands.
+        shadow::remove(w.tx, &c.name, &e.record_id)?;
+        if e.op == Op::Delete {
+            w.delete_row(c, &e.record_id)?;
+            return Ok(());
+        }
+        w.tx.prepare_cached(&format!(
+            "UPDATE {} SET _status = 'synced', _changed = NULL, _version = ?2 WHERE id = ?1",
+            crate::store::records::quote(&c.name)
+        ))?
+        .execute(rusqlite::params![e.record_id, version as i64])?;
+        if !w.events.is_reload(&c.name)
+            && let Some(rec) = w.load(c, &e.record_id)?
+        {
+            w.events.upsert(&c.name, &rec.id, rec.to_json());
+        }
+        return Ok(());
+    }
     let Some(mut rec) = w.load(c, &e.record_id)? else {
         return Ok(());
     };
-    if other_entries(w, e)? == 0 {
-        shadow::remove(w.tx, &c.name, &rec.id)?;
-        if e.op == Op::Delete {
-            w.delete_row(c, &rec.id)?;
-            return Ok(());
-        }
-        rec.status = RecordStatus::Synced;
-        rec.changed.clear();
-        rec.version = Some(version);
-        w.replace_row(c, &rec)?;
-        w.events.upsert(&c.name, &rec.id, rec.to_json());
-    } else {
+    {
         // Edited again while in flight: the server now holds shadow + what we sent.
         let mut server = match e.op {
             Op::Create => Default::default(),

@@ -31,9 +31,6 @@ pub(crate) const CURSOR: &str = "cursor";
 /// Meta key: the cursor the staged (unpublished) pages reach.
 pub(crate) const STAGED_CURSOR: &str = "staged_cursor";
 const STAGED_PAGES: &str = "staged_pages";
-/// Staged rows from which a publish into an empty collection rebuilds its indexes
-/// after the load instead of maintaining them row by row.
-const BULK_ROWS: usize = 20_000;
 
 const ANCHORS_DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_anchors (
     collection TEXT PRIMARY KEY, server_total INTEGER NOT NULL, updated_at INTEGER NOT NULL);";
@@ -196,17 +193,6 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
             )?;
             let cols: Vec<String> = c.columns.iter().map(|col| quote(&col.name)).collect();
             let sets: String = cols.iter().map(|q| format!("{q} = excluded.{q}, ")).collect();
-            // A bulk load into an empty collection (a first sync) builds the
-            // collection's own indexes once at the end: sorting 1M keys once is
-            // far cheaper than 1M index inserts. Same transaction, so all or nothing.
-            let bulk = !c.indexes.is_empty()
-                && w.tx.query_row(&format!("SELECT COUNT(*) >= {BULK_ROWS} FROM {stage}"), [], |r| r.get::<_, bool>(0))?
-                && !w.tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {})", quote(&c.name)), [], |r| r.get::<_, bool>(0))?;
-            if bulk {
-                for idx in &c.indexes {
-                    w.tx.execute_batch(&format!("DROP INDEX {}", quote(&idx.sql_name(&c.name))))?;
-                }
-            }
             let upserted = w.tx.execute(
                 &format!(
                     "INSERT INTO {t} (id{comma}{cols}, {BOOKKEEPING})
@@ -219,11 +205,6 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
                 ),
                 [w.now],
             )?;
-            if bulk {
-                for idx in &c.indexes {
-                    crate::store::ddl::create_index(w.tx, &c.name, idx)?;
-                }
-            }
             w.tx.execute(&format!("DELETE FROM {stage}"), [])?;
             if upserted > 0 {
                 report.upserted.insert(c.name.clone(), upserted as u64);
