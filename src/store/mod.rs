@@ -266,6 +266,16 @@ impl Store {
         self.inner.schema.collection(name)
     }
 
+    fn writer<'t, 'c>(&'t self, tx: &'t Transaction<'c>) -> Writer<'t, 'c> {
+        Writer {
+            tx,
+            schema: &self.inner.schema,
+            sql: &self.inner.sql,
+            events: EventBuilder::default(),
+            now: self.inner.clock.now_ms(),
+        }
+    }
+
     /// Runs `f` in one immediate write transaction; emits its event after commit.
     pub(crate) fn write_tx<T>(
         &self,
@@ -274,13 +284,7 @@ impl Store {
     ) -> Result<T> {
         let mut conn = self.inner.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut w = Writer {
-            tx: &tx,
-            schema: &self.inner.schema,
-            sql: &self.inner.sql,
-            events: EventBuilder::default(),
-            now: self.inner.clock.now_ms(),
-        };
+        let mut w = self.writer(&tx);
         let out = f(&mut w)?;
         let events = std::mem::take(&mut w.events);
         tx.commit()?;
@@ -314,13 +318,7 @@ impl Store {
     ) -> Result<T> {
         let mut conn = self.inner.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut w = Writer {
-            tx: &tx,
-            schema: &self.inner.schema,
-            sql: &self.inner.sql,
-            events: EventBuilder::default(),
-            now: self.inner.clock.now_ms(),
-        };
+        let mut w = self.writer(&tx);
         f(&mut w)
         // `tx` drops here: rolled back.
     }

@@ -28,11 +28,7 @@ pub(crate) fn save_if_absent(
     version: Option<u64>,
     fields: &Fields,
 ) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO _ferry_shadow (collection, record_id, version, fields) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![collection, id, version.map(|v| v as i64), serde_json::to_string(fields)?])?;
-    Ok(())
+    write(tx, "INSERT OR IGNORE", collection, id, version, fields)
 }
 
 /// Replaces the saved server state.
@@ -43,10 +39,26 @@ pub(crate) fn set(
     version: Option<u64>,
     fields: &Fields,
 ) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO _ferry_shadow (collection, record_id, version, fields) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![collection, id, version.map(|v| v as i64), serde_json::to_string(fields)?])?;
+    write(tx, "INSERT OR REPLACE", collection, id, version, fields)
+}
+
+fn write(
+    tx: &Transaction<'_>,
+    insert: &str,
+    collection: &str,
+    id: &str,
+    version: Option<u64>,
+    fields: &Fields,
+) -> Result<()> {
+    tx.prepare_cached(&format!(
+        "{insert} INTO _ferry_shadow (collection, record_id, version, fields) VALUES (?1, ?2, ?3, ?4)"
+    ))?
+    .execute(params![
+        collection,
+        id,
+        version.map(|v| v as i64),
+        serde_json::to_string(fields)?
+    ])?;
     Ok(())
 }
 

@@ -306,11 +306,7 @@ fn conflict(
         return Ok(());
     }
     let merged = super::staging::resolved(c, &local, server, resolver);
-    let diff: crate::store::Fields = merged
-        .iter()
-        .filter(|(k, v)| server.fields.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let diff = super::staging::differing(&merged, &server.fields);
     local.fields = merged;
     local.version = Some(server.version);
     local.updated_at = w.now;

@@ -312,11 +312,7 @@ pub(crate) fn rebase_over(
     if local.status == RecordStatus::Updated {
         let merged = resolved(c, &local, server, resolver);
         // What still differs from the server is what remains to push.
-        let diff: Fields = merged
-            .iter()
-            .filter(|(k, v)| server.fields.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let diff = differing(&merged, &server.fields);
         local.fields = merged;
         local.changed = diff.keys().cloned().collect();
         if !outbox::rewrite_updates(w.tx, &c.name, &local.id, &diff)? {
@@ -342,6 +338,15 @@ pub(crate) fn rebase_over(
         w.events.upsert(&c.name, &local.id, local.to_json());
     }
     Ok(())
+}
+
+/// The fields of `merged` whose value differs from the server's: what is left to push.
+pub(crate) fn differing(merged: &Fields, server: &Fields) -> Fields {
+    merged
+        .iter()
+        .filter(|(k, v)| server.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The resolver's merge, validated like any write; a merge that does not fit the
