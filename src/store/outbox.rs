@@ -214,10 +214,45 @@ pub(crate) fn append(
     base_version: Option<u64>,
     now: i64,
 ) -> Result<(i64, String)> {
+    insert(
+        tx,
+        collection,
+        record_id,
+        op,
+        fields,
+        base_version,
+        now,
+        false,
+    )
+}
+
+/// Appends an entry that is being sent right now (in flight, one attempt).
+pub(crate) fn append_sent(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+    op: Op,
+    fields: &Fields,
+    now: i64,
+) -> Result<(i64, String)> {
+    insert(tx, collection, record_id, op, fields, None, now, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert(
+    tx: &Transaction<'_>,
+    collection: &str,
+    record_id: &str,
+    op: Op,
+    fields: &Fields,
+    base_version: Option<u64>,
+    now: i64,
+    sent: bool,
+) -> Result<(i64, String)> {
     let mutation_id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
-        "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at, state, attempts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         mutation_id,
@@ -226,7 +261,9 @@ pub(crate) fn append(
         op.as_str(),
         serde_json::to_string(fields)?,
         base_version.map(|v| v as i64),
-        now
+        now,
+        if sent { "in_flight" } else { "pending" },
+        sent as i64
     ])?;
     Ok((tx.last_insert_rowid(), mutation_id))
 }

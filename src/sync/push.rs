@@ -83,17 +83,18 @@ pub(crate) fn prepare(
                 break;
             }
             for mut e in outbox::unsent_creates(w.tx, c, only, max - chosen.len())? {
-                let (seq, mutation_id) = outbox::append(
+                let (seq, mutation_id) = outbox::append_sent(
                     w.tx,
                     &e.collection,
                     &e.record_id,
                     Op::Create,
                     &e.fields,
-                    None,
                     e.created_at,
                 )?;
                 e.seq = seq;
                 e.mutation_id = mutation_id;
+                e.attempts = 1;
+                e.state = outbox::EntryState::InFlight;
                 chosen.push(e);
             }
         }
@@ -103,7 +104,10 @@ pub(crate) fn prepare(
         let mut mark = w.tx.prepare_cached(
             "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
         )?;
-        for e in &mut chosen {
+        for e in chosen
+            .iter_mut()
+            .filter(|e| e.state == outbox::EntryState::Pending)
+        {
             mark.execute([e.seq])?;
             e.attempts += 1;
             e.state = outbox::EntryState::InFlight;
@@ -235,7 +239,10 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, version: u64
     remove_entry(w, e)?;
     if other_entries(w, e)? == 0 {
         // The common case, kept to narrow statements: a push applies thousands.
-        shadow::remove(w.tx, &c.name, &e.record_id)?;
+        if e.op != Op::Create {
+            // Only a change of a synced record saved a shadow.
+            shadow::remove(w.tx, &c.name, &e.record_id)?;
+        }
         if e.op == Op::Delete {
             w.delete_row(c, &e.record_id)?;
             return Ok(());
