@@ -127,7 +127,7 @@ pub(crate) struct Status(pub Arc<dyn StatusListener>);
 
 impl crate::sync::client::StatusListener for Status {
     fn on_status(&self, status: &crate::sync::SyncStatus) {
-        self.0.on_status(status.into())
+        self.0.on_status(status.clone())
     }
 }
 

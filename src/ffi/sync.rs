@@ -55,34 +55,8 @@ pub enum OfflineBehavior {
     Fail,
 }
 
-/// What the engine is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum SyncPhase {
-    Idle,
-    Pulling,
-    Publishing,
-    Pushing,
-    Offline,
-    Error,
-}
-
-/// Sync status and progress.
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
-pub struct SyncStatus {
-    pub phase: SyncPhase,
-    pub pages_done: u64,
-    pub records_done: u64,
-    pub bytes_done: u64,
-    pub records_total: Option<u64>,
-    pub pending: u64,
-    pub quarantined: u64,
-    pub last_error: Option<String>,
-    /// The server refused the token even after a refresh; background sync waits
-    /// for the next explicit `sync()`.
-    pub auth_failed: bool,
-    pub last_synced_at: Option<i64>,
-    pub online: bool,
-}
+// The status types are the core's own, exported as they are.
+pub use crate::sync::{SyncPhase, SyncStatus};
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -160,7 +134,7 @@ impl FerrySyncClient {
     }
 
     pub fn status(&self) -> SyncStatus {
-        (&self.client.status()).into()
+        self.client.status()
     }
 
     /// Registers a status listener until the handle is cancelled or dropped.
@@ -253,38 +227,6 @@ impl From<WriteMode> for CoreMode {
             WriteMode::Online {
                 when_offline: OfflineBehavior::Fail,
             } => CoreMode::Online(CoreOffline::Fail),
-        }
-    }
-}
-
-impl From<crate::sync::SyncPhase> for SyncPhase {
-    fn from(p: crate::sync::SyncPhase) -> Self {
-        use crate::sync::SyncPhase as P;
-        match p {
-            P::Idle => SyncPhase::Idle,
-            P::Pulling => SyncPhase::Pulling,
-            P::Publishing => SyncPhase::Publishing,
-            P::Pushing => SyncPhase::Pushing,
-            P::Offline => SyncPhase::Offline,
-            P::Error => SyncPhase::Error,
-        }
-    }
-}
-
-impl From<&crate::sync::SyncStatus> for SyncStatus {
-    fn from(s: &crate::sync::SyncStatus) -> Self {
-        SyncStatus {
-            phase: s.phase.into(),
-            pages_done: s.pages_done,
-            records_done: s.records_done,
-            bytes_done: s.bytes_done,
-            records_total: s.records_total,
-            pending: s.pending,
-            quarantined: s.quarantined,
-            last_error: s.last_error.clone(),
-            auth_failed: s.auth_failed,
-            last_synced_at: s.last_synced_at,
-            online: s.online,
         }
     }
 }

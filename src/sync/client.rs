@@ -77,7 +77,7 @@ impl Default for SyncConfig {
 }
 
 /// What the engine is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, uniffi::Enum)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncPhase {
     #[default]
@@ -90,7 +90,7 @@ pub enum SyncPhase {
 }
 
 /// Status and progress, as events and through [`SyncClient::status`].
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default, uniffi::Record)]
 pub struct SyncStatus {
     pub phase: SyncPhase,
     pub pages_done: u64,

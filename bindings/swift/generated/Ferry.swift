@@ -3020,20 +3020,23 @@ public func FfiConverterTypeSyncReport_lower(_ value: SyncReport) -> RustBuffer 
 
 
 /**
- * Sync status and progress.
+ * Status and progress, as events and through [`SyncClient::status`].
  */
 public struct SyncStatus: Equatable, Hashable {
     public var phase: SyncPhase
     public var pagesDone: UInt64
     public var recordsDone: UInt64
     public var bytesDone: UInt64
+    /**
+     * Rows the server says exist in the pulled collections, when it tells.
+     */
     public var recordsTotal: UInt64?
     public var pending: UInt64
     public var quarantined: UInt64
     public var lastError: String?
     /**
-     * The server refused the token even after a refresh; background sync waits
-     * for the next explicit `sync()`.
+     * True after the server refused the token even after a refresh; sync stays
+     * stopped until the next explicit [`SyncClient::sync`].
      */
     public var authFailed: Bool
     public var lastSyncedAt: Int64?
@@ -3041,10 +3044,13 @@ public struct SyncStatus: Equatable, Hashable {
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(phase: SyncPhase, pagesDone: UInt64, recordsDone: UInt64, bytesDone: UInt64, recordsTotal: UInt64?, pending: UInt64, quarantined: UInt64, lastError: String?, 
+    public init(phase: SyncPhase, pagesDone: UInt64, recordsDone: UInt64, bytesDone: UInt64, 
         /**
-         * The server refused the token even after a refresh; background sync waits
-         * for the next explicit `sync()`.
+         * Rows the server says exist in the pulled collections, when it tells.
+         */recordsTotal: UInt64?, pending: UInt64, quarantined: UInt64, lastError: String?, 
+        /**
+         * True after the server refused the token even after a refresh; sync stays
+         * stopped until the next explicit [`SyncClient::sync`].
          */authFailed: Bool, lastSyncedAt: Int64?, online: Bool) {
         self.phase = phase
         self.pagesDone = pagesDone
@@ -4132,7 +4138,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_querylistener_on_result() != 45438) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_statuslistener_on_status() != 22739) {
+    if (uniffi_ferry_checksum_method_statuslistener_on_status() != 63129) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_subscriptionhandle_cancel() != 1482) {
@@ -4162,7 +4168,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrysyncclient_start() != 26239) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_ferrysyncclient_status() != 12880) {
+    if (uniffi_ferry_checksum_method_ferrysyncclient_status() != 18871) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_stop() != 36652) {

@@ -1213,7 +1213,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_querylistener_on_result() != 45438) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_statuslistener_on_status() != 22739) {
+    if (lib.uniffi_ferry_checksum_method_statuslistener_on_status() != 63129) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_subscriptionhandle_cancel() != 1482) {
@@ -1243,7 +1243,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_start() != 26239) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_status() != 12880) {
+    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_status() != 18871) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_stop() != 36652) {
@@ -5232,7 +5232,7 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
 
 
 /**
- * Sync status and progress.
+ * Status and progress, as events and through [`SyncClient::status`].
  */
 data class SyncStatus (
     var `phase`: SyncPhase
@@ -5243,6 +5243,9 @@ data class SyncStatus (
     , 
     var `bytesDone`: kotlin.ULong
     , 
+    /**
+     * Rows the server says exist in the pulled collections, when it tells.
+     */
     var `recordsTotal`: kotlin.ULong?
     , 
     var `pending`: kotlin.ULong
@@ -5252,8 +5255,8 @@ data class SyncStatus (
     var `lastError`: kotlin.String?
     , 
     /**
-     * The server refused the token even after a refresh; background sync waits
-     * for the next explicit `sync()`.
+     * True after the server refused the token even after a refresh; sync stays
+     * stopped until the next explicit [`SyncClient::sync`].
      */
     var `authFailed`: kotlin.Boolean
     , 
