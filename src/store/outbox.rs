@@ -288,17 +288,23 @@ pub(crate) fn unsent_creates(
     only: Option<&std::collections::HashSet<(String, String)>>,
     max: usize,
 ) -> Result<Vec<OutboxEntry>> {
-    // `_status <> 'synced'` is the partial index's predicate: only pending rows are read.
+    // `_status <> 'synced'` is the partial index's predicate: only pending rows are
+    // read, in index order (status, id) — no sort — and the scan stops at `max`.
     let sql = format!(
         "SELECT {} FROM {t} t WHERE _status <> 'synced' AND _status = 'created'
          AND NOT EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = ?1
                          AND o.record_id = t.id AND o.state <> 'quarantined')
-         ORDER BY _created_at, id",
+         ORDER BY _status, id LIMIT ?2",
         super::records::select_list(c),
         t = super::records::quote(&c.name)
     );
+    let limit = if only.is_some() {
+        -1
+    } else {
+        max.min(i64::MAX as usize) as i64
+    };
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([&c.name])?;
+    let mut rows = stmt.query(rusqlite::params![&c.name, limit])?;
     let mut out = Vec::new();
     while out.len() < max
         && let Some(row) = rows.next()?
@@ -325,27 +331,23 @@ pub(crate) fn unsent_creates(
     Ok(out)
 }
 
-/// Counts of pending mutations (entries pending or in flight, plus unsent
-/// creates) and of quarantined ones.
+/// Counts of records with changes the server has not confirmed (one each, however
+/// many edits they carry: an index-only count of the pending rows) and of
+/// quarantined mutations.
 pub(crate) fn counts(conn: &rusqlite::Connection, schema: &Schema) -> Result<(u64, u64)> {
-    let (mut pending, quarantined) = conn
-        .prepare_cached(
-            "SELECT COALESCE(SUM(state IN ('pending','in_flight')),0), COALESCE(SUM(state = 'quarantined'),0) FROM _ferry_outbox",
-        )?
-        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?;
+    let quarantined: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM _ferry_outbox WHERE state = 'quarantined'")?
+        .query_row([], |r| r.get(0))?;
+    let mut pending = 0;
     for c in schema.collections.iter().filter(|c| c.is_synced()) {
         let sql = format!(
-            "SELECT COUNT(*) FROM {t} t WHERE _status <> 'synced' AND _status = 'created'
-             AND NOT EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = ?1
-                             AND o.record_id = t.id AND o.state <> 'quarantined')",
-            t = super::records::quote(&c.name)
+            "SELECT COUNT(*) FROM {} WHERE _status <> 'synced'",
+            super::records::quote(&c.name)
         );
-        let n: i64 = conn
-            .prepare_cached(&sql)?
-            .query_row([&c.name], |r| r.get(0))?;
+        let n: i64 = conn.prepare_cached(&sql)?.query_row([], |r| r.get(0))?;
         pending += n as u64;
     }
-    Ok((pending, quarantined))
+    Ok((pending, quarantined as u64))
 }
 
 /// After the record was rebased over server `version`, its unsent entries are

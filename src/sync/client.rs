@@ -98,7 +98,9 @@ pub struct SyncStatus {
     pub bytes_done: u64,
     /// Rows the server says exist in the pulled collections, when it tells.
     pub records_total: Option<u64>,
+    /// Records with changes the server has not confirmed yet.
     pub pending: u64,
+    /// Mutations parked after a permanent rejection.
     pub quarantined: u64,
     pub last_error: Option<String>,
     /// True after the server refused the token even after a refresh; sync stays

@@ -3031,7 +3031,13 @@ public struct SyncStatus: Equatable, Hashable {
      * Rows the server says exist in the pulled collections, when it tells.
      */
     public var recordsTotal: UInt64?
+    /**
+     * Records with changes the server has not confirmed yet.
+     */
     public var pending: UInt64
+    /**
+     * Mutations parked after a permanent rejection.
+     */
     public var quarantined: UInt64
     public var lastError: String?
     /**
@@ -3047,7 +3053,13 @@ public struct SyncStatus: Equatable, Hashable {
     public init(phase: SyncPhase, pagesDone: UInt64, recordsDone: UInt64, bytesDone: UInt64, 
         /**
          * Rows the server says exist in the pulled collections, when it tells.
-         */recordsTotal: UInt64?, pending: UInt64, quarantined: UInt64, lastError: String?, 
+         */recordsTotal: UInt64?, 
+        /**
+         * Records with changes the server has not confirmed yet.
+         */pending: UInt64, 
+        /**
+         * Mutations parked after a permanent rejection.
+         */quarantined: UInt64, lastError: String?, 
         /**
          * True after the server refused the token even after a refresh; sync stays
          * stopped until the next explicit [`SyncClient::sync`].

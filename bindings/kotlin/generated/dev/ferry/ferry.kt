@@ -5248,8 +5248,14 @@ data class SyncStatus (
      */
     var `recordsTotal`: kotlin.ULong?
     , 
+    /**
+     * Records with changes the server has not confirmed yet.
+     */
     var `pending`: kotlin.ULong
     , 
+    /**
+     * Mutations parked after a permanent rejection.
+     */
     var `quarantined`: kotlin.ULong
     , 
     var `lastError`: kotlin.String?
