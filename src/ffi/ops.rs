@@ -6,78 +6,18 @@
 //! `{"op":"delete","collection":C,"id":ID}`. Per-collection batches are an array
 //! of objects (or one object). Decoding only reshapes; validation is the core's.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::store::{Fields, WriteOp, check_input_size};
-
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum OpJson {
-    Create {
-        collection: String,
-        fields: Fields,
-    },
-    Put {
-        collection: String,
-        fields: Fields,
-    },
-    Update {
-        collection: String,
-        id: String,
-        fields: Fields,
-    },
-    Delete {
-        collection: String,
-        id: String,
-    },
-}
+use crate::store::{WriteOp, records_from_json};
 
 /// A mixed batch (see the module docs).
 pub(crate) fn batch(json: &str) -> Result<Vec<WriteOp>> {
-    check_input_size(json.len())?;
-    let ops: Vec<OpJson> = serde_json::from_str(json)?;
-    Ok(ops
-        .into_iter()
-        .map(|op| match op {
-            OpJson::Create { collection, fields } => WriteOp::Create { collection, fields },
-            OpJson::Put { collection, fields } => WriteOp::Put { collection, fields },
-            OpJson::Update {
-                collection,
-                id,
-                fields,
-            } => WriteOp::Update {
-                collection,
-                id,
-                fields,
-            },
-            OpJson::Delete { collection, id } => WriteOp::Delete { collection, id },
-        })
-        .collect())
-}
-
-/// Objects of one collection: an array of objects, or one object.
-fn objects(json: &str) -> Result<Vec<Fields>> {
-    check_input_size(json.len())?;
-    let items = match serde_json::from_str::<Value>(json)? {
-        Value::Array(items) => items,
-        other => vec![other],
-    };
-    items
-        .into_iter()
-        .map(|v| match v {
-            Value::Object(m) => Ok(m),
-            other => Err(Error::InvalidInput(format!(
-                "a record must be a JSON object, got {}",
-                crate::error::JsonKind(&other)
-            ))),
-        })
-        .collect()
+    WriteOp::batch_from_json(json)
 }
 
 pub(crate) fn creates(collection: &str, json: &str) -> Result<Vec<WriteOp>> {
-    Ok(objects(json)?
+    Ok(records_from_json(json)?
         .into_iter()
         .map(|fields| WriteOp::Create {
             collection: collection.into(),
@@ -92,7 +32,7 @@ pub(crate) fn puts(collection: &str, json: &str) -> Result<Vec<WriteOp>> {
 
 /// Updates: each object carries its `id` and the fields to change.
 pub(crate) fn updates(collection: &str, json: &str) -> Result<Vec<WriteOp>> {
-    objects(json)?
+    records_from_json(json)?
         .into_iter()
         .map(|mut fields| match fields.remove("id") {
             Some(Value::String(id)) => Ok(WriteOp::Update {

@@ -45,7 +45,8 @@ use records::{check_fields, complete_for_create, normalise, quote, read_record};
 pub const MAX_BATCH_OPS: usize = 200_000;
 
 /// One write in a batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WriteOp {
     /// Create a record; `fields` may carry an `id`, else a UUID v7 is made.
     Create {
@@ -95,22 +96,36 @@ impl WriteOp {
 
     /// Parses a `put` document: one object, or an array of objects (a batch).
     pub fn puts_from_json(collection: &str, json: &str) -> Result<Vec<WriteOp>> {
-        check_input_size(json.len())?;
-        let v: Value = serde_json::from_str(json)?;
-        let items = match v {
-            Value::Array(items) => items,
-            other => vec![other],
-        };
-        items
+        Ok(records_from_json(json)?
             .into_iter()
-            .map(|item| {
-                Ok(WriteOp::Put {
-                    collection: collection.to_string(),
-                    fields: records::into_object(item, "a record")?,
-                })
+            .map(|fields| WriteOp::Put {
+                collection: collection.to_string(),
+                fields,
             })
-            .collect()
+            .collect())
     }
+
+    /// Parses a mixed batch: a JSON array of
+    /// `{"op":"create"|"put","collection":C,"fields":{..}}`,
+    /// `{"op":"update","collection":C,"id":ID,"fields":{..}}` and
+    /// `{"op":"delete","collection":C,"id":ID}`.
+    pub fn batch_from_json(json: &str) -> Result<Vec<WriteOp>> {
+        check_input_size(json.len())?;
+        Ok(serde_json::from_str(json)?)
+    }
+}
+
+/// Records of one collection as JSON: an array of objects, or one object.
+pub(crate) fn records_from_json(json: &str) -> Result<Vec<Fields>> {
+    check_input_size(json.len())?;
+    let items = match serde_json::from_str::<Value>(json)? {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    items
+        .into_iter()
+        .map(|item| records::into_object(item, "a record"))
+        .collect()
 }
 
 pub(crate) fn check_input_size(len: usize) -> Result<()> {

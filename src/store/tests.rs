@@ -758,3 +758,31 @@ mod migrations {
         ));
     }
 }
+
+#[test]
+fn a_mixed_batch_parses_each_op_and_refuses_unknown_shapes() {
+    let ops = WriteOp::batch_from_json(
+        r#"[{"op":"create","collection":"tasks","fields":{"id":"a"}},
+            {"op":"update","collection":"tasks","id":"a","fields":{"title":"t"}},
+            {"op":"put","collection":"tasks","fields":{"id":"b"}},
+            {"op":"delete","collection":"tasks","id":"b"}]"#,
+    )
+    .unwrap();
+    assert!(matches!(&ops[1], WriteOp::Update { id, .. } if id == "a"));
+    assert!(matches!(&ops[3], WriteOp::Delete { id, .. } if id == "b"));
+    for bad in [
+        r#"[{"op":"upsert","collection":"tasks","fields":{}}]"#,
+        r#"[{"op":"delete","collection":"tasks","id":"x","extra":1}]"#,
+        r#"{"op":"delete","collection":"tasks","id":"x"}"#,
+    ] {
+        assert!(
+            matches!(WriteOp::batch_from_json(bad), Err(Error::MalformedJson(_))),
+            "{bad}"
+        );
+    }
+    let huge = " ".repeat(crate::schema::MAX_INPUT_BYTES + 1);
+    assert!(matches!(
+        WriteOp::batch_from_json(&huge),
+        Err(Error::TooLarge { .. })
+    ));
+}
