@@ -20,17 +20,19 @@ if ! command -v pg_ctlcluster >/dev/null; then
   exit 1
 fi
 if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main"' | grep -q .; then
-  pg_createcluster "$PG_VERSION" main >/dev/null
+  pg_createcluster "$PG_VERSION" main >&2
 fi
 if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" && $4 == "online"' | grep -q .; then
-  pg_ctlcluster "$PG_VERSION" main start
+  # Its messages (e.g. "Removed stale pid file.") go to stderr: callers
+  # capture stdout, which carries only the URL printed at the end.
+  pg_ctlcluster "$PG_VERSION" main start >&2
 fi
 for _ in $(seq 1 30); do
   as_postgres psql -p "$PORT" -tAc "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.5
 done
 
-as_postgres psql -p "$PORT" -v ON_ERROR_STOP=1 -q <<SQL
+as_postgres psql -p "$PORT" -v ON_ERROR_STOP=1 -q >&2 <<SQL
 DO \$\$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') THEN
@@ -42,7 +44,7 @@ END
 \$\$;
 SQL
 if ! as_postgres psql -p "$PORT" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
-  as_postgres createdb -p "$PORT" -O "$ROLE" "$DB"
+  as_postgres createdb -p "$PORT" -O "$ROLE" "$DB" >&2
 fi
 # Drop per-test databases left by earlier runs.
 for stale in $(as_postgres psql -p "$PORT" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'ferry_t_%'"); do

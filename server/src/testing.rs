@@ -9,7 +9,7 @@ pub async fn fresh_pg_database() -> Option<String> {
         .filter(|u| !u.is_empty())?;
     let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
         .await
-        .expect("connect to FERRY_TEST_PG_URL");
+        .unwrap_or_else(|e| panic!("connect to FERRY_TEST_PG_URL={base:?}: {e}"));
     tokio::spawn(conn);
     let name = format!("ferry_t_{}", uuid::Uuid::new_v4().simple());
     client
