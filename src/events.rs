@@ -13,6 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
+use indexmap::IndexMap;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
@@ -71,10 +72,13 @@ pub(crate) struct EventBuilder {
     collections: BTreeMap<String, PendingChanges>,
 }
 
+/// Rows by id in first-touch order; one hash per touch (a 100k-row write touches
+/// 10,001 before it turns into a reload), with a fast, randomly seeded hasher.
+type RowsById = IndexMap<String, Option<Value>, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct PendingChanges {
-    order: Vec<String>,
-    rows: HashMap<String, Option<Value>>,
+    rows: RowsById,
     reload: bool,
 }
 
@@ -99,10 +103,13 @@ impl EventBuilder {
         if c.reload {
             return;
         }
-        if c.rows.insert(id.to_string(), row).is_none() {
-            c.order.push(id.to_string());
-            if c.order.len() > MAX_EVENT_ROWS {
-                self.reload(collection);
+        match c.rows.get_mut(id) {
+            Some(slot) => *slot = row,
+            None => {
+                c.rows.insert(id.to_string(), row);
+                if c.rows.len() > MAX_EVENT_ROWS {
+                    self.reload(collection);
+                }
             }
         }
     }
@@ -111,8 +118,7 @@ impl EventBuilder {
     pub fn reload(&mut self, collection: &str) {
         let c = self.collections.entry(collection.to_string()).or_default();
         c.reload = true;
-        c.order = Vec::new();
-        c.rows = HashMap::new();
+        c.rows = RowsById::default();
     }
 
     /// Whether a collection already overflowed into a reload.
@@ -128,11 +134,11 @@ impl EventBuilder {
         let changes = self
             .collections
             .into_iter()
-            .map(|(collection, mut p)| {
+            .map(|(collection, p)| {
                 let mut upserted = Vec::new();
                 let mut deleted = Vec::new();
-                for id in p.order {
-                    match p.rows.remove(&id).flatten() {
+                for (id, row) in p.rows {
+                    match row {
                         Some(row) => upserted.push(row),
                         None => deleted.push(id),
                     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use ferry::sync::{OfflineBehavior, SyncConfig, SyncPhase, WriteMode};
-use ferry::transport::{TokenProvider, TransportError};
+use ferry::transport::{StaticToken, TokenProvider, TransportError};
 use ferry::{ChangeEvent, ChangeSource, EntryState, Error, WriteOp};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -252,6 +252,55 @@ async fn a_lost_push_response_is_retried_without_applying_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_cut_off_between_batches_loses_nothing_and_sends_nothing_twice() {
+    let server = start_server().await;
+    let config = SyncConfig {
+        push_batch: 3,
+        ..SyncConfig::default()
+    };
+    let a = device_with(
+        &server.url(),
+        Arc::new(StaticToken(ALICE.into())),
+        schema(),
+        config,
+    );
+    let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let ops = ids.iter().map(|id| create(id, id)).collect();
+    a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
+    // Two requests get through; the third (sent while the fourth batch was being
+    // prepared) fails.
+    *a.transport.fail_push_after.lock() = Some(2);
+    assert!(matches!(a.client.push_all().await, Err(Error::Offline(_))));
+    let outbox = a.store.outbox().unwrap();
+    assert!(
+        outbox.iter().all(|e| e.state != EntryState::InFlight),
+        "nothing is left in flight: {outbox:?}"
+    );
+    assert_eq!(
+        a.client.status().pending,
+        4,
+        "two batches of 3 were applied"
+    );
+    assert_eq!(a.store.outbox().unwrap().len(), 4);
+    *a.transport.fail_push_after.lock() = None;
+    while !a.store.outbox().unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        a.client.push_all().await.unwrap();
+    }
+    for id in &ids {
+        assert_eq!(
+            a.transport.deliveries(id),
+            1,
+            "{id} reached the server once"
+        );
+    }
+    let b = device(&server.url(), ALICE);
+    b.client.sync().await.unwrap();
+    assert_eq!(contents(&a.store, "tasks"), contents(&b.store, "tasks"));
+    assert_eq!(contents(&b.store, "tasks").len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_pull_resumes_at_every_page_boundary_and_publishes_all_or_nothing() {
     let server = start_server().await;
     let seeder = device(&server.url(), ALICE);
@@ -269,7 +318,7 @@ async fn interrupted_pull_resumes_at_every_page_boundary_and_publishes_all_or_no
     for k in 0..5 {
         let d = device_with(
             &server.url(),
-            Arc::new(ferry::transport::StaticToken(ALICE.into())),
+            Arc::new(StaticToken(ALICE.into())),
             schema(),
             config.clone(),
         );

@@ -162,9 +162,15 @@ pub struct StoreStatus {
 
 /// Per-collection row statements, built once at open (a bulk write runs them
 /// per row).
+/// Prebuilt single-row statements of a collection. They say `OR FAIL`: a
+/// statement that writes one row needs no statement journal (SQLite's copy of
+/// every page it touches, kept to undo a half-done multi-row statement), and a
+/// failure still rolls back the whole write transaction.
 struct RowSql {
     insert: String,
     replace: String,
+    select: String,
+    mark_synced: String,
 }
 
 impl RowSql {
@@ -181,13 +187,19 @@ impl RowSql {
         }
         RowSql {
             insert: format!(
-                "INSERT INTO {} ({cols}, {}) VALUES ({marks}, ?, ?, ?, ?, ?)",
+                "INSERT OR FAIL INTO {} ({cols}, {}) VALUES ({marks}, ?, ?, ?, ?, ?)",
                 quote(&c.name),
                 records::BOOKKEEPING
             ),
             replace: format!(
-                "UPDATE {} SET {sets}_status = ?, _changed = ?, _version = ?, _updated_at = ? WHERE id = ?",
+                "UPDATE OR FAIL {} SET {sets}_status = ?, _changed = ?, _version = ?, _updated_at = ? WHERE id = ?",
                 quote(&c.name)
+            ),
+            select: select_by_id(c),
+            mark_synced: format!(
+                "UPDATE OR FAIL {} SET _status = 'synced', _changed = NULL, _version = ?2 WHERE id = ?1 RETURNING {}",
+                quote(&c.name),
+                records::select_list(c)
             ),
         }
     }
@@ -593,14 +605,27 @@ fn run_query(conn: &Connection, c: &Collection, q: &Query) -> Result<Vec<Record>
 }
 
 /// Loads a record, tombstones included.
-pub(crate) fn load(conn: &Connection, c: &Collection, id: &str) -> Result<Option<Record>> {
-    let sql = format!(
+fn select_by_id(c: &Collection) -> String {
+    format!(
         "SELECT {} FROM {} WHERE id = ?1",
         records::select_list(c),
         quote(&c.name)
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([id])?;
+    )
+}
+
+pub(crate) fn load(conn: &Connection, c: &Collection, id: &str) -> Result<Option<Record>> {
+    load_with(conn, c, &select_by_id(c), rusqlite::params![id])
+}
+
+/// Runs a statement yielding at most one row of `c` (a select or a `RETURNING`).
+fn load_with(
+    conn: &Connection,
+    c: &Collection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Option<Record>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
     match rows.next()? {
         Some(row) => Ok(Some(read_record(c, row)?)),
         None => Ok(None),
@@ -717,7 +742,22 @@ impl Writer<'_, '_> {
     }
 
     pub(crate) fn load(&self, c: &Collection, id: &str) -> Result<Option<Record>> {
-        load(self.tx, c, id)
+        load_with(self.tx, c, &self.sql[&c.name].select, [id])
+    }
+
+    /// Marks a record synced at `version`; returns the row (for the event).
+    pub(crate) fn mark_synced(
+        &self,
+        c: &Collection,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<Record>> {
+        load_with(
+            self.tx,
+            c,
+            &self.sql[&c.name].mark_synced,
+            rusqlite::params![id, version as i64],
+        )
     }
 
     fn load_live(&self, c: &Collection, id: &str) -> Result<Record> {

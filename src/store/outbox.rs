@@ -251,7 +251,7 @@ fn insert(
 ) -> Result<(i64, String)> {
     let mutation_id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
-        "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at, state, attempts)
+        "INSERT OR FAIL INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at, state, attempts)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![

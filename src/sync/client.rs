@@ -158,6 +158,9 @@ impl Drop for Inner {
     }
 }
 
+/// A pushed batch and the server's answer to it, not applied yet.
+type Answered = (Arc<Vec<OutboxEntry>>, PushResponse);
+
 /// Two-way sync of a [`Store`] with a backend.
 #[derive(Clone)]
 pub struct SyncClient {
@@ -462,17 +465,110 @@ impl SyncClient {
     }
 
     /// Pushes ready outbox entries in batches until none is left.
+    ///
+    /// Requests go one at a time, in outbox order, but the client's work overlaps
+    /// the server's: while batch N is on the wire, the results of batch N-1 are
+    /// applied and batch N+1 is prepared. A batch never holds a record that an
+    /// earlier batch still has in flight, so the overlap changes no outcome.
     pub async fn push_all(&self) -> Result<PushReport> {
         self.update_status(|s| s.phase = SyncPhase::Pushing);
+        let result = self.push_rounds().await;
+        self.refresh_counts();
+        result
+    }
+
+    async fn push_rounds(&self) -> Result<PushReport> {
         let mut total = PushReport::default();
-        for _ in 0..self.inner.config.max_push_rounds {
-            match self.push_batch(None).await? {
-                Some(r) => total.add(&r),
-                None => break,
+        let mut next = self.prepare_batch(None).await?;
+        let mut answered: Option<Answered> = None;
+        let mut rounds = 0;
+        loop {
+            let Some((batch, req)) = next.take() else {
+                // Nothing was ready while the last batch was out; its answer may
+                // have re-queued something (a resolved conflict): look again.
+                let Some(a) = answered.take() else { break };
+                total.add(&self.apply_answer(a).await?);
+                self.refresh_counts();
+                if rounds < self.inner.config.max_push_rounds {
+                    next = self.prepare_batch(None).await?;
+                }
+                continue;
+            };
+            rounds += 1;
+            let more = rounds < self.inner.config.max_push_rounds;
+            let previous = answered.take();
+            let local = async {
+                let report = match previous {
+                    Some(a) => Some(self.apply_answer(a).await?),
+                    None => None,
+                };
+                let following = if more {
+                    self.prepare_batch(None).await?
+                } else {
+                    None
+                };
+                Ok::<_, Error>((report, following))
+            };
+            let (sent, local) = tokio::join!(self.send_push(req), local);
+            let batch = Arc::new(batch);
+            let (report, following) = match local {
+                Ok(v) => v,
+                Err(e) => {
+                    // Nothing is lost: what was sent goes back to the outbox under
+                    // the same mutation ids (the server deduplicates them).
+                    self.put_back(&batch, false).await;
+                    return Err(e);
+                }
+            };
+            if let Some(r) = report {
+                total.add(&r);
             }
+            match sent {
+                Ok(resp) => answered = Some((batch, resp)),
+                Err(e) => {
+                    let backoff = !matches!(e, Error::Unauthorized(_));
+                    self.put_back(&batch, backoff).await;
+                    if let Some((unsent, _)) = following {
+                        self.put_back(&Arc::new(unsent), false).await;
+                    }
+                    return Err(e);
+                }
+            }
+            next = following;
             self.refresh_counts();
         }
         Ok(total)
+    }
+
+    /// Picks the next batch and marks it in flight.
+    async fn prepare_batch(
+        &self,
+        only: Option<HashSet<(String, String)>>,
+    ) -> Result<Option<(Vec<OutboxEntry>, PushRequest)>> {
+        let s = self.inner.store.clone();
+        let max = self.inner.config.push_batch;
+        blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref())).await
+    }
+
+    /// Applies the server's per-item answer to a batch.
+    async fn apply_answer(&self, (batch, resp): Answered) -> Result<PushReport> {
+        let (s, resolver) = (self.inner.store.clone(), self.inner.resolver.lock().clone());
+        let applied = {
+            let b = batch.clone();
+            blocking(move || push::apply_results(&s, &b, &resp, resolver.as_ref())).await
+        };
+        if applied.is_err() {
+            self.put_back(&batch, false).await;
+        }
+        applied
+    }
+
+    /// Returns in-flight entries to the outbox, backing them off or due now.
+    async fn put_back(&self, batch: &Arc<Vec<OutboxEntry>>, backoff: bool) {
+        let (s, b) = (self.inner.store.clone(), batch.clone());
+        if let Err(e) = blocking(move || push::fail_batch(&s, &b, backoff)).await {
+            tracing::error!(error = %e, "could not return a push batch to the outbox; it is retried after a restart");
+        }
     }
 
     /// Sends one batch (restricted to `only` these records if given).
@@ -480,31 +576,15 @@ impl SyncClient {
         &self,
         only: Option<HashSet<(String, String)>>,
     ) -> Result<Option<PushReport>> {
-        let store = self.inner.store.clone();
-        let max = self.inner.config.push_batch;
-        let prepared = {
-            let s = store.clone();
-            blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref())).await?
-        };
-        let Some((batch, req)) = prepared else {
+        let Some((batch, req)) = self.prepare_batch(only).await? else {
             return Ok(None);
         };
         let batch = Arc::new(batch);
         match self.send_push(req).await {
-            Ok(resp) => {
-                let (s, b, resolver) = (
-                    store.clone(),
-                    batch.clone(),
-                    self.inner.resolver.lock().clone(),
-                );
-                let r =
-                    blocking(move || push::apply_results(&s, &b, &resp, resolver.as_ref())).await?;
-                Ok(Some(r))
-            }
+            Ok(resp) => Ok(Some(self.apply_answer((batch, resp)).await?)),
             Err(e) => {
-                let backoff = !matches!(e, Error::Unauthorized(_));
-                let (s, b) = (store.clone(), batch.clone());
-                blocking(move || push::fail_batch(&s, &b, backoff)).await?;
+                self.put_back(&batch, !matches!(e, Error::Unauthorized(_)))
+                    .await;
                 Err(e)
             }
         }

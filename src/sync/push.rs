@@ -247,15 +247,8 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, version: u64
             w.delete_row(c, &e.record_id)?;
             return Ok(());
         }
-        w.tx.prepare_cached(&format!(
-            "UPDATE {} SET _status = 'synced', _changed = NULL, _version = ?2 WHERE id = ?1",
-            crate::store::records::quote(&c.name)
-        ))?
-        .execute(rusqlite::params![e.record_id, version as i64])?;
-        if !w.events.is_reload(&c.name)
-            && let Some(rec) = w.load(c, &e.record_id)?
-        {
-            w.events.upsert(&c.name, &rec.id, rec.to_json());
+        if let Some(rec) = w.mark_synced(c, &e.record_id, version)? {
+            w.events.upsert_with(&c.name, &rec.id, || rec.to_json());
         }
         return Ok(());
     }

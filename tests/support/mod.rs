@@ -68,6 +68,9 @@ pub struct Faulty {
     /// Fail every pull once this many pages were served in this run.
     pub fail_pull_after: Mutex<Option<usize>>,
     pub lose_push_response: AtomicBool,
+    pub pushes: AtomicUsize,
+    /// Fail every push once this many push requests reached the server.
+    pub fail_push_after: Mutex<Option<usize>>,
     pub retry_records: Mutex<HashSet<String>>,
     pub delivered: Mutex<Vec<Mutation>>,
 }
@@ -80,6 +83,8 @@ impl Faulty {
             pulls: AtomicUsize::new(0),
             fail_pull_after: Mutex::new(None),
             lose_push_response: AtomicBool::new(false),
+            pushes: AtomicUsize::new(0),
+            fail_push_after: Mutex::new(None),
             retry_records: Mutex::new(HashSet::new()),
             delivered: Mutex::new(Vec::new()),
         })
@@ -115,6 +120,12 @@ impl Transport for Faulty {
         if self.offline.load(Ordering::SeqCst) {
             return Err(TransportError::Offline("test: offline".into()));
         }
+        if let Some(n) = *self.fail_push_after.lock()
+            && self.pushes.load(Ordering::SeqCst) >= n
+        {
+            return Err(TransportError::Offline("test: connection dropped".into()));
+        }
+        self.pushes.fetch_add(1, Ordering::SeqCst);
         let retry = self.retry_records.lock().clone();
         let (held, sent): (Vec<_>, Vec<_>) = req
             .mutations

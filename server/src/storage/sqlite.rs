@@ -230,10 +230,14 @@ fn load_current(
     .transpose()
 }
 
+/// Every statement here writes one row. `OR FAIL` spares SQLite the statement
+/// journal (a copy of each page a statement touches, kept to undo a half-done
+/// multi-row statement); any error still rolls back the whole transaction.
 fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, ServerError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut pos = head(&tx)?;
     let mut outcomes = Vec::with_capacity(batch.mutations.len());
+    let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
     let user = &batch.caller.user_id;
     for m in &batch.mutations {
         if let Some(mid) = &m.mutation_id {
@@ -271,7 +275,7 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
                 for (scope, kind) in &changes {
                     pos += 1;
                     tx.prepare_cached(
-                        "INSERT INTO changes (scope, collection, record_id, pos, kind, client_id)
+                        "INSERT OR FAIL INTO changes (scope, collection, record_id, pos, kind, client_id)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                          ON CONFLICT (scope, collection, record_id) DO UPDATE SET
                            pos = excluded.pos, kind = excluded.kind, client_id = excluded.client_id",
@@ -280,30 +284,38 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
                 }
                 let data = serde_json::Value::Object(row.fields).to_string();
                 tx.prepare_cached(
-                    "INSERT INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
+                    "INSERT OR FAIL INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
                      ON CONFLICT (collection, id) DO UPDATE SET scope = excluded.scope,
                        version = excluded.version, deleted = excluded.deleted, data = excluded.data,
                        changed_at = excluded.changed_at",
                 )?
                 .execute(params![m.collection, m.record_id, row.scope, row.version as i64, row.deleted, data, first])?;
-                for (scope, delta) in &totals {
-                    tx.prepare_cached(
-                        "INSERT INTO totals (scope, collection, count) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (scope, collection) DO UPDATE SET count = count + excluded.count",
-                    )?
-                    .execute(params![scope, m.collection, delta])?;
+                for (scope, delta) in totals {
+                    *total_deltas
+                        .entry((scope, m.collection.clone()))
+                        .or_default() += delta;
                 }
                 outcome
             }
         };
         if let (Some(mid), true) = (&m.mutation_id, remembered) {
             tx.prepare_cached(
-                "INSERT INTO mutations (user_id, mutation_id, outcome) VALUES (?1, ?2, ?3)",
+                "INSERT OR FAIL INTO mutations (user_id, mutation_id, outcome) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![user, mid, encode_outcome(&outcome)])?;
         }
         outcomes.push(outcome);
+    }
+    // Row counts change once per (scope, collection) per batch, not per row.
+    for ((scope, collection), delta) in total_deltas {
+        if delta != 0 {
+            tx.prepare_cached(
+                "INSERT INTO totals (scope, collection, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scope, collection) DO UPDATE SET count = count + excluded.count",
+            )?
+            .execute(params![scope, collection, delta])?;
+        }
     }
     tx.execute("UPDATE meta SET value = ?1 WHERE key = 'head'", [pos])?;
     tx.commit()?;
