@@ -419,7 +419,7 @@ impl Store {
 
     /// What exists on the server beyond the local horizon, per collection.
     pub fn anchors(&self) -> Result<Vec<Anchor>> {
-        self.read(|conn| {
+        self.read_snapshot(|conn| {
             let mut out = Vec::new();
             let mut stmt = conn.prepare_cached("SELECT collection, server_total, updated_at FROM _ferry_anchors ORDER BY collection")?;
             let rows: Vec<(String, i64, i64)> = stmt
@@ -458,6 +458,17 @@ impl Store {
         self.inner.readers.with(f)
     }
 
+    /// Like [`Self::read`], but every statement of `f` sees the same committed
+    /// state (one read transaction), for reads made of several statements.
+    pub(crate) fn read_snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.inner.readers.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     /// The record with `id`, unless absent or deleted.
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Record>> {
         let c = self.collection(collection)?;
@@ -469,7 +480,7 @@ impl Store {
     pub fn get_many(&self, collection: &str, ids: &[String]) -> Result<Vec<Record>> {
         let c = self.collection(collection)?;
         let mut found: HashMap<String, Record> = HashMap::with_capacity(ids.len());
-        self.read(|conn| {
+        self.read_snapshot(|conn| {
             for chunk in ids.chunks(500) {
                 let marks = vec!["?"; chunk.len()].join(",");
                 let sql = format!(
@@ -520,16 +531,18 @@ impl Store {
 
     /// Pending and quarantined mutation counts (cheap: pending rows only).
     pub fn pending_counts(&self) -> Result<(u64, u64)> {
-        self.read(|conn| outbox::counts(conn, &self.inner.schema))
+        self.read_snapshot(|conn| outbox::counts(conn, &self.inner.schema))
     }
 
     /// Every outbox entry and unsent create, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
-        self.read(|conn| outbox::list(conn, &self.inner.schema))
+        // One snapshot: an unsent create that becomes an entry between two
+        // statements would otherwise be listed in neither.
+        self.read_snapshot(|conn| outbox::list(conn, &self.inner.schema))
     }
 
     pub fn status(&self) -> Result<StoreStatus> {
-        self.read(|conn| {
+        self.read_snapshot(|conn| {
             let mut records = std::collections::BTreeMap::new();
             for c in &self.inner.schema.collections {
                 let n: i64 = conn.query_row(
