@@ -23,6 +23,9 @@ pub const PUSH_PATH: &str = "/v1/push";
 /// bookkeeping are never inside it.
 pub type Fields = serde_json::Map<String, serde_json::Value>;
 
+/// A record's fields as the JSON text of an object, sent as is (see [`PullPage`]).
+pub type RawFields = Box<serde_json::value::RawValue>;
+
 /// Ask for the next page of changes after `cursor`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PullRequest {
@@ -45,26 +48,30 @@ pub struct PullRequest {
 
 /// One page of a pull. The client must stage pages and publish them only once a
 /// page with `has_more == false` has arrived; `cursor` is where the next page starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct PullPage {
+///
+/// `F` is how a record's fields are held: parsed [`Fields`] (the default, what a
+/// client decodes), or [`RawFields`] on a server that stores each record's fields
+/// as JSON text and sends them without parsing. Both give the same JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullPage<F = Fields> {
     /// Cursor after this page. Opaque to clients; commit-ordered on the server.
     pub cursor: String,
     /// More changes exist after `cursor` right now.
     pub has_more: bool,
     /// Changes per collection name.
     #[serde(default)]
-    pub changes: BTreeMap<String, CollectionChanges>,
+    pub changes: BTreeMap<String, CollectionChanges<F>>,
     /// Per-collection totals of rows in the caller's scopes (anchors), when asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<BTreeMap<String, u64>>,
 }
 
 /// Changes of one collection within a page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct CollectionChanges {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionChanges<F = Fields> {
     /// Rows created or updated, with their server version.
-    #[serde(default)]
-    pub upserts: Vec<ServerRecord>,
+    #[serde(default = "Vec::new")]
+    pub upserts: Vec<ServerRecord<F>>,
     /// Ids of rows deleted by a user (tombstones).
     #[serde(default)]
     pub deletes: Vec<String>,
@@ -74,7 +81,29 @@ pub struct CollectionChanges {
     pub evictions: Vec<String>,
 }
 
-impl CollectionChanges {
+// By hand: derived, they would require `F: Default`.
+impl<F> Default for PullPage<F> {
+    fn default() -> Self {
+        PullPage {
+            cursor: String::new(),
+            has_more: false,
+            changes: BTreeMap::new(),
+            totals: None,
+        }
+    }
+}
+
+impl<F> Default for CollectionChanges<F> {
+    fn default() -> Self {
+        CollectionChanges {
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+            evictions: Vec::new(),
+        }
+    }
+}
+
+impl<F> CollectionChanges<F> {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.deletes.is_empty() && self.evictions.is_empty()
     }
@@ -85,11 +114,11 @@ impl CollectionChanges {
 
 /// A row as the server holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServerRecord {
+pub struct ServerRecord<F = Fields> {
     pub id: String,
     /// Monotonic per-record version, starting at 1 on create.
     pub version: u64,
-    pub fields: Fields,
+    pub fields: F,
 }
 
 /// The operation of a mutation.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_protocol::watermelon;
 use ferry_protocol::{
     CollectionChanges, Fields, MutationOutcome, MutationResult, Op, PullPage, PullRequest,
-    PushRequest, PushResponse, RejectCode, ServerRecord, error_code,
+    PushRequest, PushResponse, RawFields, RejectCode, ServerRecord, error_code,
 };
 use serde_json::Value;
 
@@ -128,7 +128,12 @@ impl SyncService {
     }
 
     /// One page of changes after `req.cursor` in the caller's scopes.
-    pub async fn pull(&self, caller: &Caller, req: &PullRequest) -> Result<PullPage, ApiError> {
+    /// Record fields go out as stored, never parsed into maps.
+    pub async fn pull(
+        &self,
+        caller: &Caller,
+        req: &PullRequest,
+    ) -> Result<PullPage<RawFields>, ApiError> {
         let limits = &self.config.limits;
         let limit = req
             .limit
@@ -201,7 +206,7 @@ impl SyncService {
         merged.truncate(limit);
 
         let mut taken = vec![0usize; scans.len()];
-        let mut changes: BTreeMap<String, CollectionChanges> = BTreeMap::new();
+        let mut changes: BTreeMap<String, CollectionChanges<RawFields>> = BTreeMap::new();
         for (pos, i, row) in &merged {
             taken[*i] += 1;
             let key = &scans[*i].key;
@@ -373,7 +378,9 @@ impl SyncService {
                     (ChangeKind::Upsert, Some(rec)) => {
                         let mut raw = watermelon::RawRecord::new();
                         raw.insert("id".into(), Value::String(row.record_id.clone()));
-                        raw.extend(rec.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        let fields: Fields = serde_json::from_str(rec.fields.get())
+                            .map_err(|e| ServerError::Corrupt(e.to_string()))?;
+                        raw.extend(fields);
                         match since {
                             Some(t) if rec.created_at < t => table.updated.push(raw),
                             _ => table.created.push(raw),

@@ -9,8 +9,8 @@ use common::*;
 use ferry_protocol::{
     Mutation, MutationOutcome, Op, PullPage, PullRequest, PushRequest, RejectCode,
 };
-use ferry_server::SyncService;
 use ferry_server::auth::Caller;
+use ferry_server::{ApiError, SyncService};
 use serde_json::json;
 
 macro_rules! suite {
@@ -111,11 +111,19 @@ fn req(cursor: Option<&str>) -> PullRequest {
     }
 }
 
+/// One page as a client decodes it: the service's page (stored JSON, unparsed)
+/// through the JSON a client receives.
+async fn pull(svc: &SyncService, who: &Caller, r: &PullRequest) -> Result<PullPage, ApiError> {
+    let page = svc.pull(who, r).await?;
+    let wire = serde_json::to_string(&page).expect("page serializes");
+    Ok(serde_json::from_str(&wire).expect("the page is valid protocol JSON"))
+}
+
 /// Pulls pages until `has_more == false`; returns them.
 async fn pull_all(svc: &SyncService, who: &Caller, mut r: PullRequest) -> Vec<PullPage> {
     let mut pages = Vec::new();
     loop {
-        let page = svc.pull(who, &r).await.expect("pull");
+        let page = pull(&svc, who, &r).await.expect("pull");
         let more = page.has_more;
         r.cursor = Some(page.cursor.clone());
         pages.push(page);
@@ -150,7 +158,7 @@ async fn push_then_pull_returns_rows_with_versions_and_tombstones(svc: SyncServi
     )
     .await;
     assert_eq!(out, vec![applied(1), applied(1)]);
-    let first = svc.pull(&a, &req(None)).await.unwrap();
+    let first = pull(&svc, &a, &req(None)).await.unwrap();
     assert!(!first.has_more);
     let tasks = &first.changes["tasks"];
     assert_eq!(tasks.upserts.len(), 2);
@@ -175,7 +183,7 @@ async fn push_then_pull_returns_rows_with_versions_and_tombstones(svc: SyncServi
     )
     .await;
     assert_eq!(out, vec![applied(2), applied(2)]);
-    let next = svc.pull(&a, &req(Some(&first.cursor))).await.unwrap();
+    let next = pull(&svc, &a, &req(Some(&first.cursor))).await.unwrap();
     let tasks = &next.changes["tasks"];
     assert_eq!(tasks.upserts.len(), 1, "only the change since the cursor");
     assert_eq!(tasks.upserts[0].version, 2);
@@ -186,7 +194,7 @@ async fn push_then_pull_returns_rows_with_versions_and_tombstones(svc: SyncServi
     );
     assert_eq!(tasks.deletes, vec!["t2".to_string()]);
     assert_eq!(next.totals.as_ref().unwrap()["tasks"], 1);
-    let idle = svc.pull(&a, &req(Some(&next.cursor))).await.unwrap();
+    let idle = pull(&svc, &a, &req(Some(&next.cursor))).await.unwrap();
     assert!(idle.changes.is_empty() && !idle.has_more);
 }
 
@@ -245,7 +253,7 @@ async fn push_retry_with_same_mutation_ids_applies_nothing_twice(svc: SyncServic
     assert_eq!(rejected_code(&first[2]), Some(RejectCode::InvalidRecord));
     let again = push(&svc, &a, "c1", batch).await;
     assert_eq!(again, first, "a retried push returns the same results");
-    let page = svc.pull(&a, &req(None)).await.unwrap();
+    let page = pull(&svc, &a, &req(None)).await.unwrap();
     let t1 = &page.changes["tasks"].upserts[0];
     assert_eq!(t1.version, 2, "nothing applied twice");
     assert_eq!(page.totals.unwrap()["tasks"], 1);
@@ -385,7 +393,7 @@ async fn rejected_mutation_does_not_block_the_rest(svc: SyncService) {
         ]
         .map(Some)
     );
-    let page = svc.pull(&a, &req(None)).await.unwrap();
+    let page = pull(&svc, &a, &req(None)).await.unwrap();
     let ids: BTreeSet<_> = page
         .changes
         .values()
@@ -434,7 +442,7 @@ async fn create_of_existing_id_and_update_of_missing_id_are_rejected(svc: SyncSe
         out.iter().map(rejected_code).collect::<Vec<_>>(),
         [Some(RejectCode::Forbidden); 2]
     );
-    let page = svc.pull(&a, &req(None)).await.unwrap();
+    let page = pull(&svc, &a, &req(None)).await.unwrap();
     assert_eq!(page.changes["tasks"].upserts[0].fields["title"], "one");
 }
 
@@ -456,8 +464,8 @@ async fn sync_rule_and_scope_change_evict_and_totals_follow(svc: SyncService) {
         ],
     )
     .await;
-    let pa = svc.pull(&a, &req(None)).await.unwrap();
-    let pb = svc.pull(&b, &req(None)).await.unwrap();
+    let pa = pull(&svc, &a, &req(None)).await.unwrap();
+    let pb = pull(&svc, &b, &req(None)).await.unwrap();
     assert_eq!(
         pb.changes["docs"].upserts[0].id, "d1",
         "bob shares scope team"
@@ -477,7 +485,7 @@ async fn sync_rule_and_scope_change_evict_and_totals_follow(svc: SyncService) {
     )
     .await;
     assert_eq!(out[0], applied(2));
-    let pa2 = svc.pull(&a, &req(Some(&pa.cursor))).await.unwrap();
+    let pa2 = pull(&svc, &a, &req(Some(&pa.cursor))).await.unwrap();
     assert_eq!(pa2.changes["tasks"].evictions, vec!["t1".to_string()]);
     assert!(pa2.changes["tasks"].upserts.is_empty() && pa2.changes["tasks"].deletes.is_empty());
     assert_eq!(pa2.totals.as_ref().unwrap()["tasks"], 0);
@@ -489,7 +497,7 @@ async fn sync_rule_and_scope_change_evict_and_totals_follow(svc: SyncService) {
         vec![update("m4", "tasks", "t1", 2, json!({"archived": false}))],
     )
     .await;
-    let pa3 = svc.pull(&a, &req(Some(&pa2.cursor))).await.unwrap();
+    let pa3 = pull(&svc, &a, &req(Some(&pa2.cursor))).await.unwrap();
     assert_eq!(pa3.changes["tasks"].upserts[0].version, 3);
 
     // Moved from the shared scope to alice's owner scope: bob gets an eviction.
@@ -501,10 +509,10 @@ async fn sync_rule_and_scope_change_evict_and_totals_follow(svc: SyncService) {
     )
     .await;
     assert_eq!(out[0], applied(2));
-    let pb2 = svc.pull(&b, &req(Some(&pb.cursor))).await.unwrap();
+    let pb2 = pull(&svc, &b, &req(Some(&pb.cursor))).await.unwrap();
     assert_eq!(pb2.changes["docs"].evictions, vec!["d1".to_string()]);
     assert_eq!(pb2.totals.as_ref().unwrap()["docs"], 0);
-    let pa4 = svc.pull(&a, &req(Some(&pa3.cursor))).await.unwrap();
+    let pa4 = pull(&svc, &a, &req(Some(&pa3.cursor))).await.unwrap();
     let docs = &pa4.changes["docs"];
     assert_eq!(
         docs.upserts.len(),
@@ -558,10 +566,13 @@ async fn revoked_scope_is_evicted_and_granted_scope_gets_full_history(svc: SyncS
         })
         .collect();
     assert_eq!(evicted.len(), 70);
-    let after = svc
-        .pull(&c_without, &req(Some(&revoked.last().unwrap().cursor)))
-        .await
-        .unwrap();
+    let after = pull(
+        &svc,
+        &c_without,
+        &req(Some(&revoked.last().unwrap().cursor)),
+    )
+    .await
+    .unwrap();
     assert!(
         after.changes.is_empty(),
         "eviction of a revoked scope happens once"
@@ -570,7 +581,7 @@ async fn revoked_scope_is_evicted_and_granted_scope_gets_full_history(svc: SyncS
 
 async fn own_writes_are_not_echoed_but_the_cursor_advances(svc: SyncService) {
     let a = alice();
-    let start = svc.pull(&a, &req(None)).await.unwrap();
+    let start = pull(&svc, &a, &req(None)).await.unwrap();
     push(
         &svc,
         &a,
@@ -589,38 +600,38 @@ async fn own_writes_are_not_echoed_but_the_cursor_advances(svc: SyncService) {
         client_id: Some("phone".into()),
         ..req(Some(&start.cursor))
     };
-    let page = svc.pull(&a, &r).await.unwrap();
+    let page = pull(&svc, &a, &r).await.unwrap();
     let ids: Vec<_> = page.changes["tasks"]
         .upserts
         .iter()
         .map(|r| r.id.as_str())
         .collect();
     assert_eq!(ids, ["t2"], "the phone's own write is not echoed back");
-    let again = svc
-        .pull(
-            &a,
-            &PullRequest {
-                cursor: Some(page.cursor.clone()),
-                ..r.clone()
-            },
-        )
-        .await
-        .unwrap();
+    let again = pull(
+        &svc,
+        &a,
+        &PullRequest {
+            cursor: Some(page.cursor.clone()),
+            ..r.clone()
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         again.changes.is_empty(),
         "the cursor advanced past the skipped echo"
     );
     // Another device of the same user does get it.
-    let laptop = svc
-        .pull(
-            &a,
-            &PullRequest {
-                client_id: Some("laptop".into()),
-                ..req(Some(&start.cursor))
-            },
-        )
-        .await
-        .unwrap();
+    let laptop = pull(
+        &svc,
+        &a,
+        &PullRequest {
+            client_id: Some("laptop".into()),
+            ..req(Some(&start.cursor))
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(laptop.changes["tasks"].upserts[0].id, "t1");
 }
 
@@ -639,8 +650,8 @@ async fn users_only_see_their_scopes_and_cannot_use_each_others_cursors(svc: Syn
         vec![create("m1", "tasks", "t2", task("bob's"))],
     )
     .await;
-    let pa = svc.pull(&alice(), &req(None)).await.unwrap();
-    let pb = svc.pull(&bob(), &req(None)).await.unwrap();
+    let pa = pull(&svc, &alice(), &req(None)).await.unwrap();
+    let pb = pull(&svc, &bob(), &req(None)).await.unwrap();
     assert_eq!(
         pa.changes["tasks"]
             .upserts
@@ -657,23 +668,24 @@ async fn users_only_see_their_scopes_and_cannot_use_each_others_cursors(svc: Syn
             .collect::<Vec<_>>(),
         ["t2"]
     );
-    let err = svc.pull(&bob(), &req(Some(&pa.cursor))).await.unwrap_err();
-    assert_eq!(err.code, "invalid_cursor");
-    let err = svc
-        .pull(&bob(), &req(Some("not-a-cursor")))
+    let err = pull(&svc, &bob(), &req(Some(&pa.cursor)))
         .await
         .unwrap_err();
     assert_eq!(err.code, "invalid_cursor");
-    let err = svc
-        .pull(
-            &bob(),
-            &PullRequest {
-                collections: Some(vec!["nope".into()]),
-                ..req(None)
-            },
-        )
+    let err = pull(&svc, &bob(), &req(Some("not-a-cursor")))
         .await
         .unwrap_err();
+    assert_eq!(err.code, "invalid_cursor");
+    let err = pull(
+        &svc,
+        &bob(),
+        &PullRequest {
+            collections: Some(vec!["nope".into()]),
+            ..req(None)
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code, "unknown_collection");
 }
 
@@ -693,13 +705,13 @@ async fn selecting_a_collection_later_gets_its_full_history(svc: SyncService) {
         collections: Some(vec!["tasks".into()]),
         ..req(None)
     };
-    let p1 = svc.pull(&a, &only_tasks).await.unwrap();
+    let p1 = pull(&svc, &a, &only_tasks).await.unwrap();
     assert!(p1.changes.contains_key("tasks") && !p1.changes.contains_key("projects"));
     assert_eq!(
         p1.totals.as_ref().unwrap().keys().collect::<Vec<_>>(),
         ["tasks"]
     );
-    let p2 = svc.pull(&a, &req(Some(&p1.cursor))).await.unwrap();
+    let p2 = pull(&svc, &a, &req(Some(&p1.cursor))).await.unwrap();
     assert_eq!(p2.changes["projects"].upserts[0].id, "p1");
     assert!(!p2.changes.contains_key("tasks"));
 }

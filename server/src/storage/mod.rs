@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ferry_protocol::{Fields, MutationOutcome, Op};
+use ferry_protocol::{Fields, MutationOutcome, Op, RawFields};
 
 use crate::auth::Caller;
 use crate::config::ServerConfig;
@@ -63,7 +63,7 @@ pub struct Scan {
 }
 
 /// A change-index row joined with the current record (for upserts only).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ChangeRow {
     pub position: Position,
     pub record_id: String,
@@ -73,12 +73,13 @@ pub struct ChangeRow {
     pub record: Option<RecordData>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RecordData {
     pub version: u64,
     /// Major position of the record's creation (WatermelonDB `created` vs `updated`).
     pub created_at: i64,
-    pub fields: Fields,
+    /// The stored JSON object, unparsed: a pull sends it as it is.
+    pub fields: RawFields,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -209,6 +210,19 @@ pub(crate) fn decode_outcome(json: &str) -> Result<MutationOutcome, ServerError>
 
 pub(crate) fn encode_outcome(o: &MutationOutcome) -> String {
     serde_json::to_string(o).expect("outcome serializes")
+}
+
+/// Stored record JSON, checked to be an object but not parsed into a map.
+pub(crate) fn raw_fields(json: String) -> Result<RawFields, ServerError> {
+    let raw = serde_json::value::RawValue::from_string(json)
+        .map_err(|e| ServerError::Corrupt(e.to_string()))?;
+    if !raw.get().starts_with('{') {
+        return Err(ServerError::Corrupt(format!(
+            "record data is not an object: {}",
+            raw.get()
+        )));
+    }
+    Ok(raw)
 }
 
 pub(crate) fn decode_fields(json: serde_json::Value) -> Result<Fields, ServerError> {

@@ -21,7 +21,7 @@ use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
     ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult,
-    decode_fields, decode_outcome, encode_outcome,
+    decode_fields, decode_outcome, encode_outcome, raw_fields,
 };
 use crate::cursor::Position;
 use crate::engine::{Decision, decide};
@@ -331,7 +331,7 @@ impl Storage for PgStorage {
             .unwrap_or(xmax);
         let scan = tx
             .prepare_cached(
-                "SELECT c.txid, c.seq, c.record_id, c.kind, c.client_id, r.version, r.created_at, r.data
+                "SELECT c.txid, c.seq, c.record_id, c.kind, c.client_id, r.version, r.created_at, r.data::text
                  FROM changes c LEFT JOIN records r
                    ON c.kind = 0 AND r.collection = c.collection AND r.id = c.record_id
                  WHERE c.scope = $1 AND c.collection = $2
@@ -379,11 +379,11 @@ impl Storage for PgStorage {
             }
             let mut out = Vec::with_capacity(result.len());
             for r in result {
-                let record = match r.get::<_, Option<serde_json::Value>>(7) {
+                let record = match r.get::<_, Option<String>>(7) {
                     Some(data) => Some(RecordData {
                         version: r.get::<_, i64>(5) as u64,
                         created_at: r.get(6),
-                        fields: decode_fields(data)?,
+                        fields: raw_fields(data)?,
                     }),
                     None => None,
                 };

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult,
-    decode_fields, decode_outcome, encode_outcome,
+    decode_fields, decode_outcome, encode_outcome, raw_fields,
 };
 use crate::cursor::Position;
 use crate::engine::{Decision, decide};
@@ -151,10 +151,7 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
                     Some(data) => Some(RecordData {
                         version: r.get::<_, i64>(4)? as u64,
                         created_at: r.get(5)?,
-                        fields: decode_fields(
-                            serde_json::from_str(&data)
-                                .map_err(|e| ServerError::Corrupt(e.to_string()))?,
-                        )?,
+                        fields: raw_fields(data)?,
                     }),
                     None => None,
                 };
