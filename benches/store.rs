@@ -5,10 +5,11 @@
 //! ```
 //!
 //! - `single_write/create`: one `Store::create` — a durable commit (WAL,
-//!   synchronous=NORMAL) of the row and its outbox entry, with the change event
-//!   queued for the listeners. Target < 100 µs.
+//!   synchronous=NORMAL) of the row (pending as an unsent create: no outbox row
+//!   until it is first pushed), with the change event queued for the listeners.
+//!   Target < 100 µs.
 //! - `batch_insert_100k/{store,raw}`: 100k rows through `Store::write` (one
-//!   transaction, with outbox entries and one event) against a raw rusqlite insert
+//!   transaction, validation, one event) against a raw rusqlite insert
 //!   of the same rows: same columns and ids, one transaction, one prepared
 //!   statement, same PRAGMAs. Target: store ≥ 60% of raw. The ratio of the two
 //!   medians is printed at the end of the run.
