@@ -123,7 +123,7 @@ async fn pull(svc: &SyncService, who: &Caller, r: &PullRequest) -> Result<PullPa
 async fn pull_all(svc: &SyncService, who: &Caller, mut r: PullRequest) -> Vec<PullPage> {
     let mut pages = Vec::new();
     loop {
-        let page = pull(&svc, who, &r).await.expect("pull");
+        let page = pull(svc, who, &r).await.expect("pull");
         let more = page.has_more;
         r.cursor = Some(page.cursor.clone());
         pages.push(page);
