@@ -446,7 +446,7 @@ impl SyncClient {
             });
             let s = store.clone();
             staging_task = Some(tokio::task::spawn_blocking(move || {
-                staging::stage_page(&s, &page)
+                staging::stage_page(&s, page)
             }));
             if !has_more {
                 break;

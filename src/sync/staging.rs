@@ -85,11 +85,11 @@ pub struct StageReport {
 }
 
 /// Stages one page and records the cursor it reached, in one transaction.
-pub(crate) fn stage_page(store: &Store, page: &PullPage) -> Result<StageReport> {
+pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
     store.write_tx(ChangeSource::Remote, |w| {
         let mut report = StageReport::default();
-        for (name, changes) in &page.changes {
-            let Ok(c) = w.schema.collection(name) else {
+        for (name, changes) in page.changes {
+            let Ok(c) = w.schema.collection(&name) else {
                 tracing::warn!(collection = %name, "pulled changes for a collection this app does not know; skipped");
                 report.skipped += changes.len() as u64;
                 continue;
@@ -98,11 +98,13 @@ pub(crate) fn stage_page(store: &Store, page: &PullPage) -> Result<StageReport> 
                 report.skipped += changes.len() as u64;
                 continue;
             }
-            for r in &changes.upserts {
-                match stage_upsert(w.tx, c, r) {
+            let mut upsert = w.tx.prepare_cached(&stage_upsert_sql(c))?;
+            for r in changes.upserts {
+                let id = r.id.clone();
+                match stage_upsert(&mut upsert, c, r) {
                     Ok(()) => report.rows += 1,
                     Err(e) => {
-                        tracing::warn!(collection = %name, id = %r.id, error = %e, "pulled record does not fit the schema; skipped");
+                        tracing::warn!(collection = %name, %id, error = %e, "pulled record does not fit the schema; skipped");
                         report.skipped += 1;
                     }
                 }
@@ -131,25 +133,32 @@ pub(crate) fn stage_page(store: &Store, page: &PullPage) -> Result<StageReport> 
     })
 }
 
-fn stage_upsert(tx: &Transaction<'_>, c: &Collection, r: &ServerRecord) -> Result<()> {
-    crate::schema::validate_id(&r.id)?;
-    // Fields this app's schema does not know (a newer server) are ignored.
-    let mut fields: Fields = r
-        .fields
-        .iter()
-        .filter(|(k, _)| c.column(k).is_some())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    check_fields(c, &fields)?;
-    complete_for_create(c, &mut fields)?;
-    normalise(c, &mut fields);
+/// The statement staging one upserted row of `c` (built once per page).
+fn stage_upsert_sql(c: &Collection) -> String {
     let mut cols = String::from("id");
     let mut marks = String::from("?");
-    let mut vals: Vec<SqlValue> = vec![SqlValue::Text(r.id.clone())];
     for col in &c.columns {
         cols.push_str(", ");
         cols.push_str(&quote(&col.name));
         marks.push_str(", ?");
+    }
+    format!(
+        "INSERT OR REPLACE INTO {} ({cols}, _version, _kind) VALUES ({marks}, ?, 'upsert')",
+        stage_table(c)
+    )
+}
+
+fn stage_upsert(stmt: &mut rusqlite::Statement<'_>, c: &Collection, r: ServerRecord) -> Result<()> {
+    crate::schema::validate_id(&r.id)?;
+    // Fields this app's schema does not know (a newer server) are ignored.
+    let mut fields: Fields = r.fields;
+    fields.retain(|k, _| c.column(k).is_some());
+    check_fields(c, &fields)?;
+    complete_for_create(c, &mut fields)?;
+    normalise(c, &mut fields);
+    let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 2);
+    vals.push(SqlValue::Text(r.id));
+    for col in &c.columns {
         vals.push(
             fields
                 .get(&col.name)
@@ -158,11 +167,7 @@ fn stage_upsert(tx: &Transaction<'_>, c: &Collection, r: &ServerRecord) -> Resul
         );
     }
     vals.push(SqlValue::Integer(r.version as i64));
-    let sql = format!(
-        "INSERT OR REPLACE INTO {} ({cols}, _version, _kind) VALUES ({marks}, ?, 'upsert')",
-        stage_table(c)
-    );
-    tx.prepare_cached(&sql)?.execute(params_from_iter(vals))?;
+    stmt.execute(params_from_iter(vals))?;
     Ok(())
 }
 
