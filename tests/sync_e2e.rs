@@ -11,6 +11,7 @@ use ferry::sync::{OfflineBehavior, SyncConfig, SyncPhase, WriteMode};
 use ferry::transport::{StaticToken, TokenProvider, TransportError};
 use ferry::{ChangeEvent, ChangeSource, EntryState, Error, WriteOp};
 use parking_lot::Mutex;
+use rusqlite::OptionalExtension;
 use serde_json::json;
 use support::*;
 
@@ -701,4 +702,189 @@ async fn a_custom_resolver_decides_rebased_conflicts() {
     );
     a.client.sync().await.unwrap();
     assert_eq!(contents(&a.store, "tasks"), contents(&b.store, "tasks"));
+}
+
+/// Names of the indexes of `table` in the database file of `store`.
+fn index_names(store: &ferry::Store, table: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([table], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_into_an_empty_collection_swaps_staging_in_then_later_syncs_merge() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let ops = (0..30)
+        .map(|i| create(&format!("t{i}"), "from a"))
+        .collect();
+    a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
+    a.client.sync().await.unwrap();
+
+    let b = device(&server.url(), ALICE);
+    b.client.sync().await.unwrap();
+    assert_eq!(contents(&b.store, "tasks"), contents(&a.store, "tasks"));
+    // The staging table became `tasks`: its indexes carry the staging suffix, and
+    // they serve queries as before.
+    let names = index_names(&b.store, "tasks");
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n.contains('#')), "{names:?}");
+    // A new staging table (pending index + the two non-unique ones) waits for the next pull.
+    assert_eq!(index_names(&b.store, "_ferry_stage_tasks").len(), 3);
+    let synced = ferry::Query::from_value(
+        &json!({"where": {"column": "_status", "op": "eq", "value": "synced"}}),
+    )
+    .unwrap();
+    assert_eq!(b.store.count("tasks", &synced).unwrap(), 30);
+    let project =
+        ferry::Query::from_value(&json!({"where": {"column": "project", "op": "is_null"}}))
+            .unwrap();
+    assert_eq!(b.store.count("tasks", &project).unwrap(), 30);
+
+    // Later changes go through the ordinary merge.
+    a.client
+        .write(
+            vec![create("late", "later"), update("t1", json!({"done": true}))],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client
+        .write(vec![create("mine", "from b")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    b.client.sync().await.unwrap();
+    a.client.sync().await.unwrap();
+    assert_eq!(contents(&b.store, "tasks"), contents(&a.store, "tasks"));
+    assert_eq!(contents(&b.store, "tasks").len(), 32);
+    assert_eq!(index_names(&b.store, "tasks"), names, "no second swap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_with_local_records_merges_instead_of_swapping() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    let ops = (0..10)
+        .map(|i| create(&format!("t{i}"), "from a"))
+        .collect();
+    a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
+    a.client.sync().await.unwrap();
+
+    let b = device(&server.url(), ALICE);
+    b.client
+        .write(
+            vec![create("offline", "made before the first sync")],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    b.client.sync().await.unwrap();
+    a.client.sync().await.unwrap();
+    assert_eq!(contents(&b.store, "tasks").len(), 11);
+    assert_eq!(contents(&b.store, "tasks"), contents(&a.store, "tasks"));
+    assert_eq!(
+        index_names(&b.store, "tasks"),
+        [
+            "_ferry_tasks_pending",
+            "idx_tasks_done_priority",
+            "idx_tasks_project"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_drops_an_index_of_a_swapped_in_collection() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.client
+        .write(vec![create("t1", "one")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    let b = device(&server.url(), ALICE);
+    b.client.sync().await.unwrap();
+    let path = b.store.path().to_path_buf();
+    assert!(
+        index_names(&b.store, "tasks")
+            .iter()
+            .any(|n| n.starts_with("idx_tasks_project#"))
+    );
+    b.client.stop();
+
+    let mut v2: serde_json::Value =
+        serde_json::from_str(include_str!("../examples/tasks.schema.json")).unwrap();
+    v2["version"] = json!(2);
+    v2["collections"][0]["indexes"] = json!([{ "columns": ["done", "priority"] }]);
+    let store =
+        ferry::Store::open(&path, ferry::Schema::from_json(&v2.to_string()).unwrap()).unwrap();
+    let names = index_names(&store, "tasks");
+    assert!(
+        !names.iter().any(|n| n.starts_with("idx_tasks_project")),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("idx_tasks_done_priority")),
+        "{names:?}"
+    );
+    assert_eq!(
+        store.get("tasks", "t1").unwrap().unwrap().fields["title"],
+        "one"
+    );
+}
+
+#[test]
+fn staging_tables_of_an_older_layout_are_rebuilt_and_their_pull_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    drop(ferry::Store::open(&path, schema()).unwrap());
+    {
+        // What session 1's layout left behind: a staging table with `_kind`, and
+        // an unpublished pull.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE _ferry_stage_tasks;
+             CREATE TABLE _ferry_stage_tasks (id TEXT PRIMARY KEY NOT NULL, title TEXT,
+               _version INTEGER, _kind TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO _ferry_stage_tasks VALUES ('x', 'staged', 1, 'upsert');
+             DELETE FROM _ferry_meta WHERE key = 'staging_format';
+             INSERT OR REPLACE INTO _ferry_meta (key, value) VALUES ('staged_cursor', 'c1');",
+        )
+        .unwrap();
+    }
+    let store = ferry::Store::open(&path, schema()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let cols: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('_ferry_stage_tasks')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        cols.contains(&"_status".to_string()) && !cols.contains(&"_kind".to_string()),
+        "{cols:?}"
+    );
+    let staged: Option<String> = conn
+        .query_row(
+            "SELECT value FROM _ferry_meta WHERE key = 'staged_cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap();
+    assert_eq!(
+        staged, None,
+        "the interrupted pull restarts from the published cursor"
+    );
+    assert!(store.get("tasks", "x").unwrap().is_none());
 }

@@ -62,9 +62,24 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
 }
 
 fn create_collection(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
+    create_collection_table(tx, c, &c.name, "", true)
+}
+
+/// Creates `table` shaped like collection `c`: its typed columns, the bookkeeping
+/// columns, the partial index on pending rows and `c`'s indexes, each index named
+/// as for `c` plus `suffix` (a staging copy needs names of its own: SQLite cannot
+/// rename an index when the copy later becomes the collection). Without `unique`,
+/// unique indexes are left out.
+pub(crate) fn create_collection_table(
+    tx: &Transaction<'_>,
+    c: &Collection,
+    table: &str,
+    suffix: &str,
+    unique: bool,
+) -> Result<()> {
     let mut sql = format!(
         "CREATE TABLE {} (id TEXT PRIMARY KEY NOT NULL",
-        quote(&c.name)
+        quote(table)
     );
     for col in &c.columns {
         sql.push_str(&format!(", {} {}", quote(&col.name), col.ty.sql_type()));
@@ -74,25 +89,29 @@ fn create_collection(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
          _created_at INTEGER NOT NULL, _updated_at INTEGER NOT NULL) WITHOUT ROWID;",
     );
     tx.execute_batch(&sql)?;
-    // Only pending rows and tombstones are indexed: tiny on a mostly synced table.
     tx.execute_batch(&format!(
         "CREATE INDEX {} ON {}(_status) WHERE _status <> 'synced';",
-        quote(&format!("_ferry_{}_pending", c.name)),
-        quote(&c.name)
+        quote(&format!("_ferry_{}_pending{suffix}", c.name)),
+        quote(table)
     ))?;
-    for idx in &c.indexes {
-        create_index(tx, &c.name, idx)?;
+    for idx in c.indexes.iter().filter(|i| unique || !i.unique) {
+        create_index(
+            tx,
+            table,
+            &format!("{}{suffix}", idx.sql_name(&c.name)),
+            idx,
+        )?;
     }
     Ok(())
 }
 
-fn create_index(tx: &Transaction<'_>, collection: &str, idx: &Index) -> Result<()> {
+fn create_index(tx: &Transaction<'_>, table: &str, name: &str, idx: &Index) -> Result<()> {
     let cols: Vec<String> = idx.columns.iter().map(|c| quote(c)).collect();
     tx.execute_batch(&format!(
         "CREATE {}INDEX {} ON {}({});",
         if idx.unique { "UNIQUE " } else { "" },
-        quote(&idx.sql_name(collection)),
-        quote(collection),
+        quote(name),
+        quote(table),
         cols.join(", ")
     ))?;
     Ok(())
@@ -173,12 +192,22 @@ fn run_step(tx: &Transaction<'_>, step: &Migration) -> Result<()> {
             }
             Ok(())
         }
-        Migration::CreateIndex { collection, index } => create_index(tx, collection, index),
+        Migration::CreateIndex { collection, index } => {
+            create_index(tx, collection, &index.sql_name(collection), index)
+        }
         Migration::DropIndex { collection, index } => {
-            tx.execute_batch(&format!(
-                "DROP INDEX IF EXISTS {}",
-                quote(&index.sql_name(collection))
-            ))?;
+            // A collection swapped in by a first sync has its indexes under a suffix.
+            let name = index.sql_name(collection);
+            let found: Vec<String> = tx
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1
+                     AND (name = ?2 OR substr(name, 1, length(?2) + 1) = ?2 || '#')",
+                )?
+                .query_map([collection, &name], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for n in found {
+                tx.execute_batch(&format!("DROP INDEX {}", quote(&n)))?;
+            }
             Ok(())
         }
     }

@@ -27,6 +27,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde::Serialize;
 use serde_json::Value;
 
+pub(crate) use ddl::create_collection_table;
 pub use outbox::{EntryState, OutboxEntry};
 pub use query::{Filter, Query, Sort};
 pub use records::{Fields, Record, RecordStatus};

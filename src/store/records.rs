@@ -106,13 +106,18 @@ pub(crate) fn quote(name: &str) -> String {
 
 /// `SELECT` list of a collection: id, columns, bookkeeping.
 pub(crate) fn select_list(c: &Collection) -> String {
-    let mut s = String::from("id");
+    select_list_of(c, "")
+}
+
+/// [`select_list`] with every column qualified by `prefix` (e.g. `"s."`).
+pub(crate) fn select_list_of(c: &Collection, prefix: &str) -> String {
+    let mut s = format!("{prefix}id");
     for col in &c.columns {
-        s.push_str(", ");
-        s.push_str(&quote(&col.name));
+        s.push_str(&format!(", {prefix}{}", quote(&col.name)));
     }
-    s.push_str(", ");
-    s.push_str(BOOKKEEPING);
+    for b in BOOKKEEPING.split(", ") {
+        s.push_str(&format!(", {prefix}{b}"));
+    }
     s
 }
 

@@ -1,13 +1,20 @@
 //! Staging and publishing of pulled pages.
 //!
-//! Pulled pages land in per-collection staging tables (`_ferry_stage_<name>`, the
-//! same typed columns as the collection) as they arrive, each page in one
-//! transaction together with the cursor it reached. Nothing staged is visible to
+//! Pulled pages land in per-collection staging tables as they arrive, each page in
+//! one transaction together with the cursor it reached: upserted rows in
+//! `_ferry_stage_<name>`, a table shaped like the collection (same columns,
+//! bookkeeping and non-unique indexes, under suffixed index names), and deleted or
+//! evicted ids in `_ferry_gone_<name>`. Nothing staged is visible to
 //! the app. Only when the last page (`has_more == false`) is staged does
 //! [`publish`] apply everything in one transaction: rebase pending local changes
 //! over the server rows, apply upserts, deletes and evictions, advance the
 //! published cursor and emit one event. An interrupted pull resumes from the
 //! staged cursor. The published cursor never moves past what is published.
+//!
+//! First sync fast path: when a collection is still empty at publish (and has no
+//! unique index), its staging table *becomes* the collection (`DROP` + `RENAME`
+//! in the publish transaction) instead of being copied row by row, so each pulled
+//! row is written once. A fresh staging table is made for the next pull.
 
 use std::collections::BTreeMap;
 
@@ -35,17 +42,33 @@ const STAGED_PAGES: &str = "staged_pages";
 const ANCHORS_DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_anchors (
     collection TEXT PRIMARY KEY, server_total INTEGER NOT NULL, updated_at INTEGER NOT NULL);";
 
-fn stage_table(c: &Collection) -> String {
-    quote(&format!("_ferry_stage_{}", c.name))
+/// Layout of the staging tables; older layouts are rebuilt on open.
+const STAGING_FORMAT: &str = "2";
+const STAGING_FORMAT_KEY: &str = "staging_format";
+
+fn stage_name(c: &Collection) -> String {
+    format!("_ferry_stage_{}", c.name)
 }
 
-/// Creates the staging tables; when the schema changed they are rebuilt and any
-/// unpublished pull restarts from the published cursor.
+fn stage_table(c: &Collection) -> String {
+    quote(&stage_name(c))
+}
+
+fn gone_table(c: &Collection) -> String {
+    quote(&format!("_ferry_gone_{}", c.name))
+}
+
+/// Creates the staging tables; when the schema (or the staging layout) changed
+/// they are rebuilt and any unpublished pull restarts from the published cursor.
 pub(crate) fn prepare(tx: &Transaction<'_>, schema: &Schema, schema_changed: bool) -> Result<()> {
     tx.execute_batch(ANCHORS_DDL)?;
-    if schema_changed {
+    let format_changed = meta_get(tx, STAGING_FORMAT_KEY)?.as_deref() != Some(STAGING_FORMAT);
+    if schema_changed || format_changed {
         let old: Vec<String> = tx
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_ferry\\_stage\\_%' ESCAPE '\\'")?
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND (name LIKE '\\_ferry\\_stage\\_%' ESCAPE '\\' OR name LIKE '\\_ferry\\_gone\\_%' ESCAPE '\\')",
+            )?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for t in old {
@@ -55,17 +78,34 @@ pub(crate) fn prepare(tx: &Transaction<'_>, schema: &Schema, schema_changed: boo
             "DELETE FROM _ferry_meta WHERE key IN (?1, ?2)",
             [STAGED_CURSOR, STAGED_PAGES],
         )?;
+        meta_set(tx, STAGING_FORMAT_KEY, STAGING_FORMAT)?;
     }
     for c in schema.collections.iter().filter(|c| c.is_synced()) {
-        let mut sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY NOT NULL",
-            stage_table(c)
-        );
-        for col in &c.columns {
-            sql.push_str(&format!(", {} {}", quote(&col.name), col.ty.sql_type()));
-        }
-        sql.push_str(", _version INTEGER, _kind TEXT NOT NULL) WITHOUT ROWID");
-        tx.execute_batch(&sql)?;
+        create_stage(tx, c)?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY NOT NULL, _kind TEXT NOT NULL) WITHOUT ROWID",
+            gone_table(c)
+        ))?;
+    }
+    Ok(())
+}
+
+/// Creates `c`'s staging table unless it exists, with index names of its own.
+fn create_stage(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [stage_name(c)],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        let generation = uuid::Uuid::new_v4().simple().to_string();
+        crate::store::create_collection_table(
+            tx,
+            c,
+            &stage_name(c),
+            &format!("#{}", &generation[..12]),
+            false,
+        )?;
     }
     Ok(())
 }
@@ -98,22 +138,43 @@ pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
                 report.skipped += changes.len() as u64;
                 continue;
             }
+            // An id staged as gone by an earlier page and upserted now (or the
+            // reverse) keeps only its latest state.
+            let any_gone: bool = w.tx.query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", gone_table(c)),
+                [],
+                |r| r.get(0),
+            )?;
             let mut upsert = w.tx.prepare_cached(&stage_upsert_sql(c))?;
+            let mut unmark = w
+                .tx
+                .prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", gone_table(c)))?;
             for r in changes.upserts {
                 let id = r.id.clone();
-                match stage_upsert(&mut upsert, c, r) {
-                    Ok(()) => report.rows += 1,
+                match stage_upsert(&mut upsert, c, r, w.now) {
+                    Ok(()) => {
+                        if any_gone {
+                            unmark.execute([&id])?;
+                        }
+                        report.rows += 1
+                    }
                     Err(e) => {
                         tracing::warn!(collection = %name, %id, error = %e, "pulled record does not fit the schema; skipped");
                         report.skipped += 1;
                     }
                 }
             }
+            let mut gone = w.tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO {} (id, _kind) VALUES (?1, ?2)",
+                gone_table(c)
+            ))?;
+            let mut unstage = w
+                .tx
+                .prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", stage_table(c)))?;
             for (kind, ids) in [("delete", &changes.deletes), ("evict", &changes.evictions)] {
-                let sql = format!("INSERT OR REPLACE INTO {} (id, _kind) VALUES (?1, ?2)", stage_table(c));
-                let mut stmt = w.tx.prepare_cached(&sql)?;
                 for id in ids {
-                    stmt.execute([id.as_str(), kind])?;
+                    gone.execute([id.as_str(), kind])?;
+                    unstage.execute([id.as_str()])?;
                     report.rows += 1;
                 }
             }
@@ -143,12 +204,17 @@ fn stage_upsert_sql(c: &Collection) -> String {
         marks.push_str(", ?");
     }
     format!(
-        "INSERT OR REPLACE INTO {} ({cols}, _version, _kind) VALUES ({marks}, ?, 'upsert')",
+        "INSERT OR REPLACE INTO {} ({cols}, {BOOKKEEPING}) VALUES ({marks}, 'synced', NULL, ?, ?, ?)",
         stage_table(c)
     )
 }
 
-fn stage_upsert(stmt: &mut rusqlite::Statement<'_>, c: &Collection, r: ServerRecord) -> Result<()> {
+fn stage_upsert(
+    stmt: &mut rusqlite::Statement<'_>,
+    c: &Collection,
+    r: ServerRecord,
+    now: i64,
+) -> Result<()> {
     crate::schema::validate_id(&r.id)?;
     // Fields this app's schema does not know (a newer server) are ignored.
     let mut fields: Fields = r.fields;
@@ -156,7 +222,7 @@ fn stage_upsert(stmt: &mut rusqlite::Statement<'_>, c: &Collection, r: ServerRec
     check_fields(c, &fields)?;
     complete_for_create(c, &mut fields)?;
     normalise(c, &mut fields);
-    let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 2);
+    let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 4);
     vals.push(SqlValue::Text(r.id));
     for col in &c.columns {
         vals.push(
@@ -167,6 +233,8 @@ fn stage_upsert(stmt: &mut rusqlite::Statement<'_>, c: &Collection, r: ServerRec
         );
     }
     vals.push(SqlValue::Integer(r.version as i64));
+    vals.push(SqlValue::Integer(now));
+    vals.push(SqlValue::Integer(now));
     stmt.execute(params_from_iter(vals))?;
     Ok(())
 }
@@ -191,26 +259,35 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
         for c in schema.collections.iter().filter(|c| c.is_synced()) {
             report.rebased += rebase_pending(w, c, resolver)?;
             collect_events(w, c)?;
-            let stage = stage_table(c);
+            let (t, stage, gone) = (quote(&c.name), stage_table(c), gone_table(c));
             let removed = w.tx.execute(
-                &format!("DELETE FROM {} WHERE id IN (SELECT id FROM {stage} WHERE _kind <> 'upsert')", quote(&c.name)),
+                &format!("DELETE FROM {t} WHERE id IN (SELECT id FROM {gone})"),
                 [],
             )?;
-            let cols: Vec<String> = c.columns.iter().map(|col| quote(&col.name)).collect();
-            let sets: String = cols.iter().map(|q| format!("{q} = excluded.{q}, ")).collect();
-            let upserted = w.tx.execute(
-                &format!(
-                    "INSERT INTO {t} (id{comma}{cols}, {BOOKKEEPING})
-                     SELECT id{comma}{cols}, 'synced', NULL, _version, ?1, ?1 FROM {stage} WHERE _kind = 'upsert'
-                     ON CONFLICT(id) DO UPDATE SET {sets}_version = excluded._version, _updated_at = excluded._updated_at
-                     WHERE {t}._version IS NULL OR excluded._version > {t}._version",
-                    t = quote(&c.name),
-                    comma = if cols.is_empty() { "" } else { ", " },
-                    cols = cols.join(", "),
-                ),
-                [w.now],
-            )?;
-            w.tx.execute(&format!("DELETE FROM {stage}"), [])?;
+            w.tx.execute(&format!("DELETE FROM {gone}"), [])?;
+            let upserted = if swappable(w, c)? {
+                // First sync: the staged rows become the collection as they are.
+                let n: i64 = w.tx.query_row(&format!("SELECT COUNT(*) FROM {stage}"), [], |r| r.get(0))?;
+                w.tx.execute_batch(&format!("DROP TABLE {t}; ALTER TABLE {stage} RENAME TO {t};"))?;
+                create_stage(w.tx, c)?;
+                n as usize
+            } else {
+                let cols: Vec<String> = c.columns.iter().map(|col| quote(&col.name)).collect();
+                let sets: String = cols.iter().map(|q| format!("{q} = excluded.{q}, ")).collect();
+                let n = w.tx.execute(
+                    &format!(
+                        "INSERT INTO {t} (id{comma}{cols}, {BOOKKEEPING})
+                         SELECT id{comma}{cols}, {BOOKKEEPING} FROM {stage} WHERE true
+                         ON CONFLICT(id) DO UPDATE SET {sets}_version = excluded._version, _updated_at = excluded._updated_at
+                         WHERE {t}._version IS NULL OR excluded._version > {t}._version",
+                        comma = if cols.is_empty() { "" } else { ", " },
+                        cols = cols.join(", "),
+                    ),
+                    [],
+                )?;
+                w.tx.execute(&format!("DELETE FROM {stage}"), [])?;
+                n
+            };
             if upserted > 0 {
                 report.upserted.insert(c.name.clone(), upserted as u64);
             }
@@ -224,41 +301,53 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
     })
 }
 
-/// Staged row `id` of `c` as (kind, server record).
-fn staged(w: &Writer<'_, '_>, c: &Collection, id: &str) -> Result<(String, Option<ServerRecord>)> {
+/// Whether publishing `c` can swap its staging table in: rows are staged, the
+/// collection is empty (nothing local to merge with) and has no unique index (the
+/// staging table has none, so it has not checked them).
+fn swappable(w: &Writer<'_, '_>, c: &Collection) -> Result<bool> {
+    if c.indexes.iter().any(|i| i.unique) {
+        return Ok(false);
+    }
+    Ok(w.tx.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {}) AND NOT EXISTS (SELECT 1 FROM {})",
+            stage_table(c),
+            quote(&c.name)
+        ),
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// What the pull staged for `id` of `c`: its server row, or how it went away
+/// (`delete` or `evict`).
+fn staged(
+    w: &Writer<'_, '_>,
+    c: &Collection,
+    id: &str,
+) -> Result<std::result::Result<ServerRecord, String>> {
     let sql = format!(
-        "SELECT {}, _kind FROM {} WHERE id = ?1",
-        stage_select(c, ""),
+        "SELECT {} FROM {} WHERE id = ?1",
+        records::select_list(c),
         stage_table(c)
     );
     let mut stmt = w.tx.prepare_cached(&sql)?;
     let mut rows = stmt.query([id])?;
-    let row = rows
-        .next()?
-        .ok_or_else(|| crate::Error::Internal("staged row vanished".into()))?;
-    let kind: String = row.get(c.columns.len() + 6)?;
-    if kind != "upsert" {
-        return Ok((kind, None));
-    }
-    let rec = records::read_record(c, row)?;
-    Ok((
-        kind,
-        Some(ServerRecord {
+    if let Some(row) = rows.next()? {
+        let rec = records::read_record(c, row)?;
+        return Ok(Ok(ServerRecord {
             id: rec.id,
             version: rec.version.unwrap_or(0),
             fields: rec.fields,
-        }),
-    ))
-}
-
-/// A select list over a staging table shaped like [`records::select_list`].
-fn stage_select(c: &Collection, prefix: &str) -> String {
-    let mut s = format!("{prefix}id");
-    for col in &c.columns {
-        s.push_str(&format!(", {prefix}{}", quote(&col.name)));
+        }));
     }
-    s.push_str(&format!(", 'synced', NULL, {prefix}_version, 0, 0"));
-    s
+    let kind: String =
+        w.tx.prepare_cached(&format!(
+            "SELECT _kind FROM {} WHERE id = ?1",
+            gone_table(c)
+        ))?
+        .query_row([id], |r| r.get(0))?;
+    Ok(Err(kind))
 }
 
 /// Rebases pending local records that the pull also touched, then drops them
@@ -271,18 +360,19 @@ fn rebase_pending(
     let ids: Vec<String> = w
         .tx
         .prepare(&format!(
-            "SELECT t.id FROM {t} t WHERE t._status <> 'synced' AND EXISTS (SELECT 1 FROM {s} s WHERE s.id = t.id)",
+            "SELECT t.id FROM {t} t WHERE t._status <> 'synced'
+             AND (EXISTS (SELECT 1 FROM {s} s WHERE s.id = t.id) OR EXISTS (SELECT 1 FROM {g} g WHERE g.id = t.id))",
             t = quote(&c.name),
-            s = stage_table(c)
+            s = stage_table(c),
+            g = gone_table(c)
         ))?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut n = 0;
     for id in &ids {
         let local = w.load(c, id)?.expect("selected above");
-        let (kind, server) = staged(w, c, id)?;
-        match (kind.as_str(), server) {
-            ("upsert", Some(server)) => {
+        match staged(w, c, id)? {
+            Ok(server) => {
                 if local.version.is_some_and(|v| v >= server.version) {
                     // Already based on this version (e.g. our own write's echo).
                 } else {
@@ -290,7 +380,7 @@ fn rebase_pending(
                     n += 1;
                 }
             }
-            ("delete", _) if local.status != RecordStatus::Created => {
+            Err(kind) if kind == "delete" && local.status != RecordStatus::Created => {
                 // Deleted on the server: the server wins over local edits.
                 super::push::forget_record(w, c, id)?;
                 w.events.delete(&c.name, id);
@@ -298,8 +388,10 @@ fn rebase_pending(
             // Created locally, or evicted: keep the local record; its push decides.
             _ => {}
         }
-        w.tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", stage_table(c)))?
-            .execute([id])?;
+        for table in [stage_table(c), gone_table(c)] {
+            w.tx.prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1"))?
+                .execute([id])?;
+        }
     }
     Ok(n)
 }
@@ -386,10 +478,12 @@ pub(crate) fn resolved(
 
 /// Adds the rows this publish will change to the event (or marks a reload).
 fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
-    let stage = stage_table(c);
-    let t = quote(&c.name);
-    let staged: i64 =
-        w.tx.query_row(&format!("SELECT COUNT(*) FROM {stage}"), [], |r| r.get(0))?;
+    let (stage, gone, t) = (stage_table(c), gone_table(c), quote(&c.name));
+    let staged: i64 = w.tx.query_row(
+        &format!("SELECT (SELECT COUNT(*) FROM {stage}) + (SELECT COUNT(*) FROM {gone})"),
+        [],
+        |r| r.get(0),
+    )?;
     if staged as usize > MAX_EVENT_ROWS || w.events.is_reload(&c.name) {
         if staged > 0 {
             w.events.reload(&c.name);
@@ -398,17 +492,14 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
     }
     let sql = format!(
         "SELECT {} FROM {stage} s LEFT JOIN {t} t ON t.id = s.id
-         WHERE s._kind = 'upsert' AND (t.id IS NULL OR t._version IS NULL OR s._version > t._version)",
-        stage_select(c, "s.")
+         WHERE t.id IS NULL OR t._version IS NULL OR s._version > t._version",
+        records::select_list_of(c, "s.")
     );
     let mut stmt = w.tx.prepare(&sql)?;
     let mut rows = stmt.query([])?;
     let mut ups = Vec::new();
     while let Some(row) = rows.next()? {
-        let mut r = records::read_record(c, row)?;
-        r.created_at = w.now;
-        r.updated_at = w.now;
-        ups.push(r);
+        ups.push(records::read_record(c, row)?);
     }
     drop(rows);
     drop(stmt);
@@ -419,7 +510,7 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
         w.tx.prepare(&format!(
             // CROSS JOIN keeps staging (small) outside: without statistics SQLite
             // would otherwise scan the whole collection and probe staging.
-            "SELECT s.id FROM {stage} s CROSS JOIN {t} t ON t.id = s.id WHERE s._kind <> 'upsert'"
+            "SELECT g.id FROM {gone} g CROSS JOIN {t} t ON t.id = g.id"
         ))?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
