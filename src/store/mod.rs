@@ -172,6 +172,7 @@ struct RowSql {
     replace: String,
     select: String,
     mark_synced: String,
+    mark_synced_many: String,
 }
 
 impl RowSql {
@@ -201,6 +202,12 @@ impl RowSql {
                 "UPDATE OR FAIL {} SET _status = 'synced', _changed = NULL, _version = ?2 WHERE id = ?1 RETURNING {}",
                 quote(&c.name),
                 records::select_list(c)
+            ),
+            mark_synced_many: format!(
+                "UPDATE OR FAIL {t} SET _status = 'synced', _changed = NULL, _version = j.value ->> 1
+                 FROM json_each(?1) AS j WHERE {t}.id = j.value ->> 0 RETURNING {}",
+                records::select_list(c),
+                t = quote(&c.name),
             ),
         }
     }
@@ -757,6 +764,26 @@ impl Writer<'_, '_> {
 
     pub(crate) fn load(&self, c: &Collection, id: &str) -> Result<Option<Record>> {
         load_with(self.tx, c, &self.sql[&c.name].select, [id])
+    }
+
+    /// Marks records synced, each at its version: `ids_versions` is a JSON array
+    /// of `[id, version]` pairs. Returns the rows when `rows` (for the event).
+    pub(crate) fn mark_synced_many(
+        &self,
+        c: &Collection,
+        ids_versions: &str,
+        rows: bool,
+    ) -> Result<Vec<Record>> {
+        let mut stmt = self.tx.prepare_cached(&self.sql[&c.name].mark_synced_many)?;
+        let mut returned = stmt.query([ids_versions])?;
+        let mut out = Vec::new();
+        // Stepped to the end whatever `rows` says: that is what runs the update.
+        while let Some(row) = returned.next()? {
+            if rows {
+                out.push(read_record(c, row)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Marks a record synced at `version`; returns the row (for the event).

@@ -8,11 +8,12 @@
 //! rollback event and quarantines the mutation; `retry` backs off that entry
 //! alone. One bad item never holds up the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_protocol::{MutationOutcome, Op, PushRequest, PushResponse, ServerRecord};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
+use serde_json::json;
 
 use super::resolver::ConflictResolver;
 use crate::error::Result;
@@ -171,7 +172,12 @@ pub(crate) fn apply_results(
     let mut report = PushReport::default();
     let mut rejected = Vec::new();
     store.write_tx(ChangeSource::Remote, |w| {
+        let done = applied_in_bulk(w, batch, &by_id)?;
         for e in batch {
+            if done.contains(&e.seq) {
+                report.applied += 1;
+                continue;
+            }
             let c = w.schema.collection(&e.collection)?;
             match by_id.get(e.mutation_id.as_str()) {
                 Some(MutationOutcome::Applied { version }) => {
@@ -210,6 +216,66 @@ pub(crate) fn apply_results(
         })?;
     }
     Ok(report)
+}
+
+/// The common outcome of a push, set-based: applied creates and updates whose
+/// record has no other entry become synced (a few statements per collection, not
+/// a few per record). Returns the seqs it handled; every other entry, including
+/// an applied one whose record was edited again meanwhile, goes through
+/// [`applied`] and its siblings one by one.
+fn applied_in_bulk(
+    w: &mut Writer<'_, '_>,
+    batch: &[OutboxEntry],
+    by_id: &HashMap<&str, &MutationOutcome>,
+) -> Result<HashSet<i64>> {
+    let mut by_collection: BTreeMap<&str, Vec<(&OutboxEntry, u64)>> = BTreeMap::new();
+    for e in batch.iter().filter(|e| e.op != Op::Delete) {
+        if let Some(MutationOutcome::Applied { version }) = by_id.get(e.mutation_id.as_str()) {
+            by_collection
+                .entry(&e.collection)
+                .or_default()
+                .push((e, *version));
+        }
+    }
+    let mut done = HashSet::new();
+    for (name, entries) in by_collection {
+        let c = w.schema.collection(name)?;
+        let seqs = json!(entries.iter().map(|(e, _)| e.seq).collect::<Vec<_>>()).to_string();
+        w.tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq IN (SELECT value FROM json_each(?1))")?
+            .execute([&seqs])?;
+        let ids = json!(entries.iter().map(|(e, _)| &e.record_id).collect::<Vec<_>>()).to_string();
+        let busy: HashSet<String> = w
+            .tx
+            .prepare_cached(
+                "SELECT record_id FROM _ferry_outbox WHERE collection = ?1 AND state <> 'quarantined'
+                 AND record_id IN (SELECT value FROM json_each(?2))",
+            )?
+            .query_map(params![name, ids], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let clean: Vec<&(&OutboxEntry, u64)> = entries
+            .iter()
+            .filter(|(e, _)| !busy.contains(&e.record_id))
+            .collect();
+        // Only a change of a synced record saved a shadow.
+        let updated: Vec<&String> = clean
+            .iter()
+            .filter(|(e, _)| e.op == Op::Update)
+            .map(|(e, _)| &e.record_id)
+            .collect();
+        if !updated.is_empty() {
+            w.tx.prepare_cached(
+                "DELETE FROM _ferry_shadow WHERE collection = ?1 AND record_id IN (SELECT value FROM json_each(?2))",
+            )?
+            .execute(params![name, json!(updated).to_string()])?;
+        }
+        let pairs = json!(clean.iter().map(|(e, v)| json!([e.record_id, v])).collect::<Vec<_>>());
+        let rows = !w.events.is_reload(name);
+        for rec in w.mark_synced_many(c, &pairs.to_string(), rows)? {
+            w.events.upsert(&c.name, &rec.id, rec.to_json());
+        }
+        done.extend(clean.iter().map(|(e, _)| e.seq));
+    }
+    Ok(done)
 }
 
 fn retry_at(w: &Writer<'_, '_>, e: &OutboxEntry, next: i64) -> Result<()> {

@@ -45,10 +45,34 @@ PRAGMA user_version = 1;
 
 const MAX_IDLE_READERS: usize = 8;
 
+/// WAL pages after which a commit checkpoints by itself: only a fallback, the
+/// checkpointer thread normally keeps the WAL well below it.
+const FALLBACK_AUTOCHECKPOINT_PAGES: i64 = 20_000;
+
 pub struct SqliteStorage {
     path: PathBuf,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// Wakes the checkpointer after a commit; it stops when this is dropped.
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Copies the WAL back into the database file after commits, on its own thread
+/// and connection, so no request waits for it (a passive checkpoint never blocks
+/// readers or the writer). Wake-ups that arrive while it works are merged.
+fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, ServerError> {
+    let conn = connect(path)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("ferry-sqlite-checkpoint".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; the next commit retries");
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
@@ -64,7 +88,7 @@ impl SqliteStorage {
     pub async fn open(path: &Path) -> Result<SqliteStorage, ServerError> {
         let path = path.to_path_buf();
         let p = path.clone();
-        let writer = tokio::task::spawn_blocking(move || -> Result<Connection, ServerError> {
+        let (writer, checkpoint) = tokio::task::spawn_blocking(move || {
             let conn = connect(&p)?;
             conn.execute_batch(SCHEMA)?;
             conn.execute(
@@ -75,13 +99,15 @@ impl SqliteStorage {
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('head', 0)",
                 [],
             )?;
-            Ok(conn)
+            conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_AUTOCHECKPOINT_PAGES)?;
+            Ok::<_, ServerError>((conn, start_checkpointer(&p)?))
         })
         .await??;
         Ok(SqliteStorage {
             path,
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::default(),
+            checkpoint,
         })
     }
 
@@ -331,8 +357,13 @@ impl Storage for SqliteStorage {
 
     async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ServerError> {
         let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || write_in(&mut writer.lock().expect("writer"), &batch))
-            .await?
+        let result = tokio::task::spawn_blocking(move || {
+            write_in(&mut writer.lock().expect("writer"), &batch)
+        })
+        .await?;
+        // Full means a wake-up is already pending: that one covers this commit too.
+        let _ = self.checkpoint.try_send(());
+        result
     }
 
     async fn secret(&self) -> Result<Vec<u8>, ServerError> {
