@@ -774,7 +774,9 @@ impl Writer<'_, '_> {
         ids_versions: &str,
         rows: bool,
     ) -> Result<Vec<Record>> {
-        let mut stmt = self.tx.prepare_cached(&self.sql[&c.name].mark_synced_many)?;
+        let mut stmt = self
+            .tx
+            .prepare_cached(&self.sql[&c.name].mark_synced_many)?;
         let mut returned = stmt.query([ids_versions])?;
         let mut out = Vec::new();
         // Stepped to the end whatever `rows` says: that is what runs the update.

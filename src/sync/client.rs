@@ -263,7 +263,17 @@ impl SyncClient {
     /// Outbox counts only: `Store::status` would also count every collection's
     /// rows, a full scan of each table on every sync, push batch and write.
     fn refresh_counts(&self) {
-        if let Ok((pending, quarantined)) = self.inner.store.pending_counts() {
+        self.set_counts(self.inner.store.pending_counts());
+    }
+
+    /// [`Self::refresh_counts`] off the async thread (it reads the database).
+    async fn refresh_counts_blocking(&self) {
+        let s = self.inner.store.clone();
+        self.set_counts(blocking(move || s.pending_counts()).await);
+    }
+
+    fn set_counts(&self, counts: Result<(u64, u64)>) {
+        if let Ok((pending, quarantined)) = counts {
             self.update_status(|st| {
                 st.pending = pending;
                 st.quarantined = quarantined;
@@ -488,7 +498,7 @@ impl SyncClient {
                 // have re-queued something (a resolved conflict): look again.
                 let Some(a) = answered.take() else { break };
                 total.add(&self.apply_answer(a).await?);
-                self.refresh_counts();
+                self.refresh_counts_blocking().await;
                 if rounds < self.inner.config.max_push_rounds {
                     next = self.prepare_batch(None).await?;
                 }
@@ -507,6 +517,8 @@ impl SyncClient {
                 } else {
                     None
                 };
+                // Progress for the status, while the batch is still on the wire.
+                self.refresh_counts_blocking().await;
                 Ok::<_, Error>((report, following))
             };
             let (sent, local) = tokio::join!(self.send_push(req), local);
@@ -535,7 +547,6 @@ impl SyncClient {
                 }
             }
             next = following;
-            self.refresh_counts();
         }
         Ok(total)
     }

@@ -241,9 +241,17 @@ fn applied_in_bulk(
     for (name, entries) in by_collection {
         let c = w.schema.collection(name)?;
         let seqs = json!(entries.iter().map(|(e, _)| e.seq).collect::<Vec<_>>()).to_string();
-        w.tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq IN (SELECT value FROM json_each(?1))")?
-            .execute([&seqs])?;
-        let ids = json!(entries.iter().map(|(e, _)| &e.record_id).collect::<Vec<_>>()).to_string();
+        w.tx.prepare_cached(
+            "DELETE FROM _ferry_outbox WHERE seq IN (SELECT value FROM json_each(?1))",
+        )?
+        .execute([&seqs])?;
+        let ids = json!(
+            entries
+                .iter()
+                .map(|(e, _)| &e.record_id)
+                .collect::<Vec<_>>()
+        )
+        .to_string();
         let busy: HashSet<String> = w
             .tx
             .prepare_cached(
@@ -268,7 +276,12 @@ fn applied_in_bulk(
             )?
             .execute(params![name, json!(updated).to_string()])?;
         }
-        let pairs = json!(clean.iter().map(|(e, v)| json!([e.record_id, v])).collect::<Vec<_>>());
+        let pairs = json!(
+            clean
+                .iter()
+                .map(|(e, v)| json!([e.record_id, v]))
+                .collect::<Vec<_>>()
+        );
         let rows = !w.events.is_reload(name);
         for rec in w.mark_synced_many(c, &pairs.to_string(), rows)? {
             w.events.upsert(&c.name, &rec.id, rec.to_json());
