@@ -718,15 +718,19 @@ fn index_names(store: &ferry::Store, table: &str) -> Vec<String> {
         .collect()
 }
 
+/// A device of alice that created tasks `t0`… and pushed them.
+async fn device_with_synced_tasks(url: &str, n: usize) -> Device {
+    let a = device(url, ALICE);
+    let ops = (0..n).map(|i| create(&format!("t{i}"), "from a")).collect();
+    a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
+    a.client.sync().await.unwrap();
+    a
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_sync_into_an_empty_collection_swaps_staging_in_then_later_syncs_merge() {
     let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    let ops = (0..30)
-        .map(|i| create(&format!("t{i}"), "from a"))
-        .collect();
-    a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
-    a.client.sync().await.unwrap();
+    let a = device_with_synced_tasks(&server.url(), 30).await;
 
     let b = device(&server.url(), ALICE);
     b.client.sync().await.unwrap();
@@ -771,12 +775,7 @@ async fn a_first_sync_into_an_empty_collection_swaps_staging_in_then_later_syncs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_sync_with_local_records_merges_instead_of_swapping() {
     let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    let ops = (0..10)
-        .map(|i| create(&format!("t{i}"), "from a"))
-        .collect();
-    a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
-    a.client.sync().await.unwrap();
+    let a = device_with_synced_tasks(&server.url(), 10).await;
 
     let b = device(&server.url(), ALICE);
     b.client
@@ -803,12 +802,7 @@ async fn a_first_sync_with_local_records_merges_instead_of_swapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_drops_an_index_of_a_swapped_in_collection() {
     let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    a.client
-        .write(vec![create("t1", "one")], WriteMode::OfflineFirst)
-        .await
-        .unwrap();
-    a.client.sync().await.unwrap();
+    let _a = device_with_synced_tasks(&server.url(), 2).await;
     let b = device(&server.url(), ALICE);
     b.client.sync().await.unwrap();
     let path = b.store.path().to_path_buf();
@@ -838,7 +832,7 @@ async fn a_migration_drops_an_index_of_a_swapped_in_collection() {
     );
     assert_eq!(
         store.get("tasks", "t1").unwrap().unwrap().fields["title"],
-        "one"
+        "from a"
     );
 }
 
