@@ -48,6 +48,7 @@ suite!(
     own_writes_are_not_echoed_but_the_cursor_advances,
     users_only_see_their_scopes_and_cannot_use_each_others_cursors,
     selecting_a_collection_later_gets_its_full_history,
+    a_batch_that_touches_a_record_again_sees_its_own_writes,
 );
 
 fn create(mid: &str, coll: &str, id: &str, f: serde_json::Value) -> Mutation {
@@ -714,4 +715,48 @@ async fn selecting_a_collection_later_gets_its_full_history(svc: SyncService) {
     let p2 = pull(&svc, &a, &req(Some(&p1.cursor))).await.unwrap();
     assert_eq!(p2.changes["projects"].upserts[0].id, "p1");
     assert!(!p2.changes.contains_key("tasks"));
+}
+
+async fn a_batch_that_touches_a_record_again_sees_its_own_writes(svc: SyncService) {
+    let a = alice();
+    let out = push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m1", "tasks", "t1", task("one")),
+            update("m2", "tasks", "t1", 1, json!({"done": true})),
+            update("m3", "tasks", "t1", 2, json!({"title": "three"})),
+            // A stale base inside the same batch conflicts with the row just written.
+            update("m4", "tasks", "t1", 2, json!({"title": "stale"})),
+            create("m1", "tasks", "t1", task("one")),
+            delete("m5", "tasks", "t1", 3),
+            create("m6", "tasks", "t2", task("two")),
+        ],
+    )
+    .await;
+    assert_eq!(out[..3], [applied(1), applied(2), applied(3)]);
+    match &out[3] {
+        MutationOutcome::Conflict {
+            server_record: Some(r),
+            ..
+        } => {
+            assert_eq!(r.version, 3);
+            assert_eq!(r.fields["title"], "three");
+            assert_eq!(r.fields["done"], true);
+        }
+        other => panic!("expected a conflict with the row written earlier, got {other:?}"),
+    }
+    assert_eq!(
+        out[4],
+        applied(1),
+        "a repeated mutation id gets its first outcome"
+    );
+    assert_eq!(out[5..], [applied(4), applied(1)]);
+    let page = pull(&svc, &a, &req(None)).await.unwrap();
+    let tasks = &page.changes["tasks"];
+    assert_eq!(tasks.upserts.len(), 1);
+    assert_eq!(tasks.upserts[0].id, "t2");
+    assert_eq!(tasks.deletes, vec!["t1".to_string()]);
+    assert_eq!(page.totals.unwrap()["tasks"], 1);
 }
