@@ -639,7 +639,7 @@ pub(crate) fn load(conn: &Connection, c: &Collection, id: &str) -> Result<Option
 }
 
 /// Runs a statement yielding at most one row of `c` (a select or a `RETURNING`).
-fn load_with(
+pub(crate) fn load_with(
     conn: &Connection,
     c: &Collection,
     sql: &str,

@@ -258,7 +258,7 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
         let schema = w.schema;
         for c in schema.collections.iter().filter(|c| c.is_synced()) {
             report.rebased += rebase_pending(w, c, resolver)?;
-            collect_events(w, c)?;
+            let staged_rows = collect_events(w, c)?;
             let (t, stage, gone) = (quote(&c.name), stage_table(c), gone_table(c));
             let removed = w.tx.execute(
                 &format!("DELETE FROM {t} WHERE id IN (SELECT id FROM {gone})"),
@@ -267,10 +267,9 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
             w.tx.execute(&format!("DELETE FROM {gone}"), [])?;
             let upserted = if swappable(w, c)? {
                 // First sync: the staged rows become the collection as they are.
-                let n: i64 = w.tx.query_row(&format!("SELECT COUNT(*) FROM {stage}"), [], |r| r.get(0))?;
                 w.tx.execute_batch(&format!("DROP TABLE {t}; ALTER TABLE {stage} RENAME TO {t};"))?;
                 create_stage(w.tx, c)?;
-                n as usize
+                staged_rows
             } else {
                 let cols: Vec<String> = c.columns.iter().map(|col| quote(&col.name)).collect();
                 let sets: String = cols.iter().map(|q| format!("{q} = excluded.{q}, ")).collect();
@@ -331,10 +330,7 @@ fn staged(
         records::select_list(c),
         stage_table(c)
     );
-    let mut stmt = w.tx.prepare_cached(&sql)?;
-    let mut rows = stmt.query([id])?;
-    if let Some(row) = rows.next()? {
-        let rec = records::read_record(c, row)?;
+    if let Some(rec) = crate::store::load_with(w.tx, c, &sql, [id])? {
         return Ok(Ok(ServerRecord {
             id: rec.id,
             version: rec.version.unwrap_or(0),
@@ -476,19 +472,22 @@ pub(crate) fn resolved(
     }
 }
 
-/// Adds the rows this publish will change to the event (or marks a reload).
-fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
+/// Adds the rows this publish will change to the event (or marks a reload);
+/// returns how many upserted rows are staged.
+fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<usize> {
     let (stage, gone, t) = (stage_table(c), gone_table(c), quote(&c.name));
-    let staged: i64 = w.tx.query_row(
-        &format!("SELECT (SELECT COUNT(*) FROM {stage}) + (SELECT COUNT(*) FROM {gone})"),
+    let (upserts, gone_rows): (i64, i64) = w.tx.query_row(
+        &format!("SELECT (SELECT COUNT(*) FROM {stage}), (SELECT COUNT(*) FROM {gone})"),
         [],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    if staged as usize > MAX_EVENT_ROWS || w.events.is_reload(&c.name) {
+    let upserts = upserts as usize;
+    let staged = upserts + gone_rows as usize;
+    if staged > MAX_EVENT_ROWS || w.events.is_reload(&c.name) {
         if staged > 0 {
             w.events.reload(&c.name);
         }
-        return Ok(());
+        return Ok(upserts);
     }
     let sql = format!(
         "SELECT {} FROM {stage} s LEFT JOIN {t} t ON t.id = s.id
@@ -517,5 +516,5 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
     for id in gone {
         w.events.delete(&c.name, &id);
     }
-    Ok(())
+    Ok(upserts)
 }
