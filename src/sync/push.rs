@@ -56,25 +56,26 @@ pub(crate) fn prepare(
     store.write_tx(ChangeSource::Remote, |w| {
         let mut chosen = Vec::new();
         {
-            let mut stmt = w.tx.prepare_cached(&format!(
-                "{} WHERE state IN ('pending','in_flight') ORDER BY seq",
-                outbox::SELECT
-            ))?;
-            let mut rows = stmt.query([])?;
+            // Keys only: the entries already in flight are many (a pipelined push
+            // has the previous batch out) and only block their records.
+            let mut scan = w.tx.prepare_cached(
+                "SELECT seq, collection, record_id, state = 'pending' AND next_attempt_at <= ?1
+                 FROM _ferry_outbox WHERE state IN ('pending','in_flight') ORDER BY seq",
+            )?;
+            let mut load =
+                w.tx.prepare_cached(&format!("{} WHERE seq = ?1", outbox::SELECT))?;
+            let mut rows = scan.query([w.now])?;
             let mut blocked: HashSet<(String, String)> = HashSet::new();
             while let Some(row) = rows.next()? {
-                let e = outbox::read_entry(row)?;
-                let key = (e.collection.clone(), e.record_id.clone());
-                if blocked.contains(&key) {
+                let key: (String, String) = (row.get(1)?, row.get(2)?);
+                let due: bool = row.get(3)?;
+                let wanted = due && only.is_none_or(|o| o.contains(&key));
+                if !blocked.insert(key) || !wanted {
                     continue;
                 }
-                let wanted = only.is_none_or(|o| o.contains(&key));
-                blocked.insert(key);
-                if e.state == outbox::EntryState::Pending && e.next_attempt_at <= w.now && wanted {
-                    chosen.push(e);
-                    if chosen.len() >= max {
-                        break;
-                    }
+                chosen.push(load.query_row([row.get::<_, i64>(0)?], outbox::read_entry)?);
+                if chosen.len() >= max {
+                    break;
                 }
             }
         }

@@ -217,15 +217,11 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
 }
 
 fn load_current(
-    tx: &rusqlite::Transaction,
+    stmt: &mut rusqlite::CachedStatement<'_>,
     collection: &str,
     id: &str,
 ) -> Result<Option<CurrentRow>, ServerError> {
-    let row = tx
-        .prepare_cached(
-            "SELECT scope, version, deleted, data, changed_at, created_at FROM records
-             WHERE collection = ?1 AND id = ?2",
-        )?
+    let row = stmt
         .query_row(params![collection, id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -253,6 +249,46 @@ fn load_current(
     .transpose()
 }
 
+/// The statements a push batch runs per mutation, prepared once per batch: a
+/// statement-cache lookup per row hashes the SQL text each time.
+struct WriteStatements<'t> {
+    outcome: rusqlite::CachedStatement<'t>,
+    current: rusqlite::CachedStatement<'t>,
+    change: rusqlite::CachedStatement<'t>,
+    record: rusqlite::CachedStatement<'t>,
+    remember: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> WriteStatements<'t> {
+    fn prepare(tx: &'t rusqlite::Transaction<'_>) -> Result<Self, rusqlite::Error> {
+        Ok(WriteStatements {
+            outcome: tx.prepare_cached(
+                "SELECT outcome FROM mutations WHERE user_id = ?1 AND mutation_id = ?2",
+            )?,
+            current: tx.prepare_cached(
+                "SELECT scope, version, deleted, data, changed_at, created_at FROM records
+                 WHERE collection = ?1 AND id = ?2",
+            )?,
+            change: tx.prepare_cached(
+                "INSERT OR FAIL INTO changes (scope, collection, record_id, pos, kind, client_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (scope, collection, record_id) DO UPDATE SET
+                   pos = excluded.pos, kind = excluded.kind, client_id = excluded.client_id",
+            )?,
+            record: tx.prepare_cached(
+                "INSERT OR FAIL INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT (collection, id) DO UPDATE SET scope = excluded.scope,
+                   version = excluded.version, deleted = excluded.deleted, data = excluded.data,
+                   changed_at = excluded.changed_at",
+            )?,
+            remember: tx.prepare_cached(
+                "INSERT OR FAIL INTO mutations (user_id, mutation_id, outcome) VALUES (?1, ?2, ?3)",
+            )?,
+        })
+    }
+}
+
 /// Every statement here writes one row. `OR FAIL` spares SQLite the statement
 /// journal (a copy of each page a statement touches, kept to undo a half-done
 /// multi-row statement); any error still rolls back the whole transaction.
@@ -262,73 +298,73 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
     let mut outcomes = Vec::with_capacity(batch.mutations.len());
     let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
     let user = &batch.caller.user_id;
-    for m in &batch.mutations {
-        if let Some(mid) = &m.mutation_id {
-            let stored: Option<String> = tx
-                .prepare_cached(
-                    "SELECT outcome FROM mutations WHERE user_id = ?1 AND mutation_id = ?2",
-                )?
-                .query_row(params![user, mid], |r| r.get(0))
-                .optional()?;
-            if let Some(json) = stored {
-                outcomes.push(decode_outcome(&json)?);
-                continue;
-            }
-        }
-        let current = load_current(&tx, &m.collection, &m.record_id)?;
-        let decision = decide(&batch.config, &batch.caller, m, current.as_ref());
-        let remembered = decision.remembered();
-        let outcome = match decision {
-            Decision::Conflict { outcome } if batch.abort_on_conflict => {
-                drop(tx);
-                return Ok(WriteResult {
-                    outcomes: vec![outcome],
-                    checkpoint: Position::ZERO,
-                    aborted: true,
-                });
-            }
-            Decision::Conflict { outcome } | Decision::NoWrite { outcome } => outcome,
-            Decision::Write {
-                row,
-                changes,
-                totals,
-                outcome,
-            } => {
-                let first = pos + 1;
-                for (scope, kind) in &changes {
-                    pos += 1;
-                    tx.prepare_cached(
-                        "INSERT OR FAIL INTO changes (scope, collection, record_id, pos, kind, client_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (scope, collection, record_id) DO UPDATE SET
-                           pos = excluded.pos, kind = excluded.kind, client_id = excluded.client_id",
-                    )?
-                    .execute(params![scope, m.collection, m.record_id, pos, kind.code(), batch.client_id])?;
+    {
+        let mut st = WriteStatements::prepare(&tx)?;
+        for m in &batch.mutations {
+            if let Some(mid) = &m.mutation_id {
+                let stored: Option<String> = st
+                    .outcome
+                    .query_row(params![user, mid], |r| r.get(0))
+                    .optional()?;
+                if let Some(json) = stored {
+                    outcomes.push(decode_outcome(&json)?);
+                    continue;
                 }
-                let data = serde_json::Value::Object(row.fields).to_string();
-                tx.prepare_cached(
-                    "INSERT OR FAIL INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
-                     ON CONFLICT (collection, id) DO UPDATE SET scope = excluded.scope,
-                       version = excluded.version, deleted = excluded.deleted, data = excluded.data,
-                       changed_at = excluded.changed_at",
-                )?
-                .execute(params![m.collection, m.record_id, row.scope, row.version as i64, row.deleted, data, first])?;
-                for (scope, delta) in totals {
-                    *total_deltas
-                        .entry((scope, m.collection.clone()))
-                        .or_default() += delta;
-                }
-                outcome
             }
-        };
-        if let (Some(mid), true) = (&m.mutation_id, remembered) {
-            tx.prepare_cached(
-                "INSERT OR FAIL INTO mutations (user_id, mutation_id, outcome) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![user, mid, encode_outcome(&outcome)])?;
+            let current = load_current(&mut st.current, &m.collection, &m.record_id)?;
+            let decision = decide(&batch.config, &batch.caller, m, current.as_ref());
+            let remembered = decision.remembered();
+            let outcome = match decision {
+                Decision::Conflict { outcome } if batch.abort_on_conflict => {
+                    return Ok(WriteResult {
+                        outcomes: vec![outcome],
+                        checkpoint: Position::ZERO,
+                        aborted: true,
+                    });
+                }
+                Decision::Conflict { outcome } | Decision::NoWrite { outcome } => outcome,
+                Decision::Write {
+                    row,
+                    changes,
+                    totals,
+                    outcome,
+                } => {
+                    let first = pos + 1;
+                    for (scope, kind) in &changes {
+                        pos += 1;
+                        st.change.execute(params![
+                            scope,
+                            m.collection,
+                            m.record_id,
+                            pos,
+                            kind.code(),
+                            batch.client_id
+                        ])?;
+                    }
+                    let data = serde_json::Value::Object(row.fields).to_string();
+                    st.record.execute(params![
+                        m.collection,
+                        m.record_id,
+                        row.scope,
+                        row.version as i64,
+                        row.deleted,
+                        data,
+                        first
+                    ])?;
+                    for (scope, delta) in totals {
+                        *total_deltas
+                            .entry((scope, m.collection.clone()))
+                            .or_default() += delta;
+                    }
+                    outcome
+                }
+            };
+            if let (Some(mid), true) = (&m.mutation_id, remembered) {
+                st.remember
+                    .execute(params![user, mid, encode_outcome(&outcome)])?;
+            }
+            outcomes.push(outcome);
         }
-        outcomes.push(outcome);
     }
     // Row counts change once per (scope, collection) per batch, not per row.
     for ((scope, collection), delta) in total_deltas {
