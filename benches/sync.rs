@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use ferry::sync::{SyncClient, SyncConfig, SyncPhase, SyncStatus};
 use ferry::transport::{HttpTransport, StaticToken, Transport, TransportError};
 use ferry::{Fields, Schema, Store, WriteOp};
-use ferry_protocol::{Mutation, Op, PullPage, PullRequest, PushRequest, PushResponse};
+use ferry_protocol::{Mutation, Op, PullPage, PullRequest, PushRequest, PushResponse, RawFields};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -256,7 +256,7 @@ async fn seed(url: &str, data: &[Row]) {
                     collection: "tasks".into(),
                     record_id: r.id.clone(),
                     op: Op::Create,
-                    fields: row_fields(r),
+                    fields: serde_json::value::to_raw_value(&row_fields(r)).unwrap(),
                     base_version: None,
                 })
                 .collect(),
@@ -299,7 +299,7 @@ fn raw_insert(db: &Path, data: &[Row]) -> f64 {
 /// Seconds to push `n` creates straight through the transport, 1,000 a request.
 async fn raw_push(url: &str, n: usize) -> f64 {
     let t = HttpTransport::new(url).unwrap();
-    let batches: Vec<PushRequest> = rows(n)
+    let batches: Vec<PushRequest<RawFields>> = rows(n)
         .chunks(SyncConfig::default().push_batch)
         .map(|c| PushRequest {
             client_id: "bench-raw-pusher".into(),
@@ -310,7 +310,7 @@ async fn raw_push(url: &str, n: usize) -> f64 {
                     collection: "tasks".into(),
                     record_id: r.id.clone(),
                     op: Op::Create,
-                    fields: row_fields(r),
+                    fields: serde_json::value::to_raw_value(&row_fields(r)).unwrap(),
                     base_version: None,
                 })
                 .collect(),
@@ -526,7 +526,11 @@ impl Transport for Timed {
         out
     }
 
-    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError> {
+    async fn push(
+        &self,
+        token: &str,
+        req: &PushRequest<RawFields>,
+    ) -> Result<PushResponse, TransportError> {
         self.inner.push(token, req).await
     }
 }

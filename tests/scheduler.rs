@@ -39,7 +39,11 @@ impl Transport for Memory {
         })
     }
 
-    async fn push(&self, _t: &str, r: &PushRequest) -> Result<PushResponse, TransportError> {
+    async fn push(
+        &self,
+        _t: &str,
+        r: &PushRequest<ferry_protocol::RawFields>,
+    ) -> Result<PushResponse, TransportError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(TransportError::Offline("down".into()));
         }

@@ -149,8 +149,12 @@ impl Op {
 }
 
 /// One client change, in outbox order.
+///
+/// `F` holds the fields: parsed [`Fields`] (the default, what a server decodes),
+/// or [`RawFields`] on a client that sends the JSON its outbox froze without
+/// parsing it again. Both give the same JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Mutation {
+pub struct Mutation<F = Fields> {
     /// Client-generated id; pushing the same id twice applies it once.
     pub mutation_id: String,
     pub collection: String,
@@ -158,7 +162,7 @@ pub struct Mutation {
     pub op: Op,
     /// For create: all fields. For update: the changed fields only. For delete: empty.
     #[serde(default)]
-    pub fields: Fields,
+    pub fields: F,
     /// The server version the client based the change on; `None` for a create.
     #[serde(default)]
     pub base_version: Option<u64>,
@@ -166,9 +170,10 @@ pub struct Mutation {
 
 /// A batch of mutations, applied in order, each on its own merits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushRequest {
+#[serde(bound(deserialize = "F: Deserialize<'de> + Default"))]
+pub struct PushRequest<F = Fields> {
     pub client_id: String,
-    pub mutations: Vec<Mutation>,
+    pub mutations: Vec<Mutation<F>>,
 }
 
 /// What happened to one mutation.

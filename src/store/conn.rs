@@ -25,7 +25,39 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     configure(&conn)?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    register_functions(&conn)?;
     Ok(conn)
+}
+
+/// SQL functions the writer's statements use (see `outbox::freeze_creates`).
+fn register_functions(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    // A new mutation id per row: deliberately not deterministic.
+    conn.create_scalar_function("ferry_uuid7", 0, FunctionFlags::SQLITE_UTF8, |_| {
+        Ok(uuid::Uuid::now_v7().to_string())
+    })?;
+    // A number as serde_json writes it: the shortest text that reads back as the
+    // same f64 (SQLite's JSON functions keep only 15 digits).
+    conn.create_scalar_function(
+        "ferry_json_number",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let f = match ctx.get_raw(0) {
+                ValueRef::Null => return Ok(None),
+                ValueRef::Real(f) => f,
+                ValueRef::Integer(i) => i as f64,
+                other => {
+                    return Err(rusqlite::Error::UserFunctionError(
+                        format!("a number column holds {:?}", other.data_type()).into(),
+                    ));
+                }
+            };
+            Ok(Some(serde_json::Value::from(f).to_string()))
+        },
+    )?;
+    Ok(())
 }
 
 fn configure(conn: &Connection) -> Result<()> {

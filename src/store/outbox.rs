@@ -15,7 +15,7 @@
 //! id, when it is first sent. Within a record it always comes first: later edits
 //! of it need no entry, and deleting it leaves nothing to push.
 
-use ferry_protocol::{Mutation, Op};
+use ferry_protocol::{Mutation, Op, RawFields};
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde_json::Value;
@@ -90,7 +90,35 @@ pub struct OutboxEntry {
 }
 
 impl OutboxEntry {
-    pub fn to_mutation(&self) -> Mutation {
+    /// The entry as it goes on the wire.
+    pub fn to_mutation(&self) -> Result<Mutation<RawFields>> {
+        Ok(Mutation {
+            mutation_id: self.mutation_id.clone(),
+            collection: self.collection.clone(),
+            record_id: self.record_id.clone(),
+            op: self.op,
+            fields: serde_json::value::to_raw_value(&self.fields)?,
+            base_version: self.base_version,
+        })
+    }
+}
+
+/// An entry on its way to the server, as a push batch holds it: its fields stay
+/// the JSON text the outbox froze, sent without being parsed again.
+#[derive(Debug, Clone)]
+pub(crate) struct Sending {
+    pub seq: i64,
+    pub mutation_id: String,
+    pub collection: String,
+    pub record_id: String,
+    pub op: Op,
+    pub fields: RawFields,
+    pub base_version: Option<u64>,
+    pub attempts: u32,
+}
+
+impl Sending {
+    pub fn to_mutation(&self) -> Mutation<RawFields> {
         Mutation {
             mutation_id: self.mutation_id.clone(),
             collection: self.collection.clone(),
@@ -100,6 +128,38 @@ impl OutboxEntry {
             base_version: self.base_version,
         }
     }
+
+    /// The fields, parsed (for the rare outcomes that merge them).
+    pub fn parsed_fields(&self) -> Result<Fields> {
+        Ok(serde_json::from_str(self.fields.get())?)
+    }
+}
+
+/// Columns read by [`read_sending`].
+pub(crate) const SELECT_SENDING: &str = "SELECT seq, mutation_id, collection, record_id, op, fields, base_version, attempts FROM _ferry_outbox";
+
+fn conversion_error(e: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+}
+
+/// Frozen fields: the stored text, checked to be JSON.
+fn raw_fields(text: String) -> rusqlite::Result<RawFields> {
+    serde_json::value::RawValue::from_string(text).map_err(|e| conversion_error(e.to_string()))
+}
+
+/// Reads a row selected with [`SELECT_SENDING`].
+pub(crate) fn read_sending(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sending> {
+    let op: String = row.get(4)?;
+    Ok(Sending {
+        seq: row.get(0)?,
+        mutation_id: row.get(1)?,
+        collection: row.get(2)?,
+        record_id: row.get(3)?,
+        op: Op::parse(&op).ok_or_else(|| conversion_error(format!("bad op {op}")))?,
+        fields: raw_fields(row.get(5)?)?,
+        base_version: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        attempts: row.get(7)?,
+    })
 }
 
 pub(crate) const SELECT: &str = "SELECT seq, mutation_id, collection, record_id, op, fields, base_version, created_at, attempts, next_attempt_at, state, last_error FROM _ferry_outbox";
@@ -108,9 +168,7 @@ pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntr
     let op: String = row.get(4)?;
     let fields: String = row.get(5)?;
     let state: String = row.get(10)?;
-    let bad = |e: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    };
+    let bad = conversion_error;
     Ok(OutboxEntry {
         seq: row.get(0)?,
         mutation_id: row.get(1)?,
@@ -204,7 +262,7 @@ pub(crate) fn enqueue(
     Ok(Enqueued::Queued)
 }
 
-/// Appends a new entry without coalescing; returns its seq and mutation id.
+/// Appends a new pending entry without coalescing.
 pub(crate) fn append(
     tx: &Transaction<'_>,
     collection: &str,
@@ -213,59 +271,21 @@ pub(crate) fn append(
     fields: &Fields,
     base_version: Option<u64>,
     now: i64,
-) -> Result<(i64, String)> {
-    insert(
-        tx,
-        collection,
-        record_id,
-        op,
-        fields,
-        base_version,
-        now,
-        false,
-    )
-}
-
-/// Appends an entry that is being sent right now (in flight, one attempt).
-pub(crate) fn append_sent(
-    tx: &Transaction<'_>,
-    collection: &str,
-    record_id: &str,
-    op: Op,
-    fields: &Fields,
-    now: i64,
-) -> Result<(i64, String)> {
-    insert(tx, collection, record_id, op, fields, None, now, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn insert(
-    tx: &Transaction<'_>,
-    collection: &str,
-    record_id: &str,
-    op: Op,
-    fields: &Fields,
-    base_version: Option<u64>,
-    now: i64,
-    sent: bool,
-) -> Result<(i64, String)> {
-    let mutation_id = uuid::Uuid::now_v7().to_string();
+) -> Result<()> {
     tx.prepare_cached(
-        "INSERT OR FAIL INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at, state, attempts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR FAIL INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, base_version, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        mutation_id,
+        uuid::Uuid::now_v7().to_string(),
         collection,
         record_id,
         op.as_str(),
         serde_json::to_string(fields)?,
         base_version.map(|v| v as i64),
         now,
-        if sent { "in_flight" } else { "pending" },
-        sent as i64
     ])?;
-    Ok((tx.last_insert_rowid(), mutation_id))
+    Ok(())
 }
 
 /// All entries and unsent creates, oldest first.
@@ -274,45 +294,28 @@ pub(crate) fn list(conn: &rusqlite::Connection, schema: &Schema) -> Result<Vec<O
     let rows = stmt.query_map([], read_entry)?;
     let mut entries: Vec<OutboxEntry> = rows.collect::<rusqlite::Result<_>>()?;
     for c in schema.collections.iter().filter(|c| c.is_synced()) {
-        entries.extend(unsent_creates(conn, c, None, usize::MAX)?);
+        entries.extend(unsent_creates(conn, c)?);
     }
     entries.sort_by_key(|e| (e.created_at, e.seq));
     Ok(entries)
 }
 
-/// Unsent creates of `c` (records created locally with no outbox entry), oldest
-/// first, as entries with `seq` 0 and no mutation id yet.
+/// Unsent creates of `c` (records created locally with no outbox entry), as
+/// entries with `seq` 0 and no mutation id yet.
 pub(crate) fn unsent_creates(
     conn: &rusqlite::Connection,
     c: &crate::schema::Collection,
-    only: Option<&std::collections::HashSet<(String, String)>>,
-    max: usize,
 ) -> Result<Vec<OutboxEntry>> {
-    // `_status <> 'synced'` is the partial index's predicate: only pending rows are
-    // read, in index order (status, id) — no sort — and the scan stops at `max`.
     let sql = format!(
-        "SELECT {} FROM {t} t WHERE _status <> 'synced' AND _status = 'created'
-         AND NOT EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = ?1
-                         AND o.record_id = t.id AND o.state <> 'quarantined')
-         ORDER BY _status, id LIMIT ?2",
+        "SELECT {} FROM {t} t WHERE {UNSENT_CREATE}",
         super::records::select_list(c),
         t = super::records::quote(&c.name)
     );
-    let limit = if only.is_some() {
-        -1
-    } else {
-        max.min(i64::MAX as usize) as i64
-    };
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params![&c.name, limit])?;
+    let mut rows = stmt.query([&c.name])?;
     let mut out = Vec::new();
-    while out.len() < max
-        && let Some(row) = rows.next()?
-    {
+    while let Some(row) = rows.next()? {
         let r = super::records::read_record(c, row)?;
-        if only.is_some_and(|o| !o.contains(&(c.name.clone(), r.id.clone()))) {
-            continue;
-        }
         out.push(OutboxEntry {
             seq: 0,
             mutation_id: String::new(),
@@ -328,6 +331,54 @@ pub(crate) fn unsent_creates(
             last_error: None,
         });
     }
+    Ok(out)
+}
+
+/// The rows of a collection `t` that are unsent creates (`?1` is the
+/// collection's name). `_status <> 'synced'` is the partial index's predicate:
+/// only pending rows are read, in index order (status, id).
+const UNSENT_CREATE: &str = "t._status <> 'synced' AND t._status = 'created'
+    AND NOT EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = ?1
+                    AND o.record_id = t.id AND o.state <> 'quarantined')";
+
+/// Sends unsent creates of `c` for the first time, in one statement: each
+/// becomes an in-flight entry, with a new mutation id and its fields frozen as
+/// JSON built by SQLite from the row. At most `max`, in id order; only those
+/// in `ids` if given. Returns them in seq order.
+pub(crate) fn freeze_creates(
+    tx: &Transaction<'_>,
+    c: &crate::schema::Collection,
+    ids: Option<&[&str]>,
+    max: usize,
+) -> Result<Vec<Sending>> {
+    let sql = format!(
+        "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, created_at, state, attempts)
+         SELECT ferry_uuid7(), ?1, t.id, 'create', {}, t._created_at, 'in_flight', 1
+         FROM {} t WHERE {UNSENT_CREATE}
+           AND (?3 IS NULL OR t.id IN (SELECT value FROM json_each(?3)))
+         ORDER BY t._status, t.id LIMIT ?2
+         RETURNING seq, mutation_id, record_id, fields",
+        super::records::json_object_sql(c, "t."),
+        super::records::quote(&c.name)
+    );
+    let ids = ids.map(serde_json::to_string).transpose()?;
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![&c.name, limit, ids])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(Sending {
+            seq: row.get(0)?,
+            mutation_id: row.get(1)?,
+            collection: c.name.clone(),
+            record_id: row.get(2)?,
+            op: Op::Create,
+            fields: raw_fields(row.get(3)?)?,
+            base_version: None,
+            attempts: 1,
+        });
+    }
+    out.sort_by_key(|e| e.seq);
     Ok(out)
 }
 

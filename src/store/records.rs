@@ -174,6 +174,31 @@ fn column_to_json(ty: ColumnType, v: ValueRef<'_>) -> Result<Value> {
     })
 }
 
+/// A SQL expression that builds a row's fields as a JSON object, each value
+/// exactly as [`column_to_json`] reads it (`prefix` qualifies the columns). The
+/// functions it calls are registered on the writer by `conn::open_writer`.
+pub(crate) fn json_object_sql(c: &Collection, prefix: &str) -> String {
+    let pairs: Vec<String> = c
+        .columns
+        .iter()
+        .map(|col| {
+            let v = format!("{prefix}{}", quote(&col.name));
+            let value = match col.ty {
+                ColumnType::String | ColumnType::Integer => v,
+                ColumnType::Boolean => format!(
+                    "json(CASE WHEN {v} IS NULL THEN NULL WHEN {v} THEN 'true' ELSE 'false' END)"
+                ),
+                // SQLite's own JSON keeps 15 digits of a real: not enough.
+                ColumnType::Number => format!("json(ferry_json_number({v}))"),
+                ColumnType::Json => format!("json({v})"),
+            };
+            // Column names are plain identifiers (see `schema`): no quote inside.
+            format!("'{}', {value}", col.name)
+        })
+        .collect();
+    format!("json_object({})", pairs.join(", "))
+}
+
 /// Reads a row selected with [`select_list`].
 pub(crate) fn read_record(c: &Collection, row: &Row<'_>) -> Result<Record> {
     let id: String = row.get(0)?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use ferry_protocol::{Mutation, MutationOutcome, PullRequest, PushRequest, PushResponse};
+use ferry_protocol::{MutationOutcome, PullRequest, PushRequest, PushResponse, RawFields};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
@@ -23,6 +23,7 @@ use super::resolver::{ConflictResolver, LocalChangesWin};
 use super::staging::{self, PublishReport};
 use crate::error::{Error, Result};
 use crate::events::{ChangeEvent, ChangeSource, Subscription};
+use crate::store::outbox::Sending;
 use crate::store::{OutboxEntry, Record, RecordStatus, Store, WriteOp, outbox};
 use crate::transport::{TokenProvider, Transport, TransportError};
 
@@ -159,7 +160,7 @@ impl Drop for Inner {
 }
 
 /// A pushed batch and the server's answer to it, not applied yet.
-type Answered = (Arc<Vec<OutboxEntry>>, PushResponse);
+type Answered = (Arc<Vec<Sending>>, PushResponse);
 
 /// Two-way sync of a [`Store`] with a backend.
 #[derive(Clone)]
@@ -555,7 +556,7 @@ impl SyncClient {
     async fn prepare_batch(
         &self,
         only: Option<HashSet<(String, String)>>,
-    ) -> Result<Option<(Vec<OutboxEntry>, PushRequest)>> {
+    ) -> Result<Option<(Vec<Sending>, PushRequest<RawFields>)>> {
         let s = self.inner.store.clone();
         let max = self.inner.config.push_batch;
         blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref())).await
@@ -575,7 +576,7 @@ impl SyncClient {
     }
 
     /// Returns in-flight entries to the outbox, backing them off or due now.
-    async fn put_back(&self, batch: &Arc<Vec<OutboxEntry>>, backoff: bool) {
+    async fn put_back(&self, batch: &Arc<Vec<Sending>>, backoff: bool) {
         let (s, b) = (self.inner.store.clone(), batch.clone());
         if let Err(e) = blocking(move || push::fail_batch(&s, &b, backoff)).await {
             tracing::error!(error = %e, "could not return a push batch to the outbox; it is retried after a restart");
@@ -601,7 +602,7 @@ impl SyncClient {
         }
     }
 
-    async fn send_push(&self, req: PushRequest) -> Result<PushResponse> {
+    async fn send_push(&self, req: PushRequest<RawFields>) -> Result<PushResponse> {
         let sent = req.mutations.len();
         let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
         let resp = self
@@ -727,14 +728,14 @@ impl SyncClient {
             mutations: entries
                 .iter()
                 .map(|e| {
-                    let mut m = e.to_mutation();
+                    let mut m = e.to_mutation()?;
                     if m.mutation_id.is_empty() {
                         // An unsent create has no id until it is sent: this is its send.
                         m.mutation_id = uuid::Uuid::now_v7().to_string();
                     }
-                    m
+                    Ok(m)
                 })
-                .collect::<Vec<Mutation>>(),
+                .collect::<Result<Vec<_>>>()?,
         };
         let resp = match self.send_push(req).await {
             Ok(r) => r,

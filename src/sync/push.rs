@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use ferry_protocol::{MutationOutcome, Op, PushRequest, PushResponse, ServerRecord};
+use ferry_protocol::{MutationOutcome, Op, PushRequest, PushResponse, RawFields, ServerRecord};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::json;
@@ -19,7 +19,8 @@ use super::resolver::ConflictResolver;
 use crate::error::Result;
 use crate::events::ChangeSource;
 use crate::schema::Collection;
-use crate::store::{OutboxEntry, Record, RecordStatus, Store, Writer, outbox, shadow};
+use crate::store::outbox::Sending;
+use crate::store::{Record, RecordStatus, Store, Writer, outbox, shadow};
 
 /// Exponential backoff with jitter for attempt `attempts` (1-based), in ms.
 pub fn backoff_ms(attempts: u32) -> i64 {
@@ -52,7 +53,7 @@ pub(crate) fn prepare(
     client_id: &str,
     max: usize,
     only: Option<&HashSet<(String, String)>>,
-) -> Result<Option<(Vec<OutboxEntry>, PushRequest)>> {
+) -> Result<Option<(Vec<Sending>, PushRequest<RawFields>)>> {
     store.write_tx(ChangeSource::Remote, |w| {
         let mut chosen = Vec::new();
         {
@@ -63,7 +64,7 @@ pub(crate) fn prepare(
                  FROM _ferry_outbox WHERE state IN ('pending','in_flight') ORDER BY seq",
             )?;
             let mut load =
-                w.tx.prepare_cached(&format!("{} WHERE seq = ?1", outbox::SELECT))?;
+                w.tx.prepare_cached(&format!("{} WHERE seq = ?1", outbox::SELECT_SENDING))?;
             let mut rows = scan.query([w.now])?;
             let mut blocked: HashSet<(String, String)> = HashSet::new();
             while let Some(row) = rows.next()? {
@@ -73,50 +74,46 @@ pub(crate) fn prepare(
                 if !blocked.insert(key) || !wanted {
                     continue;
                 }
-                chosen.push(load.query_row([row.get::<_, i64>(0)?], outbox::read_entry)?);
+                chosen.push(load.query_row([row.get::<_, i64>(0)?], outbox::read_sending)?);
                 if chosen.len() >= max {
                     break;
                 }
             }
         }
-        // Unsent creates become real entries now: fields frozen, mutation id given.
+        let mut mark = w.tx.prepare_cached(
+            "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
+        )?;
+        for e in chosen.iter_mut() {
+            mark.execute([e.seq])?;
+            e.attempts += 1;
+        }
+        // Unsent creates are sent for the first time: frozen into entries now.
         for c in w.schema.collections.iter().filter(|c| c.is_synced()) {
             if chosen.len() >= max {
                 break;
             }
-            for mut e in outbox::unsent_creates(w.tx, c, only, max - chosen.len())? {
-                let (seq, mutation_id) = outbox::append_sent(
-                    w.tx,
-                    &e.collection,
-                    &e.record_id,
-                    Op::Create,
-                    &e.fields,
-                    e.created_at,
-                )?;
-                e.seq = seq;
-                e.mutation_id = mutation_id;
-                e.attempts = 1;
-                e.state = outbox::EntryState::InFlight;
-                chosen.push(e);
+            let ids: Option<Vec<&str>> = only.map(|o| {
+                o.iter()
+                    .filter(|(name, _)| *name == c.name)
+                    .map(|(_, id)| id.as_str())
+                    .collect()
+            });
+            if ids.as_ref().is_some_and(|ids| ids.is_empty()) {
+                continue;
             }
+            chosen.extend(outbox::freeze_creates(
+                w.tx,
+                c,
+                ids.as_deref(),
+                max - chosen.len(),
+            )?);
         }
         if chosen.is_empty() {
             return Ok(None);
         }
-        let mut mark = w.tx.prepare_cached(
-            "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
-        )?;
-        for e in chosen
-            .iter_mut()
-            .filter(|e| e.state == outbox::EntryState::Pending)
-        {
-            mark.execute([e.seq])?;
-            e.attempts += 1;
-            e.state = outbox::EntryState::InFlight;
-        }
         let req = PushRequest {
             client_id: client_id.to_string(),
-            mutations: chosen.iter().map(OutboxEntry::to_mutation).collect(),
+            mutations: chosen.iter().map(Sending::to_mutation).collect(),
         };
         Ok(Some((chosen, req)))
     })
@@ -145,7 +142,7 @@ pub(crate) fn make_due(store: &Store) -> Result<()> {
 }
 
 /// The whole request failed (network, 5xx, auth): back off every entry of it.
-pub(crate) fn fail_batch(store: &Store, batch: &[OutboxEntry], backoff: bool) -> Result<()> {
+pub(crate) fn fail_batch(store: &Store, batch: &[Sending], backoff: bool) -> Result<()> {
     store.write_tx(ChangeSource::Remote, |w| {
         let mut stmt = w.tx.prepare_cached(
             "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2 WHERE seq = ?1 AND state = 'in_flight'",
@@ -161,7 +158,7 @@ pub(crate) fn fail_batch(store: &Store, batch: &[OutboxEntry], backoff: bool) ->
 /// Applies the per-item results of a push.
 pub(crate) fn apply_results(
     store: &Store,
-    batch: &[OutboxEntry],
+    batch: &[Sending],
     resp: &PushResponse,
     resolver: &dyn ConflictResolver,
 ) -> Result<PushReport> {
@@ -226,10 +223,10 @@ pub(crate) fn apply_results(
 /// [`applied`] and its siblings one by one.
 fn applied_in_bulk(
     w: &mut Writer<'_, '_>,
-    batch: &[OutboxEntry],
+    batch: &[Sending],
     by_id: &HashMap<&str, &MutationOutcome>,
 ) -> Result<HashSet<i64>> {
-    let mut by_collection: BTreeMap<&str, Vec<(&OutboxEntry, u64)>> = BTreeMap::new();
+    let mut by_collection: BTreeMap<&str, Vec<(&Sending, u64)>> = BTreeMap::new();
     for e in batch.iter().filter(|e| e.op != Op::Delete) {
         if let Some(MutationOutcome::Applied { version }) = by_id.get(e.mutation_id.as_str()) {
             by_collection
@@ -261,7 +258,7 @@ fn applied_in_bulk(
             )?
             .query_map(params![name, ids], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let clean: Vec<&(&OutboxEntry, u64)> = entries
+        let clean: Vec<&(&Sending, u64)> = entries
             .iter()
             .filter(|(e, _)| !busy.contains(&e.record_id))
             .collect();
@@ -292,7 +289,7 @@ fn applied_in_bulk(
     Ok(done)
 }
 
-fn retry_at(w: &Writer<'_, '_>, e: &OutboxEntry, next: i64) -> Result<()> {
+fn retry_at(w: &Writer<'_, '_>, e: &Sending, next: i64) -> Result<()> {
     w.tx.prepare_cached(
         "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2 WHERE seq = ?1",
     )?
@@ -300,13 +297,13 @@ fn retry_at(w: &Writer<'_, '_>, e: &OutboxEntry, next: i64) -> Result<()> {
     Ok(())
 }
 
-fn remove_entry(w: &Writer<'_, '_>, e: &OutboxEntry) -> Result<()> {
+fn remove_entry(w: &Writer<'_, '_>, e: &Sending) -> Result<()> {
     w.tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq = ?1")?
         .execute([e.seq])?;
     Ok(())
 }
 
-fn other_entries(w: &Writer<'_, '_>, e: &OutboxEntry) -> Result<i64> {
+fn other_entries(w: &Writer<'_, '_>, e: &Sending) -> Result<i64> {
     Ok(w.tx
         .prepare_cached(
             "SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2
@@ -315,7 +312,7 @@ fn other_entries(w: &Writer<'_, '_>, e: &OutboxEntry) -> Result<i64> {
         .query_row(params![e.collection, e.record_id, e.seq], |r| r.get(0))?)
 }
 
-fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, version: u64) -> Result<()> {
+fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) -> Result<()> {
     remove_entry(w, e)?;
     if other_entries(w, e)? == 0 {
         // The common case, kept to narrow statements: a push applies thousands.
@@ -343,7 +340,7 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, version: u64
                 .map(|s| s.1)
                 .unwrap_or_default(),
         };
-        server.extend(e.fields.clone());
+        server.extend(e.parsed_fields()?);
         shadow::set(w.tx, &c.name, &rec.id, Some(version), &server)?;
         rec.version = Some(version);
         if rec.status == RecordStatus::Created {
@@ -358,7 +355,7 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, version: u64
 fn conflict(
     w: &mut Writer<'_, '_>,
     c: &Collection,
-    e: &OutboxEntry,
+    e: &Sending,
     server: Option<&ServerRecord>,
     resolver: &dyn ConflictResolver,
 ) -> Result<()> {
@@ -411,7 +408,7 @@ fn conflict(
 /// later unsent edit of the same record (the later edit's values win).
 fn requeue(
     w: &Writer<'_, '_>,
-    e: &OutboxEntry,
+    e: &Sending,
     op: Op,
     fields: crate::store::Fields,
     base: u64,
@@ -466,7 +463,7 @@ pub(crate) fn forget_record(w: &Writer<'_, '_>, c: &Collection, id: &str) -> Res
 }
 
 /// Rolls the record back to its last server state and quarantines the mutation.
-fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &OutboxEntry, reason: &str) -> Result<()> {
+fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str) -> Result<()> {
     w.tx.prepare_cached(
         "UPDATE _ferry_outbox SET state = 'quarantined', last_error = ?2 WHERE seq = ?1",
     )?

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_protocol::{
     ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION, PULL_PATH, PUSH_PATH, PullPage, PullRequest,
-    PushRequest, PushResponse,
+    PushRequest, PushResponse, RawFields,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -112,7 +112,11 @@ impl Transport for HttpTransport {
         self.post(PULL_PATH, token, req).await
     }
 
-    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError> {
+    async fn push(
+        &self,
+        token: &str,
+        req: &PushRequest<RawFields>,
+    ) -> Result<PushResponse, TransportError> {
         self.post(PUSH_PATH, token, req).await
     }
 

@@ -13,7 +13,7 @@ pub use http::HttpTransport;
 pub use watermelon::WatermelonTransport;
 
 use async_trait::async_trait;
-use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse};
+use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse, RawFields};
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -70,7 +70,11 @@ impl From<TransportError> for crate::Error {
 #[async_trait]
 pub trait Transport: Send + Sync {
     async fn pull(&self, token: &str, req: &PullRequest) -> Result<PullPage, TransportError>;
-    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError>;
+    async fn push(
+        &self,
+        token: &str,
+        req: &PushRequest<RawFields>,
+    ) -> Result<PushResponse, TransportError>;
     /// Response bytes received so far (for progress); 0 if the transport can't tell.
     fn bytes_received(&self) -> u64 {
         0

@@ -20,7 +20,7 @@ use ferry_protocol::watermelon::{
 };
 use ferry_protocol::{
     CollectionChanges, MutationOutcome, MutationResult, Op, PullPage, PullRequest, PushRequest,
-    PushResponse, RejectCode, ServerRecord,
+    PushResponse, RawFields, RejectCode, ServerRecord,
 };
 use serde_json::Value;
 
@@ -124,7 +124,11 @@ impl Transport for WatermelonTransport {
         })
     }
 
-    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError> {
+    async fn push(
+        &self,
+        token: &str,
+        req: &PushRequest<RawFields>,
+    ) -> Result<PushResponse, TransportError> {
         let last = self.last_pulled_at.load(Ordering::SeqCst);
         let retry_all = |ms| PushResponse {
             results: req
@@ -144,7 +148,8 @@ impl Transport for WatermelonTransport {
         let mut changes: Changes = BTreeMap::new();
         for m in &req.mutations {
             let t: &mut TableChanges = changes.entry(m.collection.clone()).or_default();
-            let mut raw = m.fields.clone();
+            let mut raw: ferry_protocol::Fields = serde_json::from_str(m.fields.get())
+                .map_err(|e| TransportError::Protocol(format!("outgoing fields: {e}")))?;
             raw.insert("id".into(), Value::String(m.record_id.clone()));
             match m.op {
                 Op::Create => t.created.push(raw),

@@ -12,6 +12,7 @@ use ferry::transport::{HttpTransport, StaticToken, TokenProvider, Transport, Tra
 use ferry::{Fields, Query, Schema, Store};
 use ferry_protocol::{
     Mutation, MutationOutcome, MutationResult, PullPage, PullRequest, PushRequest, PushResponse,
+    RawFields,
 };
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -116,7 +117,11 @@ impl Transport for Faulty {
         Ok(page)
     }
 
-    async fn push(&self, token: &str, req: &PushRequest) -> Result<PushResponse, TransportError> {
+    async fn push(
+        &self,
+        token: &str,
+        req: &PushRequest<RawFields>,
+    ) -> Result<PushResponse, TransportError> {
         if self.offline.load(Ordering::SeqCst) {
             return Err(TransportError::Offline("test: offline".into()));
         }
@@ -148,7 +153,7 @@ impl Transport for Faulty {
                     },
                 )
                 .await?;
-            self.delivered.lock().extend(sent);
+            self.delivered.lock().extend(sent.into_iter().map(parsed));
             r
         };
         if self.lose_push_response.swap(false, Ordering::SeqCst) {
@@ -219,4 +224,16 @@ pub fn contents(store: &Store, collection: &str) -> std::collections::BTreeMap<S
         .into_iter()
         .map(|r| (r.id, r.fields))
         .collect()
+}
+
+/// A mutation as sent, with its fields parsed.
+pub fn parsed(m: Mutation<RawFields>) -> Mutation {
+    Mutation {
+        fields: serde_json::from_str(m.fields.get()).expect("sent fields are a JSON object"),
+        mutation_id: m.mutation_id,
+        collection: m.collection,
+        record_id: m.record_id,
+        op: m.op,
+        base_version: m.base_version,
+    }
 }

@@ -57,9 +57,15 @@ pub struct SqliteStorage {
     checkpoint: std::sync::mpsc::SyncSender<()>,
 }
 
+/// How long the checkpointer lets commits gather before it copies them back: a
+/// page that several commits wrote (the top of a B-tree) is copied, and the
+/// file synced, once for all of them.
+const CHECKPOINT_GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Copies the WAL back into the database file after commits, on its own thread
 /// and connection, so no request waits for it (a passive checkpoint never blocks
-/// readers or the writer). Wake-ups that arrive while it works are merged.
+/// readers or the writer). Wake-ups that arrive while it gathers or works are
+/// merged into one checkpoint.
 fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, ServerError> {
     let conn = connect(path)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -67,6 +73,9 @@ fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, Se
         .name("ferry-sqlite-checkpoint".into())
         .spawn(move || {
             while rx.recv().is_ok() {
+                std::thread::sleep(CHECKPOINT_GATHER);
+                // Commits until now are in this checkpoint: their wake-up is spent.
+                while rx.try_recv().is_ok() {}
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL checkpoint failed; the next commit retries");
                 }
