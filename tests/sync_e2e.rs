@@ -301,6 +301,78 @@ async fn a_push_cut_off_between_batches_loses_nothing_and_sends_nothing_twice() 
     assert_eq!(contents(&b.store, "tasks").len(), 10);
 }
 
+/// A push of several batches, each applied in the transaction that prepares the
+/// next: rejections, a conflict and plain creates spread over the batches all
+/// end where a one-batch push would leave them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_lands_when_batches_are_pipelined() {
+    let server = start_server_with(strict_notes()).await;
+    let config = SyncConfig {
+        push_batch: 2,
+        ..SyncConfig::default()
+    };
+    let a = device_with(
+        &server.url(),
+        Arc::new(StaticToken(ALICE.into())),
+        schema(),
+        config,
+    );
+    let b = device(&server.url(), ALICE);
+    a.client
+        .write(vec![create("c", "v1")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    b.store
+        .update("tasks", "c", obj(json!({"title": "from b"})))
+        .unwrap();
+    b.client.sync().await.unwrap();
+    // A edits `c` on a stale base (a conflict in the first batch), then creates
+    // seven tasks, two of which the server rejects (in the first and third batch).
+    a.store
+        .update("tasks", "c", obj(json!({"priority": 7})))
+        .unwrap();
+    for i in 0..7 {
+        let mut fields = json!({"id": format!("n{i}"), "title": format!("new {i}")});
+        if i == 0 || i == 4 {
+            fields["notes"] = json!(TOO_LONG);
+        }
+        a.store.create("tasks", obj(fields)).unwrap();
+    }
+    let report = a.client.push_all().await.unwrap();
+    assert_eq!(
+        (report.applied, report.conflicts, report.rejected),
+        (6, 1, 2),
+        "five creates and the re-queued edit applied: {report:?}"
+    );
+    let outbox = a.store.outbox().unwrap();
+    assert!(
+        outbox.iter().all(|e| e.state == EntryState::Quarantined),
+        "only the rejected are left: {outbox:?}"
+    );
+    assert_eq!(outbox.len(), 2);
+    assert!(a.store.get("tasks", "n0").unwrap().is_none());
+    assert!(a.store.get("tasks", "n4").unwrap().is_none());
+    let c = a.store.get("tasks", "c").unwrap().unwrap();
+    assert_eq!(
+        (c.fields["title"].clone(), c.fields["priority"].clone()),
+        (json!("from b"), json!(7))
+    );
+    assert_eq!(a.client.status().pending, 0);
+    a.client.sync().await.unwrap();
+    b.client.sync().await.unwrap();
+    assert_eq!(contents(&a.store, "tasks"), contents(&b.store, "tasks"));
+    assert_eq!(contents(&b.store, "tasks").len(), 6);
+    for i in [1, 2, 3, 5, 6] {
+        assert_eq!(
+            a.transport.deliveries(&format!("n{i}")),
+            1,
+            "n{i} sent once"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_pull_resumes_at_every_page_boundary_and_publishes_all_or_nothing() {
     let server = start_server().await;

@@ -74,22 +74,19 @@ impl Record {
     /// The JSON row handed to apps: `id`, the columns, `_status` as `pending` or
     /// `synced`, and `_version`.
     pub fn to_json(&self) -> Value {
-        let mut m = Map::with_capacity(self.fields.len() + 3);
-        m.insert("id".into(), Value::String(self.id.clone()));
-        for (k, v) in &self.fields {
-            m.insert(k.clone(), v.clone());
-        }
-        m.insert(
-            "_status".into(),
-            Value::String(
-                if self.status.is_pending() {
-                    "pending"
-                } else {
-                    "synced"
-                }
-                .into(),
-            ),
-        );
+        self.clone().into_json()
+    }
+
+    /// [`Self::to_json`] without copying the fields: they become the row.
+    pub fn into_json(self) -> Value {
+        let mut m = self.fields;
+        m.insert("id".into(), Value::String(self.id));
+        let status = if self.status.is_pending() {
+            "pending"
+        } else {
+            "synced"
+        };
+        m.insert("_status".into(), Value::String(status.into()));
         m.insert(
             "_version".into(),
             self.version.map(Value::from).unwrap_or(Value::Null),

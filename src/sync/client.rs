@@ -509,14 +509,13 @@ impl SyncClient {
             let more = rounds < self.inner.config.max_push_rounds;
             let previous = answered.take();
             let local = async {
-                let report = match previous {
-                    Some(a) => Some(self.apply_answer(a).await?),
-                    None => None,
-                };
-                let following = if more {
-                    self.prepare_batch(None).await?
-                } else {
-                    None
+                let (report, following) = match previous {
+                    Some(a) => {
+                        let (report, following) = self.apply_answer_then_prepare(a, more).await?;
+                        (Some(report), following)
+                    }
+                    None if more => (None, self.prepare_batch(None).await?),
+                    None => (None, None),
                 };
                 // Progress for the status, while the batch is still on the wire.
                 self.refresh_counts_blocking().await;
@@ -556,7 +555,7 @@ impl SyncClient {
     async fn prepare_batch(
         &self,
         only: Option<HashSet<(String, String)>>,
-    ) -> Result<Option<(Vec<Sending>, PushRequest<RawFields>)>> {
+    ) -> Result<Option<push::Prepared>> {
         let s = self.inner.store.clone();
         let max = self.inner.config.push_batch;
         blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref())).await
@@ -573,6 +572,31 @@ impl SyncClient {
             self.put_back(&batch, false).await;
         }
         applied
+    }
+
+    /// Applies the server's answer to a batch and, when `more`, prepares the next
+    /// batch in the same transaction.
+    async fn apply_answer_then_prepare(
+        &self,
+        (batch, resp): Answered,
+        more: bool,
+    ) -> Result<(PushReport, Option<push::Prepared>)> {
+        if !more {
+            return Ok((self.apply_answer((batch, resp)).await?, None));
+        }
+        let (s, resolver) = (self.inner.store.clone(), self.inner.resolver.lock().clone());
+        let max = self.inner.config.push_batch;
+        let done = {
+            let b = batch.clone();
+            blocking(move || {
+                push::apply_then_prepare(&s, &b, &resp, resolver.as_ref(), s.client_id(), max)
+            })
+            .await
+        };
+        if done.is_err() {
+            self.put_back(&batch, false).await;
+        }
+        done
     }
 
     /// Returns in-flight entries to the outbox, backing them off or due now.

@@ -47,76 +47,88 @@ impl PushReport {
     }
 }
 
+/// A batch marked in flight, and the request that sends it.
+pub(crate) type Prepared = (Vec<Sending>, PushRequest<RawFields>);
+
 /// Picks the next batch, marks it in flight, and returns it with the request.
 pub(crate) fn prepare(
     store: &Store,
     client_id: &str,
     max: usize,
     only: Option<&HashSet<(String, String)>>,
-) -> Result<Option<(Vec<Sending>, PushRequest<RawFields>)>> {
+) -> Result<Option<Prepared>> {
     store.write_tx(ChangeSource::Remote, |w| {
-        let mut chosen = Vec::new();
-        {
-            // Keys only: the entries already in flight are many (a pipelined push
-            // has the previous batch out) and only block their records.
-            let mut scan = w.tx.prepare_cached(
-                "SELECT seq, collection, record_id, state = 'pending' AND next_attempt_at <= ?1
+        prepare_in(w, client_id, max, only)
+    })
+}
+
+fn prepare_in(
+    w: &mut Writer<'_, '_>,
+    client_id: &str,
+    max: usize,
+    only: Option<&HashSet<(String, String)>>,
+) -> Result<Option<Prepared>> {
+    let mut chosen = Vec::new();
+    {
+        // Keys only: the entries already in flight are many (a pipelined push
+        // has the previous batch out) and only block their records.
+        let mut scan = w.tx.prepare_cached(
+            "SELECT seq, collection, record_id, state = 'pending' AND next_attempt_at <= ?1
                  FROM _ferry_outbox WHERE state IN ('pending','in_flight') ORDER BY seq",
-            )?;
-            let mut load =
-                w.tx.prepare_cached(&format!("{} WHERE seq = ?1", outbox::SELECT_SENDING))?;
-            let mut rows = scan.query([w.now])?;
-            let mut blocked: HashSet<(String, String)> = HashSet::new();
-            while let Some(row) = rows.next()? {
-                let key: (String, String) = (row.get(1)?, row.get(2)?);
-                let due: bool = row.get(3)?;
-                let wanted = due && only.is_none_or(|o| o.contains(&key));
-                if !blocked.insert(key) || !wanted {
-                    continue;
-                }
-                chosen.push(load.query_row([row.get::<_, i64>(0)?], outbox::read_sending)?);
-                if chosen.len() >= max {
-                    break;
-                }
-            }
-        }
-        let mut mark = w.tx.prepare_cached(
-            "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
         )?;
-        for e in chosen.iter_mut() {
-            mark.execute([e.seq])?;
-            e.attempts += 1;
-        }
-        // Unsent creates are sent for the first time: frozen into entries now.
-        for c in w.schema.collections.iter().filter(|c| c.is_synced()) {
+        let mut load =
+            w.tx.prepare_cached(&format!("{} WHERE seq = ?1", outbox::SELECT_SENDING))?;
+        let mut rows = scan.query([w.now])?;
+        let mut blocked: HashSet<(String, String)> = HashSet::new();
+        while let Some(row) = rows.next()? {
+            let key: (String, String) = (row.get(1)?, row.get(2)?);
+            let due: bool = row.get(3)?;
+            let wanted = due && only.is_none_or(|o| o.contains(&key));
+            if !blocked.insert(key) || !wanted {
+                continue;
+            }
+            chosen.push(load.query_row([row.get::<_, i64>(0)?], outbox::read_sending)?);
             if chosen.len() >= max {
                 break;
             }
-            let ids: Option<Vec<&str>> = only.map(|o| {
-                o.iter()
-                    .filter(|(name, _)| *name == c.name)
-                    .map(|(_, id)| id.as_str())
-                    .collect()
-            });
-            if ids.as_ref().is_some_and(|ids| ids.is_empty()) {
-                continue;
-            }
-            chosen.extend(outbox::freeze_creates(
-                w.tx,
-                c,
-                ids.as_deref(),
-                max - chosen.len(),
-            )?);
         }
-        if chosen.is_empty() {
-            return Ok(None);
+    }
+    let mut mark = w.tx.prepare_cached(
+        "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
+    )?;
+    for e in chosen.iter_mut() {
+        mark.execute([e.seq])?;
+        e.attempts += 1;
+    }
+    // Unsent creates are sent for the first time: frozen into entries now.
+    for c in w.schema.collections.iter().filter(|c| c.is_synced()) {
+        if chosen.len() >= max {
+            break;
         }
-        let req = PushRequest {
-            client_id: client_id.to_string(),
-            mutations: chosen.iter().map(Sending::to_mutation).collect(),
-        };
-        Ok(Some((chosen, req)))
-    })
+        let ids: Option<Vec<&str>> = only.map(|o| {
+            o.iter()
+                .filter(|(name, _)| *name == c.name)
+                .map(|(_, id)| id.as_str())
+                .collect()
+        });
+        if ids.as_ref().is_some_and(|ids| ids.is_empty()) {
+            continue;
+        }
+        chosen.extend(outbox::freeze_creates(
+            w.tx,
+            c,
+            ids.as_deref(),
+            max - chosen.len(),
+        )?);
+    }
+    if chosen.is_empty() {
+        return Ok(None);
+    }
+    let req = PushRequest {
+        client_id: client_id.to_string(),
+        mutations: chosen.iter().map(Sending::to_mutation).collect(),
+    };
+    Ok(Some((chosen, req)))
 }
 
 /// Puts every in-flight entry back to pending (on start-up: a crash mid-push).
@@ -162,15 +174,66 @@ pub(crate) fn apply_results(
     resp: &PushResponse,
     resolver: &dyn ConflictResolver,
 ) -> Result<PushReport> {
-    let by_id: HashMap<&str, &MutationOutcome> = resp
-        .results
-        .iter()
-        .map(|r| (r.mutation_id.as_str(), &r.outcome))
-        .collect();
-    let mut report = PushReport::default();
-    let mut rejected = Vec::new();
-    store.write_tx(ChangeSource::Remote, |w| {
-        let done = applied_in_bulk(w, batch, &by_id)?;
+    let mut applying = Applying::new(batch, resp);
+    store.write_tx(ChangeSource::Remote, |w| applying.apply_in(w, resolver))?;
+    applying.quarantine(store)
+}
+
+/// Applies the results of one batch and prepares the next in the same
+/// transaction: one commit per round of a pipelined push. (Rejected entries stay
+/// in flight until they are quarantined just after, so the next batch skips their
+/// records.)
+pub(crate) fn apply_then_prepare(
+    store: &Store,
+    batch: &[Sending],
+    resp: &PushResponse,
+    resolver: &dyn ConflictResolver,
+    client_id: &str,
+    max: usize,
+) -> Result<(PushReport, Option<Prepared>)> {
+    let mut applying = Applying::new(batch, resp);
+    let next = store.write_tx(ChangeSource::Remote, |w| {
+        applying.apply_in(w, resolver)?;
+        prepare_in(w, client_id, max, None)
+    })?;
+    match applying.quarantine(store) {
+        Ok(report) => Ok((report, next)),
+        Err(e) => {
+            // The next batch was marked in flight but is not sent: it goes back.
+            if let Some((entries, _)) = &next {
+                fail_batch(store, entries, false)?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One batch's results on their way into the store.
+struct Applying<'a> {
+    batch: &'a [Sending],
+    by_id: HashMap<&'a str, &'a MutationOutcome>,
+    report: PushReport,
+    rejected: Vec<(&'a Sending, String)>,
+}
+
+impl<'a> Applying<'a> {
+    fn new(batch: &'a [Sending], resp: &'a PushResponse) -> Self {
+        Applying {
+            batch,
+            by_id: resp
+                .results
+                .iter()
+                .map(|r| (r.mutation_id.as_str(), &r.outcome))
+                .collect(),
+            report: PushReport::default(),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Everything but the rejections, which roll back in their own transaction.
+    fn apply_in(&mut self, w: &mut Writer<'_, '_>, resolver: &dyn ConflictResolver) -> Result<()> {
+        let (batch, by_id, report) = (self.batch, &self.by_id, &mut self.report);
+        let done = applied_in_bulk(w, batch, by_id)?;
         for e in batch {
             if done.contains(&e.seq) {
                 report.applied += 1;
@@ -187,7 +250,8 @@ pub(crate) fn apply_results(
                     report.conflicts += 1;
                 }
                 Some(MutationOutcome::Rejected { code, message }) => {
-                    rejected.push((e, format!("{}: {message}", code.as_str())));
+                    self.rejected
+                        .push((e, format!("{}: {message}", code.as_str())));
                 }
                 Some(MutationOutcome::Retry { retry_after_ms }) => {
                     let next = w.now + (*retry_after_ms as i64).max(backoff_ms(e.attempts));
@@ -202,18 +266,22 @@ pub(crate) fn apply_results(
             }
         }
         Ok(())
-    })?;
-    if !rejected.is_empty() {
-        report.rejected = rejected.len() as u64;
-        store.write_tx(ChangeSource::Rollback, |w| {
-            for (e, reason) in &rejected {
-                let c = w.schema.collection(&e.collection)?;
-                quarantine(w, c, e, reason)?;
-            }
-            Ok(())
-        })?;
     }
-    Ok(report)
+
+    /// Rolls back and quarantines the rejected entries; returns the report.
+    fn quarantine(mut self, store: &Store) -> Result<PushReport> {
+        if !self.rejected.is_empty() {
+            self.report.rejected = self.rejected.len() as u64;
+            store.write_tx(ChangeSource::Rollback, |w| {
+                for (e, reason) in &self.rejected {
+                    let c = w.schema.collection(&e.collection)?;
+                    quarantine(w, c, e, reason)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(self.report)
+    }
 }
 
 /// The common outcome of a push, set-based: applied creates and updates whose
@@ -282,7 +350,8 @@ fn applied_in_bulk(
         );
         let rows = !w.events.is_reload(name);
         for rec in w.mark_synced_many(c, &pairs.to_string(), rows)? {
-            w.events.upsert(&c.name, &rec.id, rec.to_json());
+            let id = rec.id.clone();
+            w.events.upsert(&c.name, &id, rec.into_json());
         }
         done.extend(clean.iter().map(|(e, _)| e.seq));
     }

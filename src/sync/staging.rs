@@ -503,7 +503,8 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<usize> {
     drop(rows);
     drop(stmt);
     for r in ups {
-        w.events.upsert(&c.name, &r.id, r.to_json());
+        let id = r.id.clone();
+        w.events.upsert(&c.name, &id, r.into_json());
     }
     let gone: Vec<String> =
         w.tx.prepare(&format!(
