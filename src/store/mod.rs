@@ -16,6 +16,7 @@ pub(crate) mod shadow;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,10 @@ use std::sync::Arc;
 use ferry_protocol::Op;
 use parking_lot::Mutex;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params_from_iter};
+use rusqlite::{
+    CachedStatement, Connection, OptionalExtension, Transaction, TransactionBehavior,
+    params_from_iter,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -308,6 +312,7 @@ impl Store {
             sql: &self.inner.sql,
             events: EventBuilder::default(),
             now: self.inner.clock.now_ms(),
+            inserts: RefCell::default(),
         }
     }
 
@@ -322,6 +327,7 @@ impl Store {
         let mut w = self.writer(&tx);
         let out = f(&mut w)?;
         let events = std::mem::take(&mut w.events);
+        drop(w);
         tx.commit()?;
         if !events.is_empty() {
             // Queued under the writer lock so events keep commit order; delivered
@@ -661,6 +667,9 @@ pub(crate) struct Writer<'t, 'c> {
     sql: &'t HashMap<String, RowSql>,
     pub events: EventBuilder,
     pub now: i64,
+    /// Each collection's row insert, held for the whole transaction: a batch of
+    /// creates takes it from SQLite's statement cache once, not once per row.
+    inserts: RefCell<HashMap<&'t str, CachedStatement<'t>>>,
 }
 
 impl Writer<'_, '_> {
@@ -734,9 +743,18 @@ impl Writer<'_, '_> {
         push_bookkeeping(&mut vals, rec);
         vals.push(ToSqlOutput::Owned(SqlValue::Integer(rec.created_at)));
         vals.push(ToSqlOutput::Owned(SqlValue::Integer(rec.updated_at)));
-        self.tx
-            .prepare_cached(&self.sql[&c.name].insert)?
-            .execute(params_from_iter(vals))?;
+        let (name, sql) = self
+            .sql
+            .get_key_value(&c.name)
+            .ok_or_else(|| Error::Internal(format!("no statements for `{}`", c.name)))?;
+        let mut inserts = self.inserts.borrow_mut();
+        let stmt = match inserts.entry(name.as_str()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(self.tx.prepare_cached(&sql.insert)?)
+            }
+        };
+        stmt.execute(params_from_iter(vals))?;
         Ok(())
     }
 
