@@ -252,19 +252,19 @@ async fn a_lost_push_response_is_retried_without_applying_twice() {
     assert_eq!(t.version, Some(2), "create applied once, update once");
 }
 
+/// Alice's device, pushing `n` mutations a request.
+fn device_pushing_batches_of(url: &str, n: usize) -> Device {
+    let config = SyncConfig {
+        push_batch: n,
+        ..SyncConfig::default()
+    };
+    device_with(url, Arc::new(StaticToken(ALICE.into())), schema(), config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_cut_off_between_batches_loses_nothing_and_sends_nothing_twice() {
     let server = start_server().await;
-    let config = SyncConfig {
-        push_batch: 3,
-        ..SyncConfig::default()
-    };
-    let a = device_with(
-        &server.url(),
-        Arc::new(StaticToken(ALICE.into())),
-        schema(),
-        config,
-    );
+    let a = device_pushing_batches_of(&server.url(), 3);
     let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
     let ops = ids.iter().map(|id| create(id, id)).collect();
     a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
@@ -307,16 +307,7 @@ async fn a_push_cut_off_between_batches_loses_nothing_and_sends_nothing_twice() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_lands_when_batches_are_pipelined() {
     let server = start_server_with(strict_notes()).await;
-    let config = SyncConfig {
-        push_batch: 2,
-        ..SyncConfig::default()
-    };
-    let a = device_with(
-        &server.url(),
-        Arc::new(StaticToken(ALICE.into())),
-        schema(),
-        config,
-    );
+    let a = device_pushing_batches_of(&server.url(), 2);
     let b = device(&server.url(), ALICE);
     a.client
         .write(vec![create("c", "v1")], WriteMode::OfflineFirst)
