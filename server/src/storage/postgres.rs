@@ -163,6 +163,10 @@ impl PgStorage {
             .await?;
         let user = &batch.caller.user_id;
         let mut outcomes = Vec::with_capacity(batch.mutations.len());
+        // Row counts change once per (scope, collection) per batch, at its end: one
+        // statement each, not one per row, and the `totals` rows are locked only
+        // for the commit, in one order for every batch.
+        let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
         for m in &batch.mutations {
             if let Some(mid) = &m.mutation_id {
                 // Claim the id first: a concurrent push of the same id waits here for
@@ -231,9 +235,10 @@ impl PgStorage {
                             )
                             .await?;
                         }
-                        for (scope, delta) in &totals {
-                            tx.execute(&add_total, &[scope, &m.collection, delta])
-                                .await?;
+                        for (scope, delta) in totals {
+                            *total_deltas
+                                .entry((scope, m.collection.clone()))
+                                .or_default() += delta;
                         }
                         outcome
                     }
@@ -249,6 +254,11 @@ impl PgStorage {
                 break outcome;
             };
             outcomes.push(outcome);
+        }
+        for ((scope, collection), delta) in &total_deltas {
+            if *delta != 0 {
+                tx.execute(&add_total, &[scope, collection, delta]).await?;
+            }
         }
         Ok(Some(outcomes))
     }
