@@ -11,8 +11,10 @@
 //! share that snapshot. This module must never hand out a position at or above the
 //! watermark.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+
+use ferry_protocol::MutationOutcome;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
@@ -121,14 +123,6 @@ impl PgStorage {
         let stored = tx
             .prepare_cached("SELECT outcome FROM mutations WHERE user_id = $1 AND mutation_id = $2")
             .await?;
-        let remember = tx
-            .prepare_cached(
-                "UPDATE mutations SET outcome = $3 WHERE user_id = $1 AND mutation_id = $2",
-            )
-            .await?;
-        let forget = tx
-            .prepare_cached("DELETE FROM mutations WHERE user_id = $1 AND mutation_id = $2")
-            .await?;
         let load = tx
             .prepare_cached(
                 "SELECT scope, version, deleted, data, changed_at, created_at FROM records
@@ -147,14 +141,6 @@ impl PgStorage {
                  WHERE collection = $1 AND id = $2",
             )
             .await?;
-        let set_change = tx
-            .prepare_cached(
-                "INSERT INTO changes (scope, collection, record_id, txid, seq, kind, client_id)
-                 VALUES ($1, $2, $3, $4, nextval('change_seq'), $5, $6)
-                 ON CONFLICT (scope, collection, record_id) DO UPDATE SET
-                   txid = excluded.txid, seq = excluded.seq, kind = excluded.kind, client_id = excluded.client_id",
-            )
-            .await?;
         let add_total = tx
             .prepare_cached(
                 "INSERT INTO totals (scope, collection, count) VALUES ($1, $2, $3)
@@ -167,16 +153,33 @@ impl PgStorage {
         // statement each, not one per row, and the `totals` rows are locked only
         // for the commit, in one order for every batch.
         let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
+        // The change rows and the mutation ids' outcomes are written once, at the
+        // end of the batch, a statement each (one per record and per id: the last
+        // state wins). Record rows are written as they go: later mutations of the
+        // batch read them.
+        let mut change_rows: BTreeMap<(String, &str, &str), ChangeKind> = BTreeMap::new();
+        let mut outcomes_of: HashMap<&str, Option<MutationOutcome>> = HashMap::new();
         for m in &batch.mutations {
             if let Some(mid) = &m.mutation_id {
-                // Claim the id first: a concurrent push of the same id waits here for
-                // the first one to commit, then replays its stored outcome.
-                if tx.execute(&claim, &[user, mid]).await? == 0 {
-                    let outcome: Option<String> = tx.query_one(&stored, &[user, mid]).await?.get(0);
-                    if let Some(json) = outcome {
-                        outcomes.push(decode_outcome(&json)?);
+                match outcomes_of.get(mid.as_str()) {
+                    // Repeated in this batch after it was remembered: the same answer.
+                    Some(Some(outcome)) => {
+                        outcomes.push(outcome.clone());
                         continue;
                     }
+                    // Repeated after an outcome that is not kept: applied again.
+                    Some(None) => {}
+                    // Claim the id first: a concurrent push of the same id waits here
+                    // for the first one to commit, then replays its stored outcome.
+                    None if tx.execute(&claim, &[user, mid]).await? == 0 => {
+                        let outcome: Option<String> =
+                            tx.query_one(&stored, &[user, mid]).await?.get(0);
+                        if let Some(json) = outcome {
+                            outcomes.push(decode_outcome(&json)?);
+                            continue;
+                        }
+                    }
+                    None => {}
                 }
             }
             let outcome = loop {
@@ -221,19 +224,8 @@ impl PgStorage {
                         } else {
                             tx.execute(&update_record, &args).await?;
                         }
-                        for (scope, kind) in &changes {
-                            tx.execute(
-                                &set_change,
-                                &[
-                                    scope,
-                                    &m.collection,
-                                    &m.record_id,
-                                    &txid,
-                                    &kind.code(),
-                                    &batch.client_id,
-                                ],
-                            )
-                            .await?;
+                        for (scope, kind) in changes {
+                            change_rows.insert((scope, &m.collection, &m.record_id), kind);
                         }
                         for (scope, delta) in totals {
                             *total_deltas
@@ -244,12 +236,7 @@ impl PgStorage {
                     }
                 };
                 if let Some(mid) = &m.mutation_id {
-                    if remembered {
-                        tx.execute(&remember, &[user, mid, &encode_outcome(&outcome)])
-                            .await?;
-                    } else {
-                        tx.execute(&forget, &[user, mid]).await?;
-                    }
+                    outcomes_of.insert(mid, remembered.then(|| outcome.clone()));
                 }
                 break outcome;
             };
@@ -260,6 +247,8 @@ impl PgStorage {
                 tx.execute(&add_total, &[scope, collection, delta]).await?;
             }
         }
+        write_changes(tx, txid, batch.client_id.as_deref(), &change_rows).await?;
+        write_outcomes(tx, user, &outcomes_of).await?;
         Ok(Some(outcomes))
     }
 
@@ -288,6 +277,80 @@ impl PgStorage {
             aborted: false,
         })
     }
+}
+
+/// Points each changed record's change row at this transaction, in one statement
+/// (rows in key order, so concurrent batches lock them in the same order).
+async fn write_changes(
+    tx: &Transaction<'_>,
+    txid: i64,
+    client_id: Option<&str>,
+    rows: &BTreeMap<(String, &str, &str), ChangeKind>,
+) -> Result<(), ServerError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (mut scopes, mut collections, mut ids, mut kinds) = (vec![], vec![], vec![], vec![]);
+    for ((scope, collection, id), kind) in rows {
+        scopes.push(scope.as_str());
+        collections.push(*collection);
+        ids.push(*id);
+        kinds.push(kind.code());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO changes (scope, collection, record_id, txid, seq, kind, client_id)
+             SELECT u.scope, u.collection, u.record_id, $5, nextval('change_seq'), u.kind, $6
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[])
+               WITH ORDINALITY AS u(scope, collection, record_id, kind, n)
+             ORDER BY u.n
+             ON CONFLICT (scope, collection, record_id) DO UPDATE SET
+               txid = excluded.txid, seq = excluded.seq, kind = excluded.kind,
+               client_id = excluded.client_id",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[&scopes, &collections, &ids, &kinds, &txid, &client_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores the outcome of each claimed mutation id that keeps one, and releases
+/// the ids whose outcome is not kept, a statement each.
+async fn write_outcomes(
+    tx: &Transaction<'_>,
+    user: &str,
+    outcomes: &HashMap<&str, Option<MutationOutcome>>,
+) -> Result<(), ServerError> {
+    let (mut kept_ids, mut kept, mut released) = (vec![], vec![], vec![]);
+    for (id, outcome) in outcomes {
+        match outcome {
+            Some(o) => {
+                kept_ids.push(*id);
+                kept.push(encode_outcome(o));
+            }
+            None => released.push(*id),
+        }
+    }
+    if !kept_ids.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE mutations SET outcome = u.outcome
+                 FROM unnest($2::text[], $3::text[]) AS u(mutation_id, outcome)
+                 WHERE user_id = $1 AND mutations.mutation_id = u.mutation_id",
+            )
+            .await?;
+        tx.execute(&stmt, &[&user, &kept_ids, &kept]).await?;
+    }
+    if !released.is_empty() {
+        let stmt = tx
+            .prepare_cached("DELETE FROM mutations WHERE user_id = $1 AND mutation_id = ANY($2)")
+            .await?;
+        tx.execute(&stmt, &[&user, &released]).await?;
+    }
+    Ok(())
 }
 
 fn retryable(e: &ServerError) -> bool {
