@@ -158,3 +158,86 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
     );
     assert_eq!(seen.len(), ROUNDS * WRITERS);
 }
+
+/// A batch reads its rows before it writes them. A create of an id that another
+/// push creates and commits in between fails at the insert. The whole batch is
+/// then tried again, and the create is rejected as a duplicate; nothing is lost and
+/// nothing is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_that_loses_a_race_for_its_id_is_retried_and_rejected() {
+    use ferry_protocol::RejectCode;
+    use ferry_server::storage::Storage;
+
+    let Some(db) = pg_db().await else { return };
+    let pg = Arc::new(PgStorage::connect(&db.url).await.unwrap());
+    let svc = SyncService::new(pg.clone(), test_config()).await.unwrap();
+    let config = Arc::new(test_config());
+    let create = |mid: &str, title: &str| WriteBatch {
+        caller: alice(),
+        client_id: Some(mid.into()),
+        config: config.clone(),
+        mutations: vec![PlannedMutation {
+            mutation_id: Some(mid.into()),
+            collection: "tasks".into(),
+            record_id: "raced".into(),
+            op: Op::Create,
+            fields: fields(json!({"title": title, "done": false})),
+            precondition: Precondition::None,
+            lenient: false,
+        }],
+        abort_on_conflict: false,
+    };
+    let mut client = pg.pool().get().await.unwrap();
+    let first = client.transaction().await.unwrap();
+    let out = PgStorage::write_in(&first, &create("first", "first"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, vec![MutationOutcome::Applied { version: 1 }]);
+    // The second push reads no row, decides to create, and waits at the insert.
+    let second = {
+        let pg = pg.clone();
+        let batch = create("second", "second");
+        tokio::spawn(async move { pg.write(batch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !second.is_finished(),
+        "the second insert waits for the first"
+    );
+    first.commit().await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second push finishes")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            &result.outcomes[..],
+            [MutationOutcome::Rejected {
+                code: RejectCode::AlreadyExists,
+                ..
+            }]
+        ),
+        "{:?}",
+        result.outcomes
+    );
+    let page = svc
+        .pull(
+            &alice(),
+            &PullRequest {
+                cursor: None,
+                client_id: None,
+                limit: None,
+                collections: None,
+                want_totals: true,
+            },
+        )
+        .await
+        .unwrap();
+    let tasks = &page.changes["tasks"];
+    assert_eq!(tasks.upserts.len(), 1);
+    let stored: serde_json::Value = serde_json::from_str(tasks.upserts[0].fields.get()).unwrap();
+    assert_eq!(stored["title"], "first");
+    assert_eq!(page.totals.unwrap()["tasks"], 1, "counted once");
+}

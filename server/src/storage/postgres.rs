@@ -11,7 +11,7 @@
 //! share that snapshot. This module must never hand out a position at or above the
 //! watermark.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 use ferry_protocol::MutationOutcome;
@@ -107,141 +107,101 @@ impl PgStorage {
     /// Applies a batch inside an open transaction without committing. `Ok(None)` means
     /// the batch aborted on a conflict and the caller must roll back. Exposed so tests
     /// can commit concurrent writers in a chosen order.
+    ///
+    /// A batch costs a fixed number of statements, not a few per mutation: it claims
+    /// every mutation id at once, reads and locks every row it may write at once,
+    /// decides each mutation in order against its own view of those rows, then
+    /// writes the records, totals, change rows and outcomes (the last state of each
+    /// wins). Ids and rows are locked in key order, the same for every batch. A
+    /// record created by a concurrent push after the read makes the insert fail
+    /// with a unique violation, and the whole batch is retried (see `write`).
     pub async fn write_in(
         tx: &Transaction<'_>,
         batch: &WriteBatch,
-    ) -> Result<Option<Vec<ferry_protocol::MutationOutcome>>, ServerError> {
+    ) -> Result<Option<Vec<MutationOutcome>>, ServerError> {
         let txid: i64 = tx
             .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
             .await?
             .get(0);
-        let claim = tx
-            .prepare_cached(
-                "INSERT INTO mutations (user_id, mutation_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        let stored = tx
-            .prepare_cached("SELECT outcome FROM mutations WHERE user_id = $1 AND mutation_id = $2")
-            .await?;
-        let load = tx
-            .prepare_cached(
-                "SELECT scope, version, deleted, data, changed_at, created_at FROM records
-                 WHERE collection = $1 AND id = $2 FOR UPDATE",
-            )
-            .await?;
-        let insert_record = tx
-            .prepare_cached(
-                "INSERT INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        let update_record = tx
-            .prepare_cached(
-                "UPDATE records SET scope = $3, version = $4, deleted = $5, data = $6, changed_at = $7
-                 WHERE collection = $1 AND id = $2",
-            )
-            .await?;
+        let user = &batch.caller.user_id;
+        let stored = claim_ids(tx, user, batch).await?;
+        let replayed =
+            |mid: &Option<String>| mid.as_ref().is_some_and(|id| stored.contains_key(id));
+        let keys: BTreeSet<(&str, &str)> = batch
+            .mutations
+            .iter()
+            .filter(|m| !replayed(&m.mutation_id))
+            .map(|m| (m.collection.as_str(), m.record_id.as_str()))
+            .collect();
+        let mut rows = lock_rows(tx, &keys).await?;
+        let existed: HashSet<(String, String)> = rows.keys().cloned().collect();
+        let mut written: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let mut outcomes = Vec::with_capacity(batch.mutations.len());
+        let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut change_rows: BTreeMap<(String, &str, &str), ChangeKind> = BTreeMap::new();
+        let mut outcomes_of: HashMap<&str, Option<MutationOutcome>> = HashMap::new();
+        for m in &batch.mutations {
+            if let Some(mid) = &m.mutation_id {
+                // An id already answered, by an earlier push or earlier in this batch
+                // (and kept): the same answer. One answered and not kept (a conflict)
+                // is decided again.
+                let known = match outcomes_of.get(mid.as_str()) {
+                    Some(here) => here.as_ref(),
+                    None => stored.get(mid),
+                };
+                if let Some(outcome) = known {
+                    outcomes.push(outcome.clone());
+                    continue;
+                }
+            }
+            let key = (m.collection.clone(), m.record_id.clone());
+            let decision = decide(&batch.config, &batch.caller, m, rows.get(&key));
+            let remembered = decision.remembered();
+            let outcome = match decision {
+                Decision::Conflict { .. } if batch.abort_on_conflict => return Ok(None),
+                Decision::Conflict { outcome } | Decision::NoWrite { outcome } => outcome,
+                Decision::Write {
+                    row,
+                    changes,
+                    totals,
+                    outcome,
+                } => {
+                    let created_at = rows.get(&key).map_or(txid, |r| r.created_at);
+                    rows.insert(
+                        key,
+                        CurrentRow {
+                            scope: row.scope,
+                            version: row.version,
+                            deleted: row.deleted,
+                            fields: row.fields,
+                            changed_at: txid,
+                            created_at,
+                        },
+                    );
+                    written.insert((&m.collection, &m.record_id));
+                    for (scope, kind) in changes {
+                        change_rows.insert((scope, &m.collection, &m.record_id), kind);
+                    }
+                    for (scope, delta) in totals {
+                        *total_deltas
+                            .entry((scope, m.collection.clone()))
+                            .or_default() += delta;
+                    }
+                    outcome
+                }
+            };
+            if let Some(mid) = &m.mutation_id {
+                outcomes_of.insert(mid, remembered.then(|| outcome.clone()));
+            }
+            outcomes.push(outcome);
+        }
+        write_records(tx, txid, &rows, &existed, &written).await?;
         let add_total = tx
             .prepare_cached(
                 "INSERT INTO totals (scope, collection, count) VALUES ($1, $2, $3)
                  ON CONFLICT (scope, collection) DO UPDATE SET count = totals.count + excluded.count",
             )
             .await?;
-        let user = &batch.caller.user_id;
-        let mut outcomes = Vec::with_capacity(batch.mutations.len());
-        // Row counts change once per (scope, collection) per batch, at its end: one
-        // statement each, not one per row, and the `totals` rows are locked only
-        // for the commit, in one order for every batch.
-        let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
-        // The change rows and the mutation ids' outcomes are written once, at the
-        // end of the batch, a statement each (one per record and per id: the last
-        // state wins). Record rows are written as they go: later mutations of the
-        // batch read them.
-        let mut change_rows: BTreeMap<(String, &str, &str), ChangeKind> = BTreeMap::new();
-        let mut outcomes_of: HashMap<&str, Option<MutationOutcome>> = HashMap::new();
-        for m in &batch.mutations {
-            if let Some(mid) = &m.mutation_id {
-                match outcomes_of.get(mid.as_str()) {
-                    // Repeated in this batch after it was remembered: the same answer.
-                    Some(Some(outcome)) => {
-                        outcomes.push(outcome.clone());
-                        continue;
-                    }
-                    // Repeated after an outcome that is not kept: applied again.
-                    Some(None) => {}
-                    // Claim the id first: a concurrent push of the same id waits here
-                    // for the first one to commit, then replays its stored outcome.
-                    None if tx.execute(&claim, &[user, mid]).await? == 0 => {
-                        let outcome: Option<String> =
-                            tx.query_one(&stored, &[user, mid]).await?.get(0);
-                        if let Some(json) = outcome {
-                            outcomes.push(decode_outcome(&json)?);
-                            continue;
-                        }
-                    }
-                    None => {}
-                }
-            }
-            let outcome = loop {
-                let current = match tx.query_opt(&load, &[&m.collection, &m.record_id]).await? {
-                    Some(r) => Some(CurrentRow {
-                        scope: r.get(0),
-                        version: r.get::<_, i64>(1) as u64,
-                        deleted: r.get(2),
-                        fields: decode_fields(r.get(3))?,
-                        changed_at: r.get(4),
-                        created_at: r.get(5),
-                    }),
-                    None => None,
-                };
-                let decision = decide(&batch.config, &batch.caller, m, current.as_ref());
-                let remembered = decision.remembered();
-                let outcome = match decision {
-                    Decision::Conflict { .. } if batch.abort_on_conflict => return Ok(None),
-                    Decision::Conflict { outcome } | Decision::NoWrite { outcome } => outcome,
-                    Decision::Write {
-                        row,
-                        changes,
-                        totals,
-                        outcome,
-                    } => {
-                        let data = serde_json::Value::Object(row.fields);
-                        let version = row.version as i64;
-                        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-                            &m.collection,
-                            &m.record_id,
-                            &row.scope,
-                            &version,
-                            &row.deleted,
-                            &data,
-                            &txid,
-                        ];
-                        if current.is_none() {
-                            if tx.execute(&insert_record, &args).await? == 0 {
-                                // A concurrent create of this id committed first: decide again.
-                                continue;
-                            }
-                        } else {
-                            tx.execute(&update_record, &args).await?;
-                        }
-                        for (scope, kind) in changes {
-                            change_rows.insert((scope, &m.collection, &m.record_id), kind);
-                        }
-                        for (scope, delta) in totals {
-                            *total_deltas
-                                .entry((scope, m.collection.clone()))
-                                .or_default() += delta;
-                        }
-                        outcome
-                    }
-                };
-                if let Some(mid) = &m.mutation_id {
-                    outcomes_of.insert(mid, remembered.then(|| outcome.clone()));
-                }
-                break outcome;
-            };
-            outcomes.push(outcome);
-        }
         for ((scope, collection), delta) in &total_deltas {
             if *delta != 0 {
                 tx.execute(&add_total, &[scope, collection, delta]).await?;
@@ -277,6 +237,176 @@ impl PgStorage {
             aborted: false,
         })
     }
+}
+
+/// Claims every mutation id of the batch for this transaction, in id order (a
+/// concurrent push of the same id waits for this one to commit, then replays its
+/// outcome). Returns the outcomes already stored for ids claimed before.
+async fn claim_ids(
+    tx: &Transaction<'_>,
+    user: &str,
+    batch: &WriteBatch,
+) -> Result<HashMap<String, MutationOutcome>, ServerError> {
+    let ids: BTreeSet<&str> = batch
+        .mutations
+        .iter()
+        .filter_map(|m| m.mutation_id.as_deref())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let claim = tx
+        .prepare_cached(
+            "INSERT INTO mutations (user_id, mutation_id)
+             SELECT $1, u.id FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n
+             ON CONFLICT DO NOTHING RETURNING mutation_id",
+        )
+        .await?;
+    let claimed: HashSet<String> = tx
+        .query(&claim, &[&user, &ids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let earlier: Vec<&str> = ids
+        .into_iter()
+        .filter(|id| !claimed.contains(*id))
+        .collect();
+    if earlier.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stored = tx
+        .prepare_cached(
+            "SELECT mutation_id, outcome FROM mutations
+             WHERE user_id = $1 AND mutation_id = ANY($2) AND outcome IS NOT NULL",
+        )
+        .await?;
+    tx.query(&stored, &[&user, &earlier])
+        .await?
+        .iter()
+        .map(|r| Ok((r.get(0), decode_outcome(r.get(1))?)))
+        .collect()
+}
+
+/// Reads and locks (`FOR UPDATE`, in key order) the stored rows of `keys`.
+async fn lock_rows(
+    tx: &Transaction<'_>,
+    keys: &BTreeSet<(&str, &str)>,
+) -> Result<HashMap<(String, String), CurrentRow>, ServerError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (collections, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let load = tx
+        .prepare_cached(
+            "SELECT r.collection, r.id, r.scope, r.version, r.deleted, r.data, r.changed_at,
+                    r.created_at
+             FROM records r JOIN unnest($1::text[], $2::text[]) AS k(collection, id)
+               ON r.collection = k.collection AND r.id = k.id
+             ORDER BY r.collection, r.id FOR UPDATE OF r",
+        )
+        .await?;
+    let mut rows = HashMap::with_capacity(keys.len());
+    for r in tx.query(&load, &[&collections, &ids]).await? {
+        rows.insert(
+            (r.get(0), r.get(1)),
+            CurrentRow {
+                scope: r.get(2),
+                version: r.get::<_, i64>(3) as u64,
+                deleted: r.get(4),
+                fields: decode_fields(r.get(5))?,
+                changed_at: r.get(6),
+                created_at: r.get(7),
+            },
+        );
+    }
+    Ok(rows)
+}
+
+/// Writes the final state of each record the batch wrote: one insert for those
+/// that did not exist when the batch read them, one update for the others.
+async fn write_records(
+    tx: &Transaction<'_>,
+    txid: i64,
+    rows: &HashMap<(String, String), CurrentRow>,
+    existed: &HashSet<(String, String)>,
+    written: &BTreeSet<(&str, &str)>,
+) -> Result<(), ServerError> {
+    #[derive(Default)]
+    struct Columns<'a> {
+        collections: Vec<&'a str>,
+        ids: Vec<&'a str>,
+        scopes: Vec<&'a str>,
+        versions: Vec<i64>,
+        deleted: Vec<bool>,
+        data: Vec<String>,
+    }
+    let (mut new, mut old) = (Columns::default(), Columns::default());
+    for &(collection, id) in written {
+        let key = (collection.to_string(), id.to_string());
+        let row = &rows[&key];
+        let c = if existed.contains(&key) {
+            &mut old
+        } else {
+            &mut new
+        };
+        c.collections.push(collection);
+        c.ids.push(id);
+        c.scopes.push(&row.scope);
+        c.versions.push(row.version as i64);
+        c.deleted.push(row.deleted);
+        c.data
+            .push(serde_json::to_string(&row.fields).expect("fields serialize"));
+    }
+    if !new.ids.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
+                 SELECT u.collection, u.id, u.scope, u.version, u.deleted, u.data::jsonb, $7, $7
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::text[])
+                   AS u(collection, id, scope, version, deleted, data)",
+            )
+            .await?;
+        tx.execute(
+            &insert,
+            &[
+                &new.collections,
+                &new.ids,
+                &new.scopes,
+                &new.versions,
+                &new.deleted,
+                &new.data,
+                &txid,
+            ],
+        )
+        .await?;
+    }
+    if !old.ids.is_empty() {
+        let update = tx
+            .prepare_cached(
+                "UPDATE records SET scope = u.scope, version = u.version, deleted = u.deleted,
+                   data = u.data::jsonb, changed_at = $7
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::text[])
+                   AS u(collection, id, scope, version, deleted, data)
+                 WHERE records.collection = u.collection AND records.id = u.id",
+            )
+            .await?;
+        tx.execute(
+            &update,
+            &[
+                &old.collections,
+                &old.ids,
+                &old.scopes,
+                &old.versions,
+                &old.deleted,
+                &old.data,
+                &txid,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Points each changed record's change row at this transaction, in one statement
