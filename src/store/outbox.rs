@@ -168,19 +168,18 @@ pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntr
     let op: String = row.get(4)?;
     let fields: String = row.get(5)?;
     let state: String = row.get(10)?;
-    let bad = conversion_error;
     Ok(OutboxEntry {
         seq: row.get(0)?,
         mutation_id: row.get(1)?,
         collection: row.get(2)?,
         record_id: row.get(3)?,
-        op: Op::parse(&op).ok_or_else(|| bad(format!("bad op {op}")))?,
-        fields: serde_json::from_str(&fields).map_err(|e| bad(e.to_string()))?,
+        op: Op::parse(&op).ok_or_else(|| conversion_error(format!("bad op {op}")))?,
+        fields: serde_json::from_str(&fields).map_err(|e| conversion_error(e.to_string()))?,
         base_version: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
         created_at: row.get(7)?,
         attempts: row.get(8)?,
         next_attempt_at: row.get(9)?,
-        state: EntryState::parse(&state).map_err(|e| bad(e.to_string()))?,
+        state: EntryState::parse(&state).map_err(|e| conversion_error(e.to_string()))?,
         last_error: row.get(11)?,
     })
 }

@@ -498,7 +498,7 @@ impl SyncClient {
                 // Nothing was ready while the last batch was out; its answer may
                 // have re-queued something (a resolved conflict): look again.
                 let Some(a) = answered.take() else { break };
-                total.add(&self.apply_answer(a).await?);
+                total.add(&self.apply_answer(a, false).await?.0);
                 self.refresh_counts_blocking().await;
                 if rounds < self.inner.config.max_push_rounds {
                     next = self.prepare_batch(None).await?;
@@ -511,7 +511,7 @@ impl SyncClient {
             let local = async {
                 let (report, following) = match previous {
                     Some(a) => {
-                        let (report, following) = self.apply_answer_then_prepare(a, more).await?;
+                        let (report, following) = self.apply_answer(a, more).await?;
                         (Some(report), following)
                     }
                     None if more => (None, self.prepare_batch(None).await?),
@@ -561,35 +561,20 @@ impl SyncClient {
         blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref())).await
     }
 
-    /// Applies the server's per-item answer to a batch.
-    async fn apply_answer(&self, (batch, resp): Answered) -> Result<PushReport> {
-        let (s, resolver) = (self.inner.store.clone(), self.inner.resolver.lock().clone());
-        let applied = {
-            let b = batch.clone();
-            blocking(move || push::apply_results(&s, &b, &resp, resolver.as_ref())).await
-        };
-        if applied.is_err() {
-            self.put_back(&batch, false).await;
-        }
-        applied
-    }
-
-    /// Applies the server's answer to a batch and, when `more`, prepares the next
-    /// batch in the same transaction.
-    async fn apply_answer_then_prepare(
+    /// Applies the server's per-item answer to a batch and, when `prepare_next`,
+    /// prepares the next batch in the same transaction.
+    async fn apply_answer(
         &self,
         (batch, resp): Answered,
-        more: bool,
+        prepare_next: bool,
     ) -> Result<(PushReport, Option<push::Prepared>)> {
-        if !more {
-            return Ok((self.apply_answer((batch, resp)).await?, None));
-        }
         let (s, resolver) = (self.inner.store.clone(), self.inner.resolver.lock().clone());
         let max = self.inner.config.push_batch;
         let done = {
             let b = batch.clone();
             blocking(move || {
-                push::apply_then_prepare(&s, &b, &resp, resolver.as_ref(), s.client_id(), max)
+                let next = prepare_next.then(|| (s.client_id(), max));
+                push::apply_results(&s, &b, &resp, resolver.as_ref(), next)
             })
             .await
         };
@@ -617,7 +602,7 @@ impl SyncClient {
         };
         let batch = Arc::new(batch);
         match self.send_push(req).await {
-            Ok(resp) => Ok(Some(self.apply_answer((batch, resp)).await?)),
+            Ok(resp) => Ok(Some(self.apply_answer((batch, resp), false).await?.0)),
             Err(e) => {
                 self.put_back(&batch, !matches!(e, Error::Unauthorized(_)))
                     .await;

@@ -167,40 +167,30 @@ pub(crate) fn fail_batch(store: &Store, batch: &[Sending], backoff: bool) -> Res
     })
 }
 
-/// Applies the per-item results of a push.
+/// Applies the per-item results of a push and, given `next` (a client id and a
+/// batch size), prepares the next batch in the same transaction: one commit per
+/// round of a pipelined push. (Rejected entries stay in flight until they are
+/// quarantined just after, so the next batch skips their records.)
 pub(crate) fn apply_results(
     store: &Store,
     batch: &[Sending],
     resp: &PushResponse,
     resolver: &dyn ConflictResolver,
-) -> Result<PushReport> {
-    let mut applying = Applying::new(batch, resp);
-    store.write_tx(ChangeSource::Remote, |w| applying.apply_in(w, resolver))?;
-    applying.quarantine(store)
-}
-
-/// Applies the results of one batch and prepares the next in the same
-/// transaction: one commit per round of a pipelined push. (Rejected entries stay
-/// in flight until they are quarantined just after, so the next batch skips their
-/// records.)
-pub(crate) fn apply_then_prepare(
-    store: &Store,
-    batch: &[Sending],
-    resp: &PushResponse,
-    resolver: &dyn ConflictResolver,
-    client_id: &str,
-    max: usize,
+    next: Option<(&str, usize)>,
 ) -> Result<(PushReport, Option<Prepared>)> {
     let mut applying = Applying::new(batch, resp);
-    let next = store.write_tx(ChangeSource::Remote, |w| {
+    let prepared = store.write_tx(ChangeSource::Remote, |w| {
         applying.apply_in(w, resolver)?;
-        prepare_in(w, client_id, max, None)
+        match next {
+            Some((client_id, max)) => prepare_in(w, client_id, max, None),
+            None => Ok(None),
+        }
     })?;
     match applying.quarantine(store) {
-        Ok(report) => Ok((report, next)),
+        Ok(report) => Ok((report, prepared)),
         Err(e) => {
             // The next batch was marked in flight but is not sent: it goes back.
-            if let Some((entries, _)) = &next {
+            if let Some((entries, _)) = &prepared {
                 fail_batch(store, entries, false)?;
             }
             Err(e)

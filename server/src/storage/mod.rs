@@ -139,6 +139,28 @@ pub struct PlannedMutation {
     pub lenient: bool,
 }
 
+/// A batch's row-count changes, summed per (scope, collection): each backend
+/// writes them once per batch, not once per row.
+#[derive(Debug, Default)]
+pub(crate) struct TotalDeltas(BTreeMap<(String, String), i64>);
+
+impl TotalDeltas {
+    /// Adds one write's changes of `collection`'s totals.
+    pub fn add(&mut self, collection: &str, totals: Vec<(String, i64)>) {
+        for (scope, delta) in totals {
+            *self.0.entry((scope, collection.to_string())).or_default() += delta;
+        }
+    }
+
+    /// The non-zero sums, as (scope, collection, delta), in key order.
+    pub fn changed(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+        self.0
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|((s, c), d)| (s.as_str(), c.as_str(), *d))
+    }
+}
+
 /// A push as storage sees it.
 #[derive(Debug, Clone)]
 pub struct WriteBatch {

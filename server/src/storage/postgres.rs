@@ -22,8 +22,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
-    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult,
-    decode_fields, decode_outcome, encode_outcome, raw_fields,
+    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, TotalDeltas, WriteBatch,
+    WriteResult, decode_fields, decode_outcome, encode_outcome, raw_fields,
 };
 use crate::cursor::Position;
 use crate::engine::{Decision, decide};
@@ -134,10 +134,13 @@ impl PgStorage {
             .map(|m| (m.collection.as_str(), m.record_id.as_str()))
             .collect();
         let mut rows = lock_rows(tx, &keys).await?;
-        let existed: HashSet<(String, String)> = rows.keys().cloned().collect();
+        // Records the batch writes, and those of them not stored before it (a row
+        // enters `rows` only when read or written, so one missing at its first write
+        // is new).
         let mut written: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let mut new: HashSet<(&str, &str)> = HashSet::new();
         let mut outcomes = Vec::with_capacity(batch.mutations.len());
-        let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut total_deltas = TotalDeltas::default();
         let mut change_rows: BTreeMap<(String, &str, &str), ChangeKind> = BTreeMap::new();
         let mut outcomes_of: HashMap<&str, Option<MutationOutcome>> = HashMap::new();
         for m in &batch.mutations {
@@ -166,7 +169,13 @@ impl PgStorage {
                     totals,
                     outcome,
                 } => {
-                    let created_at = rows.get(&key).map_or(txid, |r| r.created_at);
+                    let created_at = match rows.get(&key) {
+                        Some(r) => r.created_at,
+                        None => {
+                            new.insert((&m.collection, &m.record_id));
+                            txid
+                        }
+                    };
                     rows.insert(
                         key,
                         CurrentRow {
@@ -182,11 +191,7 @@ impl PgStorage {
                     for (scope, kind) in changes {
                         change_rows.insert((scope, &m.collection, &m.record_id), kind);
                     }
-                    for (scope, delta) in totals {
-                        *total_deltas
-                            .entry((scope, m.collection.clone()))
-                            .or_default() += delta;
-                    }
+                    total_deltas.add(&m.collection, totals);
                     outcome
                 }
             };
@@ -195,17 +200,16 @@ impl PgStorage {
             }
             outcomes.push(outcome);
         }
-        write_records(tx, txid, &rows, &existed, &written).await?;
+        write_records(tx, txid, &rows, &written, &new).await?;
         let add_total = tx
             .prepare_cached(
                 "INSERT INTO totals (scope, collection, count) VALUES ($1, $2, $3)
                  ON CONFLICT (scope, collection) DO UPDATE SET count = totals.count + excluded.count",
             )
             .await?;
-        for ((scope, collection), delta) in &total_deltas {
-            if *delta != 0 {
-                tx.execute(&add_total, &[scope, collection, delta]).await?;
-            }
+        for (scope, collection, delta) in total_deltas.changed() {
+            tx.execute(&add_total, &[&scope, &collection, &delta])
+                .await?;
         }
         write_changes(tx, txid, batch.client_id.as_deref(), &change_rows).await?;
         write_outcomes(tx, user, &outcomes_of).await?;
@@ -330,8 +334,8 @@ async fn write_records(
     tx: &Transaction<'_>,
     txid: i64,
     rows: &HashMap<(String, String), CurrentRow>,
-    existed: &HashSet<(String, String)>,
     written: &BTreeSet<(&str, &str)>,
+    new: &HashSet<(&str, &str)>,
 ) -> Result<(), ServerError> {
     #[derive(Default)]
     struct Columns<'a> {
@@ -342,14 +346,13 @@ async fn write_records(
         deleted: Vec<bool>,
         data: Vec<String>,
     }
-    let (mut new, mut old) = (Columns::default(), Columns::default());
+    let (mut inserts, mut updates) = (Columns::default(), Columns::default());
     for &(collection, id) in written {
-        let key = (collection.to_string(), id.to_string());
-        let row = &rows[&key];
-        let c = if existed.contains(&key) {
-            &mut old
+        let row = &rows[&(collection.to_string(), id.to_string())];
+        let c = if new.contains(&(collection, id)) {
+            &mut inserts
         } else {
-            &mut new
+            &mut updates
         };
         c.collections.push(collection);
         c.ids.push(id);
@@ -359,7 +362,7 @@ async fn write_records(
         c.data
             .push(serde_json::to_string(&row.fields).expect("fields serialize"));
     }
-    if !new.ids.is_empty() {
+    if !inserts.ids.is_empty() {
         let insert = tx
             .prepare_cached(
                 "INSERT INTO records (collection, id, scope, version, deleted, data, changed_at, created_at)
@@ -371,18 +374,18 @@ async fn write_records(
         tx.execute(
             &insert,
             &[
-                &new.collections,
-                &new.ids,
-                &new.scopes,
-                &new.versions,
-                &new.deleted,
-                &new.data,
+                &inserts.collections,
+                &inserts.ids,
+                &inserts.scopes,
+                &inserts.versions,
+                &inserts.deleted,
+                &inserts.data,
                 &txid,
             ],
         )
         .await?;
     }
-    if !old.ids.is_empty() {
+    if !updates.ids.is_empty() {
         let update = tx
             .prepare_cached(
                 "UPDATE records SET scope = u.scope, version = u.version, deleted = u.deleted,
@@ -395,12 +398,12 @@ async fn write_records(
         tx.execute(
             &update,
             &[
-                &old.collections,
-                &old.ids,
-                &old.scopes,
-                &old.versions,
-                &old.deleted,
-                &old.data,
+                &updates.collections,
+                &updates.ids,
+                &updates.scopes,
+                &updates.versions,
+                &updates.deleted,
+                &updates.data,
                 &txid,
             ],
         )

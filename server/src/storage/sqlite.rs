@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, WriteBatch, WriteResult,
-    decode_fields, decode_outcome, encode_outcome, raw_fields,
+    ChangeRow, CurrentRow, ReadRequest, ReadResult, RecordData, Storage, TotalDeltas, WriteBatch,
+    WriteResult, decode_fields, decode_outcome, encode_outcome, raw_fields,
 };
 use crate::cursor::Position;
 use crate::engine::{Decision, decide};
@@ -305,7 +305,7 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut pos = head(&tx)?;
     let mut outcomes = Vec::with_capacity(batch.mutations.len());
-    let mut total_deltas: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut total_deltas = TotalDeltas::default();
     let user = &batch.caller.user_id;
     {
         let mut st = WriteStatements::prepare(&tx)?;
@@ -360,11 +360,7 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
                         data,
                         first
                     ])?;
-                    for (scope, delta) in totals {
-                        *total_deltas
-                            .entry((scope, m.collection.clone()))
-                            .or_default() += delta;
-                    }
+                    total_deltas.add(&m.collection, totals);
                     outcome
                 }
             };
@@ -376,14 +372,12 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
         }
     }
     // Row counts change once per (scope, collection) per batch, not per row.
-    for ((scope, collection), delta) in total_deltas {
-        if delta != 0 {
-            tx.prepare_cached(
-                "INSERT INTO totals (scope, collection, count) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (scope, collection) DO UPDATE SET count = count + excluded.count",
-            )?
-            .execute(params![scope, collection, delta])?;
-        }
+    for (scope, collection, delta) in total_deltas.changed() {
+        tx.prepare_cached(
+            "INSERT INTO totals (scope, collection, count) VALUES (?1, ?2, ?3)
+             ON CONFLICT (scope, collection) DO UPDATE SET count = count + excluded.count",
+        )?
+        .execute(params![scope, collection, delta])?;
     }
     tx.execute("UPDATE meta SET value = ?1 WHERE key = 'head'", [pos])?;
     tx.commit()?;
