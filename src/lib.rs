@@ -14,7 +14,7 @@ pub mod store;
 pub mod sync;
 pub mod transport;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use events::{
     ChangeEvent, ChangeListener, ChangeSource, CollectionChange, QueryListener, Subscription,

@@ -19,8 +19,10 @@ const META_DDL: &str =
 pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(Schema, String)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(META_DDL)?;
+    let layout = super::layout::stored(&tx)?;
     tx.execute_batch(outbox::DDL)?;
     tx.execute_batch(super::shadow::DDL)?;
+    super::layout::upgrade(&tx, layout)?;
     let stored = match meta_get(&tx, "schema")? {
         Some(json) => Some(Schema::from_json(&json)?),
         None => None,

@@ -9,6 +9,7 @@
 
 mod conn;
 mod ddl;
+mod layout;
 pub mod outbox;
 pub mod query;
 pub mod records;
@@ -203,12 +204,12 @@ impl RowSql {
             ),
             select: select_by_id(c),
             mark_synced: format!(
-                "UPDATE OR FAIL {} SET _status = 'synced', _changed = NULL, _version = ?2 WHERE id = ?1 RETURNING {}",
+                "UPDATE OR FAIL {} SET _status = 'synced', _changed = NULL, _version = MAX(COALESCE(_version, 0), ?2) WHERE id = ?1 RETURNING {}",
                 quote(&c.name),
                 records::select_list(c)
             ),
             mark_synced_many: format!(
-                "UPDATE OR FAIL {t} SET _status = 'synced', _changed = NULL, _version = j.value ->> 1
+                "UPDATE OR FAIL {t} SET _status = 'synced', _changed = NULL, _version = MAX(COALESCE(_version, 0), j.value ->> 1)
                  FROM json_each(?1) AS j WHERE {t}.id = j.value ->> 0 RETURNING {}",
                 records::select_list(c),
                 t = quote(&c.name),

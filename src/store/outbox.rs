@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS _ferry_outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT 'pending',
-    last_error TEXT
+    last_error TEXT,
+    unanswered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS _ferry_outbox_record ON _ferry_outbox(collection, record_id, seq);
 ";
@@ -351,8 +352,8 @@ pub(crate) fn freeze_creates(
     max: usize,
 ) -> Result<Vec<Sending>> {
     let sql = format!(
-        "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, created_at, state, attempts)
-         SELECT ferry_uuid7(), ?1, t.id, 'create', {}, t._created_at, 'in_flight', 1
+        "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op, fields, created_at, state, attempts, unanswered)
+         SELECT ferry_uuid7(), ?1, t.id, 'create', {}, t._created_at, 'in_flight', 1, 1
          FROM {} t WHERE {UNSENT_CREATE}
            AND (?3 IS NULL OR t.id IN (SELECT value FROM json_each(?3)))
          ORDER BY t._status, t.id LIMIT ?2
@@ -400,44 +401,83 @@ pub(crate) fn counts(conn: &rusqlite::Connection, schema: &Schema) -> Result<(u6
     Ok((pending, quarantined as u64))
 }
 
-/// After the record was rebased over server `version`, its unsent entries are
-/// based on that version.
+/// Whether an entry may be rewritten: it waits to be sent, and the server does
+/// not hold its mutation id (it was never sent, or the server answered that it
+/// did not apply it). An entry whose send got no answer (`unanswered`) may be
+/// held, and a retry of it is answered from what the server held then, whatever
+/// the entry says now.
+const REWRITABLE: &str = "state = 'pending' AND unanswered = 0";
+
+/// After the record was rebased over server `version`, its rewritable entries
+/// are based on that version.
 pub(crate) fn rebase(
     tx: &Transaction<'_>,
     collection: &str,
     record_id: &str,
     version: u64,
 ) -> Result<()> {
-    tx.prepare_cached(
+    tx.prepare_cached(&format!(
         "UPDATE _ferry_outbox SET base_version = ?3
-         WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
-    )?
+         WHERE collection = ?1 AND record_id = ?2 AND {REWRITABLE}"
+    ))?
     .execute(params![collection, record_id, version as i64])?;
     Ok(())
 }
 
-/// After a rebase, the record's unsent updates carry exactly `diff` (what still
-/// differs from the server); with nothing left they are dropped. Returns whether
-/// any entry for the record remains.
-pub(crate) fn rewrite_updates(
+/// After a rebase over server `version`, what remains to push of the record is
+/// exactly `diff` (what still differs from the server). Rewritable updates are
+/// rewritten to carry it (or dropped when it is empty); an entry the server may
+/// hold is left as it is, and when nothing rewritable is left to carry `diff`,
+/// it is queued behind as a new update based on `version`. Returns whether any entry for the record
+/// remains.
+pub(crate) fn rebase_onto(
     tx: &Transaction<'_>,
     collection: &str,
     record_id: &str,
     diff: &Fields,
+    version: u64,
+    now: i64,
 ) -> Result<bool> {
     if diff.is_empty() {
-        tx.prepare_cached(
-            "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending' AND op = 'update'",
-        )?
+        tx.prepare_cached(&format!(
+            "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND {REWRITABLE} AND op = 'update'"
+        ))?
         .execute(params![collection, record_id])?;
     } else {
-        tx.prepare_cached(
-            "UPDATE _ferry_outbox SET fields = ?3 WHERE collection = ?1 AND record_id = ?2 AND state = 'pending' AND op = 'update'",
-        )?
+        tx.prepare_cached(&format!(
+            "UPDATE _ferry_outbox SET fields = ?3 WHERE collection = ?1 AND record_id = ?2 AND {REWRITABLE} AND op = 'update'"
+        ))?
         .execute(params![collection, record_id, serde_json::to_string(diff)?])?;
     }
-    let left: i64 = tx
-        .prepare_cached("SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state <> 'quarantined'")?
-        .query_row(params![collection, record_id], |r| r.get(0))?;
-    Ok(left > 0)
+    rebase(tx, collection, record_id, version)?;
+    let (held, rewritable): (i64, i64) = tx
+        .prepare_cached(&format!(
+            "SELECT COUNT(*) FILTER (WHERE NOT ({REWRITABLE})), COUNT(*) FILTER (WHERE {REWRITABLE})
+             FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state <> 'quarantined'"
+        ))?
+        .query_row(params![collection, record_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if rewritable == 0 && held > 0 && !diff.is_empty() {
+        append(
+            tx,
+            collection,
+            record_id,
+            Op::Update,
+            diff,
+            Some(version),
+            now,
+        )?;
+        return Ok(true);
+    }
+    Ok(held + rewritable > 0)
+}
+
+/// Whether the record has an entry that is not quarantined.
+pub(crate) fn has_entries(tx: &Transaction<'_>, collection: &str, record_id: &str) -> Result<bool> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state <> 'quarantined')",
+        )?
+        .query_row(params![collection, record_id], |r| r.get(0))?)
 }

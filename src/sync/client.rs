@@ -27,7 +27,7 @@ use crate::store::outbox::Sending;
 use crate::store::{OutboxEntry, Record, RecordStatus, Store, WriteOp, outbox};
 use crate::transport::{TokenProvider, Transport, TransportError};
 
-/// How a write reaches the server (see DESIGN.md, "The three flows").
+/// How a write reaches the server (docs/architecture.md, "The three write modes share one store").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WriteMode {
     /// Local transaction and event now; pushed soon after (debounced).

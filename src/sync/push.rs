@@ -94,7 +94,7 @@ fn prepare_in(
         }
     }
     let mut mark = w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1 WHERE seq = ?1",
+        "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1, unanswered = 1 WHERE seq = ?1",
     )?;
     for e in chosen.iter_mut() {
         mark.execute([e.seq])?;
@@ -245,12 +245,12 @@ impl<'a> Applying<'a> {
                 }
                 Some(MutationOutcome::Retry { retry_after_ms }) => {
                     let next = w.now + (*retry_after_ms as i64).max(backoff_ms(e.attempts));
-                    retry_at(w, e, next)?;
+                    retry_at(w, e, next, Answer::NotApplied)?;
                     report.retried += 1;
                 }
                 None => {
                     tracing::warn!(mutation_id = %e.mutation_id, "the server gave no result for a mutation; retrying it later");
-                    retry_at(w, e, w.now + backoff_ms(e.attempts))?;
+                    retry_at(w, e, w.now + backoff_ms(e.attempts), Answer::None)?;
                     report.retried += 1;
                 }
             }
@@ -320,12 +320,9 @@ fn applied_in_bulk(
             .iter()
             .filter(|(e, _)| !busy.contains(&e.record_id))
             .collect();
-        // Only a change of a synced record saved a shadow.
-        let updated: Vec<&String> = clean
-            .iter()
-            .filter(|(e, _)| e.op == Op::Update)
-            .map(|(e, _)| &e.record_id)
-            .collect();
+        // A change of a synced record saved a shadow, and so did the rebase of
+        // a sent create over the server's row.
+        let updated: Vec<&String> = clean.iter().map(|(e, _)| &e.record_id).collect();
         if !updated.is_empty() {
             w.tx.prepare_cached(
                 "DELETE FROM _ferry_shadow WHERE collection = ?1 AND record_id IN (SELECT value FROM json_each(?2))",
@@ -348,11 +345,21 @@ fn applied_in_bulk(
     Ok(done)
 }
 
-fn retry_at(w: &Writer<'_, '_>, e: &Sending, next: i64) -> Result<()> {
+/// What the server said of an entry it is asked to send again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// It did not apply it (`retry`): it holds nothing under its mutation id.
+    NotApplied,
+    /// Nothing: it may have applied it.
+    None,
+}
+
+fn retry_at(w: &Writer<'_, '_>, e: &Sending, next: i64, answer: Answer) -> Result<()> {
     w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2 WHERE seq = ?1",
+        "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2,
+         unanswered = unanswered AND ?3 WHERE seq = ?1",
     )?
-    .execute(params![e.seq, next])?;
+    .execute(params![e.seq, next, answer == Answer::None])?;
     Ok(())
 }
 
@@ -373,12 +380,14 @@ fn other_entries(w: &Writer<'_, '_>, e: &Sending) -> Result<i64> {
 
 fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) -> Result<()> {
     remove_entry(w, e)?;
+    if let Some(rec) = w.load(c, &e.record_id)?
+        && rec.version.is_some_and(|v| v >= version)
+    {
+        return superseded(w, c, rec, e);
+    }
     if other_entries(w, e)? == 0 {
         // The common case, kept to narrow statements: a push applies thousands.
-        if e.op != Op::Create {
-            // Only a change of a synced record saved a shadow.
-            shadow::remove(w.tx, &c.name, &e.record_id)?;
-        }
+        shadow::remove(w.tx, &c.name, &e.record_id)?;
         if e.op == Op::Delete {
             w.delete_row(c, &e.record_id)?;
             return Ok(());
@@ -408,6 +417,26 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
         w.replace_row(c, &rec)?;
         outbox::rebase(w.tx, &c.name, &rec.id, version)?;
     }
+    Ok(())
+}
+
+/// The answer is older than the server row the record was since rebased over
+/// (the answer to a retried mutation, replayed by the server from its mutation
+/// id): that row already holds what the mutation did, and what the rebase left
+/// to push is queued behind it. The record is synced once nothing is left.
+fn superseded(w: &mut Writer<'_, '_>, c: &Collection, mut rec: Record, e: &Sending) -> Result<()> {
+    if rec.status == RecordStatus::Synced || other_entries(w, e)? > 0 {
+        return Ok(());
+    }
+    shadow::remove(w.tx, &c.name, &rec.id)?;
+    if rec.status == RecordStatus::Deleted {
+        w.delete_row(c, &rec.id)?;
+        return Ok(());
+    }
+    rec.status = RecordStatus::Synced;
+    rec.changed.clear();
+    w.replace_row(c, &rec)?;
+    w.events.upsert(&c.name, &rec.id, rec.to_json());
     Ok(())
 }
 

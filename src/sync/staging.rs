@@ -393,6 +393,12 @@ fn rebase_pending(
 }
 
 /// Puts a pending local record on top of a newer server row.
+///
+/// What then differs from the server is what remains to push. A sent entry is
+/// never rewritten (see [`outbox::rebase_onto`]); the difference queues behind
+/// it. A local create that was already sent is now known to the server (the
+/// pull just brought its row, whether our create made it or not), so it goes on
+/// as an update of that row.
 pub(crate) fn rebase_over(
     w: &mut Writer<'_, '_>,
     c: &Collection,
@@ -402,18 +408,23 @@ pub(crate) fn rebase_over(
 ) -> Result<()> {
     local.version = Some(server.version);
     local.updated_at = w.now;
-    if local.status == RecordStatus::Updated {
+    let sent_create =
+        local.status == RecordStatus::Created && outbox::has_entries(w.tx, &c.name, &local.id)?;
+    if local.status == RecordStatus::Updated || sent_create {
         let merged = resolved(c, &local, server, resolver);
-        // What still differs from the server is what remains to push.
         let diff = differing(&merged, &server.fields);
         local.fields = merged;
+        local.status = RecordStatus::Updated;
         local.changed = diff.keys().cloned().collect();
-        if !outbox::rewrite_updates(w.tx, &c.name, &local.id, &diff)? {
+        if !outbox::rebase_onto(w.tx, &c.name, &local.id, &diff, server.version, w.now)? {
             local.status = RecordStatus::Synced;
             local.changed.clear();
         }
-    } else if local.status == RecordStatus::Created {
-        local.fields = resolved(c, &local, server, resolver);
+    } else {
+        if local.status == RecordStatus::Created {
+            local.fields = resolved(c, &local, server, resolver);
+        }
+        outbox::rebase(w.tx, &c.name, &local.id, server.version)?;
     }
     w.replace_row(c, &local)?;
     shadow::set(
@@ -423,7 +434,6 @@ pub(crate) fn rebase_over(
         Some(server.version),
         &server.fields,
     )?;
-    outbox::rebase(w.tx, &c.name, &local.id, server.version)?;
     if local.status == RecordStatus::Synced {
         shadow::remove(w.tx, &c.name, &local.id)?;
     }

@@ -2,6 +2,8 @@
 //! sync client each), and a transport wrapper that injects faults.
 #![allow(dead_code)]
 
+pub mod kit;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
