@@ -11,21 +11,34 @@ PASSWORD="${FERRY_PG_PASSWORD:-ferry}"
 DB="${FERRY_PG_DB:-ferry}"
 PORT="${FERRY_PG_PORT:-5432}"
 
-as_postgres() {
-  if [ "$(id -un)" = postgres ]; then "$@"; else su postgres -c "$(printf '%q ' "$@")"; fi
+# Root and postgres run the cluster tools as themselves (root reaches postgres
+# through su); anyone else goes through sudo.
+as_root() {
+  if [ "$(id -u)" = 0 ] || [ "$(id -un)" = postgres ]; then "$@"; else sudo "$@"; fi
 }
+as_postgres() {
+  if [ "$(id -un)" = postgres ]; then "$@"
+  elif [ "$(id -u)" = 0 ]; then su postgres -c "$(printf '%q ' "$@")"
+  else sudo -u postgres "$@"
+  fi
+}
+cd /  # readable by postgres
 
 if ! command -v pg_ctlcluster >/dev/null; then
   echo "pg-start: PostgreSQL is not installed (apt-get install postgresql-$PG_VERSION)" >&2
   exit 1
 fi
+if [ "$(id -u)" != 0 ] && [ "$(id -un)" != postgres ] && ! command -v sudo >/dev/null; then
+  echo "pg-start: need root, sudo or the postgres user to start PostgreSQL" >&2
+  exit 1
+fi
 if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main"' | grep -q .; then
-  pg_createcluster "$PG_VERSION" main >&2
+  as_root pg_createcluster "$PG_VERSION" main >&2
 fi
 if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" && $4 == "online"' | grep -q .; then
   # Its messages (e.g. "Removed stale pid file.") go to stderr: callers
   # capture stdout, which carries only the URL printed at the end.
-  pg_ctlcluster "$PG_VERSION" main start >&2
+  as_root pg_ctlcluster "$PG_VERSION" main start >&2
 fi
 for _ in $(seq 1 30); do
   as_postgres psql -p "$PORT" -tAc "SELECT 1" >/dev/null 2>&1 && break

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test lane. README's "all tests" command; .ci/run calls it after
-# installing what it needs.
+# Runs every test lane. README's "all tests" command; on a fresh Debian machine it
+# installs what it needs first (scripts/setup.sh), and .ci/run is CI=1 plus this.
 #
+#   0. setup: Debian packages, the Kotlin compiler, rustfmt/clippy (scripts/setup.sh)
 #   1. format and lints (cargo fmt --check, clippy -D warnings)
 #   2. PostgreSQL: start the local cluster (scripts/pg-start.sh) for the server's
 #      storage suite and the end-to-end suite on PostgreSQL
@@ -12,8 +13,9 @@
 #      ferry-server, the Swift C header compiles against the static library
 #   6. the demo runs and converges
 #
-# Under CI (env CI set) nothing is skipped: a missing PostgreSQL or Kotlin
-# toolchain fails the run. Outside CI those lanes skip with a loud message.
+# Under CI (env CI set) nothing is skipped: an incomplete setup, a missing PostgreSQL
+# or Kotlin toolchain fails the run. Outside CI (say, no sudo or no network) those
+# lanes skip with a loud message.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,9 +25,16 @@ skip() {
   printf '\n!!!! SKIPPED: %s !!!!\n\n' "$*" >&2
 }
 
+lane "setup"
+scripts/setup.sh || skip "scripts/setup.sh could not install everything (see above)"
+
 lane "format and lints"
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets -- -D warnings
+else
+  skip "rustfmt/clippy are not installed (rustup component add rustfmt clippy)"
+fi
 
 lane "PostgreSQL"
 if [ -z "${FERRY_TEST_PG_URL:-}" ]; then
@@ -50,7 +59,7 @@ if [ -d bindings/kotlin/tests ]; then
   if [ -n "${CI:-}" ] || scripts/kotlin-toolchain.sh --check >/dev/null 2>&1; then
     FERRY_INSTALL_TOOLCHAIN=1 scripts/test-kotlin-e2e.sh
   else
-    skip "the Kotlin toolchain is not installed (scripts/kotlin-toolchain.sh)"
+    skip "the Kotlin toolchain is not installed (scripts/setup.sh, scripts/kotlin-toolchain.sh)"
   fi
   scripts/check-swift-header.sh
 else

@@ -34,7 +34,7 @@ pub struct SyncConfig {
     pub collections: Option<Vec<String>>,
 }
 
-/// How a write reaches the server (see DESIGN.md, "The three flows").
+/// How a write reaches the server (docs/architecture.md, "The three write modes share one store").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum WriteMode {
     /// Local transaction and event now; pushed soon after.

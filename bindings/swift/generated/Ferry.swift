@@ -3732,7 +3732,7 @@ public func FfiConverterTypeSyncPhase_lower(_ value: SyncPhase) -> RustBuffer {
 // Note that we don't yet support `indirect` for enums.
 // See https://github.com/mozilla/uniffi-rs/issues/396 for further discussion.
 /**
- * How a write reaches the server (see DESIGN.md, "The three flows").
+ * How a write reaches the server (docs/architecture.md, "The three write modes share one store").
  */
 
 public enum WriteMode: Equatable, Hashable {

@@ -2,10 +2,12 @@
 //!
 //! - `init`: create or migrate a database from a schema file;
 //! - `records`: put, delete, get, query;
-//! - `inspect`: outbox, status.
+//! - `inspect`: outbox, status;
+//! - `demo`: two devices syncing through an in-process ferry-server;
+//! - `sync`: one sync with a running ferry-server.
 //!
-//! A new group (e.g. `demo`, `sync`) gets its own file here, takes a [`Ctx`] and
-//! returns `Result<(), Failure>`, printing its result with [`print_json`].
+//! A new group gets its own file here, takes a [`Ctx`] and returns
+//! `Result<(), Failure>`, printing its result with [`print_json`].
 
 pub mod demo;
 pub mod init;

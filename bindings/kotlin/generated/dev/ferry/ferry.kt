@@ -5746,7 +5746,7 @@ public object FfiConverterTypeSyncPhase: FfiConverterRustBuffer<SyncPhase> {
 
 
 /**
- * How a write reaches the server (see DESIGN.md, "The three flows").
+ * How a write reaches the server (docs/architecture.md, "The three write modes share one store").
  */
 sealed class WriteMode {
     
