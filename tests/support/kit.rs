@@ -26,8 +26,20 @@ pub struct InProcessServer {
 
 impl InProcessServer {
     pub async fn start(config: ServerConfig) -> Arc<InProcessServer> {
+        Self::start_from(None, config).await
+    }
+
+    /// A server on a copy of the database file `from` (a fixture), or on a new one.
+    pub async fn start_from(
+        from: Option<&std::path::Path>,
+        config: ServerConfig,
+    ) -> Arc<InProcessServer> {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("server.db").display());
+        let path = dir.path().join("server.db");
+        if let Some(from) = from {
+            std::fs::copy(from, &path).unwrap();
+        }
+        let url = format!("sqlite:{}", path.display());
         let auth = Authenticator::new(&config);
         let service = SyncService::open(&url, config).await.expect("server opens");
         Arc::new(InProcessServer {
@@ -337,6 +349,33 @@ impl KitDevice {
             ferry::Store::open_with(&dir.path().join("device.db"), Some(schema), clock.clone())
                 .unwrap();
         Self::connect(store, server, clock, token, config, dir)
+    }
+
+    /// A device on a copy of the database file `from` (a fixture), opened with
+    /// the schema stored in it.
+    pub fn from_file(
+        from: &std::path::Path,
+        server: &Arc<InProcessServer>,
+        clock: &Arc<ManualClock>,
+        token: &str,
+    ) -> ferry::Result<KitDevice> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.db");
+        std::fs::copy(from, &path).unwrap();
+        let store = ferry::Store::open_with(&path, None, clock.clone())?;
+        Ok(Self::connect(
+            store,
+            server,
+            clock,
+            token,
+            ferry::sync::SyncConfig::default(),
+            dir,
+        ))
+    }
+
+    /// The device's database file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("device.db")
     }
 
     fn connect(
