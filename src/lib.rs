@@ -22,7 +22,7 @@ pub use events::{
 pub use schema::{Collection, Column, ColumnType, Schema, SyncMode};
 pub use store::{
     EntryState, Fields, Filter, OutboxEntry, Query, Record, RecordStatus, Sort, Store, StoreStatus,
-    WriteOp,
+    WeakStore, WriteOp,
 };
 
 uniffi::setup_scaffolding!();

@@ -107,7 +107,7 @@ fn a_database_from_a_newer_ferry_is_refused_and_left_as_it_was() {
             [],
         )
         .unwrap();
-    let err = ferry::Store::open_existing(&path).err().expect("refused");
+    let err = ferry::Store::open_existing(&path).expect_err("refused");
     assert!(
         matches!(&err, Error::IncompatibleSchema(m) if m.contains("newer Ferry")),
         "{err}"

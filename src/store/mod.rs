@@ -241,6 +241,17 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// See [`Store::downgrade`].
+#[derive(Clone)]
+pub struct WeakStore(std::sync::Weak<Inner>);
+
+impl WeakStore {
+    /// The store, if some handle still keeps it open.
+    pub fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -287,6 +298,13 @@ impl Store {
 
     pub fn schema(&self) -> &Schema {
         &self.inner.schema
+    }
+
+    /// A handle that does not keep the database open: it tells when every
+    /// [`Store`] handle (the app's, a sync client's, a background task's) is gone
+    /// and the database is closed.
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.inner))
     }
 
     pub fn path(&self) -> &Path {

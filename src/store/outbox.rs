@@ -382,6 +382,27 @@ pub(crate) fn freeze_creates(
     Ok(out)
 }
 
+/// Whether a push may find something to send: a pending entry, or a record with
+/// unconfirmed changes (an unsent create has no entry). Index-only reads.
+pub(crate) fn anything_to_send(conn: &rusqlite::Connection, schema: &Schema) -> Result<bool> {
+    let entries: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _ferry_outbox WHERE state = 'pending')")?
+        .query_row([], |r| r.get(0))?;
+    if entries {
+        return Ok(true);
+    }
+    for c in schema.collections.iter().filter(|c| c.is_synced()) {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE _status <> 'synced')",
+            super::records::quote(&c.name)
+        );
+        if conn.prepare_cached(&sql)?.query_row([], |r| r.get(0))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Counts of records with changes the server has not confirmed (one each, however
 /// many edits they carry: an index-only count of the pending rows) and of
 /// quarantined mutations.

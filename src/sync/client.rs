@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ferry_protocol::{MutationOutcome, PullRequest, PushRequest, PushResponse, RawFields};
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use futures::future::{BoxFuture, Shared, WeakShared};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -134,6 +134,29 @@ pub struct SyncReport {
 
 type SharedSync = Shared<BoxFuture<'static, Result<SyncReport>>>;
 
+/// Puts every in-flight entry back in the outbox if a push is dropped before it
+/// finished (its caller was cancelled, or the client closed): their answers will
+/// never be applied, and an entry left in flight would never be sent again.
+/// Under the same mutation ids, and still marked unanswered, so nothing applies
+/// twice and nothing the server may hold is rewritten.
+struct PutBackOnDrop(Option<Store>);
+
+impl PutBackOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PutBackOnDrop {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take()
+            && let Err(e) = push::reset_in_flight(&store)
+        {
+            tracing::error!(error = %e, "could not return a cancelled push to the outbox; it is retried after a restart");
+        }
+    }
+}
+
 struct Inner {
     store: Store,
     transport: Arc<dyn Transport>,
@@ -143,7 +166,9 @@ struct Inner {
     status: Mutex<SyncStatus>,
     status_listeners: Mutex<Vec<(u64, Arc<dyn StatusListener>)>>,
     next_listener: AtomicU32,
-    running: Mutex<Option<SharedSync>>,
+    /// The sync running now, if any: weak, so that a sync nobody awaits any
+    /// more is dropped (and does not keep the client alive).
+    running: Mutex<Option<WeakShared<BoxFuture<'static, Result<SyncReport>>>>>,
     online: AtomicBool,
     foreground: AtomicBool,
     wake: Arc<Notify>,
@@ -315,12 +340,12 @@ impl SyncClient {
     pub async fn sync(&self) -> Result<SyncReport> {
         let fut = {
             let mut slot = self.inner.running.lock();
-            match &*slot {
-                Some(f) if f.peek().is_none() => f.clone(),
+            match slot.as_ref().and_then(WeakShared::upgrade) {
+                Some(f) if f.peek().is_none() => f,
                 _ => {
                     let this = self.clone();
-                    let f = async move { this.run_sync().await }.boxed().shared();
-                    *slot = Some(f.clone());
+                    let f: SharedSync = async move { this.run_sync().await }.boxed().shared();
+                    *slot = f.downgrade();
                     f
                 }
             }
@@ -401,10 +426,11 @@ impl SyncClient {
 
     async fn pull(&self) -> Result<SyncReport> {
         let store = self.inner.store.clone();
-        let mut cursor = {
+        let start = {
             let s = store.clone();
-            blocking(move || staging::resume_cursor(&s)).await?
+            blocking(move || staging::pull_start(&s)).await?
         };
+        let mut cursor = start.cursor.clone();
         self.update_status(|s| {
             s.phase = SyncPhase::Pulling;
             s.pages_done = 0;
@@ -437,6 +463,11 @@ impl SyncClient {
                 report.skipped += r.skipped;
             }
             let page = fetched?;
+            if report.pages == 0 && start.nothing_new(&page) {
+                // Nothing to stage or publish: no transaction at all.
+                report.pages = 1;
+                return Ok(report);
+            }
             let has_more = page.has_more;
             cursor = Some(page.cursor.clone());
             report.pages += 1;
@@ -483,7 +514,9 @@ impl SyncClient {
     /// earlier batch still has in flight, so the overlap changes no outcome.
     pub async fn push_all(&self) -> Result<PushReport> {
         self.update_status(|s| s.phase = SyncPhase::Pushing);
+        let guard = PutBackOnDrop(Some(self.inner.store.clone()));
         let result = self.push_rounds().await;
+        guard.disarm();
         self.refresh_counts();
         result
     }
@@ -601,7 +634,10 @@ impl SyncClient {
             return Ok(None);
         };
         let batch = Arc::new(batch);
-        match self.send_push(req).await {
+        let guard = PutBackOnDrop(Some(self.inner.store.clone()));
+        let sent = self.send_push(req).await;
+        guard.disarm();
+        match sent {
             Ok(resp) => Ok(Some(self.apply_answer((batch, resp), false).await?.0)),
             Err(e) => {
                 self.put_back(&batch, !matches!(e, Error::Unauthorized(_)))

@@ -57,6 +57,10 @@ pub(crate) fn prepare(
     max: usize,
     only: Option<&HashSet<(String, String)>>,
 ) -> Result<Option<Prepared>> {
+    // Nothing to send is the common case of a sync: no write transaction for it.
+    if !store.read(|c| outbox::anything_to_send(c, store.schema()))? {
+        return Ok(None);
+    }
     store.write_tx(ChangeSource::Remote, |w| {
         prepare_in(w, client_id, max, only)
     })

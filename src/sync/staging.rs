@@ -110,10 +110,53 @@ fn create_stage(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
     Ok(())
 }
 
-/// Where the next pull request starts: the staged cursor when an earlier pull was
-/// interrupted, else the published one.
-pub(crate) fn resume_cursor(store: &Store) -> Result<Option<String>> {
-    store.read(|c| Ok(meta_get(c, STAGED_CURSOR)?.or(meta_get(c, CURSOR)?)))
+/// Where the next pull starts.
+#[derive(Debug, Default)]
+pub(crate) struct PullStart {
+    /// The staged cursor when an earlier pull was interrupted, else the published one.
+    pub cursor: Option<String>,
+    /// Whether pages are staged and still to be published.
+    pub resumed: bool,
+    /// The server totals last received, per collection.
+    pub totals: BTreeMap<String, u64>,
+}
+
+pub(crate) fn pull_start(store: &Store) -> Result<PullStart> {
+    store.read(|c| {
+        let totals = c
+            .prepare_cached("SELECT collection, server_total FROM _ferry_anchors")?
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(match meta_get(c, STAGED_CURSOR)? {
+            Some(staged) => PullStart {
+                cursor: Some(staged),
+                resumed: true,
+                totals,
+            },
+            None => PullStart {
+                cursor: meta_get(c, CURSOR)?,
+                resumed: false,
+                totals,
+            },
+        })
+    })
+}
+
+impl PullStart {
+    /// Whether the first page of this pull brings nothing: no changes, the same
+    /// cursor back, totals as last received, and nothing staged before waiting
+    /// to be published. Then the pull is done without a transaction (and an
+    /// anchor's `updated_at` stays when its total last changed).
+    pub(crate) fn nothing_new(&self, page: &PullPage) -> bool {
+        !self.resumed
+            && !page.has_more
+            && page.changes.values().all(|c| c.is_empty())
+            && page.totals.as_ref().is_none_or(|t| {
+                t.iter()
+                    .all(|(name, total)| self.totals.get(name) == Some(total))
+            })
+            && self.cursor.as_deref() == Some(page.cursor.as_str())
+    }
 }
 
 /// What staging a page did.
@@ -376,12 +419,22 @@ fn rebase_pending(
                     n += 1;
                 }
             }
-            Err(kind) if kind == "delete" && local.status != RecordStatus::Created => {
-                // Deleted on the server: the server wins over local edits.
+            // Deleted on the server: the server wins over local edits, and over
+            // a local create it may hold (sent, unanswered): it then applied it
+            // and the record was deleted since.
+            Err(kind)
+                if kind == "delete"
+                    && (local.status != RecordStatus::Created
+                        || outbox::has_entries(w.tx, &c.name, id)?) =>
+            {
                 super::push::forget_record(w, c, id)?;
                 w.events.delete(&c.name, id);
             }
-            // Created locally, or evicted: keep the local record; its push decides.
+            // Created here and never sent (another device's record of that id
+            // was deleted): keep it, its push decides; but the server holds no
+            // row to roll back to any more (a rejection removes the record).
+            Err(kind) if kind == "delete" => shadow::remove(w.tx, &c.name, id)?,
+            // Evicted: keep the local record; its push decides.
             _ => {}
         }
         for table in [stage_table(c), gone_table(c)] {

@@ -21,7 +21,18 @@ use parking_lot::Mutex;
 pub struct InProcessServer {
     pub service: SyncService,
     auth: Authenticator,
+    /// Every `applied` answer the server gave, whether the client got it or not.
+    pub applied: Mutex<Vec<Applied>>,
     _dir: tempfile::TempDir,
+}
+
+/// What the server holds for a user at one moment, read as a fresh client would.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Live records of a collection: id → (version, fields).
+    pub live: std::collections::BTreeMap<String, (u64, ferry::Fields)>,
+    /// Ids with a tombstone.
+    pub deleted: std::collections::BTreeSet<String>,
 }
 
 impl InProcessServer {
@@ -45,8 +56,43 @@ impl InProcessServer {
         Arc::new(InProcessServer {
             service,
             auth,
+            applied: Mutex::new(Vec::new()),
             _dir: dir,
         })
+    }
+
+    /// `collection` as the server holds it now for the user of `token`.
+    pub async fn snapshot(&self, token: &str, collection: &str) -> Snapshot {
+        let caller = self
+            .auth
+            .authenticate(Some(&format!("Bearer {token}")))
+            .unwrap();
+        let mut snap = Snapshot::default();
+        let mut cursor = None;
+        loop {
+            let req = PullRequest {
+                cursor: cursor.take(),
+                client_id: None,
+                limit: Some(1_000),
+                collections: Some(vec![collection.to_string()]),
+                want_totals: false,
+            };
+            let page: PullPage = reencode(&self.service.pull(&caller, &req).await.unwrap());
+            for (_, changes) in page.changes {
+                for r in changes.upserts {
+                    snap.deleted.remove(&r.id);
+                    snap.live.insert(r.id, (r.version, r.fields));
+                }
+                for id in changes.deletes.into_iter().chain(changes.evictions) {
+                    snap.live.remove(&id);
+                    snap.deleted.insert(id);
+                }
+            }
+            if !page.has_more {
+                return snap;
+            }
+            cursor = Some(page.cursor);
+        }
     }
 
     /// A transport to this server.
@@ -106,11 +152,24 @@ impl Transport for InProcess {
         req: &PushRequest<RawFields>,
     ) -> Result<PushResponse, TransportError> {
         let caller = self.caller(token)?;
-        self.server
+        let resp = self
+            .server
             .service
             .push(&caller, reencode(req))
             .await
-            .map_err(transport_error)
+            .map_err(transport_error)?;
+        let mut applied = self.server.applied.lock();
+        for (m, r) in req.mutations.iter().zip(&resp.results) {
+            if let ferry_protocol::MutationOutcome::Applied { version } = r.outcome {
+                applied.push(Applied {
+                    mutation_id: m.mutation_id.clone(),
+                    record_id: m.record_id.clone(),
+                    fields: serde_json::from_str(m.fields.get()).unwrap_or_default(),
+                    version,
+                });
+            }
+        }
+        Ok(resp)
     }
 }
 
@@ -167,8 +226,6 @@ pub struct FaultPlan<T> {
     held: Mutex<Vec<Held>>,
     /// Push requests the server received (duplicates and late ones included).
     pub pushes_delivered: Mutex<usize>,
-    /// Every `applied` answer the server gave, whether the client got it or not.
-    pub applied: Mutex<Vec<Applied>>,
     /// Notified when a request reached the server under [`Fault::Hang`].
     pub hung: tokio::sync::Notify,
 }
@@ -181,7 +238,6 @@ impl<T: Transport> FaultPlan<T> {
             plan: Mutex::new(VecDeque::new()),
             held: Mutex::new(Vec::new()),
             pushes_delivered: Mutex::new(0),
-            applied: Mutex::new(Vec::new()),
             hung: tokio::sync::Notify::new(),
         }
     }
@@ -216,19 +272,7 @@ impl<T: Transport> FaultPlan<T> {
         req: &PushRequest<RawFields>,
     ) -> Result<PushResponse, TransportError> {
         *self.pushes_delivered.lock() += 1;
-        let resp = self.inner.push(token, req).await?;
-        let mut applied = self.applied.lock();
-        for (m, r) in req.mutations.iter().zip(&resp.results) {
-            if let ferry_protocol::MutationOutcome::Applied { version } = r.outcome {
-                applied.push(Applied {
-                    mutation_id: m.mutation_id.clone(),
-                    record_id: m.record_id.clone(),
-                    fields: serde_json::from_str(m.fields.get()).unwrap_or_default(),
-                    version,
-                });
-            }
-        }
-        Ok(resp)
+        self.inner.push(token, req).await
     }
 
     /// Drops the faults still planned.
@@ -323,6 +367,38 @@ impl<T: Transport> Transport for FaultPlan<T> {
     }
 }
 
+/// Puts a new, empty database for `schema` at `path`: a copy of one made once
+/// per schema (creating the tables is most of a device's start-up, and the
+/// model test starts thousands); it makes a client id of its own when opened.
+fn fresh_database(schema: &ferry::Schema, path: &std::path::Path) {
+    static TEMPLATES: std::sync::OnceLock<
+        Mutex<(
+            tempfile::TempDir,
+            std::collections::HashMap<String, std::path::PathBuf>,
+        )>,
+    > = std::sync::OnceLock::new();
+    let templates =
+        TEMPLATES.get_or_init(|| Mutex::new((tempfile::tempdir().unwrap(), Default::default())));
+    let template = {
+        let mut t = templates.lock();
+        let key = schema.to_json();
+        let n = t.1.len();
+        let file = t.0.path().join(format!("template-{n}.db"));
+        t.1.entry(key)
+            .or_insert_with(|| {
+                drop(ferry::Store::open(&file, schema.clone()).unwrap());
+                // Without a client id: each copy makes its own when it opens.
+                rusqlite::Connection::open(&file)
+                    .unwrap()
+                    .execute("DELETE FROM _ferry_meta WHERE key = 'client_id'", [])
+                    .unwrap();
+                file
+            })
+            .clone()
+    };
+    std::fs::copy(template, path).unwrap();
+}
+
 /// A device on the kit: its own database file, a sync client over a fault plan
 /// to an in-process server, and the shared manual clock.
 pub struct KitDevice {
@@ -345,9 +421,9 @@ impl KitDevice {
         config: ferry::sync::SyncConfig,
     ) -> KitDevice {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            ferry::Store::open_with(&dir.path().join("device.db"), Some(schema), clock.clone())
-                .unwrap();
+        let path = dir.path().join("device.db");
+        fresh_database(&schema, &path);
+        let store = ferry::Store::open_with(&path, Some(schema), clock.clone()).unwrap();
         Self::connect(store, server, clock, token, config, dir)
     }
 
@@ -424,8 +500,15 @@ impl KitDevice {
             dir,
             ..
         } = self;
+        // Work the client had handed to the blocking pool still runs: a killed
+        // process would have stopped it at some point, so wait until it has
+        // (the kill then lands after it) and the database is closed.
+        let closed = store.downgrade();
         drop(client);
         drop(store);
+        while closed.upgrade().is_some() {
+            std::thread::yield_now();
+        }
         let store =
             ferry::Store::open_with(&dir.path().join("device.db"), None, clock.clone()).unwrap();
         Self::connect(store, &server, &clock, &token, config, dir)
