@@ -1,20 +1,23 @@
 //! Background scheduling: a debounced push after local writes, nothing while
 //! idle, nothing while offline or in the background, a sync when the network
 //! returns, and backoff after failures. Runs against an in-memory transport so
-//! that only the scheduler's behaviour is under test.
+//! that only the scheduler's behaviour is under test, on the manual clock: the
+//! test moves time and waits for the driver's decisions, it never sleeps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ferry::sync::machine::Action;
 use ferry::sync::{SyncClient, SyncConfig};
 use ferry::transport::{StaticToken, Transport, TransportError};
-use ferry::{Fields, Schema, Store};
+use ferry::{Fields, ManualClock, Schema, Store};
 use ferry_protocol::{
     MutationOutcome, MutationResult, PullPage, PullRequest, PushRequest, PushResponse,
 };
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 #[derive(Default)]
 struct Memory {
@@ -62,13 +65,27 @@ impl Transport for Memory {
     }
 }
 
-fn setup() -> (tempfile::TempDir, Store, SyncClient, Arc<Memory>) {
+const START: i64 = 1_800_000_000_000;
+const DEBOUNCE: i64 = 150;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Store,
+    client: SyncClient,
+    mem: Arc<Memory>,
+    clock: Arc<ManualClock>,
+    schedule: watch::Receiver<(u64, Action)>,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::from_json(include_str!("../examples/tasks.schema.json")).unwrap();
-    let store = Store::open(dir.path().join("s.db"), schema).unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let store = Store::open_with(&dir.path().join("s.db"), Some(schema), clock.clone()).unwrap();
     let mem = Arc::new(Memory::default());
     let config = SyncConfig {
-        push_debounce: Duration::from_millis(150),
+        push_debounce: Duration::from_millis(DEBOUNCE as u64),
+        seed: Some(11),
         ..SyncConfig::default()
     };
     let client = SyncClient::new(
@@ -78,81 +95,120 @@ fn setup() -> (tempfile::TempDir, Store, SyncClient, Arc<Memory>) {
         config,
     )
     .unwrap();
-    (dir, store, client, mem)
+    let schedule = client.schedule();
+    Setup {
+        _dir: dir,
+        store,
+        client,
+        mem,
+        clock,
+        schedule,
+    }
 }
 
-async fn until(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+impl Setup {
+    /// Waits until the background machine has taken `steps` inputs in all, and
+    /// returns what it decided last.
+    async fn after_steps(&mut self, steps: u64) -> Action {
+        self.schedule
+            .wait_for(|(n, _)| *n >= steps)
+            .await
+            .expect("the driver runs")
+            .1
     }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_in_a_burst_are_pushed_once_after_the_debounce_then_nothing_while_idle() {
-    let (_d, store, client, mem) = setup();
-    client.start();
+    let mut s = setup();
+    s.client.start();
     for _ in 0..5 {
-        store.create("tasks", Fields::new()).unwrap();
+        s.store.create("tasks", Fields::new()).unwrap();
     }
-    until("the outbox drains", || store.outbox().unwrap().is_empty()).await;
     assert_eq!(
-        *mem.pushes.lock(),
+        s.after_steps(5).await,
+        Action::WakeAt(START + DEBOUNCE),
+        "one timer for the whole burst, from its first write"
+    );
+    assert!(
+        s.mem.pushes.lock().is_empty(),
+        "nothing before the debounce"
+    );
+    s.clock.advance(DEBOUNCE);
+    // The timer fires (a sync), the sync finishes: idle, with no timer.
+    assert_eq!(s.after_steps(7).await, Action::Idle);
+    assert_eq!(
+        *s.mem.pushes.lock(),
         vec![5],
         "one push carried the whole burst"
     );
-    let pulls = mem.pulls.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        mem.pulls.load(Ordering::SeqCst),
-        pulls,
-        "no polling while idle"
-    );
-    assert_eq!(mem.pushes.lock().len(), 1);
+    assert!(s.store.outbox().unwrap().is_empty());
+    assert_eq!(s.mem.pulls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_and_background_hold_sync_until_the_host_says_otherwise() {
-    let (_d, store, client, mem) = setup();
-    client.start();
-    client.set_online(false);
-    store.create("tasks", Fields::new()).unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut s = setup();
+    s.client.start();
+    s.client.set_online(false);
+    s.store.create("tasks", Fields::new()).unwrap();
     assert_eq!(
-        mem.attempts.load(Ordering::SeqCst),
-        0,
-        "nothing while offline"
+        s.after_steps(2).await,
+        Action::Idle,
+        "no timer while offline"
     );
-    client.set_foreground(false);
-    client.set_online(true);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.client.set_foreground(false);
+    s.client.set_online(true);
     assert_eq!(
-        mem.attempts.load(Ordering::SeqCst),
-        0,
+        s.after_steps(4).await,
+        Action::Idle,
         "nothing automatic in the background"
     );
-    client.set_foreground(true);
-    until("the write is pushed on return to the foreground", || {
-        store.outbox().unwrap().is_empty()
-    })
-    .await;
-    assert_eq!(*mem.pushes.lock(), vec![1]);
+    assert_eq!(s.mem.attempts.load(Ordering::SeqCst), 0);
+    s.clock.advance(60_000);
+    s.client.set_foreground(true);
+    // The write has waited past its debounce: it syncs at once.
+    assert_eq!(s.after_steps(6).await, Action::Idle);
+    assert_eq!(*s.mem.pushes.lock(), vec![1]);
+    assert!(s.store.outbox().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_back_off_instead_of_spinning() {
-    let (_d, store, client, mem) = setup();
-    mem.fail.store(true, Ordering::SeqCst);
-    client.start();
-    store.create("tasks", Fields::new()).unwrap();
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
-    let attempts = mem.attempts.load(Ordering::SeqCst);
-    // Backoff of 0.5–1 s, then 1–2 s, then 2–4 s: a handful, not hundreds.
-    assert!((2..=5).contains(&attempts), "{attempts} attempts in 3 s");
-    mem.fail.store(false, Ordering::SeqCst);
-    client.sync().await.unwrap();
-    assert!(store.outbox().unwrap().is_empty() || store.outbox().unwrap()[0].next_attempt_at > 0);
+async fn failures_back_off_longer_each_time_instead_of_spinning() {
+    let mut s = setup();
+    s.mem.fail.store(true, Ordering::SeqCst);
+    s.client.start();
+    s.store.create("tasks", Fields::new()).unwrap();
+    let mut at = match s.after_steps(1).await {
+        Action::WakeAt(at) => at,
+        other => panic!("{other:?}"),
+    };
+    let mut steps = 1;
+    let mut waits = Vec::new();
+    for failure in 1..=4u32 {
+        s.clock.set(at);
+        steps += 2; // the timer fires (a sync), the sync fails
+        let next = match s.after_steps(steps).await {
+            Action::WakeAt(next) => next,
+            other => panic!("failure {failure}: {other:?}"),
+        };
+        let ceiling = 1_000i64 << (failure - 1);
+        let wait = next - at;
+        assert!(
+            (ceiling / 2..=ceiling).contains(&wait),
+            "failure {failure} waits {wait} ms"
+        );
+        waits.push(wait);
+        at = next;
+    }
+    assert_eq!(
+        s.mem.attempts.load(Ordering::SeqCst),
+        4,
+        "one attempt per backoff, none in between"
+    );
+    assert!(waits.windows(2).all(|w| w[1] > w[0]), "{waits:?}");
+    s.mem.fail.store(false, Ordering::SeqCst);
+    s.clock.set(at);
+    assert_eq!(s.after_steps(steps + 2).await, Action::Idle);
+    assert!(s.store.outbox().unwrap().is_empty());
 }

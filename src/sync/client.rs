@@ -11,16 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use ferry_protocol::{MutationOutcome, PullRequest, PushRequest, PushResponse, RawFields};
+use ferry_protocol::{PullRequest, PushRequest, PushResponse, RawFields};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, watch};
 
+use super::machine::{Action, Finished, Input, Machine};
+use super::policy;
 use super::push::{self, PushReport};
 use super::resolver::{ConflictResolver, LocalChangesWin};
 use super::staging::{self, PublishReport};
+use super::write_modes::{OnlineAnswer, Sent, online_answer};
 use crate::error::{Error, Result};
 use crate::events::{ChangeEvent, ChangeSource, Subscription};
 use crate::store::outbox::Sending;
@@ -63,6 +66,8 @@ pub struct SyncConfig {
     pub collections: Option<Vec<String>>,
     /// Push rounds per sync at most (a sync also pushes what conflicts re-queued).
     pub max_push_rounds: usize,
+    /// Seed of the background schedule's jitter (tests fix it; `None`: random).
+    pub seed: Option<u64>,
 }
 
 impl Default for SyncConfig {
@@ -73,6 +78,7 @@ impl Default for SyncConfig {
             push_debounce: Duration::from_millis(300),
             collections: None,
             max_push_rounds: 1_000,
+            seed: None,
         }
     }
 }
@@ -171,7 +177,10 @@ struct Inner {
     running: Mutex<Option<WeakShared<BoxFuture<'static, Result<SyncReport>>>>>,
     online: AtomicBool,
     foreground: AtomicBool,
-    wake: Arc<Notify>,
+    /// Inputs to the background machine, once [`SyncClient::start`] ran.
+    inputs: Mutex<Option<mpsc::UnboundedSender<Input>>>,
+    /// What the background machine last decided, and how many steps it took.
+    schedule: watch::Sender<(u64, Action)>,
     scheduler: Mutex<Option<tokio::task::JoinHandle<()>>>,
     _local_writes: Mutex<Option<Subscription>>,
 }
@@ -225,7 +234,8 @@ impl SyncClient {
                 running: Mutex::new(None),
                 online: AtomicBool::new(true),
                 foreground: AtomicBool::new(true),
-                wake: Arc::new(Notify::new()),
+                inputs: Mutex::new(None),
+                schedule: watch::channel((0, Action::Idle)).0,
                 scheduler: Mutex::new(None),
                 _local_writes: Mutex::new(None),
             }),
@@ -318,26 +328,45 @@ impl SyncClient {
                 s.phase = SyncPhase::Idle;
             }
         });
-        if online {
-            self.inner.wake.notify_one();
+        self.tell(Input::Network(online));
+    }
+
+    /// Passes an input to the background machine, if it runs.
+    fn tell(&self, input: Input) {
+        if let Some(tx) = &*self.inner.inputs.lock() {
+            let _ = tx.send(input);
         }
+    }
+
+    /// What background sync will do next, and how many decisions it has made:
+    /// for tests and diagnostics (`Idle` means no timer and no polling).
+    pub fn schedule(&self) -> watch::Receiver<(u64, Action)> {
+        self.inner.schedule.subscribe()
     }
 
     /// The host says whether the app is in the foreground. Background: no
     /// automatic sync (explicit [`Self::sync`] calls still run).
     pub fn set_foreground(&self, foreground: bool) {
         self.inner.foreground.store(foreground, Ordering::SeqCst);
-        if foreground {
-            self.inner.wake.notify_one();
-        }
+        self.tell(Input::Foreground(foreground));
     }
 
     fn is_online(&self) -> bool {
         self.inner.online.load(Ordering::SeqCst)
     }
 
-    /// Pull, publish, then push. Joins a sync that is already running.
+    /// Pull, publish, then push. Joins a sync that is already running. A
+    /// successful one lets background sync run again after the server refused
+    /// the credentials.
     pub async fn sync(&self) -> Result<SyncReport> {
+        let result = self.sync_shared().await;
+        if result.is_ok() {
+            self.tell(Input::SyncFinished(Finished::Explicit));
+        }
+        result
+    }
+
+    async fn sync_shared(&self) -> Result<SyncReport> {
         let fut = {
             let mut slot = self.inner.running.lock();
             match slot.as_ref().and_then(WeakShared::upgrade) {
@@ -371,7 +400,9 @@ impl SyncClient {
             report.pushed = self.push_all().await?;
             // WatermelonDB-style backends fail a whole push on conflict: pull, push again.
             let mut rounds = 0;
-            while report.pushed.retried > 0 && self.inner.transport.repull_on_retry() && rounds < 3
+            while report.pushed.retried > 0
+                && self.inner.transport.repull_on_retry()
+                && rounds < policy::MAX_REPULL_ROUNDS
             {
                 rounds += 1;
                 let s = self.inner.store.clone();
@@ -685,7 +716,6 @@ impl SyncClient {
         let s = self.inner.store.clone();
         let out = blocking(move || s.write(ops)).await?;
         self.refresh_counts();
-        self.inner.wake.notify_one();
         Ok(out)
     }
 
@@ -782,6 +812,15 @@ impl SyncClient {
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
+        let sent: Vec<Sent> = req
+            .mutations
+            .iter()
+            .map(|m| Sent {
+                mutation_id: m.mutation_id.clone(),
+                collection: m.collection.clone(),
+                record_id: m.record_id.clone(),
+            })
+            .collect();
         let resp = match self.send_push(req).await {
             Ok(r) => r,
             Err(e @ (Error::Offline(_) | Error::Server { .. })) => {
@@ -792,30 +831,7 @@ impl SyncClient {
             }
             Err(e) => return Err(e),
         };
-        let mut versions: HashMap<(String, String), u64> = HashMap::new();
-        let mut failure: Option<Error> = None;
-        for (e, r) in entries.iter().zip(&resp.results) {
-            match &r.outcome {
-                MutationOutcome::Applied { version } => {
-                    versions.insert((e.collection.clone(), e.record_id.clone()), *version);
-                }
-                MutationOutcome::Rejected { code, message } => {
-                    failure.get_or_insert(Error::Rejected {
-                        code: code.as_str().into(),
-                        message: message.clone(),
-                    });
-                }
-                MutationOutcome::Conflict { .. } => {
-                    failure.get_or_insert(Error::Conflict {
-                        collection: e.collection.clone(),
-                        id: e.record_id.clone(),
-                    });
-                }
-                MutationOutcome::Retry { .. } => {
-                    failure.get_or_insert(Error::Offline("the server asked to retry later".into()));
-                }
-            }
-        }
+        let OnlineAnswer { versions, failure } = online_answer(&sent, &resp);
         // Store what the server confirmed, as synced: it never enters the outbox.
         let (confirmed, unconfirmed): (Vec<_>, Vec<_>) = ops
             .into_iter()
@@ -839,57 +855,68 @@ impl SyncClient {
         }
     }
 
-    /// Starts background sync on the current tokio runtime: a debounced push after
-    /// local writes, a sync when the network returns or the app comes to the
-    /// foreground, retries with backoff. Idle means no timers and no polling.
+    /// Starts background sync on the current tokio runtime: the driver of the
+    /// background [`Machine`]. It feeds the machine local writes, the host's
+    /// network and foreground reports, timers (on the store's [`crate::Clock`])
+    /// and sync results, and carries out what it decides; it decides nothing
+    /// itself. Idle means no timers and no polling.
     pub fn start(&self) {
-        let wake = self.inner.wake.clone();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let writes = tx.clone();
         let sub = self.inner.store.subscribe(Arc::new(move |e: &ChangeEvent| {
             if e.source == ChangeSource::Local {
-                wake.notify_one();
+                let _ = writes.send(Input::LocalWrite);
             }
         }));
         *self.inner._local_writes.lock() = Some(sub);
+        *self.inner.inputs.lock() = Some(tx);
+        let clock = self.inner.store.clock().clone();
+        let debounce = self.inner.config.push_debounce.as_millis() as i64;
+        let seed = self.inner.config.seed.unwrap_or_else(|| fastrand::u64(..));
+        let mut machine = Machine::new(debounce, seed);
+        // The host's last reports: held, asking for nothing yet.
+        machine.hold(
+            self.is_online(),
+            self.inner.foreground.load(Ordering::SeqCst),
+        );
+        let schedule = self.inner.schedule.clone();
         let weak = Arc::downgrade(&self.inner);
         let handle = tokio::spawn(async move {
-            let mut failures: u32 = 0;
-            let mut retry_in: Option<Duration> = None;
+            let mut action = Action::Idle;
+            let mut steps = 0u64;
             loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let wake = inner.wake.clone();
-                drop(inner);
-                match retry_in {
-                    Some(d) => {
-                        let _ = tokio::time::timeout(d, wake.notified()).await;
-                    }
-                    None => wake.notified().await,
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                let client = SyncClient { inner };
-                tokio::time::sleep(client.inner.config.push_debounce).await;
-                // Writes during the debounce are covered by this sync: drop their wake-up.
-                let _ = tokio::time::timeout(Duration::ZERO, client.inner.wake.notified()).await;
-                if !client.is_online()
-                    || !client.inner.foreground.load(Ordering::SeqCst)
-                    || client.status().auth_failed
-                {
-                    retry_in = None;
-                    continue;
-                }
-                match client.sync().await {
-                    Ok(_) => {
-                        failures = 0;
-                        retry_in = client.next_retry();
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::info!(error = %e, failures, "background sync failed");
-                        retry_in = match e {
-                            Error::Unauthorized(_) => None,
-                            _ => Some(Duration::from_millis(push::backoff_ms(failures) as u64)),
+                let input = match action {
+                    Action::Sync => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        let client = SyncClient { inner };
+                        let finished = match client.sync_shared().await {
+                            Ok(_) => Finished::Ok {
+                                next_retry_at: client.next_retry_at(),
+                            },
+                            Err(e) => {
+                                tracing::info!(error = %e, "background sync failed");
+                                Finished::Failed {
+                                    auth: matches!(e, Error::Unauthorized(_)),
+                                }
+                            }
                         };
+                        Input::SyncFinished(finished)
                     }
-                }
+                    Action::WakeAt(at) => tokio::select! {
+                        input = rx.recv() => match input {
+                            Some(input) => input,
+                            None => return,
+                        },
+                        _ = clock.sleep_until(at) => Input::TimerFired,
+                    },
+                    Action::Idle => match rx.recv().await {
+                        Some(input) => input,
+                        None => return,
+                    },
+                };
+                action = machine.step(clock.now_ms(), input);
+                steps += 1;
+                schedule.send_replace((steps, action));
             }
         });
         if let Some(old) = self.inner.scheduler.lock().replace(handle) {
@@ -903,9 +930,17 @@ impl SyncClient {
             h.abort();
         }
         self.inner._local_writes.lock().take();
+        self.inner.inputs.lock().take();
     }
 
-    /// When an entry waiting for retry becomes due, if any.
+    /// When an entry waiting for retry becomes due, if any (on the store's clock).
+    fn next_retry_at(&self) -> Option<i64> {
+        let now = self.inner.store.clock().now_ms();
+        self.next_retry()
+            .map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// How long until an entry waiting for retry becomes due, if any.
     fn next_retry(&self) -> Option<Duration> {
         let next: Option<i64> = self
             .inner

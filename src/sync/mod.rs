@@ -7,9 +7,12 @@
 //! [`crate::Clock`], so every interleaving of faults can be tested deterministically.
 
 pub mod client;
+pub mod machine;
+pub mod policy;
 pub mod push;
 pub mod resolver;
 pub mod staging;
+mod write_modes;
 
 pub use client::{
     OfflineBehavior, SyncClient, SyncConfig, SyncPhase, SyncReport, SyncStatus, WriteMode,

@@ -22,11 +22,9 @@ use crate::schema::Collection;
 use crate::store::outbox::Sending;
 use crate::store::{Record, RecordStatus, Store, Writer, outbox, shadow};
 
-/// Exponential backoff with jitter for attempt `attempts` (1-based), in ms.
+/// Backoff of one entry after `attempts` sends ([`super::policy::backoff_ms`]).
 pub fn backoff_ms(attempts: u32) -> i64 {
-    let exp = attempts.saturating_sub(1).min(16);
-    let cap = (1_000i64 << exp).min(300_000);
-    cap / 2 + fastrand::i64(0..=cap / 2)
+    super::policy::backoff_ms(attempts, fastrand::f64())
 }
 
 /// What a push did, item by item.
