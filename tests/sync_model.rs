@@ -410,14 +410,14 @@ proptest! {
 
     #[test]
     fn two_devices_under_faults_and_kills_keep_every_promise(
-        steps in prop::collection::vec(step(2), 1..20),
+        steps in prop::collection::vec(step(2), 1..16),
     ) {
         check(2, steps)?;
     }
 
     #[test]
     fn three_devices_under_faults_and_kills_keep_every_promise(
-        steps in prop::collection::vec(step(3), 1..20),
+        steps in prop::collection::vec(step(3), 1..16),
     ) {
         check(3, steps)?;
     }
