@@ -7,6 +7,7 @@
 //! separate reader connections and never wait for the writer. Nothing in here
 //! talks to the network.
 
+mod anchors;
 mod conn;
 mod ddl;
 mod layout;
@@ -14,6 +15,7 @@ pub mod outbox;
 pub mod query;
 pub mod records;
 pub(crate) mod shadow;
+pub(crate) mod staging;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +34,6 @@ use rusqlite::{
 use serde::Serialize;
 use serde_json::Value;
 
-pub(crate) use ddl::create_collection_table;
 pub use outbox::{EntryState, OutboxEntry};
 pub use query::{Filter, Query, Sort};
 pub use records::{Fields, Record, RecordStatus};
@@ -450,27 +451,6 @@ impl Store {
         })
     }
 
-    /// What exists on the server beyond the local horizon, per collection.
-    pub fn anchors(&self) -> Result<Vec<Anchor>> {
-        self.read_snapshot(|conn| {
-            let mut out = Vec::new();
-            let mut stmt = conn.prepare_cached("SELECT collection, server_total, updated_at FROM _ferry_anchors ORDER BY collection")?;
-            let rows: Vec<(String, i64, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (collection, total, at) in rows {
-                let Ok(c) = self.collection(&collection) else { continue };
-                let local: i64 = conn.query_row(
-                    &format!("SELECT COUNT(*) FROM {} WHERE _status <> 'deleted'", quote(&c.name)),
-                    [],
-                    |r| r.get(0),
-                )?;
-                out.push(Anchor { collection, server_total: total as u64, local_count: local as u64, updated_at: at });
-            }
-            Ok(out)
-        })
-    }
-
     pub fn create(&self, collection: &str, fields: Fields) -> Result<Record> {
         self.write_tx(ChangeSource::Local, |w| w.create(collection, fields))
     }
@@ -664,7 +644,7 @@ pub(crate) fn load(conn: &Connection, c: &Collection, id: &str) -> Result<Option
 }
 
 /// Runs a statement yielding at most one row of `c` (a select or a `RETURNING`).
-pub(crate) fn load_with(
+fn load_with(
     conn: &Connection,
     c: &Collection,
     sql: &str,
@@ -962,7 +942,7 @@ fn push_bookkeeping<'a>(vals: &mut Vec<ToSqlOutput<'a>>, rec: &'a Record) {
 }
 
 /// Reads a metadata value.
-pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
         .prepare_cached("SELECT value FROM _ferry_meta WHERE key = ?1")?
         .query_row([key], |r| r.get(0))
@@ -970,7 +950,7 @@ pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
 }
 
 /// Writes a metadata value.
-pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO _ferry_meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
