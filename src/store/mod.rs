@@ -396,11 +396,7 @@ impl Store {
     /// Forgets a quarantined mutation (its record already shows the server state).
     pub fn discard_quarantined(&self, mutation_id: &str) -> Result<()> {
         self.write_tx(ChangeSource::Local, |w| {
-            let n = w.tx.execute(
-                "DELETE FROM _ferry_outbox WHERE mutation_id = ?1 AND state = 'quarantined'",
-                [mutation_id],
-            )?;
-            if n == 0 {
+            if !w.forget_quarantined(mutation_id)? {
                 return Err(Error::NotFound {
                     collection: "quarantine".into(),
                     id: mutation_id.into(),
@@ -422,7 +418,7 @@ impl Store {
                 id: mutation_id.into(),
             })?;
         self.write_tx(ChangeSource::Local, |w| {
-            w.tx.execute("DELETE FROM _ferry_outbox WHERE seq = ?1", [entry.seq])?;
+            w.remove_entry(entry.seq)?;
             let mut fields = entry.fields.clone();
             let c = w.schema.collection(&entry.collection)?;
             let exists = w
@@ -783,18 +779,20 @@ impl Writer<'_, '_> {
         load_with(self.tx, c, &self.sql[&c.name].select, [id])
     }
 
-    /// Marks records synced, each at its version: `ids_versions` is a JSON array
-    /// of `[id, version]` pairs. Returns the rows when `rows` (for the event).
+    /// Marks records synced, each at its version, in one statement. Returns the
+    /// rows when `rows` (for the event).
     pub(crate) fn mark_synced_many(
         &self,
         c: &Collection,
-        ids_versions: &str,
+        ids_versions: &[(&str, u64)],
         rows: bool,
     ) -> Result<Vec<Record>> {
+        // A JSON array of `[id, version]` pairs.
+        let pairs = serde_json::to_string(ids_versions)?;
         let mut stmt = self
             .tx
             .prepare_cached(&self.sql[&c.name].mark_synced_many)?;
-        let mut returned = stmt.query([ids_versions])?;
+        let mut returned = stmt.query([pairs])?;
         let mut out = Vec::new();
         // Stepped to the end whatever `rows` says: that is what runs the update.
         while let Some(row) = returned.next()? {
@@ -848,7 +846,7 @@ impl Writer<'_, '_> {
             return Ok(rec);
         }
         if c.is_synced() && rec.status == RecordStatus::Synced {
-            shadow::save_if_absent(self.tx, &c.name, id, rec.version, &rec.fields)?;
+            self.save_shadow_if_absent(&c.name, id, rec.version, &rec.fields)?;
         }
         for (k, v) in &fields {
             rec.fields.insert(k.clone(), v.clone());
@@ -862,14 +860,12 @@ impl Writer<'_, '_> {
         rec.updated_at = self.now;
         self.replace_row(c, &rec)?;
         if c.is_synced() {
-            outbox::enqueue(
-                self.tx,
+            self.enqueue(
                 &c.name,
                 id,
                 Op::Update,
                 &fields,
                 rec.version,
-                self.now,
                 rec.status == RecordStatus::Created,
             )?;
         }
@@ -893,17 +889,15 @@ impl Writer<'_, '_> {
         let c = self.schema.collection(collection)?;
         let mut rec = self.load_live(c, id)?;
         if c.is_synced() && rec.status == RecordStatus::Synced {
-            shadow::save_if_absent(self.tx, &c.name, id, rec.version, &rec.fields)?;
+            self.save_shadow_if_absent(&c.name, id, rec.version, &rec.fields)?;
         }
         let queued = if c.is_synced() {
-            outbox::enqueue(
-                self.tx,
+            self.enqueue(
                 &c.name,
                 id,
                 Op::Delete,
                 &Fields::new(),
                 rec.version,
-                self.now,
                 rec.status == RecordStatus::Created,
             )?
         } else {
@@ -911,7 +905,7 @@ impl Writer<'_, '_> {
         };
         if queued == Enqueued::Cancelled {
             self.delete_row(c, id)?;
-            shadow::remove(self.tx, &c.name, id)?;
+            self.remove_shadow(&c.name, id)?;
         } else {
             rec.status = RecordStatus::Deleted;
             rec.updated_at = self.now;

@@ -11,16 +11,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_protocol::{MutationOutcome, Op, PushRequest, PushResponse, RawFields, ServerRecord};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
-use serde_json::json;
 
 use super::resolver::ConflictResolver;
 use crate::error::Result;
 use crate::events::ChangeSource;
 use crate::schema::Collection;
-use crate::store::outbox::Sending;
-use crate::store::{Record, RecordStatus, Store, Writer, outbox, shadow};
+use crate::store::outbox::{Pick, Sending};
+use crate::store::{Record, RecordStatus, Store, Writer};
 
 /// Exponential backoff with jitter for attempt `attempts` (1-based), in ms.
 pub fn backoff_ms(attempts: u32) -> i64 {
@@ -58,7 +56,7 @@ pub(crate) fn prepare(
     only: Option<&HashSet<(String, String)>>,
 ) -> Result<Option<Prepared>> {
     // Nothing to send is the common case of a sync: no write transaction for it.
-    if !store.read(|c| outbox::anything_to_send(c, store.schema()))? {
+    if !store.anything_to_send()? {
         return Ok(None);
     }
     store.write_tx(ChangeSource::Remote, |w| {
@@ -72,38 +70,24 @@ fn prepare_in(
     max: usize,
     only: Option<&HashSet<(String, String)>>,
 ) -> Result<Option<Prepared>> {
-    let mut chosen = Vec::new();
-    {
-        // Keys only: the entries already in flight are many (a pipelined push
-        // has the previous batch out) and only block their records.
-        let mut scan = w.tx.prepare_cached(
-            "SELECT seq, collection, record_id, state = 'pending' AND next_attempt_at <= ?1
-                 FROM _ferry_outbox WHERE state IN ('pending','in_flight') ORDER BY seq",
-        )?;
-        let mut load =
-            w.tx.prepare_cached(&format!("{} WHERE seq = ?1", outbox::SELECT_SENDING))?;
-        let mut rows = scan.query([w.now])?;
-        let mut blocked: HashSet<(String, String)> = HashSet::new();
-        while let Some(row) = rows.next()? {
-            let key: (String, String) = (row.get(1)?, row.get(2)?);
-            let due: bool = row.get(3)?;
-            let wanted = due && only.is_none_or(|o| o.contains(&key));
-            if !blocked.insert(key) || !wanted {
-                continue;
-            }
-            chosen.push(load.query_row([row.get::<_, i64>(0)?], outbox::read_sending)?);
-            if chosen.len() >= max {
-                break;
-            }
+    // Every entry pending or in flight, in outbox order: the first of each
+    // record is taken if it is due (and wanted); any later one waits behind it,
+    // and so do the records of the entries in flight.
+    let mut blocked: HashSet<(String, String)> = HashSet::new();
+    let mut taken = 0;
+    let mut chosen = w.pick_sendable(|key, due| {
+        let wanted = due && only.is_none_or(|o| o.contains(&key));
+        if !blocked.insert(key) || !wanted {
+            return Pick::Skip;
         }
-    }
-    let mut mark = w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1, unanswered = 1 WHERE seq = ?1",
-    )?;
-    for e in chosen.iter_mut() {
-        mark.execute([e.seq])?;
-        e.attempts += 1;
-    }
+        taken += 1;
+        if taken >= max {
+            Pick::TakeLast
+        } else {
+            Pick::Take
+        }
+    })?;
+    w.mark_in_flight(&mut chosen)?;
     // Unsent creates are sent for the first time: frozen into entries now.
     for c in w.schema.collections.iter().filter(|c| c.is_synced()) {
         if chosen.len() >= max {
@@ -118,12 +102,7 @@ fn prepare_in(
         if ids.as_ref().is_some_and(|ids| ids.is_empty()) {
             continue;
         }
-        chosen.extend(outbox::freeze_creates(
-            w.tx,
-            c,
-            ids.as_deref(),
-            max - chosen.len(),
-        )?);
+        chosen.extend(w.freeze_creates(c, ids.as_deref(), max - chosen.len())?);
     }
     if chosen.is_empty() {
         return Ok(None);
@@ -137,37 +116,26 @@ fn prepare_in(
 
 /// Puts every in-flight entry back to pending (on start-up: a crash mid-push).
 pub(crate) fn reset_in_flight(store: &Store) -> Result<()> {
-    store.write_tx(ChangeSource::Remote, |w| {
-        w.tx.execute(
-            "UPDATE _ferry_outbox SET state = 'pending' WHERE state = 'in_flight'",
-            [],
-        )?;
-        Ok(())
-    })
+    store.write_tx(ChangeSource::Remote, |w| w.reset_in_flight())
 }
 
 /// Makes every waiting entry due now (after a re-pull resolved what blocked it).
 pub(crate) fn make_due(store: &Store) -> Result<()> {
-    store.write_tx(ChangeSource::Remote, |w| {
-        w.tx.execute(
-            "UPDATE _ferry_outbox SET next_attempt_at = 0 WHERE state = 'pending'",
-            [],
-        )?;
-        Ok(())
-    })
+    store.write_tx(ChangeSource::Remote, |w| w.make_due())
 }
 
 /// The whole request failed (network, 5xx, auth): back off every entry of it.
 pub(crate) fn fail_batch(store: &Store, batch: &[Sending], backoff: bool) -> Result<()> {
     store.write_tx(ChangeSource::Remote, |w| {
-        let mut stmt = w.tx.prepare_cached(
-            "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2 WHERE seq = ?1 AND state = 'in_flight'",
-        )?;
-        for e in batch {
-            let next = if backoff { w.now + backoff_ms(e.attempts) } else { 0 };
-            stmt.execute(params![e.seq, next])?;
-        }
-        Ok(())
+        let now = w.now;
+        w.put_back(batch.iter().map(|e| {
+            let next = if backoff {
+                now + backoff_ms(e.attempts)
+            } else {
+                0
+            };
+            (e.seq, next)
+        }))
     })
 }
 
@@ -300,47 +268,26 @@ fn applied_in_bulk(
     let mut done = HashSet::new();
     for (name, entries) in by_collection {
         let c = w.schema.collection(name)?;
-        let seqs = json!(entries.iter().map(|(e, _)| e.seq).collect::<Vec<_>>()).to_string();
-        w.tx.prepare_cached(
-            "DELETE FROM _ferry_outbox WHERE seq IN (SELECT value FROM json_each(?1))",
-        )?
-        .execute([&seqs])?;
-        let ids = json!(
-            entries
-                .iter()
-                .map(|(e, _)| &e.record_id)
-                .collect::<Vec<_>>()
-        )
-        .to_string();
-        let busy: HashSet<String> = w
-            .tx
-            .prepare_cached(
-                "SELECT record_id FROM _ferry_outbox WHERE collection = ?1 AND state <> 'quarantined'
-                 AND record_id IN (SELECT value FROM json_each(?2))",
-            )?
-            .query_map(params![name, ids], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let seqs: Vec<i64> = entries.iter().map(|(e, _)| e.seq).collect();
+        w.remove_entries(&seqs)?;
+        let ids: Vec<&str> = entries.iter().map(|(e, _)| e.record_id.as_str()).collect();
+        let busy = w.with_entries(name, &ids)?;
         let clean: Vec<&(&Sending, u64)> = entries
             .iter()
             .filter(|(e, _)| !busy.contains(&e.record_id))
             .collect();
         // A change of a synced record saved a shadow, and so did the rebase of
         // a sent create over the server's row.
-        let updated: Vec<&String> = clean.iter().map(|(e, _)| &e.record_id).collect();
+        let updated: Vec<&str> = clean.iter().map(|(e, _)| e.record_id.as_str()).collect();
         if !updated.is_empty() {
-            w.tx.prepare_cached(
-                "DELETE FROM _ferry_shadow WHERE collection = ?1 AND record_id IN (SELECT value FROM json_each(?2))",
-            )?
-            .execute(params![name, json!(updated).to_string()])?;
+            w.remove_shadows(name, &updated)?;
         }
-        let pairs = json!(
-            clean
-                .iter()
-                .map(|(e, v)| json!([e.record_id, v]))
-                .collect::<Vec<_>>()
-        );
+        let pairs: Vec<(&str, u64)> = clean
+            .iter()
+            .map(|(e, v)| (e.record_id.as_str(), *v))
+            .collect();
         let rows = !w.events.is_reload(name);
-        for rec in w.mark_synced_many(c, &pairs.to_string(), rows)? {
+        for rec in w.mark_synced_many(c, &pairs, rows)? {
             let id = rec.id.clone();
             w.events.upsert(&c.name, &id, rec.into_json());
         }
@@ -359,31 +306,16 @@ enum Answer {
 }
 
 fn retry_at(w: &Writer<'_, '_>, e: &Sending, next: i64, answer: Answer) -> Result<()> {
-    w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2,
-         unanswered = unanswered AND ?3 WHERE seq = ?1",
-    )?
-    .execute(params![e.seq, next, answer == Answer::None])?;
-    Ok(())
+    w.retry_entry(e.seq, next, answer == Answer::None)
 }
 
-fn remove_entry(w: &Writer<'_, '_>, e: &Sending) -> Result<()> {
-    w.tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq = ?1")?
-        .execute([e.seq])?;
-    Ok(())
-}
-
+/// How many entries of the record, besides `e`, are not quarantined.
 fn other_entries(w: &Writer<'_, '_>, e: &Sending) -> Result<i64> {
-    Ok(w.tx
-        .prepare_cached(
-            "SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2
-             AND seq <> ?3 AND state <> 'quarantined'",
-        )?
-        .query_row(params![e.collection, e.record_id, e.seq], |r| r.get(0))?)
+    w.other_entries(&e.collection, &e.record_id, e.seq)
 }
 
 fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) -> Result<()> {
-    remove_entry(w, e)?;
+    w.remove_entry(e.seq)?;
     if let Some(rec) = w.load(c, &e.record_id)?
         && rec.version.is_some_and(|v| v >= version)
     {
@@ -391,7 +323,7 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
     }
     if other_entries(w, e)? == 0 {
         // The common case, kept to narrow statements: a push applies thousands.
-        shadow::remove(w.tx, &c.name, &e.record_id)?;
+        w.remove_shadow(&c.name, &e.record_id)?;
         if e.op == Op::Delete {
             w.delete_row(c, &e.record_id)?;
             return Ok(());
@@ -408,18 +340,16 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
         // Edited again while in flight: the server now holds shadow + what we sent.
         let mut server = match e.op {
             Op::Create => Default::default(),
-            _ => shadow::get(w.tx, &c.name, &rec.id)?
-                .map(|s| s.1)
-                .unwrap_or_default(),
+            _ => w.shadow(&c.name, &rec.id)?.map(|s| s.1).unwrap_or_default(),
         };
         server.extend(e.parsed_fields()?);
-        shadow::set(w.tx, &c.name, &rec.id, Some(version), &server)?;
+        w.set_shadow(&c.name, &rec.id, Some(version), &server)?;
         rec.version = Some(version);
         if rec.status == RecordStatus::Created {
             rec.status = RecordStatus::Updated;
         }
         w.replace_row(c, &rec)?;
-        outbox::rebase(w.tx, &c.name, &rec.id, version)?;
+        w.rebase_entries(&c.name, &rec.id, version)?;
     }
     Ok(())
 }
@@ -432,7 +362,7 @@ fn superseded(w: &mut Writer<'_, '_>, c: &Collection, mut rec: Record, e: &Sendi
     if rec.status == RecordStatus::Synced || other_entries(w, e)? > 0 {
         return Ok(());
     }
-    shadow::remove(w.tx, &c.name, &rec.id)?;
+    w.remove_shadow(&c.name, &rec.id)?;
     if rec.status == RecordStatus::Deleted {
         w.delete_row(c, &rec.id)?;
         return Ok(());
@@ -451,7 +381,7 @@ fn conflict(
     server: Option<&ServerRecord>,
     resolver: &dyn ConflictResolver,
 ) -> Result<()> {
-    remove_entry(w, e)?;
+    w.remove_entry(e.seq)?;
     let Some(server) = server else {
         // Deleted on the server: it wins over our change.
         forget_record(w, c, &e.record_id)?;
@@ -461,13 +391,7 @@ fn conflict(
     let Some(mut local) = w.load(c, &e.record_id)? else {
         return Ok(());
     };
-    shadow::set(
-        w.tx,
-        &c.name,
-        &local.id,
-        Some(server.version),
-        &server.fields,
-    )?;
+    w.set_shadow(&c.name, &local.id, Some(server.version), &server.fields)?;
     if e.op == Op::Delete || local.status == RecordStatus::Deleted {
         local.version = Some(server.version);
         w.replace_row(c, &local)?;
@@ -482,14 +406,14 @@ fn conflict(
     if diff.is_empty() && other_entries(w, e)? == 0 {
         local.status = RecordStatus::Synced;
         local.changed.clear();
-        shadow::remove(w.tx, &c.name, &local.id)?;
+        w.remove_shadow(&c.name, &local.id)?;
     } else {
         local.status = RecordStatus::Updated;
         local.changed = diff.keys().cloned().collect();
         if !diff.is_empty() {
             requeue(w, e, Op::Update, diff, server.version)?;
         }
-        outbox::rebase(w.tx, &c.name, &local.id, server.version)?;
+        w.rebase_entries(&c.name, &local.id, server.version)?;
     }
     w.replace_row(c, &local)?;
     w.events.upsert(&c.name, &local.id, local.to_json());
@@ -505,67 +429,30 @@ fn requeue(
     fields: crate::store::Fields,
     base: u64,
 ) -> Result<()> {
-    let later: Option<(i64, String, String)> =
-        w.tx.prepare_cached(
-            "SELECT seq, op, fields FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2
-             AND state = 'pending' AND attempts = 0 ORDER BY seq DESC LIMIT 1",
-        )?
-        .query_row(params![e.collection, e.record_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
-    match later {
-        Some((_, later_op, _)) if later_op == "delete" => Ok(()),
-        Some((seq, _, later_fields)) => {
+    match w.latest_unsent(&e.collection, &e.record_id)? {
+        Some(later) if later.op == Op::Delete => Ok(()),
+        Some(later) => {
             let mut merged = fields;
-            let later: crate::store::Fields = serde_json::from_str(&later_fields)?;
-            merged.extend(later);
-            w.tx.prepare_cached(
-                "UPDATE _ferry_outbox SET fields = ?2, base_version = ?3 WHERE seq = ?1",
-            )?
-            .execute(params![
-                seq,
-                serde_json::Value::Object(merged).to_string(),
-                base as i64
-            ])?;
-            Ok(())
+            merged.extend(later.fields);
+            w.rewrite_entry(later.seq, merged, base)
         }
-        None => outbox::append(
-            w.tx,
-            &e.collection,
-            &e.record_id,
-            op,
-            &fields,
-            Some(base),
-            w.now,
-        )
-        .map(|_| ()),
+        None => w.append_entry(&e.collection, &e.record_id, op, &fields, Some(base)),
     }
 }
 
 /// Drops a record and its unsent entries (the server deleted it).
 pub(crate) fn forget_record(w: &Writer<'_, '_>, c: &Collection, id: &str) -> Result<()> {
     w.delete_row(c, id)?;
-    shadow::remove(w.tx, &c.name, id)?;
-    w.tx.prepare_cached(
-        "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
-    )?
-    .execute(params![c.name, id])?;
-    Ok(())
+    w.remove_shadow(&c.name, id)?;
+    w.remove_pending_entries(&c.name, id)
 }
 
 /// Rolls the record back to its last server state and quarantines the mutation.
 fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str) -> Result<()> {
-    w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'quarantined', last_error = ?2 WHERE seq = ?1",
-    )?
-    .execute(params![e.seq, reason])?;
+    w.quarantine_entry(e.seq, reason)?;
     // Later unsent edits of the record stood on the rejected one: they go too.
-    w.tx.prepare_cached(
-        "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
-    )?
-    .execute(params![e.collection, e.record_id])?;
-    match shadow::get(w.tx, &c.name, &e.record_id)? {
+    w.remove_pending_entries(&e.collection, &e.record_id)?;
+    match w.shadow(&c.name, &e.record_id)? {
         Some((version, fields)) => {
             let now = w.now;
             let existing = w.load(c, &e.record_id)?;
@@ -583,7 +470,7 @@ fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str)
             } else {
                 w.insert_row(c, &rec)?;
             }
-            shadow::remove(w.tx, &c.name, &e.record_id)?;
+            w.remove_shadow(&c.name, &e.record_id)?;
             w.events.upsert(&c.name, &rec.id, rec.to_json());
         }
         None => {

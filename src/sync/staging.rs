@@ -25,7 +25,7 @@ use crate::events::{ChangeSource, MAX_EVENT_ROWS};
 use crate::schema::Collection;
 use crate::store::records::{Fields, Record, RecordStatus, check_fields, normalise};
 use crate::store::staging::{Gone, PullStart, Staged};
-use crate::store::{Store, Writer, outbox, shadow};
+use crate::store::{Store, Writer};
 
 /// Where the next pull starts.
 pub(crate) fn pull_start(store: &Store) -> Result<PullStart> {
@@ -164,8 +164,7 @@ fn rebase_pending(
             // a local create it may hold (sent, unanswered): it then applied it
             // and the record was deleted since.
             Staged::Gone(Gone::Deleted)
-                if local.status != RecordStatus::Created
-                    || outbox::has_entries(w.tx, &c.name, id)? =>
+                if local.status != RecordStatus::Created || w.has_entries(&c.name, id)? =>
             {
                 super::push::forget_record(w, c, id)?;
                 w.events.delete(&c.name, id);
@@ -173,7 +172,7 @@ fn rebase_pending(
             // Created here and never sent (another device's record of that id
             // was deleted): keep it, its push decides; but the server holds no
             // row to roll back to any more (a rejection removes the record).
-            Staged::Gone(Gone::Deleted) => shadow::remove(w.tx, &c.name, id)?,
+            Staged::Gone(Gone::Deleted) => w.remove_shadow(&c.name, id)?,
             // Evicted: keep the local record; its push decides.
             Staged::Gone(Gone::Evicted) => {}
         }
@@ -185,7 +184,7 @@ fn rebase_pending(
 /// Puts a pending local record on top of a newer server row.
 ///
 /// What then differs from the server is what remains to push. A sent entry is
-/// never rewritten (see [`outbox::rebase_onto`]); the difference queues behind
+/// never rewritten (see [`Writer::rebase_entries_onto`]); the difference queues behind
 /// it. A local create that was already sent is now known to the server (the
 /// pull just brought its row, whether our create made it or not), so it goes on
 /// as an update of that row.
@@ -198,15 +197,14 @@ pub(crate) fn rebase_over(
 ) -> Result<()> {
     local.version = Some(server.version);
     local.updated_at = w.now;
-    let sent_create =
-        local.status == RecordStatus::Created && outbox::has_entries(w.tx, &c.name, &local.id)?;
+    let sent_create = local.status == RecordStatus::Created && w.has_entries(&c.name, &local.id)?;
     if local.status == RecordStatus::Updated || sent_create {
         let merged = resolved(c, &local, server, resolver);
         let diff = differing(&merged, &server.fields);
         local.fields = merged;
         local.status = RecordStatus::Updated;
         local.changed = diff.keys().cloned().collect();
-        if !outbox::rebase_onto(w.tx, &c.name, &local.id, &diff, server.version, w.now)? {
+        if !w.rebase_entries_onto(&c.name, &local.id, &diff, server.version)? {
             local.status = RecordStatus::Synced;
             local.changed.clear();
         }
@@ -214,18 +212,12 @@ pub(crate) fn rebase_over(
         if local.status == RecordStatus::Created {
             local.fields = resolved(c, &local, server, resolver);
         }
-        outbox::rebase(w.tx, &c.name, &local.id, server.version)?;
+        w.rebase_entries(&c.name, &local.id, server.version)?;
     }
     w.replace_row(c, &local)?;
-    shadow::set(
-        w.tx,
-        &c.name,
-        &local.id,
-        Some(server.version),
-        &server.fields,
-    )?;
+    w.set_shadow(&c.name, &local.id, Some(server.version), &server.fields)?;
     if local.status == RecordStatus::Synced {
-        shadow::remove(w.tx, &c.name, &local.id)?;
+        w.remove_shadow(&c.name, &local.id)?;
     }
     if local.status != RecordStatus::Deleted {
         w.events.upsert(&c.name, &local.id, local.to_json());
