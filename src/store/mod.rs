@@ -657,14 +657,31 @@ fn load_with(
 /// The inside of a write transaction: record changes plus their outbox entries
 /// and event. Used by local writes and by the sync engine.
 pub(crate) struct Writer<'t, 'c> {
-    pub tx: &'t Transaction<'c>,
-    pub schema: &'t Schema,
+    tx: &'t Transaction<'c>,
+    schema: &'t Schema,
     sql: &'t HashMap<String, RowSql>,
-    pub events: EventBuilder,
-    pub now: i64,
+    events: EventBuilder,
+    now: i64,
     /// Each collection's row insert, held for the whole transaction: a batch of
     /// creates takes it from SQLite's statement cache once, not once per row.
     inserts: RefCell<HashMap<&'t str, CachedStatement<'t>>>,
+}
+
+impl<'t> Writer<'t, '_> {
+    /// The schema in force.
+    pub(crate) fn schema(&self) -> &'t Schema {
+        self.schema
+    }
+
+    /// The transaction's time (ms): every row it writes is stamped with it.
+    pub(crate) fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// The event this transaction will emit after it commits.
+    pub(crate) fn events(&mut self) -> &mut EventBuilder {
+        &mut self.events
+    }
 }
 
 impl Writer<'_, '_> {

@@ -934,7 +934,7 @@ fn confirm(
                 continue;
             }
             let rec = w.apply(op)?;
-            let c = w.schema.collection(&key.0)?;
+            let c = w.schema().collection(&key.0)?;
             w.remove_all_entries(&key.0, &key.1)?;
             w.remove_shadow(&key.0, &key.1)?;
             match rec {
@@ -943,7 +943,7 @@ fn confirm(
                     r.changed.clear();
                     r.version = versions.get(&key).copied();
                     w.replace_row(c, &r)?;
-                    w.events.upsert(&c.name, &r.id, r.to_json());
+                    w.events().upsert(&c.name, &r.id, r.to_json());
                     out.push(Some(r));
                 }
                 None => {

@@ -89,7 +89,7 @@ fn prepare_in(
     })?;
     w.mark_in_flight(&mut chosen)?;
     // Unsent creates are sent for the first time: frozen into entries now.
-    for c in w.schema.collections.iter().filter(|c| c.is_synced()) {
+    for c in w.schema().collections.iter().filter(|c| c.is_synced()) {
         if chosen.len() >= max {
             break;
         }
@@ -127,7 +127,7 @@ pub(crate) fn make_due(store: &Store) -> Result<()> {
 /// The whole request failed (network, 5xx, auth): back off every entry of it.
 pub(crate) fn fail_batch(store: &Store, batch: &[Sending], backoff: bool) -> Result<()> {
     store.write_tx(ChangeSource::Remote, |w| {
-        let now = w.now;
+        let now = w.now();
         w.put_back(batch.iter().map(|e| {
             let next = if backoff {
                 now + backoff_ms(e.attempts)
@@ -201,7 +201,7 @@ impl<'a> Applying<'a> {
                 report.applied += 1;
                 continue;
             }
-            let c = w.schema.collection(&e.collection)?;
+            let c = w.schema().collection(&e.collection)?;
             match by_id.get(e.mutation_id.as_str()) {
                 Some(MutationOutcome::Applied { version }) => {
                     applied(w, c, e, *version)?;
@@ -216,13 +216,13 @@ impl<'a> Applying<'a> {
                         .push((e, format!("{}: {message}", code.as_str())));
                 }
                 Some(MutationOutcome::Retry { retry_after_ms }) => {
-                    let next = w.now + (*retry_after_ms as i64).max(backoff_ms(e.attempts));
+                    let next = w.now() + (*retry_after_ms as i64).max(backoff_ms(e.attempts));
                     retry_at(w, e, next, Answer::NotApplied)?;
                     report.retried += 1;
                 }
                 None => {
                     tracing::warn!(mutation_id = %e.mutation_id, "the server gave no result for a mutation; retrying it later");
-                    retry_at(w, e, w.now + backoff_ms(e.attempts), Answer::None)?;
+                    retry_at(w, e, w.now() + backoff_ms(e.attempts), Answer::None)?;
                     report.retried += 1;
                 }
             }
@@ -236,7 +236,7 @@ impl<'a> Applying<'a> {
             self.report.rejected = self.rejected.len() as u64;
             store.write_tx(ChangeSource::Rollback, |w| {
                 for (e, reason) in &self.rejected {
-                    let c = w.schema.collection(&e.collection)?;
+                    let c = w.schema().collection(&e.collection)?;
                     quarantine(w, c, e, reason)?;
                 }
                 Ok(())
@@ -267,7 +267,7 @@ fn applied_in_bulk(
     }
     let mut done = HashSet::new();
     for (name, entries) in by_collection {
-        let c = w.schema.collection(name)?;
+        let c = w.schema().collection(name)?;
         let seqs: Vec<i64> = entries.iter().map(|(e, _)| e.seq).collect();
         w.remove_entries(&seqs)?;
         let ids: Vec<&str> = entries.iter().map(|(e, _)| e.record_id.as_str()).collect();
@@ -286,10 +286,10 @@ fn applied_in_bulk(
             .iter()
             .map(|(e, v)| (e.record_id.as_str(), *v))
             .collect();
-        let rows = !w.events.is_reload(name);
+        let rows = !w.events().is_reload(name);
         for rec in w.mark_synced_many(c, &pairs, rows)? {
             let id = rec.id.clone();
-            w.events.upsert(&c.name, &id, rec.into_json());
+            w.events().upsert(&c.name, &id, rec.into_json());
         }
         done.extend(clean.iter().map(|(e, _)| e.seq));
     }
@@ -329,7 +329,7 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
             return Ok(());
         }
         if let Some(rec) = w.mark_synced(c, &e.record_id, version)? {
-            w.events.upsert_with(&c.name, &rec.id, || rec.to_json());
+            w.events().upsert_with(&c.name, &rec.id, || rec.to_json());
         }
         return Ok(());
     }
@@ -370,7 +370,7 @@ fn superseded(w: &mut Writer<'_, '_>, c: &Collection, mut rec: Record, e: &Sendi
     rec.status = RecordStatus::Synced;
     rec.changed.clear();
     w.replace_row(c, &rec)?;
-    w.events.upsert(&c.name, &rec.id, rec.to_json());
+    w.events().upsert(&c.name, &rec.id, rec.to_json());
     Ok(())
 }
 
@@ -385,7 +385,7 @@ fn conflict(
     let Some(server) = server else {
         // Deleted on the server: it wins over our change.
         forget_record(w, c, &e.record_id)?;
-        w.events.delete(&c.name, &e.record_id);
+        w.events().delete(&c.name, &e.record_id);
         return Ok(());
     };
     let Some(mut local) = w.load(c, &e.record_id)? else {
@@ -402,7 +402,7 @@ fn conflict(
     let diff = super::staging::differing(&merged, &server.fields);
     local.fields = merged;
     local.version = Some(server.version);
-    local.updated_at = w.now;
+    local.updated_at = w.now();
     if diff.is_empty() && other_entries(w, e)? == 0 {
         local.status = RecordStatus::Synced;
         local.changed.clear();
@@ -416,7 +416,7 @@ fn conflict(
         w.rebase_entries(&c.name, &local.id, server.version)?;
     }
     w.replace_row(c, &local)?;
-    w.events.upsert(&c.name, &local.id, local.to_json());
+    w.events().upsert(&c.name, &local.id, local.to_json());
     Ok(())
 }
 
@@ -454,7 +454,7 @@ fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str)
     w.remove_pending_entries(&e.collection, &e.record_id)?;
     match w.shadow(&c.name, &e.record_id)? {
         Some((version, fields)) => {
-            let now = w.now;
+            let now = w.now();
             let existing = w.load(c, &e.record_id)?;
             let rec = Record {
                 id: e.record_id.clone(),
@@ -471,13 +471,13 @@ fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str)
                 w.insert_row(c, &rec)?;
             }
             w.remove_shadow(&c.name, &e.record_id)?;
-            w.events.upsert(&c.name, &rec.id, rec.to_json());
+            w.events().upsert(&c.name, &rec.id, rec.to_json());
         }
         None => {
             // Never on the server (a rejected create): the record goes.
             if w.load(c, &e.record_id)?.is_some() {
                 w.delete_row(c, &e.record_id)?;
-                w.events.delete(&c.name, &e.record_id);
+                w.events().delete(&c.name, &e.record_id);
             }
         }
     }

@@ -62,7 +62,7 @@ pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
     store.write_tx(ChangeSource::Remote, |w| {
         let mut report = StageReport::default();
         for (name, changes) in page.changes {
-            let Ok(c) = w.schema.collection(&name) else {
+            let Ok(c) = w.schema().collection(&name) else {
                 tracing::warn!(collection = %name, "pulled changes for a collection this app does not know; skipped");
                 report.skipped += changes.len() as u64;
                 continue;
@@ -116,7 +116,7 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
         let Some(cursor) = w.staged_cursor()? else {
             return Ok(report);
         };
-        let schema = w.schema;
+        let schema = w.schema();
         for c in schema.collections.iter().filter(|c| c.is_synced()) {
             report.rebased += rebase_pending(w, c, resolver)?;
             let staged_rows = collect_events(w, c)?;
@@ -167,7 +167,7 @@ fn rebase_pending(
                 if local.status != RecordStatus::Created || w.has_entries(&c.name, id)? =>
             {
                 super::push::forget_record(w, c, id)?;
-                w.events.delete(&c.name, id);
+                w.events().delete(&c.name, id);
             }
             // Created here and never sent (another device's record of that id
             // was deleted): keep it, its push decides; but the server holds no
@@ -196,7 +196,7 @@ pub(crate) fn rebase_over(
     resolver: &dyn ConflictResolver,
 ) -> Result<()> {
     local.version = Some(server.version);
-    local.updated_at = w.now;
+    local.updated_at = w.now();
     let sent_create = local.status == RecordStatus::Created && w.has_entries(&c.name, &local.id)?;
     if local.status == RecordStatus::Updated || sent_create {
         let merged = resolved(c, &local, server, resolver);
@@ -220,7 +220,7 @@ pub(crate) fn rebase_over(
         w.remove_shadow(&c.name, &local.id)?;
     }
     if local.status != RecordStatus::Deleted {
-        w.events.upsert(&c.name, &local.id, local.to_json());
+        w.events().upsert(&c.name, &local.id, local.to_json());
     }
     Ok(())
 }
@@ -269,18 +269,18 @@ pub(crate) fn resolved(
 fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<usize> {
     let (upserts, gone_rows) = w.staged_counts(c)?;
     let staged = upserts + gone_rows;
-    if staged > MAX_EVENT_ROWS || w.events.is_reload(&c.name) {
+    if staged > MAX_EVENT_ROWS || w.events().is_reload(&c.name) {
         if staged > 0 {
-            w.events.reload(&c.name);
+            w.events().reload(&c.name);
         }
         return Ok(upserts);
     }
     for r in w.staged_changes(c)? {
         let id = r.id.clone();
-        w.events.upsert(&c.name, &id, r.into_json());
+        w.events().upsert(&c.name, &id, r.into_json());
     }
     for id in w.staged_removals(c)? {
-        w.events.delete(&c.name, &id);
+        w.events().delete(&c.name, &id);
     }
     Ok(upserts)
 }
