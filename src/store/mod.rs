@@ -17,7 +17,7 @@ pub mod records;
 pub(crate) mod shadow;
 pub(crate) mod staging;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
