@@ -396,7 +396,7 @@ impl Store {
     /// Forgets a quarantined mutation (its record already shows the server state).
     pub fn discard_quarantined(&self, mutation_id: &str) -> Result<()> {
         self.write_tx(ChangeSource::Local, |w| {
-            if !w.forget_quarantined(mutation_id)? {
+            if !w.remove_quarantined(mutation_id)? {
                 return Err(Error::NotFound {
                     collection: "quarantine".into(),
                     id: mutation_id.into(),

@@ -424,10 +424,10 @@ pub(crate) enum Pick {
 
 /// Sending: choosing a batch, and returning it when it is not sent.
 impl Writer<'_, '_> {
-    /// Walks the entries pending or in flight in outbox order, keys only (the
+    /// Walks the entries queued or in flight in outbox order, keys only (the
     /// entries already in flight are many: a pipelined push has the previous
     /// batch out), and loads those `pick` takes. `pick` gets each entry's
-    /// record (collection, id) and whether it is pending and due now.
+    /// record (collection, id) and whether it is queued and due now.
     pub(crate) fn pick_sendable(
         &self,
         mut pick: impl FnMut((String, String), bool) -> Pick,
@@ -510,7 +510,7 @@ impl Writer<'_, '_> {
         Ok(out)
     }
 
-    /// Returns in-flight entries to pending, each `(seq, next_attempt_at)`;
+    /// Queues in-flight entries again, each `(seq, next_attempt_at)`;
     /// an entry no longer in flight is left as it is.
     pub(crate) fn put_back(&self, entries: impl IntoIterator<Item = (i64, i64)>) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(
@@ -522,7 +522,7 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// Puts every in-flight entry back to pending.
+    /// Queues every in-flight entry again.
     pub(crate) fn reset_in_flight(&self) -> Result<()> {
         self.tx.execute(
             "UPDATE _ferry_outbox SET state = 'pending' WHERE state = 'in_flight'",
@@ -531,7 +531,7 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// Makes every pending entry due now.
+    /// Makes every queued entry due now.
     pub(crate) fn make_due(&self) -> Result<()> {
         self.tx.execute(
             "UPDATE _ferry_outbox SET next_attempt_at = 0 WHERE state = 'pending'",
@@ -541,9 +541,9 @@ impl Writer<'_, '_> {
     }
 }
 
-/// An unsent entry (see [`Writer::latest_unsent`]).
+/// A queued entry that was never sent (see [`Writer::latest_unsent_entry`]).
 #[derive(Debug)]
-pub(crate) struct Unsent {
+pub(crate) struct UnsentEntry {
     pub seq: i64,
     pub op: Op,
     pub fields: Fields,
@@ -595,8 +595,8 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// Removes the record's pending entries.
-    pub(crate) fn remove_pending_entries(&self, collection: &str, record_id: &str) -> Result<()> {
+    /// Removes the record's queued entries.
+    pub(crate) fn remove_queued_entries(&self, collection: &str, record_id: &str) -> Result<()> {
         self.tx
             .prepare_cached(
                 "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
@@ -651,12 +651,12 @@ impl Writer<'_, '_> {
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The record's latest pending entry that was never sent, if any.
-    pub(crate) fn latest_unsent(
+    /// The record's latest queued entry that was never sent, if any.
+    pub(crate) fn latest_unsent_entry(
         &self,
         collection: &str,
         record_id: &str,
-    ) -> Result<Option<Unsent>> {
+    ) -> Result<Option<UnsentEntry>> {
         let row: Option<(i64, String, String)> = self
             .tx
             .prepare_cached(
@@ -668,7 +668,7 @@ impl Writer<'_, '_> {
             })
             .optional()?;
         row.map(|(seq, op, fields)| {
-            Ok(Unsent {
+            Ok(UnsentEntry {
                 seq,
                 op: Op::parse(&op).ok_or_else(|| Error::Internal(format!("bad op {op}")))?,
                 fields: serde_json::from_str(&fields)?,
@@ -702,7 +702,7 @@ impl Writer<'_, '_> {
     }
 
     /// Forgets a quarantined entry; says whether there was one.
-    pub(crate) fn forget_quarantined(&self, mutation_id: &str) -> Result<bool> {
+    pub(crate) fn remove_quarantined(&self, mutation_id: &str) -> Result<bool> {
         let n = self.tx.execute(
             "DELETE FROM _ferry_outbox WHERE mutation_id = ?1 AND state = 'quarantined'",
             [mutation_id],

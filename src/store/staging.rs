@@ -132,25 +132,25 @@ impl Store {
     }
 }
 
-/// How a staged id went away on the server.
+/// A staged removal: a delete or an eviction (stored as `delete` / `evict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Gone {
-    Deleted,
-    Evicted,
+pub(crate) enum Removal {
+    Delete,
+    Eviction,
 }
 
-impl Gone {
+impl Removal {
     fn as_str(self) -> &'static str {
         match self {
-            Gone::Deleted => "delete",
-            Gone::Evicted => "evict",
+            Removal::Delete => "delete",
+            Removal::Eviction => "evict",
         }
     }
 
-    fn parse(s: &str) -> Result<Gone> {
+    fn parse(s: &str) -> Result<Removal> {
         match s {
-            "delete" => Ok(Gone::Deleted),
-            "evict" => Ok(Gone::Evicted),
+            "delete" => Ok(Removal::Delete),
+            "evict" => Ok(Removal::Eviction),
             other => Err(Error::Internal(format!("bad staged `_kind` `{other}`"))),
         }
     }
@@ -160,17 +160,17 @@ impl Gone {
 #[derive(Debug)]
 pub(crate) enum Staged {
     /// The server row.
-    Row(ServerRecord),
-    /// It went away.
-    Gone(Gone),
+    Upsert(ServerRecord),
+    /// Its delete or eviction.
+    Removal(Removal),
 }
 
 /// The staging statements of one collection, held while a page is staged.
 pub(crate) struct Stage<'t> {
     c: &'t Collection,
     now: i64,
-    /// Whether any id is staged as gone (else an upsert has none to unmark).
-    any_gone: bool,
+    /// Whether any removal is staged (else an upsert has none to unstage).
+    any_removal: bool,
     upsert: CachedStatement<'t>,
     unmark: CachedStatement<'t>,
     gone: CachedStatement<'t>,
@@ -206,17 +206,17 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// After [`Self::upsert`] of `id`: an id staged as gone by an earlier page
+    /// After [`Self::upsert`] of `id`: an id staged as removed by an earlier page
     /// and upserted now keeps only its latest state.
-    pub fn unmark_gone(&mut self, id: &str) -> Result<()> {
-        if self.any_gone {
+    pub fn unstage_removal(&mut self, id: &str) -> Result<()> {
+        if self.any_removal {
             self.unmark.execute([id])?;
         }
         Ok(())
     }
 
-    /// Stages `id` as gone (and drops a row staged for it earlier).
-    pub fn gone(&mut self, id: &str, kind: Gone) -> Result<()> {
+    /// Stages the removal of `id` (and drops a row staged for it earlier).
+    pub fn remove(&mut self, id: &str, kind: Removal) -> Result<()> {
         self.gone.execute([id, kind.as_str()])?;
         self.unstage.execute([id])?;
         Ok(())
@@ -242,7 +242,7 @@ impl<'t> Writer<'t, '_> {
     /// Starts staging rows of `c` (one page's worth).
     pub(crate) fn stage(&self, c: &'t Collection) -> Result<Stage<'t>> {
         let tx: &'t Transaction<'_> = self.tx;
-        let any_gone: bool = tx.query_row(
+        let any_removal: bool = tx.query_row(
             &format!("SELECT EXISTS (SELECT 1 FROM {})", gone_table(c)),
             [],
             |r| r.get(0),
@@ -258,7 +258,7 @@ impl<'t> Writer<'t, '_> {
         Ok(Stage {
             c,
             now: self.now,
-            any_gone,
+            any_removal,
             upsert,
             unmark,
             gone,
@@ -284,7 +284,7 @@ impl Writer<'_, '_> {
 
     /// Everything staged is published up to `cursor`: it becomes the published
     /// cursor, and nothing is staged any more.
-    pub(crate) fn published(&self, cursor: &str) -> Result<()> {
+    pub(crate) fn set_published_cursor(&self, cursor: &str) -> Result<()> {
         meta_set(self.tx, CURSOR, cursor)?;
         self.tx.execute(
             "DELETE FROM _ferry_meta WHERE key IN (?1, ?2)",
@@ -317,7 +317,7 @@ impl Writer<'_, '_> {
             stage_table(c)
         );
         if let Some(rec) = load_with(self.tx, c, &sql, [id])? {
-            return Ok(Staged::Row(ServerRecord {
+            return Ok(Staged::Upsert(ServerRecord {
                 id: rec.id,
                 version: rec.version.unwrap_or(0),
                 fields: rec.fields,
@@ -330,7 +330,7 @@ impl Writer<'_, '_> {
                 gone_table(c)
             ))?
             .query_row([id], |r| r.get(0))?;
-        Ok(Staged::Gone(Gone::parse(&kind)?))
+        Ok(Staged::Removal(Removal::parse(&kind)?))
     }
 
     /// Drops what is staged for `id` of `c`.
@@ -359,7 +359,7 @@ impl Writer<'_, '_> {
 
     /// The staged rows of `c` that publishing will write: new ones, and those
     /// newer than the local row.
-    pub(crate) fn staged_changes(&self, c: &Collection) -> Result<Vec<Record>> {
+    pub(crate) fn staged_upserts(&self, c: &Collection) -> Result<Vec<Record>> {
         let sql = format!(
             "SELECT {} FROM {stage} s LEFT JOIN {t} t ON t.id = s.id
              WHERE t.id IS NULL OR t._version IS NULL OR s._version > t._version",
@@ -376,7 +376,7 @@ impl Writer<'_, '_> {
         Ok(ups)
     }
 
-    /// The ids staged as gone from `c` that exist locally.
+    /// The ids of `c` staged as removed that exist locally.
     pub(crate) fn staged_removals(&self, c: &Collection) -> Result<Vec<String>> {
         Ok(self
             .tx
@@ -391,7 +391,7 @@ impl Writer<'_, '_> {
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Removes the records of `c` staged as gone, and empties the gone table;
+    /// Removes the records of `c` staged as removed, and empties the gone table;
     /// returns how many records went.
     pub(crate) fn publish_removals(&self, c: &Collection) -> Result<usize> {
         let (t, gone) = (quote(&c.name), gone_table(c));
@@ -434,7 +434,7 @@ impl Writer<'_, '_> {
     /// Writes the staged rows of `c` into the collection, each unless the local
     /// row is at the same or a newer version, and empties the staging table;
     /// returns how many rows were written.
-    pub(crate) fn publish_rows(&self, c: &Collection) -> Result<usize> {
+    pub(crate) fn publish_upserts(&self, c: &Collection) -> Result<usize> {
         let (t, stage) = (quote(&c.name), stage_table(c));
         let cols: Vec<String> = c.columns.iter().map(|col| quote(&col.name)).collect();
         let sets: String = cols

@@ -70,7 +70,7 @@ fn prepare_in(
     max: usize,
     only: Option<&HashSet<(String, String)>>,
 ) -> Result<Option<Prepared>> {
-    // Every entry pending or in flight, in outbox order: the first of each
+    // Every entry queued or in flight, in outbox order: the first of each
     // record is taken if it is due (and wanted); any later one waits behind it,
     // and so do the records of the entries in flight.
     let mut blocked: HashSet<(String, String)> = HashSet::new();
@@ -429,7 +429,7 @@ fn requeue(
     fields: crate::store::Fields,
     base: u64,
 ) -> Result<()> {
-    match w.latest_unsent(&e.collection, &e.record_id)? {
+    match w.latest_unsent_entry(&e.collection, &e.record_id)? {
         Some(later) if later.op == Op::Delete => Ok(()),
         Some(later) => {
             let mut merged = fields;
@@ -444,14 +444,14 @@ fn requeue(
 pub(crate) fn forget_record(w: &Writer<'_, '_>, c: &Collection, id: &str) -> Result<()> {
     w.delete_row(c, id)?;
     w.remove_shadow(&c.name, id)?;
-    w.remove_pending_entries(&c.name, id)
+    w.remove_queued_entries(&c.name, id)
 }
 
 /// Rolls the record back to its last server state and quarantines the mutation.
 fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str) -> Result<()> {
     w.quarantine_entry(e.seq, reason)?;
     // Later unsent edits of the record stood on the rejected one: they go too.
-    w.remove_pending_entries(&e.collection, &e.record_id)?;
+    w.remove_queued_entries(&e.collection, &e.record_id)?;
     match w.shadow(&c.name, &e.record_id)? {
         Some((version, fields)) => {
             let now = w.now();

@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::events::{ChangeSource, MAX_EVENT_ROWS};
 use crate::schema::Collection;
 use crate::store::records::{Fields, Record, RecordStatus, check_fields, normalise};
-use crate::store::staging::{Gone, PullStart, Staged};
+use crate::store::staging::{PullStart, Removal, Staged};
 use crate::store::{Store, Writer};
 
 /// Where the next pull starts.
@@ -76,7 +76,7 @@ pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
                 let id = r.id.clone();
                 match stage.upsert(r) {
                     Ok(()) => {
-                        stage.unmark_gone(&id)?;
+                        stage.unstage_removal(&id)?;
                         report.rows += 1
                     }
                     Err(e) => {
@@ -85,9 +85,13 @@ pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
                     }
                 }
             }
-            for (kind, ids) in [(Gone::Deleted, &changes.deletes), (Gone::Evicted, &changes.evictions)] {
+            let removals = [
+                (Removal::Delete, &changes.deletes),
+                (Removal::Eviction, &changes.evictions),
+            ];
+            for (kind, ids) in removals {
                 for id in ids {
-                    stage.gone(id, kind)?;
+                    stage.remove(id, kind)?;
                     report.rows += 1;
                 }
             }
@@ -126,7 +130,7 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
                 w.swap_in(c)?;
                 staged_rows
             } else {
-                w.publish_rows(c)?
+                w.publish_upserts(c)?
             };
             if upserted > 0 {
                 report.upserted.insert(c.name.clone(), upserted as u64);
@@ -135,7 +139,7 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
                 report.removed.insert(c.name.clone(), removed as u64);
             }
         }
-        w.published(&cursor)?;
+        w.set_published_cursor(&cursor)?;
         Ok(report)
     })
 }
@@ -152,7 +156,7 @@ fn rebase_pending(
     for id in &ids {
         let local = w.load(c, id)?.expect("selected above");
         match w.staged(c, id)? {
-            Staged::Row(server) => {
+            Staged::Upsert(server) => {
                 if local.version.is_some_and(|v| v >= server.version) {
                     // Already based on this version (e.g. our own write's echo).
                 } else {
@@ -163,7 +167,7 @@ fn rebase_pending(
             // Deleted on the server: the server wins over local edits, and over
             // a local create it may hold (sent, unanswered): it then applied it
             // and the record was deleted since.
-            Staged::Gone(Gone::Deleted)
+            Staged::Removal(Removal::Delete)
                 if local.status != RecordStatus::Created || w.has_entries(&c.name, id)? =>
             {
                 super::push::forget_record(w, c, id)?;
@@ -172,9 +176,9 @@ fn rebase_pending(
             // Created here and never sent (another device's record of that id
             // was deleted): keep it, its push decides; but the server holds no
             // row to roll back to any more (a rejection removes the record).
-            Staged::Gone(Gone::Deleted) => w.remove_shadow(&c.name, id)?,
+            Staged::Removal(Removal::Delete) => w.remove_shadow(&c.name, id)?,
             // Evicted: keep the local record; its push decides.
-            Staged::Gone(Gone::Evicted) => {}
+            Staged::Removal(Removal::Eviction) => {}
         }
         w.unstage(c, id)?;
     }
@@ -267,15 +271,15 @@ pub(crate) fn resolved(
 /// Adds the rows this publish will change to the event (or marks a reload);
 /// returns how many upserted rows are staged.
 fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<usize> {
-    let (upserts, gone_rows) = w.staged_counts(c)?;
-    let staged = upserts + gone_rows;
+    let (upserts, removals) = w.staged_counts(c)?;
+    let staged = upserts + removals;
     if staged > MAX_EVENT_ROWS || w.events().is_reload(&c.name) {
         if staged > 0 {
             w.events().reload(&c.name);
         }
         return Ok(upserts);
     }
-    for r in w.staged_changes(c)? {
+    for r in w.staged_upserts(c)? {
         let id = r.id.clone();
         w.events().upsert(&c.name, &id, r.into_json());
     }
