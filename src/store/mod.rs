@@ -6,6 +6,11 @@
 //! event is delivered only after the commit (see [`crate::events`]). Reads use
 //! separate reader connections and never wait for the writer. Nothing in here
 //! talks to the network.
+//!
+//! The store owns every table (the collections, outbox, shadows, staging,
+//! anchors, meta) and all of their SQL. The sync engine decides; it acts through
+//! `Writer`'s typed methods inside a write transaction and `Store`'s reads,
+//! and never sees a statement.
 
 mod anchors;
 mod conn;
@@ -14,7 +19,7 @@ mod layout;
 pub mod outbox;
 pub mod query;
 pub mod records;
-pub(crate) mod shadow;
+mod shadow;
 pub(crate) mod staging;
 #[cfg(test)]
 pub(crate) mod tests;

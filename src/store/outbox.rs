@@ -140,7 +140,7 @@ impl Sending {
 }
 
 /// Columns read by [`read_sending`].
-pub(crate) const SELECT_SENDING: &str = "SELECT seq, mutation_id, collection, record_id, op, fields, base_version, attempts FROM _ferry_outbox";
+const SELECT_SENDING: &str = "SELECT seq, mutation_id, collection, record_id, op, fields, base_version, attempts FROM _ferry_outbox";
 
 fn conversion_error(e: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
@@ -152,7 +152,7 @@ fn raw_fields(text: String) -> rusqlite::Result<RawFields> {
 }
 
 /// Reads a row selected with [`SELECT_SENDING`].
-pub(crate) fn read_sending(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sending> {
+fn read_sending(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sending> {
     let op: String = row.get(4)?;
     Ok(Sending {
         seq: row.get(0)?,
@@ -166,9 +166,9 @@ pub(crate) fn read_sending(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sending>
     })
 }
 
-pub(crate) const SELECT: &str = "SELECT seq, mutation_id, collection, record_id, op, fields, base_version, created_at, attempts, next_attempt_at, state, last_error FROM _ferry_outbox";
+const SELECT: &str = "SELECT seq, mutation_id, collection, record_id, op, fields, base_version, created_at, attempts, next_attempt_at, state, last_error FROM _ferry_outbox";
 
-pub(crate) fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
+fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     let op: String = row.get(4)?;
     let fields: String = row.get(5)?;
     let state: String = row.get(10)?;
