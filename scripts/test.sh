@@ -3,7 +3,8 @@
 # installs what it needs first (scripts/setup.sh), and .ci/run is CI=1 plus this.
 #
 #   0. setup: Debian packages, the Kotlin compiler, rustfmt/clippy (scripts/setup.sh)
-#   1. format and lints (cargo fmt --check, clippy -D warnings)
+#   1. format and lints (cargo fmt --check, clippy -D warnings, the layer rules:
+#      scripts/check-layers.sh)
 #   2. PostgreSQL: start the local cluster (scripts/pg-start.sh) for the server's
 #      storage suite and the end-to-end suite on PostgreSQL
 #   3. cargo test --workspace (unit, store, CLI, crash, server on SQLite + PostgreSQL,
@@ -29,6 +30,7 @@ lane "setup"
 scripts/setup.sh || skip "scripts/setup.sh could not install everything (see above)"
 
 lane "format and lints"
+scripts/check-layers.sh
 if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings

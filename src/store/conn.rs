@@ -29,7 +29,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// SQL functions the writer's statements use (see `outbox::freeze_creates`).
+/// SQL functions the writer's statements use (see `Writer::freeze_creates`).
 fn register_functions(conn: &Connection) -> Result<()> {
     use rusqlite::functions::FunctionFlags;
     use rusqlite::types::ValueRef;

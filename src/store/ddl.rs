@@ -50,7 +50,8 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
         }
     };
     meta_set(&tx, "schema", &schema.to_json())?;
-    crate::sync::staging::prepare(&tx, &schema, changed)?;
+    super::anchors::create(&tx)?;
+    super::staging::prepare(&tx, &schema, changed)?;
     let client_id = match meta_get(&tx, "client_id")? {
         Some(id) => id,
         None => {
@@ -72,7 +73,7 @@ fn create_collection(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
 /// as for `c` plus `suffix` (a staging copy needs names of its own: SQLite cannot
 /// rename an index when the copy later becomes the collection). Without `unique`,
 /// unique indexes are left out.
-pub(crate) fn create_collection_table(
+pub(super) fn create_collection_table(
     tx: &Transaction<'_>,
     c: &Collection,
     table: &str,

@@ -6,16 +6,23 @@
 //! event is delivered only after the commit (see [`crate::events`]). Reads use
 //! separate reader connections and never wait for the writer. Nothing in here
 //! talks to the network.
+//!
+//! The store owns every table (the collections, outbox, shadows, staging,
+//! anchors, meta) and all of their SQL. The sync engine decides; it acts through
+//! `Writer`'s typed methods inside a write transaction and `Store`'s reads,
+//! and never sees a statement.
 
+mod anchors;
 mod conn;
 mod ddl;
 mod layout;
 pub mod outbox;
 pub mod query;
 pub mod records;
-pub(crate) mod shadow;
+mod shadow;
+pub(crate) mod staging;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -32,7 +39,6 @@ use rusqlite::{
 use serde::Serialize;
 use serde_json::Value;
 
-pub(crate) use ddl::create_collection_table;
 pub use outbox::{EntryState, OutboxEntry};
 pub use query::{Filter, Query, Sort};
 pub use records::{Fields, Record, RecordStatus};
@@ -395,11 +401,7 @@ impl Store {
     /// Forgets a quarantined mutation (its record already shows the server state).
     pub fn discard_quarantined(&self, mutation_id: &str) -> Result<()> {
         self.write_tx(ChangeSource::Local, |w| {
-            let n = w.tx.execute(
-                "DELETE FROM _ferry_outbox WHERE mutation_id = ?1 AND state = 'quarantined'",
-                [mutation_id],
-            )?;
-            if n == 0 {
+            if !w.remove_quarantined(mutation_id)? {
                 return Err(Error::NotFound {
                     collection: "quarantine".into(),
                     id: mutation_id.into(),
@@ -421,7 +423,7 @@ impl Store {
                 id: mutation_id.into(),
             })?;
         self.write_tx(ChangeSource::Local, |w| {
-            w.tx.execute("DELETE FROM _ferry_outbox WHERE seq = ?1", [entry.seq])?;
+            w.remove_entry(entry.seq)?;
             let mut fields = entry.fields.clone();
             let c = w.schema.collection(&entry.collection)?;
             let exists = w
@@ -447,27 +449,6 @@ impl Store {
                 }
             };
             w.apply(op)
-        })
-    }
-
-    /// What exists on the server beyond the local horizon, per collection.
-    pub fn anchors(&self) -> Result<Vec<Anchor>> {
-        self.read_snapshot(|conn| {
-            let mut out = Vec::new();
-            let mut stmt = conn.prepare_cached("SELECT collection, server_total, updated_at FROM _ferry_anchors ORDER BY collection")?;
-            let rows: Vec<(String, i64, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (collection, total, at) in rows {
-                let Ok(c) = self.collection(&collection) else { continue };
-                let local: i64 = conn.query_row(
-                    &format!("SELECT COUNT(*) FROM {} WHERE _status <> 'deleted'", quote(&c.name)),
-                    [],
-                    |r| r.get(0),
-                )?;
-                out.push(Anchor { collection, server_total: total as u64, local_count: local as u64, updated_at: at });
-            }
-            Ok(out)
         })
     }
 
@@ -664,7 +645,7 @@ pub(crate) fn load(conn: &Connection, c: &Collection, id: &str) -> Result<Option
 }
 
 /// Runs a statement yielding at most one row of `c` (a select or a `RETURNING`).
-pub(crate) fn load_with(
+fn load_with(
     conn: &Connection,
     c: &Collection,
     sql: &str,
@@ -681,14 +662,31 @@ pub(crate) fn load_with(
 /// The inside of a write transaction: record changes plus their outbox entries
 /// and event. Used by local writes and by the sync engine.
 pub(crate) struct Writer<'t, 'c> {
-    pub tx: &'t Transaction<'c>,
-    pub schema: &'t Schema,
+    tx: &'t Transaction<'c>,
+    schema: &'t Schema,
     sql: &'t HashMap<String, RowSql>,
-    pub events: EventBuilder,
-    pub now: i64,
+    events: EventBuilder,
+    now: i64,
     /// Each collection's row insert, held for the whole transaction: a batch of
     /// creates takes it from SQLite's statement cache once, not once per row.
     inserts: RefCell<HashMap<&'t str, CachedStatement<'t>>>,
+}
+
+impl<'t> Writer<'t, '_> {
+    /// The schema in force.
+    pub(crate) fn schema(&self) -> &'t Schema {
+        self.schema
+    }
+
+    /// The transaction's time (ms): every row it writes is stamped with it.
+    pub(crate) fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// The event this transaction will emit after it commits.
+    pub(crate) fn events(&mut self) -> &mut EventBuilder {
+        &mut self.events
+    }
 }
 
 impl Writer<'_, '_> {
@@ -803,18 +801,20 @@ impl Writer<'_, '_> {
         load_with(self.tx, c, &self.sql[&c.name].select, [id])
     }
 
-    /// Marks records synced, each at its version: `ids_versions` is a JSON array
-    /// of `[id, version]` pairs. Returns the rows when `rows` (for the event).
+    /// Marks records synced, each at its version, in one statement. Returns the
+    /// rows when `rows` (for the event).
     pub(crate) fn mark_synced_many(
         &self,
         c: &Collection,
-        ids_versions: &str,
+        ids_versions: &[(&str, u64)],
         rows: bool,
     ) -> Result<Vec<Record>> {
+        // A JSON array of `[id, version]` pairs.
+        let pairs = serde_json::to_string(ids_versions)?;
         let mut stmt = self
             .tx
             .prepare_cached(&self.sql[&c.name].mark_synced_many)?;
-        let mut returned = stmt.query([ids_versions])?;
+        let mut returned = stmt.query([pairs])?;
         let mut out = Vec::new();
         // Stepped to the end whatever `rows` says: that is what runs the update.
         while let Some(row) = returned.next()? {
@@ -868,7 +868,7 @@ impl Writer<'_, '_> {
             return Ok(rec);
         }
         if c.is_synced() && rec.status == RecordStatus::Synced {
-            shadow::save_if_absent(self.tx, &c.name, id, rec.version, &rec.fields)?;
+            self.save_shadow_if_absent(&c.name, id, rec.version, &rec.fields)?;
         }
         for (k, v) in &fields {
             rec.fields.insert(k.clone(), v.clone());
@@ -882,14 +882,12 @@ impl Writer<'_, '_> {
         rec.updated_at = self.now;
         self.replace_row(c, &rec)?;
         if c.is_synced() {
-            outbox::enqueue(
-                self.tx,
+            self.enqueue(
                 &c.name,
                 id,
                 Op::Update,
                 &fields,
                 rec.version,
-                self.now,
                 rec.status == RecordStatus::Created,
             )?;
         }
@@ -913,17 +911,15 @@ impl Writer<'_, '_> {
         let c = self.schema.collection(collection)?;
         let mut rec = self.load_live(c, id)?;
         if c.is_synced() && rec.status == RecordStatus::Synced {
-            shadow::save_if_absent(self.tx, &c.name, id, rec.version, &rec.fields)?;
+            self.save_shadow_if_absent(&c.name, id, rec.version, &rec.fields)?;
         }
         let queued = if c.is_synced() {
-            outbox::enqueue(
-                self.tx,
+            self.enqueue(
                 &c.name,
                 id,
                 Op::Delete,
                 &Fields::new(),
                 rec.version,
-                self.now,
                 rec.status == RecordStatus::Created,
             )?
         } else {
@@ -931,7 +927,7 @@ impl Writer<'_, '_> {
         };
         if queued == Enqueued::Cancelled {
             self.delete_row(c, id)?;
-            shadow::remove(self.tx, &c.name, id)?;
+            self.remove_shadow(&c.name, id)?;
         } else {
             rec.status = RecordStatus::Deleted;
             rec.updated_at = self.now;
@@ -962,7 +958,7 @@ fn push_bookkeeping<'a>(vals: &mut Vec<ToSqlOutput<'a>>, rec: &'a Record) {
 }
 
 /// Reads a metadata value.
-pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
         .prepare_cached("SELECT value FROM _ferry_meta WHERE key = ?1")?
         .query_row([key], |r| r.get(0))
@@ -970,7 +966,7 @@ pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
 }
 
 /// Writes a metadata value.
-pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO _ferry_meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",

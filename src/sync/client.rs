@@ -27,7 +27,7 @@ use super::write_modes::{OnlineAnswer, Sent, online_answer};
 use crate::error::{Error, Result};
 use crate::events::{ChangeEvent, ChangeSource, Subscription};
 use crate::store::outbox::Sending;
-use crate::store::{OutboxEntry, Record, RecordStatus, Store, WriteOp, outbox};
+use crate::store::{OutboxEntry, Record, RecordStatus, Store, WriteOp};
 use crate::transport::{TokenProvider, Transport, TransportError};
 
 /// How a write reaches the server (docs/architecture.md, "The three write modes share one store").
@@ -775,14 +775,14 @@ impl SyncClient {
         let simulated: Option<Vec<OutboxEntry>> = blocking(move || {
             s.simulate(|w| {
                 let keyset: HashSet<_> = keys.iter().cloned().collect();
-                let before: i64 = count_entries(w, &keyset)?;
+                let before: i64 = w.count_entries(&keyset)?;
                 if before > 0 {
                     return Ok(None);
                 }
                 for op in sim_ops {
                     w.apply(op)?;
                 }
-                let all = outbox::list(w.tx, w.schema)?;
+                let all = w.outbox()?;
                 Ok(Some(
                     all.into_iter()
                         .filter(|e| keyset.contains(&(e.collection.clone(), e.record_id.clone())))
@@ -942,35 +942,10 @@ impl SyncClient {
 
     /// How long until an entry waiting for retry becomes due, if any.
     fn next_retry(&self) -> Option<Duration> {
-        let next: Option<i64> = self
-            .inner
-            .store
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT MIN(next_attempt_at) FROM _ferry_outbox WHERE state = 'pending'",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
-            .ok()
-            .flatten();
+        let next: Option<i64> = self.inner.store.next_attempt_at().ok().flatten();
         let now = self.inner.store.clock().now_ms();
         next.map(|n| Duration::from_millis((n - now).max(0) as u64))
     }
-}
-
-fn count_entries(
-    w: &crate::store::Writer<'_, '_>,
-    keys: &HashSet<(String, String)>,
-) -> Result<i64> {
-    let mut n = 0;
-    let mut stmt = w.tx.prepare_cached(
-        "SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2",
-    )?;
-    for (c, id) in keys {
-        n += stmt.query_row([c, id], |r| r.get::<_, i64>(0))?;
-    }
-    Ok(n)
 }
 
 /// Applies server-confirmed writes locally as synced, without outbox entries.
@@ -986,7 +961,7 @@ fn confirm(
         let mut out = Vec::new();
         for mut op in ops {
             let key = op.target();
-            if count_entries(w, &HashSet::from([key.clone()]))? > 0 {
+            if w.count_entries(&HashSet::from([key.clone()]))? > 0 {
                 // Edited locally while the write was on its way: queue normally
                 // behind that edit; its stale base version makes the server
                 // answer a conflict, which resolves as any other.
@@ -994,19 +969,16 @@ fn confirm(
                 continue;
             }
             let rec = w.apply(op)?;
-            let c = w.schema.collection(&key.0)?;
-            w.tx.prepare_cached(
-                "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2",
-            )?
-            .execute([&key.0, &key.1])?;
-            crate::store::shadow::remove(w.tx, &key.0, &key.1)?;
+            let c = w.schema().collection(&key.0)?;
+            w.remove_all_entries(&key.0, &key.1)?;
+            w.remove_shadow(&key.0, &key.1)?;
             match rec {
                 Some(mut r) => {
                     r.status = RecordStatus::Synced;
                     r.changed.clear();
                     r.version = versions.get(&key).copied();
                     w.replace_row(c, &r)?;
-                    w.events.upsert(&c.name, &r.id, r.to_json());
+                    w.events().upsert(&c.name, &r.id, r.to_json());
                     out.push(Some(r));
                 }
                 None => {

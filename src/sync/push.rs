@@ -11,16 +11,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_protocol::{MutationOutcome, Op, PushRequest, PushResponse, RawFields, ServerRecord};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
-use serde_json::json;
 
 use super::resolver::ConflictResolver;
 use crate::error::Result;
 use crate::events::ChangeSource;
 use crate::schema::Collection;
-use crate::store::outbox::Sending;
-use crate::store::{Record, RecordStatus, Store, Writer, outbox, shadow};
+use crate::store::outbox::{Pick, Sending};
+use crate::store::{Record, RecordStatus, Store, Writer};
 
 /// Backoff of one entry after `attempts` sends ([`super::policy::backoff_ms`]).
 pub fn backoff_ms(attempts: u32) -> i64 {
@@ -56,7 +54,7 @@ pub(crate) fn prepare(
     only: Option<&HashSet<(String, String)>>,
 ) -> Result<Option<Prepared>> {
     // Nothing to send is the common case of a sync: no write transaction for it.
-    if !store.read(|c| outbox::anything_to_send(c, store.schema()))? {
+    if !store.anything_to_send()? {
         return Ok(None);
     }
     store.write_tx(ChangeSource::Remote, |w| {
@@ -70,40 +68,26 @@ fn prepare_in(
     max: usize,
     only: Option<&HashSet<(String, String)>>,
 ) -> Result<Option<Prepared>> {
-    let mut chosen = Vec::new();
-    {
-        // Keys only: the entries already in flight are many (a pipelined push
-        // has the previous batch out) and only block their records.
-        let mut scan = w.tx.prepare_cached(
-            "SELECT seq, collection, record_id, state = 'pending' AND next_attempt_at <= ?1
-                 FROM _ferry_outbox WHERE state IN ('pending','in_flight') ORDER BY seq",
-        )?;
-        let mut load =
-            w.tx.prepare_cached(&format!("{} WHERE seq = ?1", outbox::SELECT_SENDING))?;
-        let mut rows = scan.query([w.now])?;
-        let mut blocked: HashSet<(String, String)> = HashSet::new();
-        while let Some(row) = rows.next()? {
-            let key: (String, String) = (row.get(1)?, row.get(2)?);
-            let due: bool = row.get(3)?;
-            let wanted = due && only.is_none_or(|o| o.contains(&key));
-            if !blocked.insert(key) || !wanted {
-                continue;
-            }
-            chosen.push(load.query_row([row.get::<_, i64>(0)?], outbox::read_sending)?);
-            if chosen.len() >= max {
-                break;
-            }
+    // Every entry queued or in flight, in outbox order: the first of each
+    // record is taken if it is due (and wanted); any later one waits behind it,
+    // and so do the records of the entries in flight.
+    let mut blocked: HashSet<(String, String)> = HashSet::new();
+    let mut taken = 0;
+    let mut chosen = w.pick_sendable(|key, due| {
+        let wanted = due && only.is_none_or(|o| o.contains(&key));
+        if !blocked.insert(key) || !wanted {
+            return Pick::Skip;
         }
-    }
-    let mut mark = w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'in_flight', attempts = attempts + 1, unanswered = 1 WHERE seq = ?1",
-    )?;
-    for e in chosen.iter_mut() {
-        mark.execute([e.seq])?;
-        e.attempts += 1;
-    }
+        taken += 1;
+        if taken >= max {
+            Pick::TakeLast
+        } else {
+            Pick::Take
+        }
+    })?;
+    w.mark_in_flight(&mut chosen)?;
     // Unsent creates are sent for the first time: frozen into entries now.
-    for c in w.schema.collections.iter().filter(|c| c.is_synced()) {
+    for c in w.schema().collections.iter().filter(|c| c.is_synced()) {
         if chosen.len() >= max {
             break;
         }
@@ -116,12 +100,7 @@ fn prepare_in(
         if ids.as_ref().is_some_and(|ids| ids.is_empty()) {
             continue;
         }
-        chosen.extend(outbox::freeze_creates(
-            w.tx,
-            c,
-            ids.as_deref(),
-            max - chosen.len(),
-        )?);
+        chosen.extend(w.freeze_creates(c, ids.as_deref(), max - chosen.len())?);
     }
     if chosen.is_empty() {
         return Ok(None);
@@ -135,37 +114,26 @@ fn prepare_in(
 
 /// Puts every in-flight entry back to pending (on start-up: a crash mid-push).
 pub(crate) fn reset_in_flight(store: &Store) -> Result<()> {
-    store.write_tx(ChangeSource::Remote, |w| {
-        w.tx.execute(
-            "UPDATE _ferry_outbox SET state = 'pending' WHERE state = 'in_flight'",
-            [],
-        )?;
-        Ok(())
-    })
+    store.write_tx(ChangeSource::Remote, |w| w.reset_in_flight())
 }
 
 /// Makes every waiting entry due now (after a re-pull resolved what blocked it).
 pub(crate) fn make_due(store: &Store) -> Result<()> {
-    store.write_tx(ChangeSource::Remote, |w| {
-        w.tx.execute(
-            "UPDATE _ferry_outbox SET next_attempt_at = 0 WHERE state = 'pending'",
-            [],
-        )?;
-        Ok(())
-    })
+    store.write_tx(ChangeSource::Remote, |w| w.make_due())
 }
 
 /// The whole request failed (network, 5xx, auth): back off every entry of it.
 pub(crate) fn fail_batch(store: &Store, batch: &[Sending], backoff: bool) -> Result<()> {
     store.write_tx(ChangeSource::Remote, |w| {
-        let mut stmt = w.tx.prepare_cached(
-            "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2 WHERE seq = ?1 AND state = 'in_flight'",
-        )?;
-        for e in batch {
-            let next = if backoff { w.now + backoff_ms(e.attempts) } else { 0 };
-            stmt.execute(params![e.seq, next])?;
-        }
-        Ok(())
+        let now = w.now();
+        w.put_back(batch.iter().map(|e| {
+            let next = if backoff {
+                now + backoff_ms(e.attempts)
+            } else {
+                0
+            };
+            (e.seq, next)
+        }))
     })
 }
 
@@ -231,7 +199,7 @@ impl<'a> Applying<'a> {
                 report.applied += 1;
                 continue;
             }
-            let c = w.schema.collection(&e.collection)?;
+            let c = w.schema().collection(&e.collection)?;
             match by_id.get(e.mutation_id.as_str()) {
                 Some(MutationOutcome::Applied { version }) => {
                     applied(w, c, e, *version)?;
@@ -246,13 +214,13 @@ impl<'a> Applying<'a> {
                         .push((e, format!("{}: {message}", code.as_str())));
                 }
                 Some(MutationOutcome::Retry { retry_after_ms }) => {
-                    let next = w.now + (*retry_after_ms as i64).max(backoff_ms(e.attempts));
+                    let next = w.now() + (*retry_after_ms as i64).max(backoff_ms(e.attempts));
                     retry_at(w, e, next, Answer::NotApplied)?;
                     report.retried += 1;
                 }
                 None => {
                     tracing::warn!(mutation_id = %e.mutation_id, "the server gave no result for a mutation; retrying it later");
-                    retry_at(w, e, w.now + backoff_ms(e.attempts), Answer::None)?;
+                    retry_at(w, e, w.now() + backoff_ms(e.attempts), Answer::None)?;
                     report.retried += 1;
                 }
             }
@@ -266,7 +234,7 @@ impl<'a> Applying<'a> {
             self.report.rejected = self.rejected.len() as u64;
             store.write_tx(ChangeSource::Rollback, |w| {
                 for (e, reason) in &self.rejected {
-                    let c = w.schema.collection(&e.collection)?;
+                    let c = w.schema().collection(&e.collection)?;
                     quarantine(w, c, e, reason)?;
                 }
                 Ok(())
@@ -297,50 +265,29 @@ fn applied_in_bulk(
     }
     let mut done = HashSet::new();
     for (name, entries) in by_collection {
-        let c = w.schema.collection(name)?;
-        let seqs = json!(entries.iter().map(|(e, _)| e.seq).collect::<Vec<_>>()).to_string();
-        w.tx.prepare_cached(
-            "DELETE FROM _ferry_outbox WHERE seq IN (SELECT value FROM json_each(?1))",
-        )?
-        .execute([&seqs])?;
-        let ids = json!(
-            entries
-                .iter()
-                .map(|(e, _)| &e.record_id)
-                .collect::<Vec<_>>()
-        )
-        .to_string();
-        let busy: HashSet<String> = w
-            .tx
-            .prepare_cached(
-                "SELECT record_id FROM _ferry_outbox WHERE collection = ?1 AND state <> 'quarantined'
-                 AND record_id IN (SELECT value FROM json_each(?2))",
-            )?
-            .query_map(params![name, ids], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let c = w.schema().collection(name)?;
+        let seqs: Vec<i64> = entries.iter().map(|(e, _)| e.seq).collect();
+        w.remove_entries(&seqs)?;
+        let ids: Vec<&str> = entries.iter().map(|(e, _)| e.record_id.as_str()).collect();
+        let busy = w.with_entries(name, &ids)?;
         let clean: Vec<&(&Sending, u64)> = entries
             .iter()
             .filter(|(e, _)| !busy.contains(&e.record_id))
             .collect();
         // A change of a synced record saved a shadow, and so did the rebase of
         // a sent create over the server's row.
-        let updated: Vec<&String> = clean.iter().map(|(e, _)| &e.record_id).collect();
+        let updated: Vec<&str> = clean.iter().map(|(e, _)| e.record_id.as_str()).collect();
         if !updated.is_empty() {
-            w.tx.prepare_cached(
-                "DELETE FROM _ferry_shadow WHERE collection = ?1 AND record_id IN (SELECT value FROM json_each(?2))",
-            )?
-            .execute(params![name, json!(updated).to_string()])?;
+            w.remove_shadows(name, &updated)?;
         }
-        let pairs = json!(
-            clean
-                .iter()
-                .map(|(e, v)| json!([e.record_id, v]))
-                .collect::<Vec<_>>()
-        );
-        let rows = !w.events.is_reload(name);
-        for rec in w.mark_synced_many(c, &pairs.to_string(), rows)? {
+        let pairs: Vec<(&str, u64)> = clean
+            .iter()
+            .map(|(e, v)| (e.record_id.as_str(), *v))
+            .collect();
+        let rows = !w.events().is_reload(name);
+        for rec in w.mark_synced_many(c, &pairs, rows)? {
             let id = rec.id.clone();
-            w.events.upsert(&c.name, &id, rec.into_json());
+            w.events().upsert(&c.name, &id, rec.into_json());
         }
         done.extend(clean.iter().map(|(e, _)| e.seq));
     }
@@ -357,31 +304,16 @@ enum Answer {
 }
 
 fn retry_at(w: &Writer<'_, '_>, e: &Sending, next: i64, answer: Answer) -> Result<()> {
-    w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'pending', next_attempt_at = ?2,
-         unanswered = unanswered AND ?3 WHERE seq = ?1",
-    )?
-    .execute(params![e.seq, next, answer == Answer::None])?;
-    Ok(())
+    w.retry_entry(e.seq, next, answer == Answer::None)
 }
 
-fn remove_entry(w: &Writer<'_, '_>, e: &Sending) -> Result<()> {
-    w.tx.prepare_cached("DELETE FROM _ferry_outbox WHERE seq = ?1")?
-        .execute([e.seq])?;
-    Ok(())
-}
-
+/// How many entries of the record, besides `e`, are not quarantined.
 fn other_entries(w: &Writer<'_, '_>, e: &Sending) -> Result<i64> {
-    Ok(w.tx
-        .prepare_cached(
-            "SELECT COUNT(*) FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2
-             AND seq <> ?3 AND state <> 'quarantined'",
-        )?
-        .query_row(params![e.collection, e.record_id, e.seq], |r| r.get(0))?)
+    w.other_entries(&e.collection, &e.record_id, e.seq)
 }
 
 fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) -> Result<()> {
-    remove_entry(w, e)?;
+    w.remove_entry(e.seq)?;
     if let Some(rec) = w.load(c, &e.record_id)?
         && rec.version.is_some_and(|v| v >= version)
     {
@@ -389,13 +321,13 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
     }
     if other_entries(w, e)? == 0 {
         // The common case, kept to narrow statements: a push applies thousands.
-        shadow::remove(w.tx, &c.name, &e.record_id)?;
+        w.remove_shadow(&c.name, &e.record_id)?;
         if e.op == Op::Delete {
             w.delete_row(c, &e.record_id)?;
             return Ok(());
         }
         if let Some(rec) = w.mark_synced(c, &e.record_id, version)? {
-            w.events.upsert_with(&c.name, &rec.id, || rec.to_json());
+            w.events().upsert_with(&c.name, &rec.id, || rec.to_json());
         }
         return Ok(());
     }
@@ -406,18 +338,16 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
         // Edited again while in flight: the server now holds shadow + what we sent.
         let mut server = match e.op {
             Op::Create => Default::default(),
-            _ => shadow::get(w.tx, &c.name, &rec.id)?
-                .map(|s| s.1)
-                .unwrap_or_default(),
+            _ => w.shadow(&c.name, &rec.id)?.map(|s| s.1).unwrap_or_default(),
         };
         server.extend(e.parsed_fields()?);
-        shadow::set(w.tx, &c.name, &rec.id, Some(version), &server)?;
+        w.set_shadow(&c.name, &rec.id, Some(version), &server)?;
         rec.version = Some(version);
         if rec.status == RecordStatus::Created {
             rec.status = RecordStatus::Updated;
         }
         w.replace_row(c, &rec)?;
-        outbox::rebase(w.tx, &c.name, &rec.id, version)?;
+        w.rebase_entries(&c.name, &rec.id, version)?;
     }
     Ok(())
 }
@@ -430,7 +360,7 @@ fn superseded(w: &mut Writer<'_, '_>, c: &Collection, mut rec: Record, e: &Sendi
     if rec.status == RecordStatus::Synced || other_entries(w, e)? > 0 {
         return Ok(());
     }
-    shadow::remove(w.tx, &c.name, &rec.id)?;
+    w.remove_shadow(&c.name, &rec.id)?;
     if rec.status == RecordStatus::Deleted {
         w.delete_row(c, &rec.id)?;
         return Ok(());
@@ -438,7 +368,7 @@ fn superseded(w: &mut Writer<'_, '_>, c: &Collection, mut rec: Record, e: &Sendi
     rec.status = RecordStatus::Synced;
     rec.changed.clear();
     w.replace_row(c, &rec)?;
-    w.events.upsert(&c.name, &rec.id, rec.to_json());
+    w.events().upsert(&c.name, &rec.id, rec.to_json());
     Ok(())
 }
 
@@ -449,23 +379,17 @@ fn conflict(
     server: Option<&ServerRecord>,
     resolver: &dyn ConflictResolver,
 ) -> Result<()> {
-    remove_entry(w, e)?;
+    w.remove_entry(e.seq)?;
     let Some(server) = server else {
         // Deleted on the server: it wins over our change.
         forget_record(w, c, &e.record_id)?;
-        w.events.delete(&c.name, &e.record_id);
+        w.events().delete(&c.name, &e.record_id);
         return Ok(());
     };
     let Some(mut local) = w.load(c, &e.record_id)? else {
         return Ok(());
     };
-    shadow::set(
-        w.tx,
-        &c.name,
-        &local.id,
-        Some(server.version),
-        &server.fields,
-    )?;
+    w.set_shadow(&c.name, &local.id, Some(server.version), &server.fields)?;
     if e.op == Op::Delete || local.status == RecordStatus::Deleted {
         local.version = Some(server.version);
         w.replace_row(c, &local)?;
@@ -476,21 +400,21 @@ fn conflict(
     let diff = super::staging::differing(&merged, &server.fields);
     local.fields = merged;
     local.version = Some(server.version);
-    local.updated_at = w.now;
+    local.updated_at = w.now();
     if diff.is_empty() && other_entries(w, e)? == 0 {
         local.status = RecordStatus::Synced;
         local.changed.clear();
-        shadow::remove(w.tx, &c.name, &local.id)?;
+        w.remove_shadow(&c.name, &local.id)?;
     } else {
         local.status = RecordStatus::Updated;
         local.changed = diff.keys().cloned().collect();
         if !diff.is_empty() {
             requeue(w, e, Op::Update, diff, server.version)?;
         }
-        outbox::rebase(w.tx, &c.name, &local.id, server.version)?;
+        w.rebase_entries(&c.name, &local.id, server.version)?;
     }
     w.replace_row(c, &local)?;
-    w.events.upsert(&c.name, &local.id, local.to_json());
+    w.events().upsert(&c.name, &local.id, local.to_json());
     Ok(())
 }
 
@@ -503,69 +427,32 @@ fn requeue(
     fields: crate::store::Fields,
     base: u64,
 ) -> Result<()> {
-    let later: Option<(i64, String, String)> =
-        w.tx.prepare_cached(
-            "SELECT seq, op, fields FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2
-             AND state = 'pending' AND attempts = 0 ORDER BY seq DESC LIMIT 1",
-        )?
-        .query_row(params![e.collection, e.record_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
-    match later {
-        Some((_, later_op, _)) if later_op == "delete" => Ok(()),
-        Some((seq, _, later_fields)) => {
+    match w.latest_unsent_entry(&e.collection, &e.record_id)? {
+        Some(later) if later.op == Op::Delete => Ok(()),
+        Some(later) => {
             let mut merged = fields;
-            let later: crate::store::Fields = serde_json::from_str(&later_fields)?;
-            merged.extend(later);
-            w.tx.prepare_cached(
-                "UPDATE _ferry_outbox SET fields = ?2, base_version = ?3 WHERE seq = ?1",
-            )?
-            .execute(params![
-                seq,
-                serde_json::Value::Object(merged).to_string(),
-                base as i64
-            ])?;
-            Ok(())
+            merged.extend(later.fields);
+            w.rewrite_entry(later.seq, merged, base)
         }
-        None => outbox::append(
-            w.tx,
-            &e.collection,
-            &e.record_id,
-            op,
-            &fields,
-            Some(base),
-            w.now,
-        )
-        .map(|_| ()),
+        None => w.append_entry(&e.collection, &e.record_id, op, &fields, Some(base)),
     }
 }
 
 /// Drops a record and its unsent entries (the server deleted it).
 pub(crate) fn forget_record(w: &Writer<'_, '_>, c: &Collection, id: &str) -> Result<()> {
     w.delete_row(c, id)?;
-    shadow::remove(w.tx, &c.name, id)?;
-    w.tx.prepare_cached(
-        "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
-    )?
-    .execute(params![c.name, id])?;
-    Ok(())
+    w.remove_shadow(&c.name, id)?;
+    w.remove_queued_entries(&c.name, id)
 }
 
 /// Rolls the record back to its last server state and quarantines the mutation.
 fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str) -> Result<()> {
-    w.tx.prepare_cached(
-        "UPDATE _ferry_outbox SET state = 'quarantined', last_error = ?2 WHERE seq = ?1",
-    )?
-    .execute(params![e.seq, reason])?;
+    w.quarantine_entry(e.seq, reason)?;
     // Later unsent edits of the record stood on the rejected one: they go too.
-    w.tx.prepare_cached(
-        "DELETE FROM _ferry_outbox WHERE collection = ?1 AND record_id = ?2 AND state = 'pending'",
-    )?
-    .execute(params![e.collection, e.record_id])?;
-    match shadow::get(w.tx, &c.name, &e.record_id)? {
+    w.remove_queued_entries(&e.collection, &e.record_id)?;
+    match w.shadow(&c.name, &e.record_id)? {
         Some((version, fields)) => {
-            let now = w.now;
+            let now = w.now();
             let existing = w.load(c, &e.record_id)?;
             let rec = Record {
                 id: e.record_id.clone(),
@@ -581,16 +468,86 @@ fn quarantine(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, reason: &str)
             } else {
                 w.insert_row(c, &rec)?;
             }
-            shadow::remove(w.tx, &c.name, &e.record_id)?;
-            w.events.upsert(&c.name, &rec.id, rec.to_json());
+            w.remove_shadow(&c.name, &e.record_id)?;
+            w.events().upsert(&c.name, &rec.id, rec.to_json());
         }
         None => {
             // Never on the server (a rejected create): the record goes.
             if w.load(c, &e.record_id)?.is_some() {
                 w.delete_row(c, &e.record_id)?;
-                w.events.delete(&c.name, &e.record_id);
+                w.events().delete(&c.name, &e.record_id);
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_protocol::Op;
+    use serde_json::json;
+
+    use crate::schema::Schema;
+    use crate::store::tests::{obj, open};
+    use crate::store::{Fields, Store};
+
+    /// A create's first send freezes its fields as JSON that SQLite builds from the
+    /// row; it must say exactly what the record reads back, for every column type.
+    #[test]
+    fn frozen_create_fields_are_the_record_as_read() {
+        let schema = Schema::from_json(
+            r#"{"version": 1, "collections": [{"name": "every", "sync": "synced", "columns": [
+                {"name": "s", "type": "string", "nullable": true},
+                {"name": "i", "type": "integer", "nullable": true},
+                {"name": "n", "type": "number", "nullable": true},
+                {"name": "b", "type": "boolean", "nullable": true},
+                {"name": "j", "type": "json", "nullable": true}]}]}"#,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("t.db"), schema).unwrap();
+        let rows = [
+            json!({"id": "a", "s": "quote \" and \\ and ünïcödé 🚀", "i": i64::MAX,
+                   "n": 0.1 + 0.2, "b": true, "j": {"nested": [1, 2.5, null, "x"]}}),
+            json!({"id": "b", "s": "", "i": -1, "n": 3, "b": false, "j": "just a string"}),
+            json!({"id": "c", "n": 1e300, "j": [true]}),
+            json!({"id": "d", "n": -2.5e-300}),
+        ];
+        for r in &rows {
+            s.create("every", obj(r.clone())).unwrap();
+        }
+        let (sent, req) = crate::sync::push::prepare(&s, "client", 10, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent.len(), rows.len());
+        for (e, m) in sent.iter().zip(&req.mutations) {
+            let stored = s.get("every", &e.record_id).unwrap().unwrap();
+            let wire: Fields = serde_json::from_str(m.fields.get()).unwrap();
+            assert_eq!(wire, stored.fields, "record {}", e.record_id);
+            assert_eq!(e.parsed_fields().unwrap(), stored.fields);
+        }
+        // Bit for bit: 0.1 + 0.2 is not 0.3, though SQLite's own JSON would say so.
+        let a = sent.iter().find(|e| e.record_id == "a").unwrap();
+        assert_eq!(a.parsed_fields().unwrap()["n"].as_f64(), Some(0.1 + 0.2));
+    }
+
+    #[test]
+    fn a_sent_entry_is_never_rewritten() {
+        let (_d, s) = open();
+        s.create("tasks", obj(json!({"id": "t", "title": "a"})))
+            .unwrap();
+        // Sending freezes the create's fields into the entry.
+        let (sent, _) = crate::sync::push::prepare(&s, "client", 10, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent[0].parsed_fields().unwrap()["title"], "a");
+        s.update("tasks", "t", obj(json!({"title": "b"}))).unwrap();
+        let ob = s.outbox().unwrap();
+        assert_eq!(ob.len(), 2);
+        assert_eq!(ob[0].fields["title"], "a");
+        assert_eq!(
+            (ob[1].op, ob[1].fields["title"].clone()),
+            (Op::Update, json!("b"))
+        );
+    }
 }
