@@ -8,7 +8,7 @@
 #   2. PostgreSQL: start the local cluster (scripts/pg-start.sh) for the server's
 #      storage suite and the end-to-end suite on PostgreSQL
 #   3. cargo test --workspace (unit, store, CLI, crash, server on SQLite + PostgreSQL,
-#      end-to-end sync on SQLite)
+#      end-to-end sync on SQLite), then the core alone without its `ffi` feature
 #   4. end-to-end sync again with the server on PostgreSQL
 #   5. bindings: generated code is current, Kotlin on the JVM against a real
 #      ferry-server, the Swift C header compiles against the static library
@@ -49,6 +49,8 @@ fi
 
 lane "cargo test --workspace"
 cargo test --workspace
+# The core without its uniffi facade (feature `ffi`), as a plain Rust library.
+FERRY_MODEL_CASES=200 cargo test -p ferry --no-default-features
 
 if [ -n "${FERRY_TEST_PG_URL:-}" ]; then
   lane "end-to-end sync on PostgreSQL"

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod error;
 pub mod events;
+#[cfg(feature = "ffi")]
 pub mod ffi;
 pub mod schema;
 pub mod store;
@@ -25,4 +26,5 @@ pub use store::{
     WeakStore, WriteOp,
 };
 
+#[cfg(feature = "ffi")]
 uniffi::setup_scaffolding!();

@@ -9,6 +9,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod limits;
+
+pub use limits::{
+    MAX_RECORD_ID_BYTES, RECORD_ID_FORBIDDEN_CHARS, RecordIdError, validate_record_id,
+};
+
 /// The protocol version this crate speaks. Sent as the `Ferry-Protocol` header.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Header carrying [`PROTOCOL_VERSION`].

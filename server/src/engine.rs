@@ -5,15 +5,12 @@
 //! disagree. [`decide`] must never approve a write into a scope the caller cannot
 //! access, nor a row that does not match its collection's fields.
 
-use ferry_protocol::{Fields, MutationOutcome, Op, RejectCode, ServerRecord};
+use ferry_protocol::{Fields, MutationOutcome, Op, RejectCode, ServerRecord, validate_record_id};
 use serde_json::Value;
 
 use crate::auth::{Caller, OWNER_SCOPE_PREFIX};
 use crate::config::{CollectionConfig, FieldType, ServerConfig};
 use crate::storage::{ChangeKind, CurrentRow, PlannedMutation, Precondition};
-
-/// Longest accepted record id, in bytes.
-pub const MAX_RECORD_ID_BYTES: usize = 128;
 
 /// The row a write stores.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,17 +73,6 @@ fn conflict(id: &str, cur: &CurrentRow) -> Decision {
 /// Whether a row with these fields is synced to clients (not excluded by a rule).
 pub fn is_synced(coll: &CollectionConfig, fields: &Fields) -> bool {
     !coll.sync_rules.iter().any(|r| r.excludes(fields))
-}
-
-/// Checks a record id: 1..=128 bytes, no control characters or `'"\/$`.
-pub fn validate_record_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_RECORD_ID_BYTES {
-        return Err(format!("record id must be 1..={MAX_RECORD_ID_BYTES} bytes"));
-    }
-    if id.chars().any(|c| c.is_control() || "'\"\\/$".contains(c)) {
-        return Err("record id contains an unsafe character".into());
-    }
-    Ok(())
 }
 
 /// Validates `fields` against the collection. `complete` (a create) also requires
@@ -178,8 +164,9 @@ pub fn decide(
             format!("unknown collection {:?}", m.collection),
         );
     };
+    // The rule the core applies before it creates a record (ferry-protocol's).
     if let Err(e) = validate_record_id(&m.record_id) {
-        return reject(RejectCode::InvalidRecord, e);
+        return reject(RejectCode::InvalidRecord, e.to_string());
     }
     if let Some(cur) = current
         && !caller.can_access(&cur.scope)

@@ -21,8 +21,8 @@ use crate::error::{Error, JsonKind, Result};
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Largest JSON document the core accepts in one call (a record or a batch).
 pub const MAX_INPUT_BYTES: usize = 64 << 20;
-/// Longest accepted record id, in bytes.
-pub const MAX_ID_BYTES: usize = 128;
+/// Longest accepted record id, in bytes (the protocol's limit, which the server applies too).
+pub const MAX_ID_BYTES: usize = ferry_protocol::MAX_RECORD_ID_BYTES;
 const MAX_NAME_LEN: usize = 63;
 
 /// The type of a column.
@@ -273,14 +273,12 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a client-supplied record id.
+/// Checks a client-supplied record id by the protocol's rule
+/// ([`ferry_protocol::validate_record_id`]: 1 to [`MAX_ID_BYTES`] bytes, no control
+/// characters, none of `' " \ / $`), so the server never rejects a record the core
+/// created for its id.
 pub fn validate_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
-        return Err(Error::InvalidInput(format!(
-            "record id must be 1 to {MAX_ID_BYTES} bytes with no control characters"
-        )));
-    }
-    Ok(())
+    ferry_protocol::validate_record_id(id).map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 #[cfg(test)]

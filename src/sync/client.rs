@@ -84,7 +84,8 @@ impl Default for SyncConfig {
 }
 
 /// What the engine is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, uniffi::Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 #[serde(rename_all = "snake_case")]
 pub enum SyncPhase {
     #[default]
@@ -97,7 +98,8 @@ pub enum SyncPhase {
 }
 
 /// Status and progress, as events and through [`SyncClient::status`].
-#[derive(Debug, Clone, PartialEq, Serialize, Default, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct SyncStatus {
     pub phase: SyncPhase,
     pub pages_done: u64,

@@ -1,0 +1,103 @@
+//! Rules and limits both sides of the protocol apply, so that what a client accepts
+//! locally is what a server accepts later (`docs/protocol.md`, "Semantics").
+
+/// Longest accepted record id, in bytes (UTF-8).
+pub const MAX_RECORD_ID_BYTES: usize = 128;
+
+/// Characters a record id may not contain, besides control characters.
+pub const RECORD_ID_FORBIDDEN_CHARS: &str = "'\"\\/$";
+
+/// Why a record id is not acceptable. The message says what is wrong (the offending
+/// character and where it is), never the whole id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordIdError {
+    #[error("record id is empty")]
+    Empty,
+    #[error("record id is {len} bytes, over the limit of {max} bytes", max = MAX_RECORD_ID_BYTES)]
+    TooLong { len: usize },
+    #[error("record id contains the control character {ch:?} at byte {at}")]
+    ControlCharacter { ch: char, at: usize },
+    #[error(
+        "record id contains `{ch}` at byte {at}; none of {forbidden} is allowed",
+        forbidden = "' \" \\ / $"
+    )]
+    ForbiddenCharacter { ch: char, at: usize },
+}
+
+/// Checks a record id: 1..=[`MAX_RECORD_ID_BYTES`] bytes, no control characters and
+/// none of [`RECORD_ID_FORBIDDEN_CHARS`]. The server rejects a mutation whose id
+/// fails it (`invalid_record`); the core refuses to create such a record.
+pub fn validate_record_id(id: &str) -> Result<(), RecordIdError> {
+    if id.is_empty() {
+        return Err(RecordIdError::Empty);
+    }
+    if id.len() > MAX_RECORD_ID_BYTES {
+        return Err(RecordIdError::TooLong { len: id.len() });
+    }
+    for (at, ch) in id.char_indices() {
+        if ch.is_control() {
+            return Err(RecordIdError::ControlCharacter { ch, at });
+        }
+        if RECORD_ID_FORBIDDEN_CHARS.contains(ch) {
+            return Err(RecordIdError::ForbiddenCharacter { ch, at });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_ids_within_the_rule_are_accepted() {
+        for id in [
+            "a",
+            "t1",
+            "0190a3c2-7b1e-7c3d-9f00-123456789abc",
+            "with space",
+            "dots.dashes-under_scores:colons@at#hash",
+            "ünïcödé-日本",
+            &"x".repeat(MAX_RECORD_ID_BYTES),
+        ] {
+            assert_eq!(validate_record_id(id), Ok(()), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn record_ids_outside_the_rule_say_what_is_wrong() {
+        use RecordIdError::*;
+        assert_eq!(validate_record_id(""), Err(Empty));
+        let long = "x".repeat(MAX_RECORD_ID_BYTES + 1);
+        assert_eq!(validate_record_id(&long), Err(TooLong { len: 129 }));
+        // Bytes, not characters: 43 three-byte characters are 129 bytes.
+        assert_eq!(
+            validate_record_id(&"日".repeat(43)),
+            Err(TooLong { len: 129 })
+        );
+        for ch in RECORD_ID_FORBIDDEN_CHARS.chars() {
+            let id = format!("ab{ch}c");
+            assert_eq!(
+                validate_record_id(&id),
+                Err(ForbiddenCharacter { ch, at: 2 }),
+                "{id:?}"
+            );
+        }
+        for ch in ['\0', '\t', '\n', '\r', '\u{7f}', '\u{85}'] {
+            let id = format!("a{ch}");
+            assert_eq!(
+                validate_record_id(&id),
+                Err(ControlCharacter { ch, at: 1 }),
+                "{id:?}"
+            );
+        }
+        assert_eq!(
+            validate_record_id("a/b").unwrap_err().to_string(),
+            "record id contains `/` at byte 1; none of ' \" \\ / $ is allowed"
+        );
+        assert_eq!(
+            validate_record_id(&long).unwrap_err().to_string(),
+            "record id is 129 bytes, over the limit of 128 bytes"
+        );
+    }
+}
