@@ -63,8 +63,10 @@ async fn push_and_lose_the_answer(a: KitDevice, loss: Loss) -> KitDevice {
                 _ = a.net.hung.notified() => {}
             }
             let a = a.restart();
+            // (A batch the killed process was still preparing may have been
+            // marked sent too: attempts can be more than one.)
             assert!(
-                a.store.outbox().unwrap().iter().all(|e| e.attempts == 1),
+                a.store.outbox().unwrap().iter().all(|e| e.attempts >= 1),
                 "the restarted device still holds the sent entry"
             );
             a
