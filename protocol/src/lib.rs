@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod limits;
 
 pub use limits::{
+    DEFAULT_MAX_PAGE_ROWS, DEFAULT_MAX_PUSH_MUTATIONS, DEFAULT_PAGE_ROWS, DEFAULT_PUSH_MUTATIONS,
     MAX_RECORD_ID_BYTES, RECORD_ID_FORBIDDEN_CHARS, RecordIdError, validate_record_id,
 };
 

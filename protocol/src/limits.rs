@@ -1,5 +1,6 @@
 //! Rules and limits both sides of the protocol apply, so that what a client accepts
-//! locally is what a server accepts later (`docs/protocol.md`, "Semantics").
+//! locally is what a server accepts later (`docs/protocol.md`, "Semantics"), and the
+//! default limits client and server share.
 
 /// Longest accepted record id, in bytes (UTF-8).
 pub const MAX_RECORD_ID_BYTES: usize = 128;
@@ -44,6 +45,27 @@ pub fn validate_record_id(id: &str) -> Result<(), RecordIdError> {
     }
     Ok(())
 }
+
+// Default sync limits: what the core client and ferry-server use when nothing is
+// configured (the table in docs/protocol.md, "Limits").
+
+/// Largest pull page a server returns unless configured (ferry-server's
+/// `limits.max_page_rows`): a larger [`crate::PullRequest::limit`] is clamped to it.
+/// Also the page size the core client asks for by default (`SyncConfig::page_size`),
+/// so a default client gets the largest pages a default server gives.
+pub const DEFAULT_MAX_PAGE_ROWS: u32 = 5_000;
+/// Page size a server uses when a pull names no [`crate::PullRequest::limit`]
+/// (ferry-server's `limits.default_page_rows`).
+pub const DEFAULT_PAGE_ROWS: u32 = 1_000;
+/// Most mutations a server accepts in one push unless configured (ferry-server's
+/// `limits.max_push_mutations`).
+pub const DEFAULT_MAX_PUSH_MUTATIONS: usize = 10_000;
+/// Mutations the core client sends per push request by default
+/// (`SyncConfig::push_batch`).
+pub const DEFAULT_PUSH_MUTATIONS: usize = 1_000;
+
+const _: () = assert!(DEFAULT_PAGE_ROWS <= DEFAULT_MAX_PAGE_ROWS);
+const _: () = assert!(DEFAULT_PUSH_MUTATIONS <= DEFAULT_MAX_PUSH_MUTATIONS);
 
 #[cfg(test)]
 mod tests {

@@ -151,9 +151,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 8 * 1024 * 1024,
-            max_page_rows: 5_000,
-            default_page_rows: 1_000,
-            max_push_mutations: 10_000,
+            max_page_rows: ferry_protocol::DEFAULT_MAX_PAGE_ROWS,
+            default_page_rows: ferry_protocol::DEFAULT_PAGE_ROWS,
+            max_push_mutations: ferry_protocol::DEFAULT_MAX_PUSH_MUTATIONS,
             request_timeout_ms: 30_000,
         }
     }

@@ -17,6 +17,12 @@ use crate::transport::HttpTransport;
 
 type Result<T> = std::result::Result<T, FerryError>;
 
+// uniffi takes only literals as defaults (they are written into the generated
+// Kotlin and Swift); these keep the literals below equal to the core's defaults.
+const _: () = assert!(ferry_protocol::DEFAULT_MAX_PAGE_ROWS == 5000);
+const _: () = assert!(ferry_protocol::DEFAULT_PUSH_MUTATIONS == 1000);
+const _: () = assert!(crate::sync::client::DEFAULT_PUSH_DEBOUNCE.as_millis() == 300);
+
 /// Tuning of the sync client; every field has a default.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct SyncConfig {

@@ -70,12 +70,15 @@ pub struct SyncConfig {
     pub seed: Option<u64>,
 }
 
+/// Default [`SyncConfig::push_debounce`].
+pub const DEFAULT_PUSH_DEBOUNCE: Duration = Duration::from_millis(300);
+
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            page_size: 5_000,
-            push_batch: 1_000,
-            push_debounce: Duration::from_millis(300),
+            page_size: ferry_protocol::DEFAULT_MAX_PAGE_ROWS,
+            push_batch: ferry_protocol::DEFAULT_PUSH_MUTATIONS,
+            push_debounce: DEFAULT_PUSH_DEBOUNCE,
             collections: None,
             max_push_rounds: 1_000,
             seed: None,

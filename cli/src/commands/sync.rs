@@ -20,7 +20,7 @@ pub struct SyncArgs {
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     token: String,
     /// Rows per pulled page.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = SyncConfig::default().page_size)]
     page_size: u32,
 }
 
