@@ -464,7 +464,7 @@ impl SyncClient {
         let store = self.inner.store.clone();
         let start = {
             let s = store.clone();
-            blocking(move || staging::pull_start(&s)).await?
+            blocking(move || s.pull_start()).await?
         };
         let mut cursor = start.cursor.clone();
         self.update_status(|s| {
@@ -940,16 +940,7 @@ impl SyncClient {
 
     /// When an entry waiting for retry becomes due, if any (on the store's clock).
     fn next_retry_at(&self) -> Option<i64> {
-        let now = self.inner.store.clock().now_ms();
-        self.next_retry()
-            .map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-    }
-
-    /// How long until an entry waiting for retry becomes due, if any.
-    fn next_retry(&self) -> Option<Duration> {
-        let next: Option<i64> = self.inner.store.next_attempt_at().ok().flatten();
-        let now = self.inner.store.clock().now_ms();
-        next.map(|n| Duration::from_millis((n - now).max(0) as u64))
+        self.inner.store.next_attempt_at().ok().flatten()
     }
 }
 

@@ -314,12 +314,12 @@ fn other_entries(w: &Writer<'_, '_>, e: &Sending) -> Result<i64> {
 
 fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) -> Result<()> {
     w.remove_entry(e.seq)?;
-    if let Some(rec) = w.load(c, &e.record_id)?
-        && rec.version.is_some_and(|v| v >= version)
-    {
-        return superseded(w, c, rec, e);
+    let mut rec = w.load(c, &e.record_id)?;
+    let others = other_entries(w, e)?;
+    if let Some(rec) = rec.take_if(|r| r.version.is_some_and(|v| v >= version)) {
+        return superseded(w, c, rec, others);
     }
-    if other_entries(w, e)? == 0 {
+    if others == 0 {
         // The common case, kept to narrow statements: a push applies thousands.
         w.remove_shadow(&c.name, &e.record_id)?;
         if e.op == Op::Delete {
@@ -331,7 +331,7 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
         }
         return Ok(());
     }
-    let Some(mut rec) = w.load(c, &e.record_id)? else {
+    let Some(mut rec) = rec else {
         return Ok(());
     };
     {
@@ -356,8 +356,9 @@ fn applied(w: &mut Writer<'_, '_>, c: &Collection, e: &Sending, version: u64) ->
 /// (the answer to a retried mutation, replayed by the server from its mutation
 /// id): that row already holds what the mutation did, and what the rebase left
 /// to push is queued behind it. The record is synced once nothing is left.
-fn superseded(w: &mut Writer<'_, '_>, c: &Collection, mut rec: Record, e: &Sending) -> Result<()> {
-    if rec.status == RecordStatus::Synced || other_entries(w, e)? > 0 {
+/// `others`: the record's entries left besides the answered one.
+fn superseded(w: &mut Writer<'_, '_>, c: &Collection, mut rec: Record, others: i64) -> Result<()> {
+    if rec.status == RecordStatus::Synced || others > 0 {
         return Ok(());
     }
     w.remove_shadow(&c.name, &rec.id)?;

@@ -27,11 +27,6 @@ use crate::store::records::{Fields, Record, RecordStatus, check_fields, normalis
 use crate::store::staging::{PullStart, Removal, Staged};
 use crate::store::{Store, Writer};
 
-/// Where the next pull starts.
-pub(crate) fn pull_start(store: &Store) -> Result<PullStart> {
-    store.pull_start()
-}
-
 impl PullStart {
     /// Whether the first page of this pull brings nothing: no changes, the same
     /// cursor back, totals as last received, and nothing staged before waiting
