@@ -1,7 +1,8 @@
 //! Change events and their delivery.
 //!
 //! Every committed transaction yields exactly one [`ChangeEvent`]: per collection,
-//! the upserted rows and the deleted ids, plus where the change came from. Events
+//! the upserted rows, the deleted ids and the evicted ids (left this device's view
+//! but still on the server), plus where the change came from. Events
 //! are queued while the writer still holds its lock (so their order is commit
 //! order) but are delivered on a dedicated dispatcher thread, never while a store
 //! lock is held. A slow listener delays only later deliveries, never a write; a
@@ -38,9 +39,14 @@ pub struct CollectionChange {
     pub collection: String,
     /// Rows as apps see them ([`crate::Record::to_json`]).
     pub upserted: Vec<Value>,
+    /// Gone everywhere: deleted here, or on the server.
     pub deleted: Vec<String>,
-    /// Too many rows changed to list (more than [`MAX_EVENT_ROWS`]): `upserted` and
-    /// `deleted` are empty and listeners should re-read the collection.
+    /// Gone from this device only: the record left what this device syncs (a sync
+    /// rule, a scope change) but still exists on the server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evicted: Vec<String>,
+    /// Too many rows changed to list (more than [`MAX_EVENT_ROWS`]): `upserted`,
+    /// `deleted` and `evicted` are empty and listeners should re-read the collection.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reload: bool,
 }
@@ -74,7 +80,14 @@ pub(crate) struct EventBuilder {
 
 /// Rows by id in first-touch order; one hash per touch (a 100k-row write touches
 /// 10,001 before it turns into a reload), with a fast, randomly seeded hasher.
-type RowsById = IndexMap<String, Option<Value>, foldhash::fast::RandomState>;
+type RowsById = IndexMap<String, Slot, foldhash::fast::RandomState>;
+
+/// The last state of one record within a transaction.
+enum Slot {
+    Upserted(Value),
+    Deleted,
+    Evicted,
+}
 
 #[derive(Default)]
 struct PendingChanges {
@@ -84,21 +97,25 @@ struct PendingChanges {
 
 impl EventBuilder {
     pub fn upsert(&mut self, collection: &str, id: &str, row: Value) {
-        self.put(collection, id, Some(row));
+        self.put(collection, id, Slot::Upserted(row));
     }
 
     /// Like [`Self::upsert`], building the row only if the event will list it.
     pub fn upsert_with(&mut self, collection: &str, id: &str, row: impl FnOnce() -> Value) {
         if !self.is_reload(collection) {
-            self.put(collection, id, Some(row()));
+            self.put(collection, id, Slot::Upserted(row()));
         }
     }
 
     pub fn delete(&mut self, collection: &str, id: &str) {
-        self.put(collection, id, None);
+        self.put(collection, id, Slot::Deleted);
     }
 
-    fn put(&mut self, collection: &str, id: &str, row: Option<Value>) {
+    pub fn evict(&mut self, collection: &str, id: &str) {
+        self.put(collection, id, Slot::Evicted);
+    }
+
+    fn put(&mut self, collection: &str, id: &str, row: Slot) {
         let c = self.collections.entry(collection.to_string()).or_default();
         if c.reload {
             return;
@@ -135,18 +152,19 @@ impl EventBuilder {
             .collections
             .into_iter()
             .map(|(collection, p)| {
-                let mut upserted = Vec::new();
-                let mut deleted = Vec::new();
+                let (mut upserted, mut deleted, mut evicted) = (Vec::new(), Vec::new(), Vec::new());
                 for (id, row) in p.rows {
                     match row {
-                        Some(row) => upserted.push(row),
-                        None => deleted.push(id),
+                        Slot::Upserted(row) => upserted.push(row),
+                        Slot::Deleted => deleted.push(id),
+                        Slot::Evicted => evicted.push(id),
                     }
                 }
                 CollectionChange {
                     collection,
                     upserted,
                     deleted,
+                    evicted,
                     reload: p.reload,
                 }
             })
@@ -233,12 +251,15 @@ impl Dispatcher {
         self.send(Msg::Event(Arc::new(event)));
     }
 
-    pub fn subscribe(self: &Arc<Self>, listener: Arc<dyn ChangeListener>) -> Subscription {
+    pub fn add_change_listener(
+        self: &Arc<Self>,
+        listener: Arc<dyn ChangeListener>,
+    ) -> ListenerHandle {
         let mut r = self.registry.lock();
         r.next_id += 1;
         let id = r.next_id;
         r.change.insert(id, listener);
-        Subscription::new(self, id)
+        ListenerHandle::new(self, id)
     }
 
     pub fn observe(
@@ -246,7 +267,7 @@ impl Dispatcher {
         collection: &str,
         run: QueryRunner,
         listener: Arc<dyn QueryListener>,
-    ) -> Subscription {
+    ) -> ListenerHandle {
         let id = {
             let mut r = self.registry.lock();
             r.next_id += 1;
@@ -262,7 +283,7 @@ impl Dispatcher {
             id
         };
         self.send(Msg::Observe(id));
-        Subscription::new(self, id)
+        ListenerHandle::new(self, id)
     }
 
     fn remove(&self, id: u64) {
@@ -339,15 +360,15 @@ fn guarded(what: &str, f: impl FnOnce()) {
     }
 }
 
-/// Keeps a listener registered; dropping it (or [`Subscription::cancel`]) unsubscribes.
-pub struct Subscription {
+/// Keeps a listener registered; dropping it (or [`ListenerHandle::cancel`]) unsubscribes.
+pub struct ListenerHandle {
     dispatcher: std::sync::Weak<Dispatcher>,
     id: u64,
 }
 
-impl Subscription {
+impl ListenerHandle {
     fn new(d: &Arc<Dispatcher>, id: u64) -> Self {
-        Subscription {
+        ListenerHandle {
             dispatcher: Arc::downgrade(d),
             id,
         }
@@ -360,7 +381,7 @@ impl Subscription {
     }
 }
 
-impl Drop for Subscription {
+impl Drop for ListenerHandle {
     fn drop(&mut self) {
         self.cancel();
     }

@@ -18,7 +18,7 @@ pub mod transport;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use events::{
-    ChangeEvent, ChangeListener, ChangeSource, CollectionChange, QueryListener, Subscription,
+    ChangeEvent, ChangeListener, ChangeSource, CollectionChange, ListenerHandle, QueryListener,
 };
 pub use schema::{Collection, Column, ColumnType, Schema, SyncMode};
 pub use store::{

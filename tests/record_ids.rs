@@ -97,7 +97,7 @@ fn the_core_refuses_every_id_the_server_refuses_and_writes_nothing() {
     store.flush_events();
     let events = Arc::new(AtomicUsize::new(0));
     let seen = events.clone();
-    let _sub = store.subscribe(Arc::new(move |_: &ChangeEvent| {
+    let _sub = store.add_change_listener(Arc::new(move |_: &ChangeEvent| {
         seen.fetch_add(1, Ordering::SeqCst);
     }));
     let before = snapshot(&store);

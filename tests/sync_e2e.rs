@@ -128,11 +128,13 @@ async fn rejected_item_rolls_back_is_quarantined_and_does_not_block_the_rest() {
     a.client.sync().await.unwrap();
     let rollbacks: Arc<Mutex<Vec<ChangeEvent>>> = Arc::default();
     let sink = rollbacks.clone();
-    let _sub = a.store.subscribe(Arc::new(move |e: &ChangeEvent| {
-        if e.source == ChangeSource::Rollback {
-            sink.lock().push(e.clone())
-        }
-    }));
+    let _sub = a
+        .store
+        .add_change_listener(Arc::new(move |e: &ChangeEvent| {
+            if e.source == ChangeSource::Rollback {
+                sink.lock().push(e.clone())
+            }
+        }));
     a.store
         .update(
             "tasks",
@@ -423,9 +425,9 @@ async fn interrupted_pull_resumes_at_every_page_boundary_and_publishes_all_or_no
                 (SyncPhase::Idle, 5, 50),
                 "{st:?}"
             );
-            assert_eq!(st.records_total, Some(50));
+            assert_eq!(st.server_total, Some(50));
             assert!(st.bytes_done > 50 * 20, "{st:?}");
-            assert!(st.last_synced_at.is_some() && st.last_error.is_none());
+            assert!(st.last_sync_completed_at.is_some() && st.last_error.is_none());
         }
     }
 }
@@ -447,7 +449,7 @@ async fn own_writes_do_not_come_back_as_remote_changes() {
     let sink = events.clone();
     let _sub = a
         .store
-        .subscribe(Arc::new(move |e: &ChangeEvent| sink.lock().push(e.clone())));
+        .add_change_listener(Arc::new(move |e: &ChangeEvent| sink.lock().push(e.clone())));
     let report = a.client.sync().await.unwrap();
     a.store.flush_events();
     assert_eq!(
@@ -699,10 +701,27 @@ async fn evicted_rows_leave_the_device_and_anchors_count_the_server() {
         .await
         .unwrap();
     a.client.sync().await.unwrap();
+    let events = Arc::new(Mutex::new(Vec::<ChangeEvent>::new()));
+    let sink = events.clone();
+    let _sub = b
+        .store
+        .add_change_listener(Arc::new(move |e: &ChangeEvent| sink.lock().push(e.clone())));
     b.client.sync().await.unwrap();
+    b.store.flush_events();
     assert!(
         b.store.get("tasks", "old").unwrap().is_none(),
         "archived rows are evicted"
+    );
+    let tasks: Vec<_> = events
+        .lock()
+        .iter()
+        .filter_map(|e| e.collection("tasks").cloned())
+        .collect();
+    assert_eq!(tasks.len(), 1, "one event for the publish: {tasks:?}");
+    assert_eq!(tasks[0].evicted, vec!["old".to_string()]);
+    assert!(
+        tasks[0].deleted.is_empty(),
+        "an eviction is reported apart from deletes"
     );
     assert!(
         b.store.outbox().unwrap().is_empty(),

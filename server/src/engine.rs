@@ -71,7 +71,7 @@ fn conflict(id: &str, cur: &CurrentRow) -> Decision {
 }
 
 /// Whether a row with these fields is synced to clients (not excluded by a rule).
-pub fn is_synced(coll: &CollectionConfig, fields: &Fields) -> bool {
+pub fn in_view(coll: &CollectionConfig, fields: &Fields) -> bool {
     !coll.sync_rules.iter().any(|r| r.excludes(fields))
 }
 
@@ -251,14 +251,14 @@ fn write(
             format!("you cannot write to scope {scope:?}"),
         );
     }
-    let synced = !deleted && is_synced(coll, &fields);
+    let synced = !deleted && in_view(coll, &fields);
     let mut changes = Vec::new();
     let mut totals = Vec::new();
     if let Some(cur) = current {
         if cur.scope != scope {
             changes.push((cur.scope.clone(), ChangeKind::Evict));
         }
-        if !cur.deleted && is_synced(coll, &cur.fields) {
+        if !cur.deleted && in_view(coll, &cur.fields) {
             totals.push((cur.scope.clone(), -1));
         }
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::error::FerryError;
-use super::listeners::{self, ChangeListener, QueryListener, SubscriptionHandle};
+use super::listeners::{self, ChangeListener, ListenerHandle, QueryListener};
 use super::ops;
 use crate::schema::Schema;
 use crate::store::{Query, Store};
@@ -172,9 +172,10 @@ impl FerryDatabase {
 
     /// Registers a listener for every committed change (one JSON event per
     /// transaction, delivered on the core's event thread).
-    pub fn subscribe(&self, listener: Arc<dyn ChangeListener>) -> Arc<SubscriptionHandle> {
-        SubscriptionHandle::from_subscription(
-            self.store.subscribe(Arc::new(listeners::Change(listener))),
+    pub fn add_change_listener(&self, listener: Arc<dyn ChangeListener>) -> Arc<ListenerHandle> {
+        ListenerHandle::from_core(
+            self.store
+                .add_change_listener(Arc::new(listeners::Change(listener))),
         )
     }
 
@@ -185,13 +186,13 @@ impl FerryDatabase {
         collection: String,
         query_json: String,
         listener: Arc<dyn QueryListener>,
-    ) -> Result<Arc<SubscriptionHandle>> {
+    ) -> Result<Arc<ListenerHandle>> {
         let sub = self.store.observe(
             &collection,
             Query::from_json(&query_json)?,
             Arc::new(listeners::Query(listener)),
         )?;
-        Ok(SubscriptionHandle::from_subscription(sub))
+        Ok(ListenerHandle::from_core(sub))
     }
 
     /// Blocks until every event committed before this call was delivered.

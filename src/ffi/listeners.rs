@@ -1,5 +1,5 @@
 //! Foreign traits the host implements, their adapters to the core traits, and
-//! [`SubscriptionHandle`].
+//! [`ListenerHandle`].
 //!
 //! Listeners are called on the core's own threads (the event dispatcher, tokio
 //! workers), never while a store lock is held. A listener that throws is caught:
@@ -23,7 +23,8 @@ use crate::transport::TransportError;
 
 /// Receives every committed change: one call per transaction, the event as one
 /// JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
-/// "upserted":[rows],"deleted":[ids],"reload"?}]}`.
+/// "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
+/// `evicted` ids left this device's view but still exist on the server.
 #[uniffi::export(with_foreign)]
 pub trait ChangeListener: Send + Sync {
     fn on_change(&self, event_json: String);
@@ -69,24 +70,24 @@ pub trait ConflictResolver: Send + Sync {
 /// unregisters it; later calls are no-ops. Keep a reference for as long as the
 /// listener should run: a garbage-collected handle cancels.
 #[derive(uniffi::Object)]
-pub struct SubscriptionHandle {
+pub struct ListenerHandle {
     cancel: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
-impl SubscriptionHandle {
+impl ListenerHandle {
     pub(crate) fn new(cancel: impl FnOnce() + Send + 'static) -> Arc<Self> {
-        Arc::new(SubscriptionHandle {
+        Arc::new(ListenerHandle {
             cancel: Mutex::new(Some(Box::new(cancel))),
         })
     }
 
-    pub(crate) fn from_subscription(sub: crate::events::Subscription) -> Arc<Self> {
+    pub(crate) fn from_core(sub: crate::events::ListenerHandle) -> Arc<Self> {
         Self::new(move || drop(sub))
     }
 }
 
 #[uniffi::export]
-impl SubscriptionHandle {
+impl ListenerHandle {
     pub fn cancel(&self) {
         let f = self.cancel.lock().take();
         if let Some(f) = f {
@@ -99,7 +100,7 @@ impl SubscriptionHandle {
     }
 }
 
-impl Drop for SubscriptionHandle {
+impl Drop for ListenerHandle {
     fn drop(&mut self) {
         self.cancel();
     }

@@ -10,7 +10,7 @@
 //! - [`database`]: [`FerryDatabase`], the local store.
 //! - [`sync`]: [`FerrySyncClient`] and its records (config, status, write mode).
 //! - [`listeners`]: the foreign traits the host implements, and the
-//!   [`SubscriptionHandle`] that keeps a listener registered.
+//!   [`ListenerHandle`] that keeps a listener registered.
 //! - [`logger`]: forwards the core's `tracing` output to a host [`Logger`].
 //! - [`error`]: [`FerryError`] and the callback error [`HostError`].
 //!
@@ -33,8 +33,7 @@ use std::sync::OnceLock;
 pub use database::FerryDatabase;
 pub use error::{FerryError, HostError};
 pub use listeners::{
-    ChangeListener, ConflictResolver, QueryListener, StatusListener, SubscriptionHandle,
-    TokenProvider,
+    ChangeListener, ConflictResolver, ListenerHandle, QueryListener, StatusListener, TokenProvider,
 };
 pub use logger::{LogLevel, Logger};
 pub use sync::FerrySyncClient;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::database::FerryDatabase;
 use super::error::FerryError;
-use super::listeners::{self, ConflictResolver, StatusListener, SubscriptionHandle, TokenProvider};
+use super::listeners::{self, ConflictResolver, ListenerHandle, StatusListener, TokenProvider};
 use super::{on_runtime, ops, runtime};
 use crate::sync::{OfflineBehavior as CoreOffline, SyncClient, WriteMode as CoreMode};
 use crate::transport::HttpTransport;
@@ -144,15 +144,12 @@ impl FerrySyncClient {
     }
 
     /// Registers a status listener until the handle is cancelled or dropped.
-    pub fn add_status_listener(
-        &self,
-        listener: Arc<dyn StatusListener>,
-    ) -> Arc<SubscriptionHandle> {
+    pub fn add_status_listener(&self, listener: Arc<dyn StatusListener>) -> Arc<ListenerHandle> {
         let id = self
             .client
             .add_status_listener(Arc::new(listeners::Status(listener)));
         let c = self.client.clone();
-        SubscriptionHandle::new(move || c.remove_status_listener(id))
+        ListenerHandle::new(move || c.remove_status_listener(id))
     }
 
     /// The host says whether the network is reachable. Going online syncs.

@@ -118,8 +118,10 @@ impl Collection {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    pub fn is_synced(&self) -> bool {
-        self.sync == SyncMode::Synced
+    /// Whether the collection stays on this device (`"sync": "local"`): never
+    /// pulled, pushed or tracked in the outbox.
+    pub fn is_local_only(&self) -> bool {
+        self.sync != SyncMode::Synced
     }
 
     pub(crate) fn unknown_column(&self, column: &str) -> Error {

@@ -46,7 +46,7 @@ pub use records::{Fields, Record, RecordStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::events::{
-    ChangeListener, ChangeSource, Dispatcher, EventBuilder, QueryListener, Subscription,
+    ChangeListener, ChangeSource, Dispatcher, EventBuilder, ListenerHandle, QueryListener,
 };
 use crate::schema::{Collection, MAX_INPUT_BYTES, Schema, validate_id};
 use conn::Readers;
@@ -581,8 +581,8 @@ impl Store {
     }
 
     /// Registers a listener for every committed change.
-    pub fn subscribe(&self, listener: Arc<dyn ChangeListener>) -> Subscription {
-        self.inner.dispatcher.subscribe(listener)
+    pub fn add_change_listener(&self, listener: Arc<dyn ChangeListener>) -> ListenerHandle {
+        self.inner.dispatcher.add_change_listener(listener)
     }
 
     /// Observes a query: the listener gets the current result now, then the new
@@ -592,7 +592,7 @@ impl Store {
         collection: &str,
         q: Query,
         listener: Arc<dyn QueryListener>,
-    ) -> Result<Subscription> {
+    ) -> Result<ListenerHandle> {
         let c = self.collection(collection)?.clone();
         query::compile(&c, &q)?;
         let readers = self.inner.readers.clone();
@@ -721,7 +721,7 @@ impl Writer<'_, '_> {
         check_fields(c, &fields)?;
         complete_for_create(c, &mut fields)?;
         normalise(c, &mut fields);
-        let status = if c.is_synced() {
+        let status = if !c.is_local_only() {
             RecordStatus::Created
         } else {
             RecordStatus::Synced
@@ -867,21 +867,21 @@ impl Writer<'_, '_> {
         if fields.is_empty() {
             return Ok(rec);
         }
-        if c.is_synced() && rec.status == RecordStatus::Synced {
+        if !c.is_local_only() && rec.status == RecordStatus::Synced {
             self.save_shadow_if_absent(&c.name, id, rec.version, &rec.fields)?;
         }
         for (k, v) in &fields {
             rec.fields.insert(k.clone(), v.clone());
-            if c.is_synced() && !rec.changed.contains(k) {
+            if !c.is_local_only() && !rec.changed.contains(k) {
                 rec.changed.push(k.clone());
             }
         }
-        if c.is_synced() && rec.status == RecordStatus::Synced {
+        if !c.is_local_only() && rec.status == RecordStatus::Synced {
             rec.status = RecordStatus::Updated;
         }
         rec.updated_at = self.now;
         self.replace_row(c, &rec)?;
-        if c.is_synced() {
+        if !c.is_local_only() {
             self.enqueue(
                 &c.name,
                 id,
@@ -910,10 +910,10 @@ impl Writer<'_, '_> {
     pub fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
         let c = self.schema.collection(collection)?;
         let mut rec = self.load_live(c, id)?;
-        if c.is_synced() && rec.status == RecordStatus::Synced {
+        if !c.is_local_only() && rec.status == RecordStatus::Synced {
             self.save_shadow_if_absent(&c.name, id, rec.version, &rec.fields)?;
         }
-        let queued = if c.is_synced() {
+        let queued = if !c.is_local_only() {
             self.enqueue(
                 &c.name,
                 id,

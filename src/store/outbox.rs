@@ -193,7 +193,7 @@ pub(super) fn list(conn: &rusqlite::Connection, schema: &Schema) -> Result<Vec<O
     let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY seq"))?;
     let rows = stmt.query_map([], read_entry)?;
     let mut entries: Vec<OutboxEntry> = rows.collect::<rusqlite::Result<_>>()?;
-    for c in schema.collections.iter().filter(|c| c.is_synced()) {
+    for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
         entries.extend(unsent_creates(conn, c)?);
     }
     entries.sort_by_key(|e| (e.created_at, e.seq));
@@ -250,7 +250,7 @@ pub(super) fn anything_to_send(conn: &rusqlite::Connection, schema: &Schema) -> 
     if entries {
         return Ok(true);
     }
-    for c in schema.collections.iter().filter(|c| c.is_synced()) {
+    for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM {} WHERE _status <> 'synced')",
             super::records::quote(&c.name)
@@ -270,7 +270,7 @@ pub(super) fn counts(conn: &rusqlite::Connection, schema: &Schema) -> Result<(u6
         .prepare_cached("SELECT COUNT(*) FROM _ferry_outbox WHERE state = 'quarantined'")?
         .query_row([], |r| r.get(0))?;
     let mut pending = 0;
-    for c in schema.collections.iter().filter(|c| c.is_synced()) {
+    for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
         let sql = format!(
             "SELECT COUNT(*) FROM {} WHERE _status <> 'synced'",
             super::records::quote(&c.name)

@@ -70,7 +70,7 @@ pub(super) fn prepare(tx: &Transaction<'_>, schema: &Schema, schema_changed: boo
         )?;
         meta_set(tx, STAGING_FORMAT_KEY, STAGING_FORMAT)?;
     }
-    for c in schema.collections.iter().filter(|c| c.is_synced()) {
+    for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
         create_stage(tx, c)?;
         tx.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY NOT NULL, _kind TEXT NOT NULL) WITHOUT ROWID",
@@ -377,18 +377,21 @@ impl Writer<'_, '_> {
     }
 
     /// The ids of `c` staged as removed that exist locally.
-    pub(crate) fn staged_removals(&self, c: &Collection) -> Result<Vec<String>> {
-        Ok(self
+    pub(crate) fn staged_removals(&self, c: &Collection) -> Result<Vec<(String, Removal)>> {
+        let rows: Vec<(String, String)> = self
             .tx
             .prepare(&format!(
                 // CROSS JOIN keeps staging (small) outside: without statistics SQLite
                 // would otherwise scan the whole collection and probe staging.
-                "SELECT g.id FROM {gone} g CROSS JOIN {t} t ON t.id = g.id",
+                "SELECT g.id, g._kind FROM {gone} g CROSS JOIN {t} t ON t.id = g.id",
                 gone = gone_table(c),
                 t = quote(&c.name)
             ))?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?)
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(id, kind)| Ok((id, Removal::parse(&kind)?)))
+            .collect()
     }
 
     /// Removes the records of `c` staged as removed, and empties the gone table;

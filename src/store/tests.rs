@@ -454,7 +454,7 @@ fn one_event_per_transaction_with_all_its_changes() {
     let (_d, s) = open();
     let events: Arc<Mutex<Vec<ChangeEvent>>> = Arc::default();
     let sink = events.clone();
-    let _sub = s.subscribe(Arc::new(move |e: &ChangeEvent| sink.lock().push(e.clone())));
+    let _sub = s.add_change_listener(Arc::new(move |e: &ChangeEvent| sink.lock().push(e.clone())));
     s.create("tasks", obj(json!({"id": "x"}))).unwrap();
     let ops = vec![
         WriteOp::Create {
@@ -497,7 +497,7 @@ fn events_are_delivered_after_commit_outside_the_writer_lock() {
     let (_d, s) = open();
     let (tx, rx) = channel();
     let reader = s.clone();
-    let _sub = s.subscribe(Arc::new(move |e: &ChangeEvent| {
+    let _sub = s.add_change_listener(Arc::new(move |e: &ChangeEvent| {
         let id = e.changes[0].upserted[0]["id"].as_str().unwrap().to_string();
         // Committed: visible to a reader. Not under the lock: a write succeeds.
         let seen = reader.get("tasks", &id).unwrap().is_some();
@@ -514,10 +514,10 @@ fn events_are_delivered_after_commit_outside_the_writer_lock() {
 #[test]
 fn a_panicking_listener_does_not_stop_others_or_the_store() {
     let (_d, s) = open();
-    let _bad = s.subscribe(Arc::new(|_: &ChangeEvent| panic!("listener bug")));
+    let _bad = s.add_change_listener(Arc::new(|_: &ChangeEvent| panic!("listener bug")));
     let count = Arc::new(Mutex::new(0));
     let c2 = count.clone();
-    let _good = s.subscribe(Arc::new(move |_: &ChangeEvent| *c2.lock() += 1));
+    let _good = s.add_change_listener(Arc::new(move |_: &ChangeEvent| *c2.lock() += 1));
     s.create("tasks", Fields::new()).unwrap();
     s.create("tasks", Fields::new()).unwrap();
     s.flush_events();
@@ -529,7 +529,7 @@ fn dropping_a_subscription_unsubscribes() {
     let (_d, s) = open();
     let count = Arc::new(Mutex::new(0));
     let c2 = count.clone();
-    let sub = s.subscribe(Arc::new(move |_: &ChangeEvent| *c2.lock() += 1));
+    let sub = s.add_change_listener(Arc::new(move |_: &ChangeEvent| *c2.lock() += 1));
     s.create("tasks", Fields::new()).unwrap();
     s.flush_events();
     drop(sub);

@@ -25,7 +25,7 @@ use super::resolver::{ConflictResolver, LocalChangesWin};
 use super::staging::{self, PublishReport};
 use super::write_modes::{OnlineAnswer, Sent, online_answer};
 use crate::error::{Error, Result};
-use crate::events::{ChangeEvent, ChangeSource, Subscription};
+use crate::events::{ChangeEvent, ChangeSource, ListenerHandle};
 use crate::store::outbox::Sending;
 use crate::store::{OutboxEntry, Record, RecordStatus, Store, WriteOp};
 use crate::transport::{TokenProvider, Transport, TransportError};
@@ -109,7 +109,7 @@ pub struct SyncStatus {
     pub records_done: u64,
     pub bytes_done: u64,
     /// Rows the server says exist in the pulled collections, when it tells.
-    pub records_total: Option<u64>,
+    pub server_total: Option<u64>,
     /// Records with changes the server has not confirmed yet.
     pub pending: u64,
     /// Mutations parked after a permanent rejection.
@@ -118,7 +118,7 @@ pub struct SyncStatus {
     /// True after the server refused the token even after a refresh; sync stays
     /// stopped until the next explicit [`SyncClient::sync`].
     pub auth_failed: bool,
-    pub last_synced_at: Option<i64>,
+    pub last_sync_completed_at: Option<i64>,
     pub online: bool,
 }
 
@@ -187,7 +187,7 @@ struct Inner {
     /// What the background machine last decided, and how many steps it took.
     schedule: watch::Sender<(u64, Action)>,
     scheduler: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    _local_writes: Mutex<Option<Subscription>>,
+    _local_writes: Mutex<Option<ListenerHandle>>,
 }
 
 impl Drop for Inner {
@@ -424,7 +424,7 @@ impl SyncClient {
         match &result {
             Ok(_) => self.update_status(|s| {
                 s.phase = SyncPhase::Idle;
-                s.last_synced_at = Some(now);
+                s.last_sync_completed_at = Some(now);
             }),
             Err(e) => {
                 let offline = matches!(e, Error::Offline(_));
@@ -472,7 +472,7 @@ impl SyncClient {
             s.pages_done = 0;
             s.records_done = 0;
             s.bytes_done = 0;
-            s.records_total = None;
+            s.server_total = None;
         });
         let mut report = SyncReport::default();
         let mut staging_task: Option<tokio::task::JoinHandle<Result<staging::StageReport>>> = None;
@@ -519,7 +519,7 @@ impl SyncClient {
                 s.records_done += rows;
                 s.bytes_done = bytes;
                 if total.is_some() {
-                    s.records_total = total;
+                    s.server_total = total;
                 }
             });
             let s = store.clone();
@@ -868,11 +868,14 @@ impl SyncClient {
     pub fn start(&self) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let writes = tx.clone();
-        let sub = self.inner.store.subscribe(Arc::new(move |e: &ChangeEvent| {
-            if e.source == ChangeSource::Local {
-                let _ = writes.send(Input::LocalWrite);
-            }
-        }));
+        let sub = self
+            .inner
+            .store
+            .add_change_listener(Arc::new(move |e: &ChangeEvent| {
+                if e.source == ChangeSource::Local {
+                    let _ = writes.send(Input::LocalWrite);
+                }
+            }));
         *self.inner._local_writes.lock() = Some(sub);
         *self.inner.inputs.lock() = Some(tx);
         let clock = self.inner.store.clock().clone();

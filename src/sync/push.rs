@@ -87,7 +87,7 @@ fn prepare_in(
     })?;
     w.mark_in_flight(&mut chosen)?;
     // Unsent creates are sent for the first time: frozen into entries now.
-    for c in w.schema().collections.iter().filter(|c| c.is_synced()) {
+    for c in w.schema().collections.iter().filter(|c| !c.is_local_only()) {
         if chosen.len() >= max {
             break;
         }

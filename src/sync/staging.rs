@@ -62,7 +62,7 @@ pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
                 report.skipped += changes.len() as u64;
                 continue;
             };
-            if !c.is_synced() {
+            if c.is_local_only() {
                 report.skipped += changes.len() as u64;
                 continue;
             }
@@ -116,7 +116,7 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
             return Ok(report);
         };
         let schema = w.schema();
-        for c in schema.collections.iter().filter(|c| c.is_synced()) {
+        for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
             report.rebased += rebase_pending(w, c, resolver)?;
             let staged_rows = collect_events(w, c)?;
             let removed = w.publish_removals(c)?;
@@ -278,8 +278,11 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<usize> {
         let id = r.id.clone();
         w.events().upsert(&c.name, &id, r.into_json());
     }
-    for id in w.staged_removals(c)? {
-        w.events().delete(&c.name, &id);
+    for (id, kind) in w.staged_removals(c)? {
+        match kind {
+            Removal::Delete => w.events().delete(&c.name, &id),
+            Removal::Eviction => w.events().evict(&c.name, &id),
+        }
     }
     Ok(upserts)
 }

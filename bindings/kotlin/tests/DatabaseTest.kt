@@ -42,7 +42,7 @@ class DatabaseTest {
     fun aMixedBatchIsOneTransactionAndOneEvent() {
         openTasks("mixed").use { db ->
             val events = Events()
-            db.subscribe(events).use {
+            db.addChangeListener(events).use {
                 db.write(
                     """[{"op":"create","collection":"tasks","fields":{"id":"a","title":"A"}},
                         {"op":"put","collection":"projects","fields":{"id":"p","name":"P"}},
@@ -128,7 +128,7 @@ class DatabaseTest {
     fun closingTheHandleUnsubscribes() {
         openTasks("close-handle").use { db ->
             val events = Events()
-            db.subscribe(events).use { db.put("tasks", """{"id":"e1"}""") ; db.flushEvents() }
+            db.addChangeListener(events).use { db.put("tasks", """{"id":"e1"}""") ; db.flushEvents() }
             db.put("tasks", """{"id":"e2"}""")
             db.flushEvents()
             assertEquals(1, events.seen.size)
@@ -149,9 +149,9 @@ class DatabaseTest {
                 override fun onResult(rowsJson: String) = throw RuntimeException("query listener bug")
             }
             val good = Events()
-            val h1 = db.subscribe(thrower)
+            val h1 = db.addChangeListener(thrower)
             val h2 = db.observe("tasks", "{}", throwingQuery)
-            val h3 = db.subscribe(good)
+            val h3 = db.addChangeListener(good)
             for (i in 1..3) db.put("tasks", """{"id":"x$i"}""")
             db.flushEvents()
             assertEquals(3, calls.get())
@@ -168,7 +168,7 @@ class DatabaseTest {
     fun aBulkBatchIsOneCallAndOneEvent() {
         openTasks("bulk").use { db ->
             val events = Events()
-            db.subscribe(events).use {
+            db.addChangeListener(events).use {
                 val json = (0 until 1000).joinToString(",", "[", "]") { """{"id":"r$it","title":"row $it","priority":$it}""" }
                 assertEquals(1000, rowCount(db.put("tasks", json)))
                 db.flushEvents()

@@ -19,7 +19,7 @@ class LoggerTest {
         }, LogLevel.INFO)
         openTasks("logger").use { db ->
             // A panicking listener is logged at error level by the core.
-            db.subscribe(object : ChangeListener {
+            db.addChangeListener(object : ChangeListener {
                 override fun onChange(eventJson: String) = throw IllegalStateException("boom")
             }).use {
                 db.put("tasks", """{"id":"l1"}""")

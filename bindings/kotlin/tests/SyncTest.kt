@@ -68,7 +68,7 @@ class SyncTest {
                     client(bob).use { cb ->
                         val id = uid("shared")
                         val bobEvents = Events()
-                        bob.subscribe(bobEvents).use {
+                        bob.addChangeListener(bobEvents).use {
                             ca.write("[${create(id, "from alice")}]", WriteMode.OfflineFirst)
                             ca.sync()
                             val report = cb.sync()
@@ -92,7 +92,7 @@ class SyncTest {
         openTasks("rollback", Fixtures.TASKS_SCHEMA_LOOSE).use { db ->
             client(db).use { c ->
                 val events = Events()
-                db.subscribe(events).use {
+                db.addChangeListener(events).use {
                     val good = uid("good")
                     val bad = uid("bad")
                     c.write("[${create(good, "fine")},${create(bad, "nope", ",\"priority\":\"high\"")}]", WriteMode.OfflineFirst)
@@ -136,7 +136,7 @@ class SyncTest {
                 assertTrue(phases.toString(), phases.contains(SyncPhase.PULLING))
                 assertTrue(phases.toString(), phases.contains(SyncPhase.PUSHING))
                 assertEquals(SyncPhase.IDLE, c.status().phase)
-                assertNotNull(c.status().lastSyncedAt)
+                assertNotNull(c.status().lastSyncCompletedAt)
                 handle.cancel()
                 val n = phases.size
                 c.sync()

@@ -546,7 +546,8 @@ fileprivate struct FfiConverterString: FfiConverter {
 /**
  * Receives every committed change: one call per transaction, the event as one
  * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"reload"?}]}`.
+ * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
+ * `evicted` ids left this device's view but still exist on the server.
  */
 public protocol ChangeListener: AnyObject, Sendable {
     
@@ -556,7 +557,8 @@ public protocol ChangeListener: AnyObject, Sendable {
 /**
  * Receives every committed change: one call per transaction, the event as one
  * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"reload"?}]}`.
+ * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
+ * `evicted` ids left this device's view but still exist on the server.
  */
 open class ChangeListenerImpl: ChangeListener, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -974,6 +976,12 @@ public func FfiConverterTypeConflictResolver_lower(_ value: ConflictResolver) ->
  */
 public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     
+    /**
+     * Registers a listener for every committed change (one JSON event per
+     * transaction, delivered on the core's event thread).
+     */
+    func addChangeListener(listener: ChangeListener)  -> ListenerHandle
+    
     func anchors() throws  -> [Anchor]
     
     func clientId()  -> String
@@ -1017,7 +1025,7 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
      * Observes a JSON query: the listener gets the rows now, then again after
      * each burst of commits that touch `collection`.
      */
-    func observe(collection: String, queryJson: String, listener: QueryListener) throws  -> SubscriptionHandle
+    func observe(collection: String, queryJson: String, listener: QueryListener) throws  -> ListenerHandle
     
     /**
      * Every outbox entry in push order, as a JSON array.
@@ -1050,12 +1058,6 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     func schemaJson()  -> String
     
     func status() throws  -> StoreStatus
-    
-    /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
-     */
-    func subscribe(listener: ChangeListener)  -> SubscriptionHandle
     
     /**
      * Updates records; each object carries its `id` and the fields to change.
@@ -1147,6 +1149,19 @@ public static func openExisting(path: String)throws  -> FerryDatabase  {
 }
     
 
+    
+    /**
+     * Registers a listener for every committed change (one JSON event per
+     * transaction, delivered on the core's event thread).
+     */
+open func addChangeListener(listener: ChangeListener) -> ListenerHandle  {
+    return try!  FfiConverterTypeListenerHandle_lift(try! rustCall() {
+    uniffi_ferry_fn_method_ferrydatabase_add_change_listener(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeChangeListener_lower(listener),$0
+    )
+})
+}
     
 open func anchors()throws  -> [Anchor]  {
     return try  FfiConverterSequenceTypeAnchor.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
@@ -1253,8 +1268,8 @@ open func getMany(collection: String, ids: [String])throws  -> String  {
      * Observes a JSON query: the listener gets the rows now, then again after
      * each burst of commits that touch `collection`.
      */
-open func observe(collection: String, queryJson: String, listener: QueryListener)throws  -> SubscriptionHandle  {
-    return try  FfiConverterTypeSubscriptionHandle_lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+open func observe(collection: String, queryJson: String, listener: QueryListener)throws  -> ListenerHandle  {
+    return try  FfiConverterTypeListenerHandle_lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
     uniffi_ferry_fn_method_ferrydatabase_observe(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(collection),
@@ -1344,19 +1359,6 @@ open func status()throws  -> StoreStatus  {
 }
     
     /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
-     */
-open func subscribe(listener: ChangeListener) -> SubscriptionHandle  {
-    return try!  FfiConverterTypeSubscriptionHandle_lift(try! rustCall() {
-    uniffi_ferry_fn_method_ferrydatabase_subscribe(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeChangeListener_lower(listener),$0
-    )
-})
-}
-    
-    /**
      * Updates records; each object carries its `id` and the fields to change.
      */
 open func update(collection: String, recordsJson: String)throws  -> String  {
@@ -1440,7 +1442,7 @@ public protocol FerrySyncClientProtocol: AnyObject, Sendable {
     /**
      * Registers a status listener until the handle is cancelled or dropped.
      */
-    func addStatusListener(listener: StatusListener)  -> SubscriptionHandle
+    func addStatusListener(listener: StatusListener)  -> ListenerHandle
     
     /**
      * Pushes every ready outbox entry; returns how many the server applied.
@@ -1569,8 +1571,8 @@ public static func withResolver(db: FerryDatabase, serverUrl: String, tokenProvi
     /**
      * Registers a status listener until the handle is cancelled or dropped.
      */
-open func addStatusListener(listener: StatusListener) -> SubscriptionHandle  {
-    return try!  FfiConverterTypeSubscriptionHandle_lift(try! rustCall() {
+open func addStatusListener(listener: StatusListener) -> ListenerHandle  {
+    return try!  FfiConverterTypeListenerHandle_lift(try! rustCall() {
     uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(
             self.uniffiCloneHandle(),
         FfiConverterTypeStatusListener_lower(listener),$0
@@ -1731,6 +1733,141 @@ public func FfiConverterTypeFerrySyncClient_lift(_ handle: UInt64) throws -> Fer
 #endif
 public func FfiConverterTypeFerrySyncClient_lower(_ value: FerrySyncClient) -> UInt64 {
     return FfiConverterTypeFerrySyncClient.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
+ * unregisters it; later calls are no-ops. Keep a reference for as long as the
+ * listener should run: a garbage-collected handle cancels.
+ */
+public protocol ListenerHandleProtocol: AnyObject, Sendable {
+    
+    func cancel() 
+    
+    func isActive()  -> Bool
+    
+}
+/**
+ * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
+ * unregisters it; later calls are no-ops. Keep a reference for as long as the
+ * listener should run: a garbage-collected handle cancels.
+ */
+open class ListenerHandle: ListenerHandleProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_ferry_fn_clone_listenerhandle(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_ferry_fn_free_listenerhandle(handle, $0) }
+    }
+
+    
+
+    
+open func cancel()  {try! rustCall() {
+    uniffi_ferry_fn_method_listenerhandle_cancel(
+            self.uniffiCloneHandle(),$0
+    )
+}
+}
+    
+open func isActive() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+    uniffi_ferry_fn_method_listenerhandle_is_active(
+            self.uniffiCloneHandle(),$0
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeListenerHandle: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = ListenerHandle
+
+    public static func lift(_ handle: UInt64) throws -> ListenerHandle {
+        return ListenerHandle(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: ListenerHandle) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ListenerHandle {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: ListenerHandle, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeListenerHandle_lift(_ handle: UInt64) throws -> ListenerHandle {
+    return try FfiConverterTypeListenerHandle.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeListenerHandle_lower(_ value: ListenerHandle) -> UInt64 {
+    return FfiConverterTypeListenerHandle.lower(value)
 }
 
 
@@ -2356,141 +2493,6 @@ public func FfiConverterTypeStatusListener_lower(_ value: StatusListener) -> UIn
 
 
 /**
- * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
- * unregisters it; later calls are no-ops. Keep a reference for as long as the
- * listener should run: a garbage-collected handle cancels.
- */
-public protocol SubscriptionHandleProtocol: AnyObject, Sendable {
-    
-    func cancel() 
-    
-    func isActive()  -> Bool
-    
-}
-/**
- * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
- * unregisters it; later calls are no-ops. Keep a reference for as long as the
- * listener should run: a garbage-collected handle cancels.
- */
-open class SubscriptionHandle: SubscriptionHandleProtocol, @unchecked Sendable {
-    fileprivate let handle: UInt64
-
-    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public struct NoHandle {
-        public init() {}
-    }
-
-    // TODO: We'd like this to be `private` but for Swifty reasons,
-    // we can't implement `FfiConverter` without making this `required` and we can't
-    // make it `required` without making it `public`.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    required public init(unsafeFromHandle handle: UInt64) {
-        self.handle = handle
-    }
-
-    // This constructor can be used to instantiate a fake object.
-    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
-    //
-    // - Warning:
-    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public init(noHandle: NoHandle) {
-        self.handle = 0
-    }
-
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public func uniffiCloneHandle() -> UInt64 {
-        return try! rustCall { uniffi_ferry_fn_clone_subscriptionhandle(self.handle, $0) }
-    }
-    // No primary constructor declared for this class.
-
-    deinit {
-        if handle == 0 {
-            // Mock objects have handle=0 don't try to free them
-            return
-        }
-
-        try! rustCall { uniffi_ferry_fn_free_subscriptionhandle(handle, $0) }
-    }
-
-    
-
-    
-open func cancel()  {try! rustCall() {
-    uniffi_ferry_fn_method_subscriptionhandle_cancel(
-            self.uniffiCloneHandle(),$0
-    )
-}
-}
-    
-open func isActive() -> Bool  {
-    return try!  FfiConverterBool.lift(try! rustCall() {
-    uniffi_ferry_fn_method_subscriptionhandle_is_active(
-            self.uniffiCloneHandle(),$0
-    )
-})
-}
-    
-
-    
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeSubscriptionHandle: FfiConverter {
-    typealias FfiType = UInt64
-    typealias SwiftType = SubscriptionHandle
-
-    public static func lift(_ handle: UInt64) throws -> SubscriptionHandle {
-        return SubscriptionHandle(unsafeFromHandle: handle)
-    }
-
-    public static func lower(_ value: SubscriptionHandle) -> UInt64 {
-        return value.uniffiCloneHandle()
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SubscriptionHandle {
-        let handle: UInt64 = try readInt(&buf)
-        return try lift(handle)
-    }
-
-    public static func write(_ value: SubscriptionHandle, into buf: inout [UInt8]) {
-        writeInt(&buf, lower(value))
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeSubscriptionHandle_lift(_ handle: UInt64) throws -> SubscriptionHandle {
-    return try FfiConverterTypeSubscriptionHandle.lift(handle)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeSubscriptionHandle_lower(_ value: SubscriptionHandle) -> UInt64 {
-    return FfiConverterTypeSubscriptionHandle.lower(value)
-}
-
-
-
-
-
-
-/**
  * Supplies the bearer token. Called on a blocking thread, so it may block (for
  * example on a refresh request). `refresh` is true after the server refused the
  * last token.
@@ -3030,7 +3032,7 @@ public struct SyncStatus: Equatable, Hashable {
     /**
      * Rows the server says exist in the pulled collections, when it tells.
      */
-    public var recordsTotal: UInt64?
+    public var serverTotal: UInt64?
     /**
      * Records with changes the server has not confirmed yet.
      */
@@ -3045,7 +3047,7 @@ public struct SyncStatus: Equatable, Hashable {
      * stopped until the next explicit [`SyncClient::sync`].
      */
     public var authFailed: Bool
-    public var lastSyncedAt: Int64?
+    public var lastSyncCompletedAt: Int64?
     public var online: Bool
 
     // Default memberwise initializers are never public by default, so we
@@ -3053,7 +3055,7 @@ public struct SyncStatus: Equatable, Hashable {
     public init(phase: SyncPhase, pagesDone: UInt64, recordsDone: UInt64, bytesDone: UInt64, 
         /**
          * Rows the server says exist in the pulled collections, when it tells.
-         */recordsTotal: UInt64?, 
+         */serverTotal: UInt64?, 
         /**
          * Records with changes the server has not confirmed yet.
          */pending: UInt64, 
@@ -3063,17 +3065,17 @@ public struct SyncStatus: Equatable, Hashable {
         /**
          * True after the server refused the token even after a refresh; sync stays
          * stopped until the next explicit [`SyncClient::sync`].
-         */authFailed: Bool, lastSyncedAt: Int64?, online: Bool) {
+         */authFailed: Bool, lastSyncCompletedAt: Int64?, online: Bool) {
         self.phase = phase
         self.pagesDone = pagesDone
         self.recordsDone = recordsDone
         self.bytesDone = bytesDone
-        self.recordsTotal = recordsTotal
+        self.serverTotal = serverTotal
         self.pending = pending
         self.quarantined = quarantined
         self.lastError = lastError
         self.authFailed = authFailed
-        self.lastSyncedAt = lastSyncedAt
+        self.lastSyncCompletedAt = lastSyncCompletedAt
         self.online = online
     }
 
@@ -3097,12 +3099,12 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 pagesDone: FfiConverterUInt64.read(from: &buf), 
                 recordsDone: FfiConverterUInt64.read(from: &buf), 
                 bytesDone: FfiConverterUInt64.read(from: &buf), 
-                recordsTotal: FfiConverterOptionUInt64.read(from: &buf), 
+                serverTotal: FfiConverterOptionUInt64.read(from: &buf), 
                 pending: FfiConverterUInt64.read(from: &buf), 
                 quarantined: FfiConverterUInt64.read(from: &buf), 
                 lastError: FfiConverterOptionString.read(from: &buf), 
                 authFailed: FfiConverterBool.read(from: &buf), 
-                lastSyncedAt: FfiConverterOptionInt64.read(from: &buf), 
+                lastSyncCompletedAt: FfiConverterOptionInt64.read(from: &buf), 
                 online: FfiConverterBool.read(from: &buf)
         )
     }
@@ -3112,12 +3114,12 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.pagesDone, into: &buf)
         FfiConverterUInt64.write(value.recordsDone, into: &buf)
         FfiConverterUInt64.write(value.bytesDone, into: &buf)
-        FfiConverterOptionUInt64.write(value.recordsTotal, into: &buf)
+        FfiConverterOptionUInt64.write(value.serverTotal, into: &buf)
         FfiConverterUInt64.write(value.pending, into: &buf)
         FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)
         FfiConverterBool.write(value.authFailed, into: &buf)
-        FfiConverterOptionInt64.write(value.lastSyncedAt, into: &buf)
+        FfiConverterOptionInt64.write(value.lastSyncCompletedAt, into: &buf)
         FfiConverterBool.write(value.online, into: &buf)
     }
 }
@@ -4081,6 +4083,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_func_default_sync_config() != 14325) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_checksum_method_ferrydatabase_add_change_listener() != 13969) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_checksum_method_ferrydatabase_anchors() != 56544) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4108,7 +4113,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrydatabase_get_many() != 63511) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_ferrydatabase_observe() != 37474) {
+    if (uniffi_ferry_checksum_method_ferrydatabase_observe() != 29159) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_outbox() != 65211) {
@@ -4132,9 +4137,6 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrydatabase_status() != 6670) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_ferrydatabase_subscribe() != 44374) {
-        return InitializationResult.apiChecksumMismatch
-    }
     if (uniffi_ferry_checksum_method_ferrydatabase_update() != 60792) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4147,16 +4149,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_conflictresolver_resolve() != 58358) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_checksum_method_listenerhandle_cancel() != 16648) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_listenerhandle_is_active() != 52045) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_checksum_method_querylistener_on_result() != 45438) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_statuslistener_on_status() != 63129) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_ferry_checksum_method_subscriptionhandle_cancel() != 1482) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_ferry_checksum_method_subscriptionhandle_is_active() != 19871) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_tokenprovider_token() != 63872) {
@@ -4165,7 +4167,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_logger_log() != 25282) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 54516) {
+    if (uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 23958) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {

@@ -359,6 +359,11 @@ uint64_t uniffi_ferry_fn_constructor_ferrydatabase_open(RustBuffer path, RustBuf
 uint64_t uniffi_ferry_fn_constructor_ferrydatabase_open_existing(RustBuffer path, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_ADD_CHANGE_LISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_ADD_CHANGE_LISTENER
+uint64_t uniffi_ferry_fn_method_ferrydatabase_add_change_listener(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_ANCHORS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_ANCHORS
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_anchors(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -444,11 +449,6 @@ RustBuffer uniffi_ferry_fn_method_ferrydatabase_schema_json(uint64_t ptr, RustCa
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_status(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_SUBSCRIBE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_SUBSCRIBE
-uint64_t uniffi_ferry_fn_method_ferrydatabase_subscribe(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_UPDATE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_UPDATE
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_update(uint64_t ptr, RustBuffer collection, RustBuffer records_json, RustCallStatus *_Nonnull out_status
@@ -499,6 +499,26 @@ void uniffi_ferry_fn_init_callback_vtable_conflictresolver(const UniffiVTableCal
 RustBuffer uniffi_ferry_fn_method_conflictresolver_resolve(uint64_t ptr, RustBuffer collection, RustBuffer local_json, RustBuffer server_json, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_LISTENERHANDLE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_LISTENERHANDLE
+uint64_t uniffi_ferry_fn_clone_listenerhandle(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FREE_LISTENERHANDLE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FREE_LISTENERHANDLE
+void uniffi_ferry_fn_free_listenerhandle(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_LISTENERHANDLE_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_LISTENERHANDLE_CANCEL
+void uniffi_ferry_fn_method_listenerhandle_cancel(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_LISTENERHANDLE_IS_ACTIVE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_LISTENERHANDLE_IS_ACTIVE
+int8_t uniffi_ferry_fn_method_listenerhandle_is_active(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_QUERYLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_QUERYLISTENER
 uint64_t uniffi_ferry_fn_clone_querylistener(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -537,26 +557,6 @@ void uniffi_ferry_fn_init_callback_vtable_statuslistener(const UniffiVTableCallb
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_STATUSLISTENER_ON_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_STATUSLISTENER_ON_STATUS
 void uniffi_ferry_fn_method_statuslistener_on_status(uint64_t ptr, RustBuffer status, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_SUBSCRIPTIONHANDLE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_SUBSCRIPTIONHANDLE
-uint64_t uniffi_ferry_fn_clone_subscriptionhandle(uint64_t handle, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FREE_SUBSCRIPTIONHANDLE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FREE_SUBSCRIPTIONHANDLE
-void uniffi_ferry_fn_free_subscriptionhandle(uint64_t handle, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_SUBSCRIPTIONHANDLE_CANCEL
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_SUBSCRIPTIONHANDLE_CANCEL
-void uniffi_ferry_fn_method_subscriptionhandle_cancel(uint64_t ptr, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_SUBSCRIPTIONHANDLE_IS_ACTIVE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_SUBSCRIPTIONHANDLE_IS_ACTIVE
-int8_t uniffi_ferry_fn_method_subscriptionhandle_is_active(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_TOKENPROVIDER
@@ -947,6 +947,12 @@ uint16_t uniffi_ferry_checksum_func_default_sync_config(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_ADD_CHANGE_LISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_ADD_CHANGE_LISTENER
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_add_change_listener(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_ANCHORS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_ANCHORS
 uint16_t uniffi_ferry_checksum_method_ferrydatabase_anchors(void
@@ -1049,12 +1055,6 @@ uint16_t uniffi_ferry_checksum_method_ferrydatabase_status(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_SUBSCRIBE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_SUBSCRIBE
-uint16_t uniffi_ferry_checksum_method_ferrydatabase_subscribe(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_UPDATE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_UPDATE
 uint16_t uniffi_ferry_checksum_method_ferrydatabase_update(void
@@ -1079,6 +1079,18 @@ uint16_t uniffi_ferry_checksum_method_conflictresolver_resolve(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_LISTENERHANDLE_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_LISTENERHANDLE_CANCEL
+uint16_t uniffi_ferry_checksum_method_listenerhandle_cancel(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_LISTENERHANDLE_IS_ACTIVE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_LISTENERHANDLE_IS_ACTIVE
+uint16_t uniffi_ferry_checksum_method_listenerhandle_is_active(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_QUERYLISTENER_ON_RESULT
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_QUERYLISTENER_ON_RESULT
 uint16_t uniffi_ferry_checksum_method_querylistener_on_result(void
@@ -1088,18 +1100,6 @@ uint16_t uniffi_ferry_checksum_method_querylistener_on_result(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_STATUSLISTENER_ON_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_STATUSLISTENER_ON_STATUS
 uint16_t uniffi_ferry_checksum_method_statuslistener_on_status(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_SUBSCRIPTIONHANDLE_CANCEL
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_SUBSCRIPTIONHANDLE_CANCEL
-uint16_t uniffi_ferry_checksum_method_subscriptionhandle_cancel(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_SUBSCRIPTIONHANDLE_IS_ACTIVE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_SUBSCRIPTIONHANDLE_IS_ACTIVE
-uint16_t uniffi_ferry_checksum_method_subscriptionhandle_is_active(void
     
 );
 #endif

@@ -32,7 +32,7 @@ struct Device {
     name: &'static str,
     store: Store,
     client: SyncClient,
-    _events: ferry::Subscription,
+    _events: ferry::ListenerHandle,
 }
 
 fn fields(v: Value) -> Fields {
@@ -57,7 +57,7 @@ impl Device {
             Arc::new(StaticToken(ferry_server::config::DEV_TOKENS[0].1.into())),
             SyncConfig::default(),
         )?;
-        let events = store.subscribe(Arc::new(move |e: &ChangeEvent| {
+        let events = store.add_change_listener(Arc::new(move |e: &ChangeEvent| {
             if e.source == ChangeSource::Local {
                 return;
             }

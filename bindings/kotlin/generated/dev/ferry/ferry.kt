@@ -779,6 +779,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_func_default_sync_config(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_add_change_listener(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_anchors(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_client_id(
@@ -813,8 +815,6 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_status(
     ): Int
-    external fun uniffi_ferry_checksum_method_ferrydatabase_subscribe(
-    ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_update(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_write(
@@ -823,13 +823,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_conflictresolver_resolve(
     ): Int
+    external fun uniffi_ferry_checksum_method_listenerhandle_cancel(
+    ): Int
+    external fun uniffi_ferry_checksum_method_listenerhandle_is_active(
+    ): Int
     external fun uniffi_ferry_checksum_method_querylistener_on_result(
     ): Int
     external fun uniffi_ferry_checksum_method_statuslistener_on_status(
-    ): Int
-    external fun uniffi_ferry_checksum_method_subscriptionhandle_cancel(
-    ): Int
-    external fun uniffi_ferry_checksum_method_subscriptionhandle_is_active(
     ): Int
     external fun uniffi_ferry_checksum_method_tokenprovider_token(
     ): Int
@@ -893,6 +893,8 @@ external fun uniffi_ferry_fn_constructor_ferrydatabase_open(`path`: RustBuffer.B
 ): Long
 external fun uniffi_ferry_fn_constructor_ferrydatabase_open_existing(`path`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
+external fun uniffi_ferry_fn_method_ferrydatabase_add_change_listener(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Long
 external fun uniffi_ferry_fn_method_ferrydatabase_anchors(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_client_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -927,8 +929,6 @@ external fun uniffi_ferry_fn_method_ferrydatabase_schema_json(`ptr`: Long,uniffi
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
-external fun uniffi_ferry_fn_method_ferrydatabase_subscribe(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
-): Long
 external fun uniffi_ferry_fn_method_ferrydatabase_update(`ptr`: Long,`collection`: RustBuffer.ByValue,`recordsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_write(`ptr`: Long,`opsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -949,6 +949,14 @@ external fun uniffi_ferry_fn_init_callback_vtable_conflictresolver(`vtable`: Uni
 ): Unit
 external fun uniffi_ferry_fn_method_conflictresolver_resolve(`ptr`: Long,`collection`: RustBuffer.ByValue,`localJson`: RustBuffer.ByValue,`serverJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
+external fun uniffi_ferry_fn_clone_listenerhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Long
+external fun uniffi_ferry_fn_free_listenerhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+external fun uniffi_ferry_fn_method_listenerhandle_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+external fun uniffi_ferry_fn_method_listenerhandle_is_active(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Byte
 external fun uniffi_ferry_fn_clone_querylistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
 external fun uniffi_ferry_fn_free_querylistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -965,14 +973,6 @@ external fun uniffi_ferry_fn_init_callback_vtable_statuslistener(`vtable`: Uniff
 ): Unit
 external fun uniffi_ferry_fn_method_statuslistener_on_status(`ptr`: Long,`status`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
-external fun uniffi_ferry_fn_clone_subscriptionhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
-): Long
-external fun uniffi_ferry_fn_free_subscriptionhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
-): Unit
-external fun uniffi_ferry_fn_method_subscriptionhandle_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-): Unit
-external fun uniffi_ferry_fn_method_subscriptionhandle_is_active(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-): Byte
 external fun uniffi_ferry_fn_clone_tokenprovider(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
 external fun uniffi_ferry_fn_free_tokenprovider(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1144,6 +1144,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_func_default_sync_config() != 14325) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_add_change_listener() != 13969) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_anchors() != 56544) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1171,7 +1174,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_get_many() != 63511) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_ferrydatabase_observe() != 37474) {
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_observe() != 29159) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_outbox() != 65211) {
@@ -1195,9 +1198,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_status() != 6670) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_ferrydatabase_subscribe() != 44374) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_update() != 60792) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1210,16 +1210,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_conflictresolver_resolve() != 58358) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_ferry_checksum_method_listenerhandle_cancel() != 16648) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_listenerhandle_is_active() != 52045) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_ferry_checksum_method_querylistener_on_result() != 45438) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_statuslistener_on_status() != 63129) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if (lib.uniffi_ferry_checksum_method_subscriptionhandle_cancel() != 1482) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
-    if (lib.uniffi_ferry_checksum_method_subscriptionhandle_is_active() != 19871) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_tokenprovider_token() != 63872) {
@@ -1228,7 +1228,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_logger_log() != 25282) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 54516) {
+    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 23958) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {
@@ -1743,7 +1743,8 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
 /**
  * Receives every committed change: one call per transaction, the event as one
  * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"reload"?}]}`.
+ * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
+ * `evicted` ids left this device's view but still exist on the server.
  */
 public interface ChangeListener {
     
@@ -1755,7 +1756,8 @@ public interface ChangeListener {
 /**
  * Receives every committed change: one call per transaction, the event as one
  * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"reload"?}]}`.
+ * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
+ * `evicted` ids left this device's view but still exist on the server.
  */
 open class ChangeListenerImpl: Disposable, AutoCloseable, ChangeListener
 {
@@ -2388,6 +2390,12 @@ public object FfiConverterTypeConflictResolver: FfiConverter<ConflictResolver, L
  */
 public interface FerryDatabaseInterface {
     
+    /**
+     * Registers a listener for every committed change (one JSON event per
+     * transaction, delivered on the core's event thread).
+     */
+    fun `addChangeListener`(`listener`: ChangeListener): ListenerHandle
+    
     fun `anchors`(): List<Anchor>
     
     fun `clientId`(): kotlin.String
@@ -2431,7 +2439,7 @@ public interface FerryDatabaseInterface {
      * Observes a JSON query: the listener gets the rows now, then again after
      * each burst of commits that touch `collection`.
      */
-    fun `observe`(`collection`: kotlin.String, `queryJson`: kotlin.String, `listener`: QueryListener): SubscriptionHandle
+    fun `observe`(`collection`: kotlin.String, `queryJson`: kotlin.String, `listener`: QueryListener): ListenerHandle
     
     /**
      * Every outbox entry in push order, as a JSON array.
@@ -2464,12 +2472,6 @@ public interface FerryDatabaseInterface {
     fun `schemaJson`(): kotlin.String
     
     fun `status`(): StoreStatus
-    
-    /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
-     */
-    fun `subscribe`(`listener`: ChangeListener): SubscriptionHandle
     
     /**
      * Updates records; each object carries its `id` and the fields to change.
@@ -2583,6 +2585,23 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
             UniffiLib.uniffi_ferry_fn_clone_ferrydatabase(handle, status)
         }
     }
+
+    
+    /**
+     * Registers a listener for every committed change (one JSON event per
+     * transaction, delivered on the core's event thread).
+     */override fun `addChangeListener`(`listener`: ChangeListener): ListenerHandle {
+            return FfiConverterTypeListenerHandle.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_add_change_listener(
+        it,
+        FfiConverterTypeChangeListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
 
     
     @Throws(FerryException::class)override fun `anchors`(): List<Anchor> {
@@ -2731,8 +2750,8 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
      * Observes a JSON query: the listener gets the rows now, then again after
      * each burst of commits that touch `collection`.
      */
-    @Throws(FerryException::class)override fun `observe`(`collection`: kotlin.String, `queryJson`: kotlin.String, `listener`: QueryListener): SubscriptionHandle {
-            return FfiConverterTypeSubscriptionHandle.lift(
+    @Throws(FerryException::class)override fun `observe`(`collection`: kotlin.String, `queryJson`: kotlin.String, `listener`: QueryListener): ListenerHandle {
+            return FfiConverterTypeListenerHandle.lift(
     callWithHandle {
     uniffiRustCallWithError(FerryException) { _status ->
     UniffiLib.uniffi_ferry_fn_method_ferrydatabase_observe(
@@ -2853,23 +2872,6 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
     UniffiLib.uniffi_ferry_fn_method_ferrydatabase_status(
         it,
         _status)
-}
-    }
-    )
-    }
-    
-
-    
-    /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
-     */override fun `subscribe`(`listener`: ChangeListener): SubscriptionHandle {
-            return FfiConverterTypeSubscriptionHandle.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_subscribe(
-        it,
-        FfiConverterTypeChangeListener.lower(`listener`),_status)
 }
     }
     )
@@ -3081,7 +3083,7 @@ public interface FerrySyncClientInterface {
     /**
      * Registers a status listener until the handle is cancelled or dropped.
      */
-    fun `addStatusListener`(`listener`: StatusListener): SubscriptionHandle
+    fun `addStatusListener`(`listener`: StatusListener): ListenerHandle
     
     /**
      * Pushes every ready outbox entry; returns how many the server applied.
@@ -3237,8 +3239,8 @@ open class FerrySyncClient: Disposable, AutoCloseable, FerrySyncClientInterface
     
     /**
      * Registers a status listener until the handle is cancelled or dropped.
-     */override fun `addStatusListener`(`listener`: StatusListener): SubscriptionHandle {
-            return FfiConverterTypeSubscriptionHandle.lift(
+     */override fun `addStatusListener`(`listener`: StatusListener): ListenerHandle {
+            return FfiConverterTypeListenerHandle.lift(
     callWithHandle {
     uniffiRustCall() { _status ->
     UniffiLib.uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(
@@ -3442,6 +3444,280 @@ public object FfiConverterTypeFerrySyncClient: FfiConverter<FerrySyncClient, Lon
     override fun allocationSize(value: FerrySyncClient) = 8UL
 
     override fun write(value: FerrySyncClient, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
+ * unregisters it; later calls are no-ops. Keep a reference for as long as the
+ * listener should run: a garbage-collected handle cancels.
+ */
+public interface ListenerHandleInterface {
+    
+    fun `cancel`()
+    
+    fun `isActive`(): kotlin.Boolean
+    
+    companion object
+}
+
+/**
+ * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
+ * unregisters it; later calls are no-ops. Keep a reference for as long as the
+ * listener should run: a garbage-collected handle cancels.
+ */
+open class ListenerHandle: Disposable, AutoCloseable, ListenerHandleInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_ferry_fn_free_listenerhandle(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_ferry_fn_clone_listenerhandle(handle, status)
+        }
+    }
+
+    override fun `cancel`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_ferry_fn_method_listenerhandle_cancel(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    override fun `isActive`(): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_ferry_fn_method_listenerhandle_is_active(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeListenerHandle: FfiConverter<ListenerHandle, Long> {
+    override fun lower(value: ListenerHandle): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): ListenerHandle {
+        return ListenerHandle(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): ListenerHandle {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: ListenerHandle) = 8UL
+
+    override fun write(value: ListenerHandle, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -4480,280 +4756,6 @@ public object FfiConverterTypeStatusListener: FfiConverter<StatusListener, Long>
 
 
 /**
- * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
- * unregisters it; later calls are no-ops. Keep a reference for as long as the
- * listener should run: a garbage-collected handle cancels.
- */
-public interface SubscriptionHandleInterface {
-    
-    fun `cancel`()
-    
-    fun `isActive`(): kotlin.Boolean
-    
-    companion object
-}
-
-/**
- * Keeps a listener registered. `cancel()` (or dropping / closing the handle)
- * unregisters it; later calls are no-ops. Keep a reference for as long as the
- * listener should run: a garbage-collected handle cancels.
- */
-open class SubscriptionHandle: Disposable, AutoCloseable, SubscriptionHandleInterface
-{
-
-    @Suppress("UNUSED_PARAMETER")
-    /**
-     * @suppress
-     */
-    constructor(withHandle: UniffiWithHandle, handle: Long) {
-        this.handle = handle
-        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
-    }
-
-    /**
-     * @suppress
-     *
-     * This constructor can be used to instantiate a fake object. Only used for tests. Any
-     * attempt to actually use an object constructed this way will fail as there is no
-     * connected Rust object.
-     */
-    @Suppress("UNUSED_PARAMETER")
-    constructor(noHandle: NoHandle) {
-        this.handle = 0
-        this.cleanable = null
-    }
-
-    protected val handle: Long
-    protected val cleanable: UniffiCleaner.Cleanable?
-
-    private val wasDestroyed = AtomicBoolean(false)
-    private val callCounter = AtomicLong(1)
-
-    override fun destroy() {
-        // Only allow a single call to this method.
-        // TODO: maybe we should log a warning if called more than once?
-        if (this.wasDestroyed.compareAndSet(false, true)) {
-            // This decrement always matches the initial count of 1 given at creation time.
-            if (this.callCounter.decrementAndGet() == 0L) {
-                cleanable?.clean()
-            }
-        }
-    }
-
-    @Synchronized
-    override fun close() {
-        this.destroy()
-    }
-
-    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
-        // Check and increment the call counter, to keep the object alive.
-        // This needs a compare-and-set retry loop in case of concurrent updates.
-        do {
-            val c = this.callCounter.get()
-            if (c == 0L) {
-                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
-            }
-            if (c == Long.MAX_VALUE) {
-                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
-            }
-        } while (! this.callCounter.compareAndSet(c, c + 1L))
-        // Now we can safely do the method call without the handle being freed concurrently.
-        try {
-            return block(this.uniffiCloneHandle())
-        } finally {
-            // This decrement always matches the increment we performed above.
-            if (this.callCounter.decrementAndGet() == 0L) {
-                cleanable?.clean()
-            }
-        }
-    }
-
-    // Use a static inner class instead of a closure so as not to accidentally
-    // capture `this` as part of the cleanable's action.
-    private class UniffiCleanAction(private val handle: Long) : Runnable {
-        override fun run() {
-            if (handle == 0.toLong()) {
-                // Fake object created with `NoHandle`, don't try to free.
-                return;
-            }
-            uniffiRustCall { status ->
-                UniffiLib.uniffi_ferry_fn_free_subscriptionhandle(handle, status)
-            }
-        }
-    }
-
-    /**
-     * @suppress
-     */
-    fun uniffiCloneHandle(): Long {
-        if (handle == 0.toLong()) {
-            throw InternalException("uniffiCloneHandle() called on NoHandle object");
-        }
-        return uniffiRustCall() { status ->
-            UniffiLib.uniffi_ferry_fn_clone_subscriptionhandle(handle, status)
-        }
-    }
-
-    override fun `cancel`()
-        = 
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_ferry_fn_method_subscriptionhandle_cancel(
-        it,
-        _status)
-}
-    }
-    
-    
-
-    override fun `isActive`(): kotlin.Boolean {
-            return FfiConverterBoolean.lift(
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_ferry_fn_method_subscriptionhandle_is_active(
-        it,
-        _status)
-}
-    }
-    )
-    }
-    
-
-    
-
-    
-
-
-    
-    
-    /**
-     * @suppress
-     */
-    companion object
-    
-}
-
-
-/**
- * @suppress
- */
-public object FfiConverterTypeSubscriptionHandle: FfiConverter<SubscriptionHandle, Long> {
-    override fun lower(value: SubscriptionHandle): Long {
-        return value.uniffiCloneHandle()
-    }
-
-    override fun lift(value: Long): SubscriptionHandle {
-        return SubscriptionHandle(UniffiWithHandle, value)
-    }
-
-    override fun read(buf: ByteBuffer): SubscriptionHandle {
-        return lift(buf.getLong())
-    }
-
-    override fun allocationSize(value: SubscriptionHandle) = 8UL
-
-    override fun write(value: SubscriptionHandle, buf: ByteBuffer) {
-        buf.putLong(lower(value))
-    }
-}
-
-
-// This template implements a class for working with a Rust struct via a handle
-// to the live Rust struct on the other side of the FFI.
-//
-// There's some subtlety here, because we have to be careful not to operate on a Rust
-// struct after it has been dropped, and because we must expose a public API for freeing
-// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
-//
-//   * Each instance holds an opaque handle to the underlying Rust struct.
-//     Method calls need to read this handle from the object's state and pass it in to
-//     the Rust FFI.
-//
-//   * When an instance is no longer needed, its handle should be passed to a
-//     special destructor function provided by the Rust FFI, which will drop the
-//     underlying Rust struct.
-//
-//   * Given an instance, calling code is expected to call the special
-//     `destroy` method in order to free it after use, either by calling it explicitly
-//     or by using a higher-level helper like the `use` method. Failing to do so risks
-//     leaking the underlying Rust struct.
-//
-//   * We can't assume that calling code will do the right thing, and must be prepared
-//     to handle Kotlin method calls executing concurrently with or even after a call to
-//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
-//
-//   * We must never allow Rust code to operate on the underlying Rust struct after
-//     the destructor has been called, and must never call the destructor more than once.
-//     Doing so may trigger memory unsafety.
-//
-//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
-//     is implemented to call the destructor when the Kotlin object becomes unreachable.
-//     This is done in a background thread. This is not a panacea, and client code should be aware that
-//      1. the thread may starve if some there are objects that have poorly performing
-//     `drop` methods or do significant work in their `drop` methods.
-//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
-//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
-//
-// If we try to implement this with mutual exclusion on access to the handle, there is the
-// possibility of a race between a method call and a concurrent call to `destroy`:
-//
-//    * Thread A starts a method call, reads the value of the handle, but is interrupted
-//      before it can pass the handle over the FFI to Rust.
-//    * Thread B calls `destroy` and frees the underlying Rust struct.
-//    * Thread A resumes, passing the already-read handle value to Rust and triggering
-//      a use-after-free.
-//
-// One possible solution would be to use a `ReadWriteLock`, with each method call taking
-// a read lock (and thus allowed to run concurrently) and the special `destroy` method
-// taking a write lock (and thus blocking on live method calls). However, we aim not to
-// generate methods with any hidden blocking semantics, and a `destroy` method that might
-// block if called incorrectly seems to meet that bar.
-//
-// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
-// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
-// has been called. These are updated according to the following rules:
-//
-//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
-//      The initial value for the flag is false.
-//
-//    * At the start of each method call, we atomically check the counter.
-//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
-//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
-//
-//    * At the end of each method call, we atomically decrement and check the counter.
-//      If it has reached zero then we destroy the underlying Rust struct.
-//
-//    * When `destroy` is called, we atomically flip the flag from false to true.
-//      If the flag was already true we silently fail.
-//      Otherwise we atomically decrement and check the counter.
-//      If it has reached zero then we destroy the underlying Rust struct.
-//
-// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
-// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
-//
-// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
-// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
-// of the underlying Rust code.
-//
-// This makes a cleaner a better alternative to _not_ calling `destroy()` as
-// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
-// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
-// thread may be starved, and the app will leak memory.
-//
-// In this case, `destroy`ing manually may be a better solution.
-//
-// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
-// with Rust peers are reclaimed:
-//
-// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
-// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
-// 3. The memory is reclaimed when the process terminates.
-//
-// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
-//
-
-
-/**
  * Supplies the bearer token. Called on a blocking thread, so it may block (for
  * example on a refresh request). `refresh` is true after the server refused the
  * last token.
@@ -5246,7 +5248,7 @@ data class SyncStatus (
     /**
      * Rows the server says exist in the pulled collections, when it tells.
      */
-    var `recordsTotal`: kotlin.ULong?
+    var `serverTotal`: kotlin.ULong?
     , 
     /**
      * Records with changes the server has not confirmed yet.
@@ -5266,7 +5268,7 @@ data class SyncStatus (
      */
     var `authFailed`: kotlin.Boolean
     , 
-    var `lastSyncedAt`: kotlin.Long?
+    var `lastSyncCompletedAt`: kotlin.Long?
     , 
     var `online`: kotlin.Boolean
     
@@ -5304,12 +5306,12 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.allocationSize(value.`pagesDone`) +
             FfiConverterULong.allocationSize(value.`recordsDone`) +
             FfiConverterULong.allocationSize(value.`bytesDone`) +
-            FfiConverterOptionalULong.allocationSize(value.`recordsTotal`) +
+            FfiConverterOptionalULong.allocationSize(value.`serverTotal`) +
             FfiConverterULong.allocationSize(value.`pending`) +
             FfiConverterULong.allocationSize(value.`quarantined`) +
             FfiConverterOptionalString.allocationSize(value.`lastError`) +
             FfiConverterBoolean.allocationSize(value.`authFailed`) +
-            FfiConverterOptionalLong.allocationSize(value.`lastSyncedAt`) +
+            FfiConverterOptionalLong.allocationSize(value.`lastSyncCompletedAt`) +
             FfiConverterBoolean.allocationSize(value.`online`)
     )
 
@@ -5318,12 +5320,12 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.write(value.`pagesDone`, buf)
             FfiConverterULong.write(value.`recordsDone`, buf)
             FfiConverterULong.write(value.`bytesDone`, buf)
-            FfiConverterOptionalULong.write(value.`recordsTotal`, buf)
+            FfiConverterOptionalULong.write(value.`serverTotal`, buf)
             FfiConverterULong.write(value.`pending`, buf)
             FfiConverterULong.write(value.`quarantined`, buf)
             FfiConverterOptionalString.write(value.`lastError`, buf)
             FfiConverterBoolean.write(value.`authFailed`, buf)
-            FfiConverterOptionalLong.write(value.`lastSyncedAt`, buf)
+            FfiConverterOptionalLong.write(value.`lastSyncCompletedAt`, buf)
             FfiConverterBoolean.write(value.`online`, buf)
     }
 }
