@@ -54,9 +54,15 @@ pub enum Error {
     /// The server could not be reached (no network, connection refused, timeout).
     #[error("offline: {0}")]
     Offline(String),
-    /// The server refused the credentials and a refresh did not help.
+    /// The server refused the credentials and a refresh did not help, or the
+    /// token provider says there are no credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The token provider failed (it threw, or could not reach its auth service
+    /// for a reason other than the network). Retried with backoff like a network
+    /// failure; it never stops background sync.
+    #[error("no token: {0}")]
+    TokenUnavailable(String),
     /// The server answered with an error.
     #[error("server error {status} ({code}): {message}")]
     Server {
@@ -155,6 +161,7 @@ impl Clone for Error {
             Io(e) => Internal(format!("I/O error: {e}")),
             Offline(s) => Offline(s.clone()),
             Unauthorized(s) => Unauthorized(s.clone()),
+            TokenUnavailable(s) => TokenUnavailable(s.clone()),
             Server {
                 status,
                 code,

@@ -176,6 +176,16 @@ impl EventBuilder {
 /// Receives every committed change event.
 pub trait ChangeListener: Send + Sync {
     fn on_change(&self, event: &ChangeEvent);
+
+    /// The events of one burst (commits made while the previous burst was being
+    /// delivered), in commit order: one call per burst. By default one
+    /// [`Self::on_change`] per event; a host adapter overrides it to cross the
+    /// FFI once per burst.
+    fn on_changes(&self, events: &[Arc<ChangeEvent>]) {
+        for e in events {
+            self.on_change(e)
+        }
+    }
 }
 
 /// Receives the new result of an observed query.
@@ -211,17 +221,23 @@ struct Registry {
     observers: HashMap<u64, Arc<Observer>>,
 }
 
+/// Work run on the dispatcher thread.
+type Job = Box<dyn FnOnce() + Send>;
+
 enum Msg {
     Event(Arc<ChangeEvent>),
     Observe(u64),
-    Flush(Sender<()>),
+    /// Runs once everything queued before it has been delivered.
+    Flush(Job),
+    /// Runs on the dispatcher thread; of the jobs of one key queued in one burst
+    /// only the last runs (a status listener sees the latest status, not each one).
+    Latest(&'static str, Job),
 }
 
 /// Owns the dispatcher thread and the listener registry.
 pub(crate) struct Dispatcher {
     tx: Mutex<Option<Sender<Msg>>>,
     registry: Arc<Mutex<Registry>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Dispatcher {
@@ -229,14 +245,13 @@ impl Dispatcher {
         let (tx, rx) = channel();
         let registry = Arc::new(Mutex::new(Registry::default()));
         let reg = registry.clone();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("ferry-events".into())
             .spawn(move || run(rx, reg))
             .expect("spawn event thread");
         Arc::new(Dispatcher {
             tx: Mutex::new(Some(tx)),
             registry,
-            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -293,51 +308,85 @@ impl Dispatcher {
     }
 
     /// Blocks until every event queued before this call has been delivered.
+    /// Never call it from a thread that a listener waits for (a host's UI thread
+    /// under React Native): use [`Self::after_delivery`] there.
     pub fn flush(&self) {
         let (tx, rx) = channel();
-        self.send(Msg::Flush(tx));
+        self.after_delivery(Box::new(move || {
+            let _ = tx.send(());
+        }));
         let _ = rx.recv();
     }
 
-    /// Stops the thread after it has delivered what is queued.
+    /// Runs `done` on the dispatcher once every event queued before this call has
+    /// been delivered; returns at once. (Runs it now if the dispatcher stopped.)
+    pub fn after_delivery(&self, done: Job) {
+        match self.tx.lock().as_ref() {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(Msg::Flush(done))) = tx.send(Msg::Flush(done))
+                {
+                    done()
+                }
+            }
+            None => done(),
+        }
+    }
+
+    /// Runs `job` on the dispatcher thread, in order with the events; a later job
+    /// of the same `key` queued before this one ran replaces it.
+    pub fn run_latest(&self, key: &'static str, job: Job) {
+        self.send(Msg::Latest(key, job));
+    }
+
+    /// Stops the thread after it has delivered what is queued. It does not wait
+    /// for the thread: a listener may be blocked on a host thread that is the
+    /// one closing the store.
     pub fn shutdown(&self) {
         self.tx.lock().take();
-        if let Some(t) = self.thread.lock().take()
-            && t.thread().id() != std::thread::current().id()
-        {
-            let _ = t.join();
-        }
     }
 }
 
 fn run(rx: Receiver<Msg>, registry: Arc<Mutex<Registry>>) {
     while let Ok(first) = rx.recv() {
-        // Drain the burst so observed queries re-run once for all of it.
+        // Drain the burst: change listeners get it in one call, observed queries
+        // re-run once for all of it, and each key's latest job runs once.
         let mut batch = vec![first];
         while let Ok(m) = rx.try_recv() {
             batch.push(m);
         }
-        let mut touched: HashSet<String> = HashSet::new();
+        let mut events = Vec::new();
         let mut fresh: Vec<u64> = Vec::new();
+        let mut latest: IndexMap<&'static str, Job> = IndexMap::new();
         let mut flushes = Vec::new();
         for msg in batch {
             match msg {
-                Msg::Event(ev) => {
-                    let listeners: Vec<_> = registry.lock().change.values().cloned().collect();
-                    for l in listeners {
-                        guarded("change listener", || l.on_change(&ev));
-                    }
-                    touched.extend(ev.changes.iter().map(|c| c.collection.clone()));
-                }
+                Msg::Event(ev) => events.push(ev),
                 Msg::Observe(id) => fresh.push(id),
+                Msg::Latest(key, job) => {
+                    latest.shift_remove(key);
+                    latest.insert(key, job);
+                }
                 Msg::Flush(done) => flushes.push(done),
             }
         }
+        if !events.is_empty() {
+            let listeners: Vec<_> = registry.lock().change.values().cloned().collect();
+            for l in listeners {
+                guarded("change listener", || l.on_changes(&events));
+            }
+        }
+        for (_, job) in latest {
+            guarded("dispatcher job", job);
+        }
+        let touched: HashSet<&str> = events
+            .iter()
+            .flat_map(|e| e.changes.iter().map(|c| c.collection.as_str()))
+            .collect();
         let observers: Vec<(u64, Arc<Observer>)> = registry
             .lock()
             .observers
             .iter()
-            .filter(|(id, o)| touched.contains(&o.collection) || fresh.contains(id))
+            .filter(|(id, o)| touched.contains(o.collection.as_str()) || fresh.contains(id))
             .map(|(id, o)| (*id, o.clone()))
             .collect();
         for (_, o) in observers {
@@ -348,8 +397,8 @@ fn run(rx: Receiver<Msg>, registry: Arc<Mutex<Registry>>) {
                 }
             }
         }
-        for f in flushes {
-            let _ = f.send(());
+        for done in flushes {
+            guarded("flush callback", done);
         }
     }
 }

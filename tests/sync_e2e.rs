@@ -738,7 +738,7 @@ async fn a_custom_resolver_decides_rebased_conflicts() {
             _c: &str,
             local: &ferry::Record,
             server: &ferry_protocol::ServerRecord,
-        ) -> ferry::Fields {
+        ) -> Result<ferry::Fields, String> {
             let mut merged = server.fields.clone();
             let (l, s) = (
                 local.fields["title"].as_str().unwrap_or(""),
@@ -747,7 +747,7 @@ async fn a_custom_resolver_decides_rebased_conflicts() {
             if l.len() > s.len() {
                 merged.insert("title".into(), local.fields["title"].clone());
             }
-            merged
+            Ok(merged)
         }
     }
     let server = start_server().await;

@@ -170,8 +170,8 @@ impl FerryDatabase {
         Ok(self.store.status()?.into())
     }
 
-    /// Registers a listener for every committed change (one JSON event per
-    /// transaction, delivered on the core's event thread).
+    /// Registers a listener for every committed change (one call per burst of
+    /// commits, a JSON array of events, delivered on the core's event thread).
     pub fn add_change_listener(&self, listener: Arc<dyn ChangeListener>) -> Arc<ListenerHandle> {
         ListenerHandle::from_core(
             self.store
@@ -195,9 +195,15 @@ impl FerryDatabase {
         Ok(ListenerHandle::from_core(sub))
     }
 
-    /// Blocks until every event committed before this call was delivered.
-    pub fn flush_events(&self) {
-        self.store.flush_events()
+    /// Completes once every event committed before this call was delivered.
+    /// Async, so that a host thread that listeners call back into (the JS thread)
+    /// is never blocked waiting for them.
+    pub async fn flush_events(&self) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.store.when_events_delivered(move || {
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
     }
 }
 

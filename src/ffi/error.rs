@@ -1,82 +1,161 @@
 //! The public error types.
 //!
-//! [`FerryError`] is the one error the host sees: a flat enum whose variant says
-//! what went wrong and whose message is the core's message, unchanged (it names
-//! the collection, column or value). It is built from the core [`crate::Error`]
+//! [`FerryError`] is the one error the host sees: its variant says what went
+//! wrong, its `detail` is the core's message, unchanged (it names the collection,
+//! column or value), and typed fields carry what a host branches on. It is built from the core [`crate::Error`]
 //! by `From`, at the boundary and nowhere else. [`HostError`] is what host
 //! callbacks (token provider, conflict resolver) may throw back into Rust.
 
 use crate::error::Error;
 
 /// Every failure of an FFI call. Kotlin: `FerryException.<Variant>`; Swift:
-/// `FerryError.<variant>`. The message is the core's message.
+/// `FerryError.<variant>`; TS: `FerryError.<Variant>` with `.inner`. Each variant
+/// carries `detail`, the core's message (it names the collection, column or
+/// value), and the typed fields a host branches on: the rejection code, the
+/// conflicting record, the server's status and code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
 pub enum FerryError {
     /// Input that is not valid (an id, a name, a query, a value out of range).
-    #[error("{0}")]
-    InvalidInput(String),
+    #[error("{detail}")]
+    InvalidInput { detail: String },
     /// Input that is not JSON, or not the JSON shape expected.
-    #[error("{0}")]
-    MalformedJson(String),
-    #[error("{0}")]
-    UnknownCollection(String),
-    #[error("{0}")]
-    UnknownColumn(String),
+    #[error("{detail}")]
+    MalformedJson { detail: String },
+    #[error("{detail}")]
+    UnknownCollection { collection: String, detail: String },
+    #[error("{detail}")]
+    UnknownColumn {
+        collection: String,
+        column: String,
+        detail: String,
+    },
     /// A value of the wrong type for its column (including null in a non-null column).
-    #[error("{0}")]
-    WrongType(String),
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
+    #[error("{detail}")]
+    WrongType {
+        collection: String,
+        column: String,
+        detail: String,
+    },
+    /// Over a size limit (`limit`, in bytes or items as `detail` says).
+    #[error("{detail}")]
+    TooLarge { limit: u64, detail: String },
+    #[error("{detail}")]
+    NotFound {
+        collection: String,
+        id: String,
+        detail: String,
+    },
+    #[error("{detail}")]
+    AlreadyExists {
+        collection: String,
+        id: String,
+        detail: String,
+    },
     /// The schema is invalid, or an incompatible change of the stored one.
-    #[error("{0}")]
-    Schema(String),
+    #[error("{detail}")]
+    Schema { detail: String },
     /// The server could not be reached.
-    #[error("{0}")]
-    Offline(String),
-    /// The server refused the credentials, even after a token refresh.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// The server permanently rejected a mutation.
-    #[error("{0}")]
-    Rejected(String),
+    #[error("{detail}")]
+    Offline { detail: String },
+    /// The server refused the credentials, even after a token refresh, or the
+    /// token provider threw `HostError.Unauthorized`.
+    #[error("{detail}")]
+    Unauthorized { detail: String },
+    /// The token provider threw something else; sync retries it with backoff.
+    #[error("{detail}")]
+    TokenUnavailable { detail: String },
+    /// The server permanently rejected a mutation (`code`: the protocol's reject
+    /// code, such as `forbidden` or `invalid`); the write was rolled back.
+    #[error("{detail}")]
+    Rejected { code: String, detail: String },
     /// The server has a newer version of the record.
-    #[error("{0}")]
-    Conflict(String),
-    /// The server answered with an error, or broke the protocol.
-    #[error("{0}")]
-    Server(String),
+    #[error("{detail}")]
+    Conflict {
+        collection: String,
+        id: String,
+        detail: String,
+    },
+    /// The server answered with an error (`status`, its error `code`), or broke
+    /// the protocol (`status` 0, `code` `protocol`).
+    #[error("{detail}")]
+    Server {
+        status: u16,
+        code: String,
+        detail: String,
+    },
     /// A bug or an environment failure (database, I/O, a caught panic).
-    #[error("{0}")]
-    Internal(String),
+    #[error("{detail}")]
+    Internal { detail: String },
+}
+
+impl FerryError {
+    pub(crate) fn internal(detail: impl Into<String>) -> FerryError {
+        FerryError::Internal {
+            detail: detail.into(),
+        }
+    }
 }
 
 impl From<Error> for FerryError {
     fn from(e: Error) -> Self {
-        let m = e.to_string();
+        let detail = e.to_string();
         match e {
-            Error::MalformedJson(_) => FerryError::MalformedJson(m),
+            Error::MalformedJson(_) => FerryError::MalformedJson { detail },
             Error::InvalidInput(_) | Error::InvalidName { .. } | Error::InvalidQuery(_) => {
-                FerryError::InvalidInput(m)
+                FerryError::InvalidInput { detail }
             }
-            Error::UnknownCollection(_) => FerryError::UnknownCollection(m),
-            Error::UnknownColumn { .. } => FerryError::UnknownColumn(m),
-            Error::WrongType { .. } | Error::NullNotAllowed { .. } => FerryError::WrongType(m),
-            Error::TooLarge { .. } => FerryError::TooLarge(m),
-            Error::NotFound { .. } => FerryError::NotFound(m),
-            Error::AlreadyExists { .. } => FerryError::AlreadyExists(m),
-            Error::InvalidSchema(_) | Error::IncompatibleSchema(_) => FerryError::Schema(m),
-            Error::Offline(_) => FerryError::Offline(m),
-            Error::Unauthorized(_) => FerryError::Unauthorized(m),
-            Error::Rejected { .. } => FerryError::Rejected(m),
-            Error::Conflict { .. } => FerryError::Conflict(m),
-            Error::Server { .. } | Error::Protocol(_) => FerryError::Server(m),
+            Error::UnknownCollection(collection) => {
+                FerryError::UnknownCollection { collection, detail }
+            }
+            Error::UnknownColumn { collection, column } => FerryError::UnknownColumn {
+                collection,
+                column,
+                detail,
+            },
+            Error::WrongType {
+                collection, column, ..
+            }
+            | Error::NullNotAllowed { collection, column } => FerryError::WrongType {
+                collection,
+                column,
+                detail,
+            },
+            Error::TooLarge { limit, .. } => FerryError::TooLarge {
+                limit: limit as u64,
+                detail,
+            },
+            Error::NotFound { collection, id } => FerryError::NotFound {
+                collection,
+                id,
+                detail,
+            },
+            Error::AlreadyExists { collection, id } => FerryError::AlreadyExists {
+                collection,
+                id,
+                detail,
+            },
+            Error::InvalidSchema(_) | Error::IncompatibleSchema(_) => FerryError::Schema { detail },
+            Error::Offline(_) => FerryError::Offline { detail },
+            Error::Unauthorized(_) => FerryError::Unauthorized { detail },
+            Error::TokenUnavailable(_) => FerryError::TokenUnavailable { detail },
+            Error::Rejected { code, .. } => FerryError::Rejected { code, detail },
+            Error::Conflict { collection, id } => FerryError::Conflict {
+                collection,
+                id,
+                detail,
+            },
+            Error::Server { status, code, .. } => FerryError::Server {
+                status,
+                code,
+                detail,
+            },
+            Error::Protocol(_) => FerryError::Server {
+                status: 0,
+                code: "protocol".into(),
+                detail,
+            },
             Error::Database(_) | Error::Io(_) | Error::Closed | Error::Internal(_) => {
-                FerryError::Internal(m)
+                FerryError::Internal { detail }
             }
         }
     }
@@ -89,7 +168,7 @@ pub enum HostError {
     /// The host could not reach its auth service; sync treats it as offline.
     #[error("offline: {reason}")]
     Offline { reason: String },
-    /// The host has no valid credentials; sync stops with `auth_failed`.
+    /// The host has no valid credentials; background sync stops with `auth_failed`.
     #[error("unauthorized: {reason}")]
     Unauthorized { reason: String },
     /// Anything else, including an unexpected exception in the callback.

@@ -18,16 +18,17 @@ use super::error::HostError;
 use super::sync::SyncStatus;
 use crate::events::ChangeEvent;
 use crate::store::{Fields, Record};
-use crate::sync::resolver::LocalChangesWin;
 use crate::transport::TransportError;
 
-/// Receives every committed change: one call per transaction, the event as one
-/// JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
-/// "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
-/// `evicted` ids left this device's view but still exist on the server.
+/// Receives every committed change, in bursts: one call per burst of commits (those
+/// made while the previous burst was being delivered), as a JSON array of events
+/// in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
+/// "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
+/// "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
+/// the server. Called on the core's event thread, never under a store lock.
 #[uniffi::export(with_foreign)]
 pub trait ChangeListener: Send + Sync {
-    fn on_change(&self, event_json: String);
+    fn on_changes(&self, events_json: String);
 }
 
 /// Receives the result of an observed query (a JSON array of rows): once at
@@ -43,19 +44,25 @@ pub trait StatusListener: Send + Sync {
     fn on_status(&self, status: SyncStatus);
 }
 
-/// Supplies the bearer token. Called on a blocking thread, so it may block (for
-/// example on a refresh request). `refresh` is true after the server refused the
-/// last token.
+/// Supplies the bearer token. Async: Kotlin `suspend`, Swift `async`, JS a
+/// Promise, so a refresh request never blocks a thread. `refresh` is true after the
+/// server refused the last token. Throw `HostError.Offline` when the auth service
+/// is unreachable and `HostError.Unauthorized` when there are no credentials
+/// (background sync stops until the next explicit sync); anything else the
+/// provider throws is retried with backoff and reported in the status
+/// (`TokenUnavailable`). Local reads and writes never wait for it.
 #[uniffi::export(with_foreign)]
+#[async_trait]
 pub trait TokenProvider: Send + Sync {
-    fn token(&self, refresh: bool) -> Result<String, HostError>;
+    async fn token(&self, refresh: bool) -> Result<String, HostError>;
 }
 
 /// Merges a record changed both locally and on the server. `local_json` is the
 /// local row plus `_changed` (its pending columns); `server_json` is
 /// `{"id","version","fields"}`. Returns the merged fields as a JSON object. If it
-/// throws or returns something that is not an object, the default merge (pending
-/// local columns win) is used and a warning is logged.
+/// throws or returns something that is not an object (or fields that do not fit
+/// the schema), the merge rule of the sync config is used and a warning is logged.
+/// Never called under a store lock, so it may read or write the database.
 #[uniffi::export(with_foreign)]
 pub trait ConflictResolver: Send + Sync {
     fn resolve(
@@ -112,7 +119,12 @@ pub(crate) struct Change(pub Arc<dyn ChangeListener>);
 
 impl crate::events::ChangeListener for Change {
     fn on_change(&self, event: &ChangeEvent) {
-        self.0.on_change(event.to_json())
+        self.0.on_changes(super::to_json(&[event]))
+    }
+
+    fn on_changes(&self, events: &[Arc<ChangeEvent>]) {
+        let events: Vec<&ChangeEvent> = events.iter().map(|e| e.as_ref()).collect();
+        self.0.on_changes(super::to_json(&events))
     }
 }
 
@@ -137,16 +149,10 @@ pub(crate) struct Tokens(pub Arc<dyn TokenProvider>);
 #[async_trait]
 impl crate::transport::TokenProvider for Tokens {
     async fn token(&self, refresh: bool) -> Result<String, TransportError> {
-        let host = self.0.clone();
-        let answer = tokio::task::spawn_blocking(move || host.token(refresh))
-            .await
-            .map_err(|e| TransportError::Unauthorized(format!("token provider failed: {e}")))?;
-        answer.map_err(|e| match e {
+        self.0.token(refresh).await.map_err(|e| match e {
             HostError::Offline { reason } => TransportError::Offline(reason),
             HostError::Unauthorized { reason } => TransportError::Unauthorized(reason),
-            HostError::Failed { reason } => {
-                TransportError::Unauthorized(format!("token provider failed: {reason}"))
-            }
+            HostError::Failed { reason } => TransportError::TokenUnavailable(reason),
         })
     }
 }
@@ -154,24 +160,22 @@ impl crate::transport::TokenProvider for Tokens {
 pub(crate) struct Resolver(pub Arc<dyn ConflictResolver>);
 
 impl crate::sync::ConflictResolver for Resolver {
-    fn resolve(&self, collection: &str, local: &Record, server: &ServerRecord) -> Fields {
+    fn resolve(
+        &self,
+        collection: &str,
+        local: &Record,
+        server: &ServerRecord,
+    ) -> Result<Fields, String> {
         let mut row = local.to_json();
         row["_changed"] = Value::from(local.changed.clone());
         let answer = self
             .0
-            .resolve(collection.into(), row.to_string(), super::to_json(server));
-        match answer.map(|s| serde_json::from_str::<Value>(&s)) {
-            Ok(Ok(Value::Object(fields))) => fields,
-            other => {
-                let why = match other {
-                    Err(e) => e.to_string(),
-                    Ok(Err(e)) => format!("malformed JSON: {e}"),
-                    Ok(Ok(v)) => format!("not a JSON object: {v}"),
-                };
-                tracing::warn!(collection, id = %local.id, error = %why,
-                    "conflict resolver failed; pending local columns win");
-                crate::sync::ConflictResolver::resolve(&LocalChangesWin, collection, local, server)
-            }
+            .resolve(collection.into(), row.to_string(), super::to_json(server))
+            .map_err(|e| e.to_string())?;
+        match serde_json::from_str::<Value>(&answer) {
+            Ok(Value::Object(fields)) => Ok(fields),
+            Ok(v) => Err(format!("not a JSON object: {v}")),
+            Err(e) => Err(format!("malformed JSON: {e}")),
         }
     }
 }

@@ -37,24 +37,32 @@ pub trait Logger: Send + Sync {
 type Line = (LogLevel, String, String);
 
 static HOST: RwLock<Option<Arc<dyn Logger>>> = RwLock::new(None);
-static MAX_LEVEL: AtomicU8 = AtomicU8::new(0);
+/// The most verbose level forwarded, or [`OFF`].
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(OFF);
+const OFF: u8 = u8::MAX;
 static QUEUE: OnceLock<Result<SyncSender<Line>, String>> = OnceLock::new();
 
 /// Lines queued for the host at most; past it new lines are dropped.
 const QUEUE_LINES: usize = 4096;
 
-/// Sends the core's log lines at `level` or more severe to `logger`. The first
-/// call installs the process-wide `tracing` subscriber; it fails with
-/// `InvalidInput` if another one was installed first.
+/// Sends the core's log lines at `level` or more severe to `logger`; `null`
+/// unsets it (nothing is formatted or queued any more, and the old logger is
+/// released). The first call with a logger installs the process-wide `tracing`
+/// subscriber; it fails with `InvalidInput` if another one was installed first.
 #[uniffi::export]
-pub fn set_logger(logger: Arc<dyn Logger>, level: LogLevel) -> Result<(), FerryError> {
+pub fn set_logger(logger: Option<Arc<dyn Logger>>, level: LogLevel) -> Result<(), FerryError> {
+    let Some(logger) = logger else {
+        MAX_LEVEL.store(OFF, Ordering::SeqCst);
+        HOST.write().take();
+        return Ok(());
+    };
     *HOST.write() = Some(logger);
     MAX_LEVEL.store(level as u8, Ordering::SeqCst);
     QUEUE
         .get_or_init(install)
         .clone()
         .map(drop)
-        .map_err(FerryError::InvalidInput)
+        .map_err(|detail| FerryError::InvalidInput { detail })
 }
 
 fn install() -> Result<SyncSender<Line>, String> {
@@ -117,7 +125,8 @@ impl Visit for Text {
 
 impl Subscriber for HostSubscriber {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        level_of(metadata.level()) as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
+        let max = MAX_LEVEL.load(Ordering::Relaxed);
+        max != OFF && level_of(metadata.level()) as u8 <= max
     }
 
     fn register_callsite(&self, _: &'static Metadata<'static>) -> tracing::subscriber::Interest {

@@ -58,7 +58,7 @@ pub(crate) async fn on_runtime<T: Send + 'static>(
     runtime()
         .spawn(fut)
         .await
-        .map_err(|e| FerryError::Internal(format!("internal error: task failed: {e}")))?
+        .map_err(|e| FerryError::internal(format!("internal error: task failed: {e}")))?
         .map_err(FerryError::from)
 }
 

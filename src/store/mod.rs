@@ -607,9 +607,26 @@ impl Store {
         Ok(self.inner.dispatcher.observe(collection, run, listener))
     }
 
-    /// Blocks until every event committed before this call was delivered.
+    /// Blocks until every event committed before this call was delivered. Not
+    /// from a thread a listener may wait for (see [`Self::when_events_delivered`]).
     pub fn flush_events(&self) {
         self.inner.dispatcher.flush();
+    }
+
+    /// Calls `done` (on the event thread) once every event committed before this
+    /// call was delivered; returns at once. The non-blocking flush.
+    pub fn when_events_delivered(&self, done: impl FnOnce() + Send + 'static) {
+        self.inner.dispatcher.after_delivery(Box::new(done));
+    }
+
+    /// Runs `job` on the event thread, in order with the events; of the jobs of
+    /// one `key` queued within one burst only the last runs.
+    pub(crate) fn on_event_thread_latest(
+        &self,
+        key: &'static str,
+        job: impl FnOnce() + Send + 'static,
+    ) {
+        self.inner.dispatcher.run_latest(key, Box::new(job));
     }
 }
 

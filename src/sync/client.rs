@@ -21,9 +21,10 @@ use tokio::sync::{mpsc, watch};
 use super::machine::{Action, Finished, Input, Machine};
 use super::policy;
 use super::push::{self, PushReport};
-use super::resolver::{ConflictResolver, LocalChangesWin};
+use super::rebase::with_merges;
+use super::resolver::{ConflictResolver, MergeRule};
 use super::staging::{self, PublishReport};
-use super::write_modes::{OnlineAnswer, Sent, online_answer};
+use super::write_modes::{OnlineAnswer, Sent, online_answer, out_of_reach};
 use crate::error::{Error, Result};
 use crate::events::{ChangeEvent, ChangeSource, ListenerHandle};
 use crate::store::outbox::Sending;
@@ -68,6 +69,9 @@ pub struct SyncConfig {
     pub max_push_rounds: usize,
     /// Seed of the background schedule's jitter (tests fix it; `None`: random).
     pub seed: Option<u64>,
+    /// The merge of a conflict when no resolver is set, and whenever the app's
+    /// resolver fails or returns fields that do not fit the schema.
+    pub merge_rule: MergeRule,
 }
 
 /// Default [`SyncConfig::push_debounce`].
@@ -82,6 +86,7 @@ impl Default for SyncConfig {
             collections: None,
             max_push_rounds: 1_000,
             seed: None,
+            merge_rule: MergeRule::default(),
         }
     }
 }
@@ -228,7 +233,7 @@ impl SyncClient {
                 store,
                 transport,
                 tokens,
-                resolver: Mutex::new(Arc::new(LocalChangesWin)),
+                resolver: Mutex::new(Arc::new(config.merge_rule)),
                 config,
                 status: Mutex::new(SyncStatus {
                     online: true,
@@ -292,13 +297,25 @@ impl SyncClient {
             .iter()
             .map(|(_, l)| l.clone())
             .collect();
-        for l in listeners {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.on_status(&snapshot)))
-                .is_err()
-            {
-                tracing::error!("a status listener panicked");
-            }
+        if listeners.is_empty() {
+            return;
         }
+        // Delivered on the store's event thread, never on the caller's (a tokio
+        // worker): a slow host listener cannot stall networking, and a burst of
+        // changes reaches it as its latest status.
+        self.inner
+            .store
+            .on_event_thread_latest("sync status", move || {
+                for l in listeners {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        l.on_status(&snapshot)
+                    }))
+                    .is_err()
+                    {
+                        tracing::error!("a status listener panicked");
+                    }
+                }
+            });
     }
 
     /// Outbox counts only: `Store::status` would also count every collection's
@@ -536,9 +553,14 @@ impl SyncClient {
             report.skipped += r.skipped;
         }
         self.update_status(|s| s.phase = SyncPhase::Publishing);
-        let s = store.clone();
-        let resolver = self.inner.resolver.lock().clone();
-        report.published = blocking(move || staging::publish(&s, resolver.as_ref())).await?;
+        let (s, resolver) = (store.clone(), self.inner.resolver.lock().clone());
+        let rule = self.inner.config.merge_rule;
+        report.published = blocking(move || {
+            with_merges(&s, &resolver, rule, staging::publish_candidates, |m| {
+                staging::publish(&s, m)
+            })
+        })
+        .await?;
         Ok(report)
     }
 
@@ -638,12 +660,18 @@ impl SyncClient {
         prepare_next: bool,
     ) -> Result<(PushReport, Option<push::Prepared>)> {
         let (s, resolver) = (self.inner.store.clone(), self.inner.resolver.lock().clone());
-        let max = self.inner.config.push_batch;
+        let (max, rule) = (self.inner.config.push_batch, self.inner.config.merge_rule);
         let done = {
             let b = batch.clone();
             blocking(move || {
                 let next = prepare_next.then(|| (s.client_id(), max));
-                push::apply_results(&s, &b, &resp, resolver.as_ref(), next)
+                with_merges(
+                    &s,
+                    &resolver,
+                    rule,
+                    |s| push::conflict_candidates(s, &b, &resp),
+                    |m| push::apply_results(&s, &b, &resp, m, next),
+                )
             })
             .await
         };
@@ -828,7 +856,7 @@ impl SyncClient {
             .collect();
         let resp = match self.send_push(req).await {
             Ok(r) => r,
-            Err(e @ (Error::Offline(_) | Error::Server { .. })) => {
+            Err(e) if out_of_reach(&e) => {
                 return match fallback {
                     OfflineBehavior::Queue => self.write_local(ops).await,
                     OfflineBehavior::Fail => Err(e),

@@ -10,6 +10,7 @@ pub mod client;
 pub mod machine;
 pub mod policy;
 pub mod push;
+mod rebase;
 pub mod resolver;
 pub mod staging;
 mod write_modes;
@@ -18,5 +19,6 @@ pub use client::{
     OfflineBehavior, SyncClient, SyncConfig, SyncPhase, SyncReport, SyncStatus, WriteMode,
 };
 pub use push::PushReport;
-pub use resolver::{ConflictResolver, LocalChangesWin, ServerWins};
+pub use rebase::MAX_RESOLVE_ROUNDS;
+pub use resolver::{ConflictResolver, MergeRule};
 pub use staging::{PublishReport, StageReport};

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use ferry_protocol::{MutationOutcome, Op, PushRequest, PushResponse, RawFields, ServerRecord};
 use serde::Serialize;
 
-use super::resolver::ConflictResolver;
+use super::rebase::{Candidate, Merger, differing};
 use crate::error::Result;
 use crate::events::ChangeSource;
 use crate::schema::Collection;
@@ -145,12 +145,12 @@ pub(crate) fn apply_results(
     store: &Store,
     batch: &[Sending],
     resp: &PushResponse,
-    resolver: &dyn ConflictResolver,
+    merger: &Merger,
     next: Option<(&str, usize)>,
 ) -> Result<(PushReport, Option<Prepared>)> {
     let mut applying = Applying::new(batch, resp);
     let prepared = store.write_tx(ChangeSource::Remote, |w| {
-        applying.apply_in(w, resolver)?;
+        applying.apply_in(w, merger)?;
         match next {
             Some((client_id, max)) => prepare_in(w, client_id, max, None),
             None => Ok(None),
@@ -166,6 +166,39 @@ pub(crate) fn apply_results(
             Err(e)
         }
     }
+}
+
+/// The records that `conflict` answers of `resp` will merge: what a host
+/// resolver must answer for before they are applied (see [`super::rebase`]).
+pub(crate) fn conflict_candidates(
+    store: &Store,
+    batch: &[Sending],
+    resp: &PushResponse,
+) -> Result<Vec<Candidate>> {
+    let by_id: HashMap<&str, &MutationOutcome> = resp
+        .results
+        .iter()
+        .map(|r| (r.mutation_id.as_str(), &r.outcome))
+        .collect();
+    let mut out = Vec::new();
+    for e in batch.iter().filter(|e| e.op != Op::Delete) {
+        let Some(MutationOutcome::Conflict {
+            server_record: Some(server),
+            ..
+        }) = by_id.get(e.mutation_id.as_str())
+        else {
+            continue;
+        };
+        match store.get(&e.collection, &e.record_id)? {
+            Some(local) if local.status != RecordStatus::Deleted => out.push(Candidate {
+                collection: e.collection.clone(),
+                local,
+                server: server.clone(),
+            }),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// One batch's results on their way into the store.
@@ -191,7 +224,7 @@ impl<'a> Applying<'a> {
     }
 
     /// Everything but the rejections, which roll back in their own transaction.
-    fn apply_in(&mut self, w: &mut Writer<'_, '_>, resolver: &dyn ConflictResolver) -> Result<()> {
+    fn apply_in(&mut self, w: &mut Writer<'_, '_>, merger: &Merger) -> Result<()> {
         let (batch, by_id, report) = (self.batch, &self.by_id, &mut self.report);
         let done = applied_in_bulk(w, batch, by_id)?;
         for e in batch {
@@ -206,7 +239,7 @@ impl<'a> Applying<'a> {
                     report.applied += 1;
                 }
                 Some(MutationOutcome::Conflict { server_record, .. }) => {
-                    conflict(w, c, e, server_record.as_ref(), resolver)?;
+                    conflict(w, c, e, server_record.as_ref(), merger)?;
                     report.conflicts += 1;
                 }
                 Some(MutationOutcome::Rejected { code, message }) => {
@@ -378,7 +411,7 @@ fn conflict(
     c: &Collection,
     e: &Sending,
     server: Option<&ServerRecord>,
-    resolver: &dyn ConflictResolver,
+    merger: &Merger,
 ) -> Result<()> {
     w.remove_entry(e.seq)?;
     let Some(server) = server else {
@@ -397,8 +430,8 @@ fn conflict(
         requeue(w, e, Op::Delete, Default::default(), server.version)?;
         return Ok(());
     }
-    let merged = super::staging::resolved(c, &local, server, resolver);
-    let diff = super::staging::differing(&merged, &server.fields);
+    let merged = merger.resolved(c, &local, server)?;
+    let diff = differing(&merged, &server.fields);
     local.fields = merged;
     local.version = Some(server.version);
     local.updated_at = w.now();

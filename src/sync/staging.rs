@@ -16,14 +16,14 @@
 
 use std::collections::BTreeMap;
 
-use ferry_protocol::{PullPage, ServerRecord};
+use ferry_protocol::PullPage;
 use serde::Serialize;
 
-use super::resolver::ConflictResolver;
+use super::rebase::{Candidate, Merger, needs_merge, rebase_over};
 use crate::error::Result;
 use crate::events::{ChangeSource, MAX_EVENT_ROWS};
 use crate::schema::Collection;
-use crate::store::records::{Fields, Record, RecordStatus, check_fields, normalise};
+use crate::store::records::RecordStatus;
 use crate::store::staging::{PullStart, Removal, Staged};
 use crate::store::{Store, Writer};
 
@@ -109,7 +109,7 @@ pub struct PublishReport {
 }
 
 /// Applies everything staged in one transaction and advances the cursor.
-pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<PublishReport> {
+pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
     store.write_tx(ChangeSource::Remote, |w| {
         let mut report = PublishReport::default();
         let Some(cursor) = w.staged_cursor()? else {
@@ -117,7 +117,7 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
         };
         let schema = w.schema();
         for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
-            report.rebased += rebase_pending(w, c, resolver)?;
+            report.rebased += rebase_pending(w, c, merger)?;
             let staged_rows = collect_events(w, c)?;
             let removed = w.publish_removals(c)?;
             let upserted = if w.can_swap_in(c)? {
@@ -139,13 +139,33 @@ pub(crate) fn publish(store: &Store, resolver: &dyn ConflictResolver) -> Result<
     })
 }
 
+/// The pending records that the next publish will merge with a staged row: what
+/// a host resolver must answer for before it (see [`super::rebase`]).
+pub(crate) fn publish_candidates(store: &Store) -> Result<Vec<Candidate>> {
+    store.simulate(|w| {
+        let mut out = Vec::new();
+        for c in w.schema().collections.iter().filter(|c| !c.is_local_only()) {
+            for id in w.pending_staged_ids(c)? {
+                let (Some(local), Staged::Upsert(server)) = (w.load(c, &id)?, w.staged(c, &id)?)
+                else {
+                    continue;
+                };
+                if needs_merge(&local, &server) {
+                    out.push(Candidate {
+                        collection: c.name.clone(),
+                        local,
+                        server,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Rebases pending local records that the pull also touched, then drops them
 /// from staging so the bulk statements only meet synced rows.
-fn rebase_pending(
-    w: &mut Writer<'_, '_>,
-    c: &Collection,
-    resolver: &dyn ConflictResolver,
-) -> Result<u64> {
+fn rebase_pending(w: &mut Writer<'_, '_>, c: &Collection, merger: &Merger) -> Result<u64> {
     let ids = w.pending_staged_ids(c)?;
     let mut n = 0;
     for id in &ids {
@@ -155,7 +175,7 @@ fn rebase_pending(
                 if local.version.is_some_and(|v| v >= server.version) {
                     // Already based on this version (e.g. our own write's echo).
                 } else {
-                    rebase_over(w, c, local, &server, resolver)?;
+                    rebase_over(w, c, local, &server, merger)?;
                     n += 1;
                 }
             }
@@ -178,89 +198,6 @@ fn rebase_pending(
         w.unstage(c, id)?;
     }
     Ok(n)
-}
-
-/// Puts a pending local record on top of a newer server row.
-///
-/// What then differs from the server is what remains to push. A sent entry is
-/// never rewritten (see [`Writer::rebase_entries_onto`]); the difference queues behind
-/// it. A local create that was already sent is now known to the server (the
-/// pull just brought its row, whether our create made it or not), so it goes on
-/// as an update of that row.
-pub(crate) fn rebase_over(
-    w: &mut Writer<'_, '_>,
-    c: &Collection,
-    mut local: Record,
-    server: &ServerRecord,
-    resolver: &dyn ConflictResolver,
-) -> Result<()> {
-    local.version = Some(server.version);
-    local.updated_at = w.now();
-    let sent_create = local.status == RecordStatus::Created && w.has_entries(&c.name, &local.id)?;
-    if local.status == RecordStatus::Updated || sent_create {
-        let merged = resolved(c, &local, server, resolver);
-        let diff = differing(&merged, &server.fields);
-        local.fields = merged;
-        local.status = RecordStatus::Updated;
-        local.changed = diff.keys().cloned().collect();
-        if !w.rebase_entries_onto(&c.name, &local.id, &diff, server.version)? {
-            local.status = RecordStatus::Synced;
-            local.changed.clear();
-        }
-    } else {
-        if local.status == RecordStatus::Created {
-            local.fields = resolved(c, &local, server, resolver);
-        }
-        w.rebase_entries(&c.name, &local.id, server.version)?;
-    }
-    w.replace_row(c, &local)?;
-    w.set_shadow(&c.name, &local.id, Some(server.version), &server.fields)?;
-    if local.status == RecordStatus::Synced {
-        w.remove_shadow(&c.name, &local.id)?;
-    }
-    if local.status != RecordStatus::Deleted {
-        w.events().upsert(&c.name, &local.id, local.to_json());
-    }
-    Ok(())
-}
-
-/// The fields of `merged` whose value differs from the server's: what is left to push.
-pub(crate) fn differing(merged: &Fields, server: &Fields) -> Fields {
-    merged
-        .iter()
-        .filter(|(k, v)| server.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// The resolver's merge, validated like any write; a merge that does not fit the
-/// schema is logged and the server row is taken instead.
-pub(crate) fn resolved(
-    c: &Collection,
-    local: &Record,
-    server: &ServerRecord,
-    resolver: &dyn ConflictResolver,
-) -> Fields {
-    let mut merged: Fields = resolver
-        .resolve(&c.name, local, server)
-        .into_iter()
-        .filter(|(k, _)| c.column(k).is_some())
-        .collect();
-    for (k, v) in &local.fields {
-        merged
-            .entry(k.clone())
-            .or_insert_with(|| server.fields.get(k).unwrap_or(v).clone());
-    }
-    normalise(c, &mut merged);
-    match check_fields(c, &merged) {
-        Ok(()) => merged,
-        Err(e) => {
-            tracing::warn!(collection = %c.name, id = %local.id, error = %e, "conflict resolver returned invalid fields; taking the server's row");
-            let mut f = server.fields.clone();
-            normalise(c, &mut f);
-            f
-        }
-    }
 }
 
 /// Adds the rows this publish will change to the event (or marks a reload);

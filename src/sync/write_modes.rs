@@ -28,6 +28,17 @@ pub(crate) struct OnlineAnswer {
     pub failure: Option<Error>,
 }
 
+/// Whether a failed send of an `online` write means the server is out of reach
+/// for it, so that the write's offline behaviour applies (queue it, or fail with
+/// this error): no answer, an error answer, or no token to send it with. A 401
+/// after a refresh, or a broken answer, fails the write whatever it asked.
+pub(crate) fn out_of_reach(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Offline(_) | Error::Server { .. } | Error::TokenUnavailable(_)
+    )
+}
+
 /// Reads the answer to `sent`, matching results by mutation id.
 pub(crate) fn online_answer(sent: &[Sent], resp: &PushResponse) -> OnlineAnswer {
     let by_id: HashMap<&str, &MutationOutcome> = resp
@@ -70,6 +81,20 @@ mod tests {
     use ferry_protocol::{MutationResult, RejectCode};
 
     use super::*;
+
+    #[test]
+    fn only_an_unreachable_server_or_a_missing_token_is_out_of_reach() {
+        let server = Error::Server {
+            status: 503,
+            code: "unavailable".into(),
+            message: String::new(),
+        };
+        assert!(out_of_reach(&Error::Offline("down".into())));
+        assert!(out_of_reach(&server));
+        assert!(out_of_reach(&Error::TokenUnavailable("keychain".into())));
+        assert!(!out_of_reach(&Error::Unauthorized("expired".into())));
+        assert!(!out_of_reach(&Error::Protocol("bad json".into())));
+    }
 
     fn sent(id: &str) -> Sent {
         Sent {

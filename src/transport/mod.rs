@@ -24,6 +24,10 @@ pub enum TransportError {
     /// 401: the token is missing, wrong or expired.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The token provider could not give a token (see
+    /// [`crate::Error::TokenUnavailable`]).
+    #[error("no token: {0}")]
+    TokenUnavailable(String),
     /// Any other error answer from the server.
     #[error("server error {status} ({code}): {message}")]
     Server {
@@ -40,7 +44,7 @@ impl TransportError {
     /// Worth retrying later with backoff (network trouble, 5xx, 429).
     pub fn is_transient(&self) -> bool {
         match self {
-            TransportError::Offline(_) => true,
+            TransportError::Offline(_) | TransportError::TokenUnavailable(_) => true,
             TransportError::Server { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -52,6 +56,7 @@ impl From<TransportError> for crate::Error {
         match e {
             TransportError::Offline(m) => crate::Error::Offline(m),
             TransportError::Unauthorized(m) => crate::Error::Unauthorized(m),
+            TransportError::TokenUnavailable(m) => crate::Error::TokenUnavailable(m),
             TransportError::Server {
                 status,
                 code,
@@ -87,6 +92,12 @@ pub trait Transport: Send + Sync {
 }
 
 /// Supplies bearer tokens. On a 401 the engine asks once for a refreshed token.
+///
+/// What a failure means is the error it returns: `Offline` (the auth service is
+/// unreachable) and `TokenUnavailable` (anything else) are retried with backoff
+/// and reported in the status; `Unauthorized` (no credentials) stops background
+/// sync until the next explicit sync, like a 401 after a refresh. Local reads and
+/// writes never wait for a token.
 #[async_trait]
 pub trait TokenProvider: Send + Sync {
     /// The current token; `refresh` is true after the server refused the last one.

@@ -48,7 +48,7 @@ class DatabaseTest {
                         {"op":"put","collection":"projects","fields":{"id":"p","name":"P"}},
                         {"op":"delete","collection":"tasks","id":"a"}]""",
                 )
-                db.flushEvents()
+                db.flush()
                 assertEquals(1, events.seen.size)
                 val ev = events.seen[0]
                 assertTrue(ev, ev.startsWith("{\"source\":\"local\""))
@@ -74,7 +74,8 @@ class DatabaseTest {
         openTasks("errors").use { db ->
             assertThrows(FerryException.MalformedJson::class.java) { db.put("tasks", "{not json") }
             val unknown = assertThrows(FerryException.UnknownCollection::class.java) { db.put("nope", "{}") }
-            assertEquals("unknown collection `nope`", unknown.message)
+            assertEquals("nope", unknown.collection)
+            assertEquals("unknown collection `nope`", unknown.detail)
             val wrong = assertThrows(FerryException.WrongType::class.java) {
                 db.put("tasks", """{"id":"x","priority":"high"}""")
             }
@@ -109,16 +110,16 @@ class DatabaseTest {
         openTasks("observe").use { db ->
             val results = Results()
             val handle = db.observe("tasks", """{"where":{"column":"done","op":"eq","value":false}}""", results)
-            db.flushEvents()
+            db.flush()
             assertEquals(listOf("[]"), results.seen.toList())
             db.put("tasks", """[{"id":"o1"},{"id":"o2","done":true}]""")
-            db.flushEvents()
+            db.flush()
             assertEquals(2, results.seen.size)
             assertEquals(1, rowCount(results.seen.last()))
             handle.cancel()
             assertFalse(handle.isActive())
             db.put("tasks", """{"id":"o3"}""")
-            db.flushEvents()
+            db.flush()
             assertEquals("no result after cancel", 2, results.seen.size)
             handle.cancel() // idempotent
         }
@@ -128,9 +129,9 @@ class DatabaseTest {
     fun closingTheHandleUnsubscribes() {
         openTasks("close-handle").use { db ->
             val events = Events()
-            db.addChangeListener(events).use { db.put("tasks", """{"id":"e1"}""") ; db.flushEvents() }
+            db.addChangeListener(events).use { db.put("tasks", """{"id":"e1"}""") ; db.flush() }
             db.put("tasks", """{"id":"e2"}""")
-            db.flushEvents()
+            db.flush()
             assertEquals(1, events.seen.size)
         }
     }
@@ -140,8 +141,8 @@ class DatabaseTest {
         openTasks("throwing").use { db ->
             val calls = java.util.concurrent.atomic.AtomicInteger()
             val thrower = object : ChangeListener {
-                override fun onChange(eventJson: String) {
-                    calls.incrementAndGet()
+                override fun onChanges(eventsJson: String) {
+                    calls.addAndGet(splitEvents(eventsJson).size)
                     throw IllegalStateException("listener bug")
                 }
             }
@@ -153,7 +154,7 @@ class DatabaseTest {
             val h2 = db.observe("tasks", "{}", throwingQuery)
             val h3 = db.addChangeListener(good)
             for (i in 1..3) db.put("tasks", """{"id":"x$i"}""")
-            db.flushEvents()
+            db.flush()
             assertEquals(3, calls.get())
             assertEquals(3, good.seen.size)
             assertEquals(3uL, db.count("tasks", "{}"))
@@ -171,7 +172,7 @@ class DatabaseTest {
             db.addChangeListener(events).use {
                 val json = (0 until 1000).joinToString(",", "[", "]") { """{"id":"r$it","title":"row $it","priority":$it}""" }
                 assertEquals(1000, rowCount(db.put("tasks", json)))
-                db.flushEvents()
+                db.flush()
                 assertEquals(1, events.seen.size)
                 assertEquals(1000, rowCount(events.seen[0]))
                 assertEquals(1000, rowCount(db.query("tasks", "{}")))

@@ -51,16 +51,19 @@ object Fixtures {
 }
 
 class StaticTokens(private val value: String) : TokenProvider {
-    override fun token(refresh: Boolean): String = value
+    override suspend fun token(refresh: Boolean): String = value
 }
 
-/** Records every event JSON; `await` waits for one matching a predicate. */
+/** Records every event JSON (split out of the bursts the core delivers); `await`
+ *  waits for one matching a predicate. */
 class Events : ChangeListener {
     val seen = CopyOnWriteArrayList<String>()
+    val bursts = CopyOnWriteArrayList<String>()
     private val lock = Object()
 
-    override fun onChange(eventJson: String) {
-        seen.add(eventJson)
+    override fun onChanges(eventsJson: String) {
+        bursts.add(eventsJson)
+        seen.addAll(splitEvents(eventsJson))
         synchronized(lock) { lock.notifyAll() }
     }
 
@@ -87,3 +90,29 @@ class Results : QueryListener {
 
 /** Counts `"id":` occurrences: the number of rows in a JSON array of rows. */
 fun rowCount(json: String): Int = Regex("\"id\":").findAll(json).count()
+
+/** The top-level objects of a JSON array, as strings (the events of one burst). */
+fun splitEvents(json: String): List<String> {
+    val out = mutableListOf<String>()
+    var depth = 0
+    var start = -1
+    var inString = false
+    var escaped = false
+    for ((i, ch) in json.withIndex()) {
+        if (inString) {
+            if (escaped) escaped = false
+            else if (ch == '\\') escaped = true
+            else if (ch == '"') inString = false
+            continue
+        }
+        when (ch) {
+            '"' -> inString = true
+            '{' -> { if (depth == 0) start = i; depth++ }
+            '}' -> { depth--; if (depth == 0) out.add(json.substring(start, i + 1)) }
+        }
+    }
+    return out
+}
+
+/** Waits (without blocking a listener thread) until every event committed so far was delivered. */
+fun FerryDatabase.flush() = kotlinx.coroutines.runBlocking { flushEvents() }

@@ -20,10 +20,10 @@ class LoggerTest {
         openTasks("logger").use { db ->
             // A panicking listener is logged at error level by the core.
             db.addChangeListener(object : ChangeListener {
-                override fun onChange(eventJson: String) = throw IllegalStateException("boom")
+                override fun onChanges(eventsJson: String) = throw IllegalStateException("boom")
             }).use {
                 db.put("tasks", """{"id":"l1"}""")
-                db.flushEvents()
+                db.flush()
             }
             val deadline = System.currentTimeMillis() + 5_000
             while (lines.none { it.contains("change listener panicked") } && System.currentTimeMillis() < deadline) {

@@ -44,7 +44,7 @@ class SyncTest {
                 val e = assertThrows(FerryException.Offline::class.java) {
                     runBlocking { c.write("[${create(f, "x")}]", WriteMode.Online(OfflineBehavior.FAIL)) }
                 }
-                assertTrue(e.message!!.startsWith("offline"))
+                assertTrue(e.detail, e.detail.startsWith("offline"))
                 assertNull(db.get("tasks", f))
                 val q = uid("queue")
                 c.write("[${create(q, "queued")}]", WriteMode.Online(OfflineBehavior.QUEUE))
@@ -115,7 +115,8 @@ class SyncTest {
                 val e = assertThrows(FerryException.Rejected::class.java) {
                     runBlocking { c.write("[${create(bad2, "nope", ",\"priority\":\"high\"")}]", WriteMode.Optimistic) }
                 }
-                assertTrue(e.message!!, e.message!!.startsWith("rejected by the server"))
+                assertEquals("invalid_record", e.code)
+                assertTrue(e.detail, e.detail.startsWith("rejected by the server"))
                 assertNull(db.get("tasks", bad2))
             }
         }
@@ -154,7 +155,7 @@ class SyncTest {
             }
             val refreshes = java.util.concurrent.atomic.AtomicInteger()
             val refreshing = object : TokenProvider {
-                override fun token(refresh: Boolean): String {
+                override suspend fun token(refresh: Boolean): String {
                     if (refresh) refreshes.incrementAndGet()
                     return if (refresh) Fixtures.ALICE else "expired"
                 }
@@ -164,14 +165,16 @@ class SyncTest {
                 assertEquals(1, refreshes.get())
             }
             val throwing = object : TokenProvider {
-                override fun token(refresh: Boolean): String = throw IllegalStateException("keychain locked")
+                override suspend fun token(refresh: Boolean): String = throw IllegalStateException("keychain locked")
             }
             FerrySyncClient(db, Fixtures.serverUrl(), throwing, SyncConfig()).use { c ->
-                val e = assertThrows(FerryException.Unauthorized::class.java) { runBlocking { c.sync() } }
+                // Retried with backoff, not a stop: no auth failure.
+                val e = assertThrows(FerryException.TokenUnavailable::class.java) { runBlocking { c.sync() } }
                 assertTrue(e.message!!, e.message!!.contains("keychain locked"))
+                assertFalse(c.status().authFailed)
             }
             val offline = object : TokenProvider {
-                override fun token(refresh: Boolean): String = throw HostException.Offline("no network for auth")
+                override suspend fun token(refresh: Boolean): String = throw HostException.Offline("no network for auth")
             }
             FerrySyncClient(db, Fixtures.serverUrl(), offline, SyncConfig()).use { c ->
                 assertThrows(FerryException.Offline::class.java) { runBlocking { c.sync() } }

@@ -425,6 +425,22 @@ private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterUInt16: FfiConverterPrimitive {
+    typealias FfiType = UInt16
+    typealias SwiftType = UInt16
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt16 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
     typealias FfiType = UInt32
     typealias SwiftType = UInt32
@@ -544,21 +560,25 @@ fileprivate struct FfiConverterString: FfiConverter {
 
 
 /**
- * Receives every committed change: one call per transaction, the event as one
- * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
- * `evicted` ids left this device's view but still exist on the server.
+ * Receives every committed change, in bursts: one call per burst of commits (those
+ * made while the previous burst was being delivered), as a JSON array of events
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
+ * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
+ * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
+ * the server. Called on the core's event thread, never under a store lock.
  */
 public protocol ChangeListener: AnyObject, Sendable {
     
-    func onChange(eventJson: String) 
+    func onChanges(eventsJson: String) 
     
 }
 /**
- * Receives every committed change: one call per transaction, the event as one
- * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
- * `evicted` ids left this device's view but still exist on the server.
+ * Receives every committed change, in bursts: one call per burst of commits (those
+ * made while the previous burst was being delivered), as a JSON array of events
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
+ * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
+ * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
+ * the server. Called on the core's event thread, never under a store lock.
  */
 open class ChangeListenerImpl: ChangeListener, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -613,10 +633,10 @@ open class ChangeListenerImpl: ChangeListener, @unchecked Sendable {
     
 
     
-open func onChange(eventJson: String)  {try! rustCall() {
-    uniffi_ferry_fn_method_changelistener_on_change(
+open func onChanges(eventsJson: String)  {try! rustCall() {
+    uniffi_ferry_fn_method_changelistener_on_changes(
             self.uniffiCloneHandle(),
-        FfiConverterString.lower(eventJson),$0
+        FfiConverterString.lower(eventsJson),$0
     )
 }
 }
@@ -649,9 +669,9 @@ fileprivate struct UniffiCallbackInterfaceChangeListener {
                 fatalError("Uniffi callback interface ChangeListener: handle missing in uniffiClone")
             }
         },
-        onChange: { (
+        onChanges: { (
             uniffiHandle: UInt64,
-            eventJson: RustBuffer,
+            eventsJson: RustBuffer,
             uniffiOutReturn: UnsafeMutableRawPointer,
             uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
         ) in
@@ -660,8 +680,8 @@ fileprivate struct UniffiCallbackInterfaceChangeListener {
                 guard let uniffiObj = try? FfiConverterTypeChangeListener.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onChange(
-                     eventJson: try FfiConverterString.lift(eventJson)
+                return uniffiObj.onChanges(
+                     eventsJson: try FfiConverterString.lift(eventsJson)
                 )
             }
 
@@ -756,8 +776,9 @@ public func FfiConverterTypeChangeListener_lower(_ value: ChangeListener) -> UIn
  * Merges a record changed both locally and on the server. `local_json` is the
  * local row plus `_changed` (its pending columns); `server_json` is
  * `{"id","version","fields"}`. Returns the merged fields as a JSON object. If it
- * throws or returns something that is not an object, the default merge (pending
- * local columns win) is used and a warning is logged.
+ * throws or returns something that is not an object (or fields that do not fit
+ * the schema), the merge rule of the sync config is used and a warning is logged.
+ * Never called under a store lock, so it may read or write the database.
  */
 public protocol ConflictResolver: AnyObject, Sendable {
     
@@ -768,8 +789,9 @@ public protocol ConflictResolver: AnyObject, Sendable {
  * Merges a record changed both locally and on the server. `local_json` is the
  * local row plus `_changed` (its pending columns); `server_json` is
  * `{"id","version","fields"}`. Returns the merged fields as a JSON object. If it
- * throws or returns something that is not an object, the default merge (pending
- * local columns win) is used and a warning is logged.
+ * throws or returns something that is not an object (or fields that do not fit
+ * the schema), the merge rule of the sync config is used and a warning is logged.
+ * Never called under a store lock, so it may read or write the database.
  */
 open class ConflictResolverImpl: ConflictResolver, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -977,8 +999,8 @@ public func FfiConverterTypeConflictResolver_lower(_ value: ConflictResolver) ->
 public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     
     /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
+     * Registers a listener for every committed change (one call per burst of
+     * commits, a JSON array of events, delivered on the core's event thread).
      */
     func addChangeListener(listener: ChangeListener)  -> ListenerHandle
     
@@ -1007,9 +1029,11 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     func discardQuarantined(mutationId: String) throws 
     
     /**
-     * Blocks until every event committed before this call was delivered.
+     * Completes once every event committed before this call was delivered.
+     * Async, so that a host thread that listeners call back into (the JS thread)
+     * is never blocked waiting for them.
      */
-    func flushEvents() 
+    func flushEvents() async 
     
     /**
      * The row with `id` as JSON, or null if absent or deleted.
@@ -1151,8 +1175,8 @@ public static func openExisting(path: String)throws  -> FerryDatabase  {
 
     
     /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
+     * Registers a listener for every committed change (one call per burst of
+     * commits, a JSON array of events, delivered on the core's event thread).
      */
 open func addChangeListener(listener: ChangeListener) -> ListenerHandle  {
     return try!  FfiConverterTypeListenerHandle_lift(try! rustCall() {
@@ -1229,13 +1253,26 @@ open func discardQuarantined(mutationId: String)throws   {try rustCallWithError(
 }
     
     /**
-     * Blocks until every event committed before this call was delivered.
+     * Completes once every event committed before this call was delivered.
+     * Async, so that a host thread that listeners call back into (the JS thread)
+     * is never blocked waiting for them.
      */
-open func flushEvents()  {try! rustCall() {
-    uniffi_ferry_fn_method_ferrydatabase_flush_events(
-            self.uniffiCloneHandle(),$0
-    )
-}
+open func flushEvents()async   {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_fn_method_ferrydatabase_flush_events(
+                    self.uniffiCloneHandle()
+                    
+                )
+            },
+            pollFunc: ffi_ferry_rust_future_poll_void,
+            completeFunc: ffi_ferry_rust_future_complete_void,
+            freeFunc: ffi_ferry_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: nil
+            
+        )
 }
     
     /**
@@ -2493,19 +2530,27 @@ public func FfiConverterTypeStatusListener_lower(_ value: StatusListener) -> UIn
 
 
 /**
- * Supplies the bearer token. Called on a blocking thread, so it may block (for
- * example on a refresh request). `refresh` is true after the server refused the
- * last token.
+ * Supplies the bearer token. Async: Kotlin `suspend`, Swift `async`, JS a
+ * Promise, so a refresh request never blocks a thread. `refresh` is true after the
+ * server refused the last token. Throw `HostError.Offline` when the auth service
+ * is unreachable and `HostError.Unauthorized` when there are no credentials
+ * (background sync stops until the next explicit sync); anything else the
+ * provider throws is retried with backoff and reported in the status
+ * (`TokenUnavailable`). Local reads and writes never wait for it.
  */
 public protocol TokenProvider: AnyObject, Sendable {
     
-    func token(refresh: Bool) throws  -> String
+    func token(refresh: Bool) async throws  -> String
     
 }
 /**
- * Supplies the bearer token. Called on a blocking thread, so it may block (for
- * example on a refresh request). `refresh` is true after the server refused the
- * last token.
+ * Supplies the bearer token. Async: Kotlin `suspend`, Swift `async`, JS a
+ * Promise, so a refresh request never blocks a thread. `refresh` is true after the
+ * server refused the last token. Throw `HostError.Offline` when the auth service
+ * is unreachable and `HostError.Unauthorized` when there are no credentials
+ * (background sync stops until the next explicit sync); anything else the
+ * provider throws is retried with backoff and reported in the status
+ * (`TokenUnavailable`). Local reads and writes never wait for it.
  */
 open class TokenProviderImpl: TokenProvider, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -2560,13 +2605,21 @@ open class TokenProviderImpl: TokenProvider, @unchecked Sendable {
     
 
     
-open func token(refresh: Bool)throws  -> String  {
-    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeHostError_lift) {
-    uniffi_ferry_fn_method_tokenprovider_token(
-            self.uniffiCloneHandle(),
-        FfiConverterBool.lower(refresh),$0
-    )
-})
+open func token(refresh: Bool)async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_fn_method_tokenprovider_token(
+                    self.uniffiCloneHandle(),
+                    FfiConverterBool.lower(refresh)
+                )
+            },
+            pollFunc: ffi_ferry_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeHostError_lift
+        )
 }
     
 
@@ -2600,26 +2653,44 @@ fileprivate struct UniffiCallbackInterfaceTokenProvider {
         token: { (
             uniffiHandle: UInt64,
             refresh: Int8,
-            uniffiOutReturn: UnsafeMutablePointer<RustBuffer>,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+            uniffiFutureCallback: @escaping UniffiForeignFutureCompleteRustBuffer,
+            uniffiCallbackData: UInt64,
+            uniffiOutDroppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
         ) in
             let makeCall = {
-                () throws -> String in
+                () async throws -> String in
                 guard let uniffiObj = try? FfiConverterTypeTokenProvider.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return try uniffiObj.token(
+                return try await uniffiObj.token(
                      refresh: try FfiConverterBool.lift(refresh)
                 )
             }
 
-            
-            let writeReturn = { uniffiOutReturn.pointee = FfiConverterString.lower($0) }
-            uniffiTraitInterfaceCallWithError(
-                callStatus: uniffiCallStatus,
+            let uniffiHandleSuccess = { (returnValue: String) in
+                uniffiFutureCallback(
+                    uniffiCallbackData,
+                    UniffiForeignFutureResultRustBuffer(
+                        returnValue: FfiConverterString.lower(returnValue),
+                        callStatus: RustCallStatus()
+                    )
+                )
+            }
+            let uniffiHandleError = { (statusCode, errorBuf) in
+                uniffiFutureCallback(
+                    uniffiCallbackData,
+                    UniffiForeignFutureResultRustBuffer(
+                        returnValue: RustBuffer.empty(),
+                        callStatus: RustCallStatus(code: statusCode, errorBuf: errorBuf)
+                    )
+                )
+            }
+            uniffiTraitInterfaceCallAsyncWithError(
                 makeCall: makeCall,
-                writeReturn: writeReturn,
-                lowerError: FfiConverterTypeHostError_lower
+                handleSuccess: uniffiHandleSuccess,
+                handleError: uniffiHandleError,
+                lowerError: FfiConverterTypeHostError_lower,
+                droppedCallback: uniffiOutDroppedCallback
             )
         }
     )
@@ -3142,7 +3213,10 @@ public func FfiConverterTypeSyncStatus_lower(_ value: SyncStatus) -> RustBuffer 
 
 /**
  * Every failure of an FFI call. Kotlin: `FerryException.<Variant>`; Swift:
- * `FerryError.<variant>`. The message is the core's message.
+ * `FerryError.<variant>`; TS: `FerryError.<Variant>` with `.inner`. Each variant
+ * carries `detail`, the core's message (it names the collection, column or
+ * value), and the typed fields a host branches on: the rejection code, the
+ * conflicting record, the server's status and code.
  */
 public enum FerryError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
 
@@ -3151,63 +3225,74 @@ public enum FerryError: Swift.Error, Equatable, Hashable, Foundation.LocalizedEr
     /**
      * Input that is not valid (an id, a name, a query, a value out of range).
      */
-    case InvalidInput(message: String)
-    
+    case InvalidInput(detail: String
+    )
     /**
      * Input that is not JSON, or not the JSON shape expected.
      */
-    case MalformedJson(message: String)
-    
-    case UnknownCollection(message: String)
-    
-    case UnknownColumn(message: String)
-    
+    case MalformedJson(detail: String
+    )
+    case UnknownCollection(collection: String, detail: String
+    )
+    case UnknownColumn(collection: String, column: String, detail: String
+    )
     /**
      * A value of the wrong type for its column (including null in a non-null column).
      */
-    case WrongType(message: String)
-    
-    case TooLarge(message: String)
-    
-    case NotFound(message: String)
-    
-    case AlreadyExists(message: String)
-    
+    case WrongType(collection: String, column: String, detail: String
+    )
+    /**
+     * Over a size limit (`limit`, in bytes or items as `detail` says).
+     */
+    case TooLarge(limit: UInt64, detail: String
+    )
+    case NotFound(collection: String, id: String, detail: String
+    )
+    case AlreadyExists(collection: String, id: String, detail: String
+    )
     /**
      * The schema is invalid, or an incompatible change of the stored one.
      */
-    case Schema(message: String)
-    
+    case Schema(detail: String
+    )
     /**
      * The server could not be reached.
      */
-    case Offline(message: String)
-    
+    case Offline(detail: String
+    )
     /**
-     * The server refused the credentials, even after a token refresh.
+     * The server refused the credentials, even after a token refresh, or the
+     * token provider threw `HostError.Unauthorized`.
      */
-    case Unauthorized(message: String)
-    
+    case Unauthorized(detail: String
+    )
     /**
-     * The server permanently rejected a mutation.
+     * The token provider threw something else; sync retries it with backoff.
      */
-    case Rejected(message: String)
-    
+    case TokenUnavailable(detail: String
+    )
+    /**
+     * The server permanently rejected a mutation (`code`: the protocol's reject
+     * code, such as `forbidden` or `invalid`); the write was rolled back.
+     */
+    case Rejected(code: String, detail: String
+    )
     /**
      * The server has a newer version of the record.
      */
-    case Conflict(message: String)
-    
+    case Conflict(collection: String, id: String, detail: String
+    )
     /**
-     * The server answered with an error, or broke the protocol.
+     * The server answered with an error (`status`, its error `code`), or broke
+     * the protocol (`status` 0, `code` `protocol`).
      */
-    case Server(message: String)
-    
+    case Server(status: UInt16, code: String, detail: String
+    )
     /**
      * A bug or an environment failure (database, I/O, a caught panic).
      */
-    case Internal(message: String)
-    
+    case Internal(detail: String
+    )
 
     
 
@@ -3238,67 +3323,70 @@ public struct FfiConverterTypeFerryError: FfiConverterRustBuffer {
 
         
         case 1: return .InvalidInput(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 2: return .MalformedJson(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 3: return .UnknownCollection(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 4: return .UnknownColumn(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            column: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 5: return .WrongType(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            column: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 6: return .TooLarge(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            limit: try FfiConverterUInt64.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 7: return .NotFound(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 8: return .AlreadyExists(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 9: return .Schema(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 10: return .Offline(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            detail: try FfiConverterString.read(from: &buf)
+            )
         case 11: return .Unauthorized(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 12: return .Rejected(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 13: return .Conflict(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 14: return .Server(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
-        case 15: return .Internal(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 12: return .TokenUnavailable(
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 13: return .Rejected(
+            code: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 14: return .Conflict(
+            collection: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 15: return .Server(
+            status: try FfiConverterUInt16.read(from: &buf), 
+            code: try FfiConverterString.read(from: &buf), 
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 16: return .Internal(
+            detail: try FfiConverterString.read(from: &buf)
+            )
 
-        default: throw UniffiInternalError.unexpectedEnumCase
+         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
 
@@ -3308,38 +3396,101 @@ public struct FfiConverterTypeFerryError: FfiConverterRustBuffer {
         
 
         
-        case .InvalidInput(_ /* message is ignored*/):
-            writeInt(&buf, Int32(1))
-        case .MalformedJson(_ /* message is ignored*/):
-            writeInt(&buf, Int32(2))
-        case .UnknownCollection(_ /* message is ignored*/):
-            writeInt(&buf, Int32(3))
-        case .UnknownColumn(_ /* message is ignored*/):
-            writeInt(&buf, Int32(4))
-        case .WrongType(_ /* message is ignored*/):
-            writeInt(&buf, Int32(5))
-        case .TooLarge(_ /* message is ignored*/):
-            writeInt(&buf, Int32(6))
-        case .NotFound(_ /* message is ignored*/):
-            writeInt(&buf, Int32(7))
-        case .AlreadyExists(_ /* message is ignored*/):
-            writeInt(&buf, Int32(8))
-        case .Schema(_ /* message is ignored*/):
-            writeInt(&buf, Int32(9))
-        case .Offline(_ /* message is ignored*/):
-            writeInt(&buf, Int32(10))
-        case .Unauthorized(_ /* message is ignored*/):
-            writeInt(&buf, Int32(11))
-        case .Rejected(_ /* message is ignored*/):
-            writeInt(&buf, Int32(12))
-        case .Conflict(_ /* message is ignored*/):
-            writeInt(&buf, Int32(13))
-        case .Server(_ /* message is ignored*/):
-            writeInt(&buf, Int32(14))
-        case .Internal(_ /* message is ignored*/):
-            writeInt(&buf, Int32(15))
-
         
+        case let .InvalidInput(detail):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .MalformedJson(detail):
+            writeInt(&buf, Int32(2))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .UnknownCollection(collection,detail):
+            writeInt(&buf, Int32(3))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .UnknownColumn(collection,column,detail):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(column, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .WrongType(collection,column,detail):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(column, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .TooLarge(limit,detail):
+            writeInt(&buf, Int32(6))
+            FfiConverterUInt64.write(limit, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .NotFound(collection,id,detail):
+            writeInt(&buf, Int32(7))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .AlreadyExists(collection,id,detail):
+            writeInt(&buf, Int32(8))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Schema(detail):
+            writeInt(&buf, Int32(9))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Offline(detail):
+            writeInt(&buf, Int32(10))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Unauthorized(detail):
+            writeInt(&buf, Int32(11))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .TokenUnavailable(detail):
+            writeInt(&buf, Int32(12))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Rejected(code,detail):
+            writeInt(&buf, Int32(13))
+            FfiConverterString.write(code, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Conflict(collection,id,detail):
+            writeInt(&buf, Int32(14))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Server(status,code,detail):
+            writeInt(&buf, Int32(15))
+            FfiConverterUInt16.write(status, into: &buf)
+            FfiConverterString.write(code, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Internal(detail):
+            writeInt(&buf, Int32(16))
+            FfiConverterString.write(detail, into: &buf)
+            
         }
     }
 }
@@ -3374,7 +3525,7 @@ public enum HostError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErr
     case Offline(reason: String
     )
     /**
-     * The host has no valid credentials; sync stops with `auth_failed`.
+     * The host has no valid credentials; background sync stops with `auth_failed`.
      */
     case Unauthorized(reason: String
     )
@@ -3896,6 +4047,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeLogger: FfiConverterRustBuffer {
+    typealias SwiftType = Logger?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeLogger.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeLogger.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]?
 
@@ -4040,14 +4215,105 @@ fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: In
         print("uniffiFutureContinuationCallback invalid handle")
     }
 }
+private func uniffiTraitInterfaceCallAsync<T>(
+    makeCall: @escaping () async throws -> T,
+    handleSuccess: @escaping (T) -> (),
+    handleError: @escaping (Int8, RustBuffer) -> (),
+    droppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+) {
+    let task = Task {
+        // Note: it's important we call either `handleSuccess` or `handleError` exactly once.  Each
+        // call consumes an Arc reference, which means there should be no possibility of a double
+        // call.  The following code is structured so that will will never call both `handleSuccess`
+        // and `handleError`, even in the face of weird errors.
+        //
+        // On platforms that need extra machinery to make C-ABI calls, like JNA or ctypes, it's
+        // possible that we fail to make either call.  However, it doesn't seem like this is
+        // possible on Swift since swift can just make the C call directly.
+        var callResult: T
+        do {
+            callResult = try await makeCall()
+        } catch {
+            handleError(CALL_UNEXPECTED_ERROR, FfiConverterString.lower(String(describing: error)))
+            return
+        }
+        handleSuccess(callResult)
+    }
+    let handle = UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.insert(obj: task)
+    droppedCallback.pointee = UniffiForeignFutureDroppedCallbackStruct(
+        handle: handle,
+        free: uniffiForeignFutureDroppedCallback
+    )
+}
+
+private func uniffiTraitInterfaceCallAsyncWithError<T, E>(
+    makeCall: @escaping () async throws -> T,
+    handleSuccess: @escaping (T) -> (),
+    handleError: @escaping (Int8, RustBuffer) -> (),
+    lowerError: @escaping (E) -> RustBuffer,
+    droppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+) {
+    let task = Task {
+        // See the note in uniffiTraitInterfaceCallAsync for details on `handleSuccess` and
+        // `handleError`.
+        var callResult: T
+        do {
+            callResult = try await makeCall()
+        } catch let error as E {
+            handleError(CALL_ERROR, lowerError(error))
+            return
+        } catch {
+            handleError(CALL_UNEXPECTED_ERROR, FfiConverterString.lower(String(describing: error)))
+            return
+        }
+        handleSuccess(callResult)
+    }
+    let handle = UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.insert(obj: task)
+    droppedCallback.pointee = UniffiForeignFutureDroppedCallbackStruct(
+        handle: handle,
+        free: uniffiForeignFutureDroppedCallback
+    )
+}
+
+// Borrow the callback handle map implementation to store foreign future handles
+// TODO: consolidate the handle-map code (https://github.com/mozilla/uniffi-rs/pull/1823)
+fileprivate let UNIFFI_FOREIGN_FUTURE_HANDLE_MAP = UniffiHandleMap<UniffiForeignFutureTask>()
+
+// Protocol for tasks that handle foreign futures.
+//
+// Defining a protocol allows all tasks to be stored in the same handle map.  This can't be done
+// with the task object itself, since has generic parameters.
+fileprivate protocol UniffiForeignFutureTask {
+    func cancel()
+}
+
+extension Task: UniffiForeignFutureTask {}
+
+private func uniffiForeignFutureDroppedCallback(handle: UInt64) {
+    do {
+        let task = try UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.remove(handle: handle)
+        // Set the cancellation flag on the task.  If it's still running, the code can check the
+        // cancellation flag or call `Task.checkCancellation()`.  If the task has completed, this is
+        // a no-op.
+        task.cancel()
+    } catch {
+        print("uniffiForeignFutureDroppedCallback: handle missing from handlemap")
+    }
+}
+
+// For testing
+public func uniffiForeignFutureHandleCountFerry() -> Int {
+    UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.count
+}
 /**
- * Sends the core's log lines at `level` or more severe to `logger`. The first
- * call installs the process-wide `tracing` subscriber; it fails with
- * `InvalidInput` if another one was installed first.
+ * Sends the core's log lines at `level` or more severe to `logger`; `null`
+ * unsets it (nothing is formatted or queued any more, and the old logger is
+ * released). The first call with a logger installs the process-wide `tracing`
+ * subscriber; it fails with `InvalidInput` if another one was installed first.
  */
-public func setLogger(logger: Logger, level: LogLevel)throws   {try rustCallWithError(FfiConverterTypeFerryError_lift) {
+public func setLogger(logger: Logger?, level: LogLevel)throws   {try rustCallWithError(FfiConverterTypeFerryError_lift) {
     uniffi_ferry_fn_func_set_logger(
-        FfiConverterTypeLogger_lower(logger),
+        FfiConverterOptionTypeLogger.lower(logger),
         FfiConverterTypeLogLevel_lower(level),$0
     )
 }
@@ -4077,13 +4343,13 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
-    if (uniffi_ferry_checksum_func_set_logger() != 34577) {
+    if (uniffi_ferry_checksum_func_set_logger() != 42485) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_func_default_sync_config() != 14325) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_ferrydatabase_add_change_listener() != 13969) {
+    if (uniffi_ferry_checksum_method_ferrydatabase_add_change_listener() != 14299) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_anchors() != 56544) {
@@ -4104,7 +4370,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrydatabase_discard_quarantined() != 18280) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_ferrydatabase_flush_events() != 60982) {
+    if (uniffi_ferry_checksum_method_ferrydatabase_flush_events() != 42292) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_get() != 11907) {
@@ -4143,7 +4409,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrydatabase_write() != 17617) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_changelistener_on_change() != 59599) {
+    if (uniffi_ferry_checksum_method_changelistener_on_changes() != 24932) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_conflictresolver_resolve() != 58358) {
@@ -4161,7 +4427,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_statuslistener_on_status() != 63129) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_tokenprovider_token() != 63872) {
+    if (uniffi_ferry_checksum_method_tokenprovider_token() != 14855) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_logger_log() != 25282) {

@@ -273,8 +273,7 @@ typedef void (*UniffiCallbackInterfaceStatusListenerMethod0)(uint64_t, RustBuffe
 #endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
-typedef void (*UniffiCallbackInterfaceTokenProviderMethod0)(uint64_t, int8_t, RustBuffer* _Nonnull, 
-        RustCallStatus *_Nonnull uniffiCallStatus
+typedef void (*UniffiCallbackInterfaceTokenProviderMethod0)(uint64_t, int8_t, UniffiForeignFutureCompleteRustBuffer _Nonnull, uint64_t, UniffiForeignFutureDroppedCallbackStruct* _Nonnull
     );
 
 #endif
@@ -290,7 +289,7 @@ typedef void (*UniffiCallbackInterfaceLoggerMethod0)(uint64_t, RustBuffer, RustB
 typedef struct UniffiVTableCallbackInterfaceChangeListener {
     UniffiCallbackInterfaceFree _Nonnull uniffiFree;
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
-    UniffiCallbackInterfaceChangeListenerMethod0 _Nonnull onChange;
+    UniffiCallbackInterfaceChangeListenerMethod0 _Nonnull onChanges;
 } UniffiVTableCallbackInterfaceChangeListener;
 
 #endif
@@ -396,7 +395,7 @@ void uniffi_ferry_fn_method_ferrydatabase_discard_quarantined(uint64_t ptr, Rust
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_FLUSH_EVENTS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_FLUSH_EVENTS
-void uniffi_ferry_fn_method_ferrydatabase_flush_events(uint64_t ptr, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_ferry_fn_method_ferrydatabase_flush_events(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_GET
@@ -474,9 +473,9 @@ void uniffi_ferry_fn_free_changelistener(uint64_t handle, RustCallStatus *_Nonnu
 void uniffi_ferry_fn_init_callback_vtable_changelistener(const UniffiVTableCallbackInterfaceChangeListener* _Nonnull vtable
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_CHANGELISTENER_ON_CHANGE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_CHANGELISTENER_ON_CHANGE
-void uniffi_ferry_fn_method_changelistener_on_change(uint64_t ptr, RustBuffer event_json, RustCallStatus *_Nonnull out_status
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_CHANGELISTENER_ON_CHANGES
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_CHANGELISTENER_ON_CHANGES
+void uniffi_ferry_fn_method_changelistener_on_changes(uint64_t ptr, RustBuffer events_json, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_CONFLICTRESOLVER
@@ -576,7 +575,7 @@ void uniffi_ferry_fn_init_callback_vtable_tokenprovider(const UniffiVTableCallba
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_TOKENPROVIDER_TOKEN
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_TOKENPROVIDER_TOKEN
-RustBuffer uniffi_ferry_fn_method_tokenprovider_token(uint64_t ptr, int8_t refresh, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_ferry_fn_method_tokenprovider_token(uint64_t ptr, int8_t refresh
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_CLONE_LOGGER
@@ -666,7 +665,7 @@ uint64_t uniffi_ferry_fn_method_ferrysyncclient_write(uint64_t ptr, RustBuffer o
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
-void uniffi_ferry_fn_func_set_logger(uint64_t logger, RustBuffer level, RustCallStatus *_Nonnull out_status
+void uniffi_ferry_fn_func_set_logger(RustBuffer logger, RustBuffer level, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_DEFAULT_SYNC_CONFIG
@@ -1067,9 +1066,9 @@ uint16_t uniffi_ferry_checksum_method_ferrydatabase_write(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGE
-#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGE
-uint16_t uniffi_ferry_checksum_method_changelistener_on_change(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGES
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGES
+uint16_t uniffi_ferry_checksum_method_changelistener_on_changes(void
     
 );
 #endif

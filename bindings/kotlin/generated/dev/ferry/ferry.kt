@@ -621,7 +621,7 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
     fun callback(`callbackData`: Long,`result`: UniffiForeignFutureResultVoid.UniffiByValue,)
 }
 internal interface UniffiCallbackInterfaceChangeListenerMethod0 : com.sun.jna.Callback {
-    fun callback(`uniffiHandle`: Long,`eventJson`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+    fun callback(`uniffiHandle`: Long,`eventsJson`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
 internal interface UniffiCallbackInterfaceConflictResolverMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`collection`: RustBuffer.ByValue,`localJson`: RustBuffer.ByValue,`serverJson`: RustBuffer.ByValue,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,)
@@ -633,27 +633,27 @@ internal interface UniffiCallbackInterfaceStatusListenerMethod0 : com.sun.jna.Ca
     fun callback(`uniffiHandle`: Long,`status`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
 internal interface UniffiCallbackInterfaceTokenProviderMethod0 : com.sun.jna.Callback {
-    fun callback(`uniffiHandle`: Long,`refresh`: Byte,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,)
+    fun callback(`uniffiHandle`: Long,`refresh`: Byte,`uniffiFutureCallback`: UniffiForeignFutureCompleteRustBuffer,`uniffiCallbackData`: Long,`uniffiOutDroppedCallback`: UniffiForeignFutureDroppedCallbackStruct,)
 }
 internal interface UniffiCallbackInterfaceLoggerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`level`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`message`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
-@Structure.FieldOrder("uniffiFree", "uniffiClone", "onChange")
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onChanges")
 internal open class UniffiVTableCallbackInterfaceChangeListener(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
     @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
-    @JvmField internal var `onChange`: UniffiCallbackInterfaceChangeListenerMethod0? = null,
+    @JvmField internal var `onChanges`: UniffiCallbackInterfaceChangeListenerMethod0? = null,
 ) : Structure() {
     class UniffiByValue(
         `uniffiFree`: UniffiCallbackInterfaceFree? = null,
         `uniffiClone`: UniffiCallbackInterfaceClone? = null,
-        `onChange`: UniffiCallbackInterfaceChangeListenerMethod0? = null,
-    ): UniffiVTableCallbackInterfaceChangeListener(`uniffiFree`,`uniffiClone`,`onChange`,), Structure.ByValue
+        `onChanges`: UniffiCallbackInterfaceChangeListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceChangeListener(`uniffiFree`,`uniffiClone`,`onChanges`,), Structure.ByValue
 
    internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceChangeListener) {
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
-        `onChange` = other.`onChange`
+        `onChanges` = other.`onChanges`
     }
 
 }
@@ -819,7 +819,7 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_write(
     ): Int
-    external fun uniffi_ferry_checksum_method_changelistener_on_change(
+    external fun uniffi_ferry_checksum_method_changelistener_on_changes(
     ): Int
     external fun uniffi_ferry_checksum_method_conflictresolver_resolve(
     ): Int
@@ -907,8 +907,8 @@ external fun uniffi_ferry_fn_method_ferrydatabase_delete(`ptr`: Long,`collection
 ): Unit
 external fun uniffi_ferry_fn_method_ferrydatabase_discard_quarantined(`ptr`: Long,`mutationId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
-external fun uniffi_ferry_fn_method_ferrydatabase_flush_events(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-): Unit
+external fun uniffi_ferry_fn_method_ferrydatabase_flush_events(`ptr`: Long,
+): Long
 external fun uniffi_ferry_fn_method_ferrydatabase_get(`ptr`: Long,`collection`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_get_many(`ptr`: Long,`collection`: RustBuffer.ByValue,`ids`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -939,7 +939,7 @@ external fun uniffi_ferry_fn_free_changelistener(`handle`: Long,uniffi_out_err: 
 ): Unit
 external fun uniffi_ferry_fn_init_callback_vtable_changelistener(`vtable`: UniffiVTableCallbackInterfaceChangeListener,
 ): Unit
-external fun uniffi_ferry_fn_method_changelistener_on_change(`ptr`: Long,`eventJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+external fun uniffi_ferry_fn_method_changelistener_on_changes(`ptr`: Long,`eventsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 external fun uniffi_ferry_fn_clone_conflictresolver(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
@@ -979,8 +979,8 @@ external fun uniffi_ferry_fn_free_tokenprovider(`handle`: Long,uniffi_out_err: U
 ): Unit
 external fun uniffi_ferry_fn_init_callback_vtable_tokenprovider(`vtable`: UniffiVTableCallbackInterfaceTokenProvider,
 ): Unit
-external fun uniffi_ferry_fn_method_tokenprovider_token(`ptr`: Long,`refresh`: Byte,uniffi_out_err: UniffiRustCallStatus, 
-): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_tokenprovider_token(`ptr`: Long,`refresh`: Byte,
+): Long
 external fun uniffi_ferry_fn_clone_logger(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
 external fun uniffi_ferry_fn_free_logger(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1015,7 +1015,7 @@ external fun uniffi_ferry_fn_method_ferrysyncclient_sync(`ptr`: Long,
 ): Long
 external fun uniffi_ferry_fn_method_ferrysyncclient_write(`ptr`: Long,`opsJson`: RustBuffer.ByValue,`mode`: RustBuffer.ByValue,
 ): Long
-external fun uniffi_ferry_fn_func_set_logger(`logger`: Long,`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+external fun uniffi_ferry_fn_func_set_logger(`logger`: RustBuffer.ByValue,`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 external fun uniffi_ferry_fn_func_default_sync_config(uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
@@ -1138,13 +1138,13 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
-    if (lib.uniffi_ferry_checksum_func_set_logger() != 34577) {
+    if (lib.uniffi_ferry_checksum_func_set_logger() != 42485) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_func_default_sync_config() != 14325) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_ferrydatabase_add_change_listener() != 13969) {
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_add_change_listener() != 14299) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_anchors() != 56544) {
@@ -1165,7 +1165,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_discard_quarantined() != 18280) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_ferrydatabase_flush_events() != 60982) {
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_flush_events() != 42292) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_get() != 11907) {
@@ -1204,7 +1204,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_write() != 17617) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_changelistener_on_change() != 59599) {
+    if (lib.uniffi_ferry_checksum_method_changelistener_on_changes() != 24932) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_conflictresolver_resolve() != 58358) {
@@ -1222,7 +1222,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_statuslistener_on_status() != 63129) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_tokenprovider_token() != 63872) {
+    if (lib.uniffi_ferry_checksum_method_tokenprovider_token() != 14855) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_logger_log() != 25282) {
@@ -1320,6 +1320,95 @@ internal suspend fun<T, F, E: kotlin.Exception> uniffiRustCallAsync(
         freeFunc(rustFuture)
     }
 }
+internal inline fun<T> uniffiTraitInterfaceCallAsync(
+    crossinline makeCall: suspend () -> T,
+    crossinline handleSuccess: (T) -> Unit,
+    crossinline handleError: (UniffiRustCallStatus.ByValue) -> Unit,
+    uniffiOutDroppedCallback: UniffiForeignFutureDroppedCallbackStruct,
+) {
+    // Using `GlobalScope` is labeled as a "delicate API" and generally discouraged in Kotlin programs, since it breaks structured concurrency.
+    // However, our parent task is a Rust future, so we're going to need to break structure concurrency in any case.
+    //
+    // Uniffi does its best to support structured concurrency across the FFI.
+    // If the Rust future is dropped, `uniffiForeignFutureDroppedCallbackImpl` is called, which will cancel the Kotlin coroutine if it's still running.
+    @OptIn(DelicateCoroutinesApi::class)
+    val job = GlobalScope.launch coroutineBlock@ {
+        // Note: it's important we call either `handleSuccess` or `handleError` exactly once.  Each
+        // call consumes an Arc reference, which means there should be no possibility of a double
+        // call.  The following code is structured so that will will never call both `handleSuccess`
+        // and `handleError`, even in the face of weird exceptions.
+        //
+        // In extreme circumstances we may not call either, for example if we fail to make the JNA
+        // call to `handleSuccess`.  This means we will leak the Arc reference, which is better than
+        // double-freeing it.
+        val callResult = try {
+            makeCall()
+        } catch(e: kotlin.Exception) {
+            handleError(
+                UniffiRustCallStatus.create(
+                    UNIFFI_CALL_UNEXPECTED_ERROR,
+                    FfiConverterString.lower(e.toString()),
+                )
+            )
+            return@coroutineBlock
+        }
+        handleSuccess(callResult)
+    }
+    val handle = uniffiForeignFutureHandleMap.insert(job)
+    uniffiOutDroppedCallback.uniffiSetValue(UniffiForeignFutureDroppedCallbackStruct(handle, uniffiForeignFutureDroppedCallbackImpl))
+}
+
+internal inline fun<T, reified E: Throwable> uniffiTraitInterfaceCallAsyncWithError(
+    crossinline makeCall: suspend () -> T,
+    crossinline handleSuccess: (T) -> Unit,
+    crossinline handleError: (UniffiRustCallStatus.ByValue) -> Unit,
+    crossinline lowerError: (E) -> RustBuffer.ByValue,
+    uniffiOutDroppedCallback: UniffiForeignFutureDroppedCallbackStruct,
+) {
+    // See uniffiTraitInterfaceCallAsync for details on `DelicateCoroutinesApi`
+    @OptIn(DelicateCoroutinesApi::class)
+    val job = GlobalScope.launch coroutineBlock@ {
+        // See the note in uniffiTraitInterfaceCallAsync for details on `handleSuccess` and
+        // `handleError`.
+        val callResult = try {
+            makeCall()
+        } catch(e: kotlin.Exception) {
+            if (e is E) {
+                handleError(
+                    UniffiRustCallStatus.create(
+                        UNIFFI_CALL_ERROR,
+                        lowerError(e),
+                    )
+                )
+            } else {
+                handleError(
+                    UniffiRustCallStatus.create(
+                        UNIFFI_CALL_UNEXPECTED_ERROR,
+                        FfiConverterString.lower(e.toString()),
+                    )
+                )
+            }
+            return@coroutineBlock
+        }
+        handleSuccess(callResult)
+    }
+    val handle = uniffiForeignFutureHandleMap.insert(job)
+    uniffiOutDroppedCallback.uniffiSetValue(UniffiForeignFutureDroppedCallbackStruct(handle, uniffiForeignFutureDroppedCallbackImpl))
+}
+
+internal val uniffiForeignFutureHandleMap = UniffiHandleMap<Job>()
+
+internal object uniffiForeignFutureDroppedCallbackImpl: UniffiForeignFutureDroppedCallback {
+    override fun callback(handle: Long) {
+        val job = uniffiForeignFutureHandleMap.remove(handle)
+        if (!job.isCompleted) {
+            job.cancel()
+        }
+    }
+}
+
+// For testing
+public fun uniffiForeignFutureHandleCount() = uniffiForeignFutureHandleMap.size
 
 // Public interface members begin here.
 
@@ -1493,6 +1582,33 @@ private class JavaLangRefCleanable(
     val cleanable: java.lang.ref.Cleaner.Cleanable
 ) : UniffiCleaner.Cleanable {
     override fun clean() = cleanable.clean()
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterUShort: FfiConverter<UShort, Short> {
+    override fun lift(value: Short): UShort {
+        return value.toUShort()
+    }
+
+    fun lift(value: Int): UShort {
+        return value.toUShort()
+    }
+
+    override fun read(buf: ByteBuffer): UShort {
+        return lift(buf.getShort())
+    }
+
+    override fun lower(value: UShort): Short {
+        return value.toShort()
+    }
+
+    override fun allocationSize(value: UShort) = 2UL
+
+    override fun write(value: UShort, buf: ByteBuffer) {
+        buf.putShort(value.toShort())
+    }
 }
 
 /**
@@ -1741,23 +1857,27 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
 
 
 /**
- * Receives every committed change: one call per transaction, the event as one
- * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
- * `evicted` ids left this device's view but still exist on the server.
+ * Receives every committed change, in bursts: one call per burst of commits (those
+ * made while the previous burst was being delivered), as a JSON array of events
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
+ * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
+ * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
+ * the server. Called on the core's event thread, never under a store lock.
  */
 public interface ChangeListener {
     
-    fun `onChange`(`eventJson`: kotlin.String)
+    fun `onChanges`(`eventsJson`: kotlin.String)
     
     companion object
 }
 
 /**
- * Receives every committed change: one call per transaction, the event as one
- * JSON string `{"source":"local"|"remote"|"rollback","changes":[{"collection",
- * "upserted":[rows],"deleted":[ids],"evicted"?:[ids],"reload"?}]}`;
- * `evicted` ids left this device's view but still exist on the server.
+ * Receives every committed change, in bursts: one call per burst of commits (those
+ * made while the previous burst was being delivered), as a JSON array of events
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
+ * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
+ * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
+ * the server. Called on the core's event thread, never under a store lock.
  */
 open class ChangeListenerImpl: Disposable, AutoCloseable, ChangeListener
 {
@@ -1855,13 +1975,13 @@ open class ChangeListenerImpl: Disposable, AutoCloseable, ChangeListener
         }
     }
 
-    override fun `onChange`(`eventJson`: kotlin.String)
+    override fun `onChanges`(`eventsJson`: kotlin.String)
         = 
     callWithHandle {
     uniffiRustCall() { _status ->
-    UniffiLib.uniffi_ferry_fn_method_changelistener_on_change(
+    UniffiLib.uniffi_ferry_fn_method_changelistener_on_changes(
         it,
-        FfiConverterString.lower(`eventJson`),_status)
+        FfiConverterString.lower(`eventsJson`),_status)
 }
     }
     
@@ -1885,12 +2005,12 @@ open class ChangeListenerImpl: Disposable, AutoCloseable, ChangeListener
 
 // Put the implementation in an object so we don't pollute the top-level namespace
 internal object uniffiCallbackInterfaceChangeListener {
-    internal object `onChange`: UniffiCallbackInterfaceChangeListenerMethod0 {
-        override fun callback(`uniffiHandle`: Long,`eventJson`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+    internal object `onChanges`: UniffiCallbackInterfaceChangeListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`eventsJson`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
             val uniffiObj = FfiConverterTypeChangeListener.handleMap.get(uniffiHandle)
             val makeCall = { ->
-                uniffiObj.`onChange`(
-                    FfiConverterString.lift(`eventJson`),
+                uniffiObj.`onChanges`(
+                    FfiConverterString.lift(`eventsJson`),
                 )
             }
             val writeReturn = { _: Unit -> Unit }
@@ -1913,7 +2033,7 @@ internal object uniffiCallbackInterfaceChangeListener {
     internal var vtable = UniffiVTableCallbackInterfaceChangeListener.UniffiByValue(
         uniffiFree,
         uniffiClone,
-        `onChange`,
+        `onChanges`,
     )
 
     // Registers the foreign callback with the Rust side.
@@ -2061,8 +2181,9 @@ public object FfiConverterTypeChangeListener: FfiConverter<ChangeListener, Long>
  * Merges a record changed both locally and on the server. `local_json` is the
  * local row plus `_changed` (its pending columns); `server_json` is
  * `{"id","version","fields"}`. Returns the merged fields as a JSON object. If it
- * throws or returns something that is not an object, the default merge (pending
- * local columns win) is used and a warning is logged.
+ * throws or returns something that is not an object (or fields that do not fit
+ * the schema), the merge rule of the sync config is used and a warning is logged.
+ * Never called under a store lock, so it may read or write the database.
  */
 public interface ConflictResolver {
     
@@ -2075,8 +2196,9 @@ public interface ConflictResolver {
  * Merges a record changed both locally and on the server. `local_json` is the
  * local row plus `_changed` (its pending columns); `server_json` is
  * `{"id","version","fields"}`. Returns the merged fields as a JSON object. If it
- * throws or returns something that is not an object, the default merge (pending
- * local columns win) is used and a warning is logged.
+ * throws or returns something that is not an object (or fields that do not fit
+ * the schema), the merge rule of the sync config is used and a warning is logged.
+ * Never called under a store lock, so it may read or write the database.
  */
 open class ConflictResolverImpl: Disposable, AutoCloseable, ConflictResolver
 {
@@ -2391,8 +2513,8 @@ public object FfiConverterTypeConflictResolver: FfiConverter<ConflictResolver, L
 public interface FerryDatabaseInterface {
     
     /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
+     * Registers a listener for every committed change (one call per burst of
+     * commits, a JSON array of events, delivered on the core's event thread).
      */
     fun `addChangeListener`(`listener`: ChangeListener): ListenerHandle
     
@@ -2421,9 +2543,11 @@ public interface FerryDatabaseInterface {
     fun `discardQuarantined`(`mutationId`: kotlin.String)
     
     /**
-     * Blocks until every event committed before this call was delivered.
+     * Completes once every event committed before this call was delivered.
+     * Async, so that a host thread that listeners call back into (the JS thread)
+     * is never blocked waiting for them.
      */
-    fun `flushEvents`()
+    suspend fun `flushEvents`()
     
     /**
      * The row with `id` as JSON, or null if absent or deleted.
@@ -2588,8 +2712,8 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
 
     
     /**
-     * Registers a listener for every committed change (one JSON event per
-     * transaction, delivered on the core's event thread).
+     * Registers a listener for every committed change (one call per burst of
+     * commits, a JSON array of events, delivered on the core's event thread).
      */override fun `addChangeListener`(`listener`: ChangeListener): ListenerHandle {
             return FfiConverterTypeListenerHandle.lift(
     callWithHandle {
@@ -2698,18 +2822,29 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
 
     
     /**
-     * Blocks until every event committed before this call was delivered.
-     */override fun `flushEvents`()
-        = 
-    callWithHandle {
-    uniffiRustCall() { _status ->
-    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_flush_events(
-        it,
-        _status)
-}
+     * Completes once every event committed before this call was delivered.
+     * Async, so that a host thread that listeners call back into (the JS thread)
+     * is never blocked waiting for them.
+     */
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `flushEvents`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_fn_method_ferrydatabase_flush_events(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_rust_future_free_void(future) },
+        // lift function
+        { Unit },
+        
+        // Error FFI converter
+        UniffiNullRustCallStatusErrorHandler,
+    )
     }
-    
-    
 
     
     /**
@@ -4756,21 +4891,29 @@ public object FfiConverterTypeStatusListener: FfiConverter<StatusListener, Long>
 
 
 /**
- * Supplies the bearer token. Called on a blocking thread, so it may block (for
- * example on a refresh request). `refresh` is true after the server refused the
- * last token.
+ * Supplies the bearer token. Async: Kotlin `suspend`, Swift `async`, JS a
+ * Promise, so a refresh request never blocks a thread. `refresh` is true after the
+ * server refused the last token. Throw `HostError.Offline` when the auth service
+ * is unreachable and `HostError.Unauthorized` when there are no credentials
+ * (background sync stops until the next explicit sync); anything else the
+ * provider throws is retried with backoff and reported in the status
+ * (`TokenUnavailable`). Local reads and writes never wait for it.
  */
 public interface TokenProvider {
     
-    fun `token`(`refresh`: kotlin.Boolean): kotlin.String
+    suspend fun `token`(`refresh`: kotlin.Boolean): kotlin.String
     
     companion object
 }
 
 /**
- * Supplies the bearer token. Called on a blocking thread, so it may block (for
- * example on a refresh request). `refresh` is true after the server refused the
- * last token.
+ * Supplies the bearer token. Async: Kotlin `suspend`, Swift `async`, JS a
+ * Promise, so a refresh request never blocks a thread. `refresh` is true after the
+ * server refused the last token. Throw `HostError.Offline` when the auth service
+ * is unreachable and `HostError.Unauthorized` when there are no credentials
+ * (background sync stops until the next explicit sync); anything else the
+ * provider throws is retried with backoff and reported in the status
+ * (`TokenUnavailable`). Local reads and writes never wait for it.
  */
 open class TokenProviderImpl: Disposable, AutoCloseable, TokenProvider
 {
@@ -4869,18 +5012,25 @@ open class TokenProviderImpl: Disposable, AutoCloseable, TokenProvider
     }
 
     
-    @Throws(HostException::class)override fun `token`(`refresh`: kotlin.Boolean): kotlin.String {
-            return FfiConverterString.lift(
-    callWithHandle {
-    uniffiRustCallWithError(HostException) { _status ->
-    UniffiLib.uniffi_ferry_fn_method_tokenprovider_token(
-        it,
-        FfiConverterBoolean.lower(`refresh`),_status)
-}
-    }
+    @Throws(HostException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `token`(`refresh`: kotlin.Boolean) : kotlin.String {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_fn_method_tokenprovider_token(
+                uniffiHandle,
+                FfiConverterBoolean.lower(`refresh`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        HostException.ErrorHandler,
     )
     }
-    
 
     
 
@@ -4901,19 +5051,36 @@ open class TokenProviderImpl: Disposable, AutoCloseable, TokenProvider
 // Put the implementation in an object so we don't pollute the top-level namespace
 internal object uniffiCallbackInterfaceTokenProvider {
     internal object `token`: UniffiCallbackInterfaceTokenProviderMethod0 {
-        override fun callback(`uniffiHandle`: Long,`refresh`: Byte,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,) {
+        override fun callback(`uniffiHandle`: Long,`refresh`: Byte,`uniffiFutureCallback`: UniffiForeignFutureCompleteRustBuffer,`uniffiCallbackData`: Long,`uniffiOutDroppedCallback`: UniffiForeignFutureDroppedCallbackStruct,) {
             val uniffiObj = FfiConverterTypeTokenProvider.handleMap.get(uniffiHandle)
-            val makeCall = { ->
+            val makeCall = suspend { ->
                 uniffiObj.`token`(
                     FfiConverterBoolean.lift(`refresh`),
                 )
             }
-            val writeReturn = { value: kotlin.String -> uniffiOutReturn.setValue(FfiConverterString.lower(value)) }
-            uniffiTraitInterfaceCallWithError(
-                uniffiCallStatus,
+            val uniffiHandleSuccess = { returnValue: kotlin.String ->
+                val uniffiResult = UniffiForeignFutureResultRustBuffer.UniffiByValue(
+                    FfiConverterString.lower(returnValue),
+                    UniffiRustCallStatus.ByValue()
+                )
+                uniffiResult.write()
+                uniffiFutureCallback.callback(uniffiCallbackData, uniffiResult)
+            }
+            val uniffiHandleError = { callStatus: UniffiRustCallStatus.ByValue ->
+                uniffiFutureCallback.callback(
+                    uniffiCallbackData,
+                    UniffiForeignFutureResultRustBuffer.UniffiByValue(
+                        RustBuffer.ByValue(),
+                        callStatus,
+                    ),
+                )
+            }
+            uniffiTraitInterfaceCallAsyncWithError(
                 makeCall,
-                writeReturn,
-                { e: HostException -> FfiConverterTypeHostError.lower(e) }
+                uniffiHandleSuccess,
+                uniffiHandleError,
+                { e: HostException -> FfiConverterTypeHostError.lower(e) },
+                uniffiOutDroppedCallback
             )
         }
     }
@@ -5336,74 +5503,219 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
 
 /**
  * Every failure of an FFI call. Kotlin: `FerryException.<Variant>`; Swift:
- * `FerryError.<variant>`. The message is the core's message.
+ * `FerryError.<variant>`; TS: `FerryError.<Variant>` with `.inner`. Each variant
+ * carries `detail`, the core's message (it names the collection, column or
+ * value), and the typed fields a host branches on: the rejection code, the
+ * conflicting record, the server's status and code.
  */
-sealed class FerryException(message: String): kotlin.Exception(message) {
-        
+sealed class FerryException: kotlin.Exception() {
+    
     /**
      * Input that is not valid (an id, a name, a query, a value out of range).
      */
-        class InvalidInput(message: String) : FerryException(message)
+    class InvalidInput(
         
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
     /**
      * Input that is not JSON, or not the JSON shape expected.
      */
-        class MalformedJson(message: String) : FerryException(message)
+    class MalformedJson(
         
-        class UnknownCollection(message: String) : FerryException(message)
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
+    class UnknownCollection(
         
-        class UnknownColumn(message: String) : FerryException(message)
+        val `collection`: kotlin.String, 
         
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "collection=${ `collection` }, detail=${ `detail` }"
+    }
+    
+    class UnknownColumn(
+        
+        val `collection`: kotlin.String, 
+        
+        val `column`: kotlin.String, 
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "collection=${ `collection` }, column=${ `column` }, detail=${ `detail` }"
+    }
+    
     /**
      * A value of the wrong type for its column (including null in a non-null column).
      */
-        class WrongType(message: String) : FerryException(message)
+    class WrongType(
         
-        class TooLarge(message: String) : FerryException(message)
+        val `collection`: kotlin.String, 
         
-        class NotFound(message: String) : FerryException(message)
+        val `column`: kotlin.String, 
         
-        class AlreadyExists(message: String) : FerryException(message)
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "collection=${ `collection` }, column=${ `column` }, detail=${ `detail` }"
+    }
+    
+    /**
+     * Over a size limit (`limit`, in bytes or items as `detail` says).
+     */
+    class TooLarge(
         
+        val `limit`: kotlin.ULong, 
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "limit=${ `limit` }, detail=${ `detail` }"
+    }
+    
+    class NotFound(
+        
+        val `collection`: kotlin.String, 
+        
+        val `id`: kotlin.String, 
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "collection=${ `collection` }, id=${ `id` }, detail=${ `detail` }"
+    }
+    
+    class AlreadyExists(
+        
+        val `collection`: kotlin.String, 
+        
+        val `id`: kotlin.String, 
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "collection=${ `collection` }, id=${ `id` }, detail=${ `detail` }"
+    }
+    
     /**
      * The schema is invalid, or an incompatible change of the stored one.
      */
-        class Schema(message: String) : FerryException(message)
+    class Schema(
         
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
     /**
      * The server could not be reached.
      */
-        class Offline(message: String) : FerryException(message)
+    class Offline(
         
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
     /**
-     * The server refused the credentials, even after a token refresh.
+     * The server refused the credentials, even after a token refresh, or the
+     * token provider threw `HostError.Unauthorized`.
      */
-        class Unauthorized(message: String) : FerryException(message)
+    class Unauthorized(
         
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
     /**
-     * The server permanently rejected a mutation.
+     * The token provider threw something else; sync retries it with backoff.
      */
-        class Rejected(message: String) : FerryException(message)
+    class TokenUnavailable(
         
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
+    /**
+     * The server permanently rejected a mutation (`code`: the protocol's reject
+     * code, such as `forbidden` or `invalid`); the write was rolled back.
+     */
+    class Rejected(
+        
+        val `code`: kotlin.String, 
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "code=${ `code` }, detail=${ `detail` }"
+    }
+    
     /**
      * The server has a newer version of the record.
      */
-        class Conflict(message: String) : FerryException(message)
+    class Conflict(
         
+        val `collection`: kotlin.String, 
+        
+        val `id`: kotlin.String, 
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "collection=${ `collection` }, id=${ `id` }, detail=${ `detail` }"
+    }
+    
     /**
-     * The server answered with an error, or broke the protocol.
+     * The server answered with an error (`status`, its error `code`), or broke
+     * the protocol (`status` 0, `code` `protocol`).
      */
-        class Server(message: String) : FerryException(message)
+    class Server(
         
+        val `status`: kotlin.UShort, 
+        
+        val `code`: kotlin.String, 
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "status=${ `status` }, code=${ `code` }, detail=${ `detail` }"
+    }
+    
     /**
      * A bug or an environment failure (database, I/O, a caught panic).
      */
-        class Internal(message: String) : FerryException(message)
+    class Internal(
         
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
+
+    
+
 
     companion object ErrorHandler : UniffiRustCallStatusErrorHandler<FerryException> {
         override fun lift(error_buf: RustBuffer.ByValue): FerryException = FfiConverterTypeFerryError.lift(error_buf)
     }
+
+    
 }
 
 /**
@@ -5412,91 +5724,270 @@ sealed class FerryException(message: String): kotlin.Exception(message) {
 public object FfiConverterTypeFerryError : FfiConverterRustBuffer<FerryException> {
     override fun read(buf: ByteBuffer): FerryException {
         
-            return when(buf.getInt()) {
-            1 -> FerryException.InvalidInput(FfiConverterString.read(buf))
-            2 -> FerryException.MalformedJson(FfiConverterString.read(buf))
-            3 -> FerryException.UnknownCollection(FfiConverterString.read(buf))
-            4 -> FerryException.UnknownColumn(FfiConverterString.read(buf))
-            5 -> FerryException.WrongType(FfiConverterString.read(buf))
-            6 -> FerryException.TooLarge(FfiConverterString.read(buf))
-            7 -> FerryException.NotFound(FfiConverterString.read(buf))
-            8 -> FerryException.AlreadyExists(FfiConverterString.read(buf))
-            9 -> FerryException.Schema(FfiConverterString.read(buf))
-            10 -> FerryException.Offline(FfiConverterString.read(buf))
-            11 -> FerryException.Unauthorized(FfiConverterString.read(buf))
-            12 -> FerryException.Rejected(FfiConverterString.read(buf))
-            13 -> FerryException.Conflict(FfiConverterString.read(buf))
-            14 -> FerryException.Server(FfiConverterString.read(buf))
-            15 -> FerryException.Internal(FfiConverterString.read(buf))
+
+        return when(buf.getInt()) {
+            1 -> FerryException.InvalidInput(
+                FfiConverterString.read(buf),
+                )
+            2 -> FerryException.MalformedJson(
+                FfiConverterString.read(buf),
+                )
+            3 -> FerryException.UnknownCollection(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            4 -> FerryException.UnknownColumn(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            5 -> FerryException.WrongType(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            6 -> FerryException.TooLarge(
+                FfiConverterULong.read(buf),
+                FfiConverterString.read(buf),
+                )
+            7 -> FerryException.NotFound(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            8 -> FerryException.AlreadyExists(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            9 -> FerryException.Schema(
+                FfiConverterString.read(buf),
+                )
+            10 -> FerryException.Offline(
+                FfiConverterString.read(buf),
+                )
+            11 -> FerryException.Unauthorized(
+                FfiConverterString.read(buf),
+                )
+            12 -> FerryException.TokenUnavailable(
+                FfiConverterString.read(buf),
+                )
+            13 -> FerryException.Rejected(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            14 -> FerryException.Conflict(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            15 -> FerryException.Server(
+                FfiConverterUShort.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            16 -> FerryException.Internal(
+                FfiConverterString.read(buf),
+                )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
-        
     }
 
     override fun allocationSize(value: FerryException): ULong {
-        return 4UL
+        return when(value) {
+            is FerryException.InvalidInput -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.MalformedJson -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.UnknownCollection -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`collection`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.UnknownColumn -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`collection`)
+                + FfiConverterString.allocationSize(value.`column`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.WrongType -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`collection`)
+                + FfiConverterString.allocationSize(value.`column`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.TooLarge -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterULong.allocationSize(value.`limit`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.NotFound -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`collection`)
+                + FfiConverterString.allocationSize(value.`id`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.AlreadyExists -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`collection`)
+                + FfiConverterString.allocationSize(value.`id`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Schema -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Offline -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Unauthorized -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.TokenUnavailable -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Rejected -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`code`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Conflict -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`collection`)
+                + FfiConverterString.allocationSize(value.`id`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Server -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterUShort.allocationSize(value.`status`)
+                + FfiConverterString.allocationSize(value.`code`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Internal -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+        }
     }
 
     override fun write(value: FerryException, buf: ByteBuffer) {
         when(value) {
             is FerryException.InvalidInput -> {
                 buf.putInt(1)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.MalformedJson -> {
                 buf.putInt(2)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.UnknownCollection -> {
                 buf.putInt(3)
+                FfiConverterString.write(value.`collection`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.UnknownColumn -> {
                 buf.putInt(4)
+                FfiConverterString.write(value.`collection`, buf)
+                FfiConverterString.write(value.`column`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.WrongType -> {
                 buf.putInt(5)
+                FfiConverterString.write(value.`collection`, buf)
+                FfiConverterString.write(value.`column`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.TooLarge -> {
                 buf.putInt(6)
+                FfiConverterULong.write(value.`limit`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.NotFound -> {
                 buf.putInt(7)
+                FfiConverterString.write(value.`collection`, buf)
+                FfiConverterString.write(value.`id`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.AlreadyExists -> {
                 buf.putInt(8)
+                FfiConverterString.write(value.`collection`, buf)
+                FfiConverterString.write(value.`id`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.Schema -> {
                 buf.putInt(9)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.Offline -> {
                 buf.putInt(10)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.Unauthorized -> {
                 buf.putInt(11)
+                FfiConverterString.write(value.`detail`, buf)
+                Unit
+            }
+            is FerryException.TokenUnavailable -> {
+                buf.putInt(12)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.Rejected -> {
-                buf.putInt(12)
+                buf.putInt(13)
+                FfiConverterString.write(value.`code`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.Conflict -> {
-                buf.putInt(13)
+                buf.putInt(14)
+                FfiConverterString.write(value.`collection`, buf)
+                FfiConverterString.write(value.`id`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.Server -> {
-                buf.putInt(14)
+                buf.putInt(15)
+                FfiConverterUShort.write(value.`status`, buf)
+                FfiConverterString.write(value.`code`, buf)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
             is FerryException.Internal -> {
-                buf.putInt(15)
+                buf.putInt(16)
+                FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -5526,7 +6017,7 @@ sealed class HostException: kotlin.Exception() {
     }
     
     /**
-     * The host has no valid credentials; sync stops with `auth_failed`.
+     * The host has no valid credentials; background sync stops with `auth_failed`.
      */
     class Unauthorized(
         
@@ -5947,6 +6438,38 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeLogger: FfiConverterRustBuffer<Logger?> {
+    override fun read(buf: ByteBuffer): Logger? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeLogger.read(buf)
+    }
+
+    override fun allocationSize(value: Logger?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeLogger.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Logger?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeLogger.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalSequenceString: FfiConverterRustBuffer<List<kotlin.String>?> {
     override fun read(buf: ByteBuffer): List<kotlin.String>? {
         if (buf.get().toInt() == 0) {
@@ -6076,16 +6599,17 @@ public object FfiConverterMapStringULong: FfiConverterRustBuffer<Map<kotlin.Stri
 
 
         /**
-         * Sends the core's log lines at `level` or more severe to `logger`. The first
-         * call installs the process-wide `tracing` subscriber; it fails with
-         * `InvalidInput` if another one was installed first.
+         * Sends the core's log lines at `level` or more severe to `logger`; `null`
+         * unsets it (nothing is formatted or queued any more, and the old logger is
+         * released). The first call with a logger installs the process-wide `tracing`
+         * subscriber; it fails with `InvalidInput` if another one was installed first.
          */
-    @Throws(FerryException::class) fun `setLogger`(`logger`: Logger, `level`: LogLevel)
+    @Throws(FerryException::class) fun `setLogger`(`logger`: Logger?, `level`: LogLevel)
         = 
     uniffiRustCallWithError(FerryException) { _status ->
     UniffiLib.uniffi_ferry_fn_func_set_logger(
     
-        FfiConverterTypeLogger.lower(`logger`),FfiConverterTypeLogLevel.lower(`level`),_status)
+        FfiConverterOptionalTypeLogger.lower(`logger`),FfiConverterTypeLogLevel.lower(`level`),_status)
 }
     
     
