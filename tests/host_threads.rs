@@ -154,6 +154,30 @@ fn closing_the_store_does_not_wait_for_a_busy_listener() {
     assert_eq!(g.gate.calls.lock().len(), 1);
 }
 
+#[test]
+fn a_database_is_deleted_only_once_every_handle_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logout.db");
+    let store = Store::open(&path, schema()).unwrap();
+    put(&store, "secret");
+    let again = Store::open_existing(&path).unwrap();
+    drop(store);
+    let e = Store::delete_database(&path).unwrap_err();
+    assert!(matches!(e, ferry::Error::InvalidInput(_)), "{e:?}");
+    assert!(path.exists(), "nothing deleted while open");
+    drop(again);
+    Store::delete_database(&path).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let f = format!("{}{suffix}", path.display());
+        assert!(!std::path::Path::new(&f).exists(), "{f}");
+    }
+    let fresh = Store::open(&path, schema()).unwrap();
+    assert!(
+        fresh.get("tasks", "secret").unwrap().is_none(),
+        "a new, empty database"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_listeners_run_on_the_event_thread_never_on_a_tokio_worker() {
     let server = start_server().await;

@@ -207,6 +207,14 @@ impl FerryDatabase {
     }
 }
 
+/// Deletes a closed database file (and its WAL files): the last step of a logout,
+/// after stopping the sync client and releasing every handle of the database.
+/// `InvalidInput` while the file is still open in this process.
+#[uniffi::export]
+pub fn delete_database(path: String) -> Result<()> {
+    Ok(Store::delete_database(path)?)
+}
+
 impl From<Store> for FerryDatabase {
     fn from(store: Store) -> Self {
         FerryDatabase { store }

@@ -226,6 +226,8 @@ impl RowSql {
 
 struct Inner {
     path: PathBuf,
+    /// The absolute path, for [`OPEN`].
+    key: PathBuf,
     schema: Arc<Schema>,
     sql: HashMap<String, RowSql>,
     writer: Mutex<Connection>,
@@ -238,7 +240,23 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.dispatcher.shutdown();
+        let mut open = OPEN.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
+}
+
+/// How many stores of this process have each database file open (by absolute
+/// path): [`Store::delete_database`] refuses a file that is still open.
+static OPEN: Mutex<std::collections::BTreeMap<PathBuf, usize>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+fn open_key(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A handle to a local database. Cheap to clone; all clones share one writer.
@@ -284,8 +302,11 @@ impl Store {
         }
         let mut writer = conn::open_writer(path)?;
         let (schema, client_id) = ddl::prepare(&mut writer, schema)?;
+        let key = open_key(path);
+        *OPEN.lock().entry(key.clone()).or_default() += 1;
         Ok(Store {
             inner: Arc::new(Inner {
+                key,
                 sql: schema
                     .collections
                     .iter()
@@ -300,6 +321,30 @@ impl Store {
                 client_id,
             }),
         })
+    }
+
+    /// Deletes the database file at `path` and its WAL and shared-memory files:
+    /// the last step of a logout (stop the sync client, drop every handle, then
+    /// this). Fails with `InvalidInput`, deleting nothing, while a store of this
+    /// process still has the file open. A missing file is not an error.
+    pub fn delete_database(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let open = OPEN.lock();
+        if open.contains_key(&open_key(path)) {
+            return Err(Error::InvalidInput(format!(
+                "the database `{}` is still open: stop its sync client and close every handle first",
+                path.display()
+            )));
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     pub fn schema(&self) -> &Schema {

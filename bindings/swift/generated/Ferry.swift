@@ -4306,6 +4306,17 @@ public func uniffiForeignFutureHandleCountFerry() -> Int {
     UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.count
 }
 /**
+ * Deletes a closed database file (and its WAL files): the last step of a logout,
+ * after stopping the sync client and releasing every handle of the database.
+ * `InvalidInput` while the file is still open in this process.
+ */
+public func deleteDatabase(path: String)throws   {try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_func_delete_database(
+        FfiConverterString.lower(path),$0
+    )
+}
+}
+/**
  * Sends the core's log lines at `level` or more severe to `logger`; `null`
  * unsets it (nothing is formatted or queued any more, and the old logger is
  * released). The first call with a logger installs the process-wide `tracing`
@@ -4342,6 +4353,9 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_ferry_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_ferry_checksum_func_delete_database() != 47959) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_func_set_logger() != 42485) {
         return InitializationResult.apiChecksumMismatch

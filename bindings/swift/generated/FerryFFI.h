@@ -663,6 +663,11 @@ uint64_t uniffi_ferry_fn_method_ferrysyncclient_sync(uint64_t ptr
 uint64_t uniffi_ferry_fn_method_ferrysyncclient_write(uint64_t ptr, RustBuffer ops_json, RustBuffer mode
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_DELETE_DATABASE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_DELETE_DATABASE
+void uniffi_ferry_fn_func_delete_database(RustBuffer path, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
 void uniffi_ferry_fn_func_set_logger(RustBuffer logger, RustBuffer level, RustCallStatus *_Nonnull out_status
@@ -932,6 +937,12 @@ void ffi_ferry_rust_future_free_void(uint64_t handle
 #ifndef UNIFFI_FFIDEF_FFI_FERRY_RUST_FUTURE_COMPLETE_VOID
 #define UNIFFI_FFIDEF_FFI_FERRY_RUST_FUTURE_COMPLETE_VOID
 void ffi_ferry_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_DELETE_DATABASE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_DELETE_DATABASE
+uint16_t uniffi_ferry_checksum_func_delete_database(void
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_SET_LOGGER

@@ -775,6 +775,8 @@ internal object IntegrityCheckingUniffiLib {
         uniffiCheckContractApiVersion(this)
         uniffiCheckApiChecksums(this)
     }
+    external fun uniffi_ferry_checksum_func_delete_database(
+    ): Int
     external fun uniffi_ferry_checksum_func_set_logger(
     ): Int
     external fun uniffi_ferry_checksum_func_default_sync_config(
@@ -1015,6 +1017,8 @@ external fun uniffi_ferry_fn_method_ferrysyncclient_sync(`ptr`: Long,
 ): Long
 external fun uniffi_ferry_fn_method_ferrysyncclient_write(`ptr`: Long,`opsJson`: RustBuffer.ByValue,`mode`: RustBuffer.ByValue,
 ): Long
+external fun uniffi_ferry_fn_func_delete_database(`path`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
 external fun uniffi_ferry_fn_func_set_logger(`logger`: RustBuffer.ByValue,`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 external fun uniffi_ferry_fn_func_default_sync_config(uniffi_out_err: UniffiRustCallStatus, 
@@ -1138,6 +1142,9 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if (lib.uniffi_ferry_checksum_func_delete_database() != 47959) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_ferry_checksum_func_set_logger() != 42485) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -6597,6 +6604,21 @@ public object FfiConverterMapStringULong: FfiConverterRustBuffer<Map<kotlin.Stri
 
 
 
+
+        /**
+         * Deletes a closed database file (and its WAL files): the last step of a logout,
+         * after stopping the sync client and releasing every handle of the database.
+         * `InvalidInput` while the file is still open in this process.
+         */
+    @Throws(FerryException::class) fun `deleteDatabase`(`path`: kotlin.String)
+        = 
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_func_delete_database(
+    
+        FfiConverterString.lower(`path`),_status)
+}
+    
+    
 
         /**
          * Sends the core's log lines at `level` or more severe to `logger`; `null`
