@@ -49,6 +49,7 @@ apt_need libjna-java               #   JNA (jna.jar)
 apt_need junit4                    #   JUnit4 + hamcrest
 apt_need gcc                       # Rust's linker, bundled SQLite, Swift C header check
 apt_need libc6-dev                 #   the C headers
+apt_need g++                       # the React Native JSI C++ syntax check
 apt_need npm npm                   # fetches the Kotlin compiler; npm packages (4.)
 apt_need ca-certificates           # HTTPS for npm and rustup
 

@@ -12,7 +12,10 @@
 #   4. end-to-end sync again with the server on PostgreSQL
 #   5. bindings: generated code is current, Kotlin on the JVM against a real
 #      ferry-server, the Swift C header compiles against the static library
-#   6. the demo runs and converges
+#   6. React Native (scripts/test-react-native.sh): the generated JSI bindings are
+#      current, the TS API and the Redux layer on Node against the real core and a
+#      real ferry-server, tsc strict, the C++ against the JSI headers, npm pack
+#   7. the demo runs and converges
 #
 # Under CI (env CI set) nothing is skipped: an incomplete setup, a missing PostgreSQL
 # or Kotlin toolchain fails the run. Outside CI (say, no sudo or no network) those
@@ -68,6 +71,13 @@ if [ -d bindings/kotlin/tests ]; then
   scripts/check-swift-header.sh
 else
   skip "no binding tests yet (bindings/kotlin/tests)"
+fi
+
+lane "React Native"
+if [ -n "${CI:-}" ] || { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; }; then
+  scripts/test-react-native.sh
+else
+  skip "node, npm or g++ is missing (scripts/setup.sh): the React Native lane"
 fi
 
 lane "demo"

@@ -1,0 +1,550 @@
+// The hand-written TypeScript API of react-native-ferry, over the bindings that
+// uniffi-bindgen-react-native generates (src/generated/ferry.ts).
+//
+// What it adds to the generated layer, for a React / Redux Toolkit app:
+// - plain, serialisable values only: rows and events are parsed JSON, every
+//   count is a `number` (never a `bigint`), maps are objects;
+// - discriminated unions (`kind`) for write modes, statuses and errors;
+// - listeners return an unsubscribe function, and their handles are held in a
+//   registry, so a garbage-collected handle never silently unsubscribes;
+// - async host callbacks: the token provider returns a Promise.
+//
+// It is flavour-neutral: `bindFerry(native)` takes the generated module, the JSI
+// one in an app (src/index.tsx), the N-API one in the Node tests.
+
+import type * as Gen from './generated/ferry';
+
+/** The generated module (either flavour: the public API is the same). */
+export type NativeFerry = typeof Gen;
+
+// --- values -------------------------------------------------------------------
+
+/** A JSON value as stored in a column. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A record as the app sees it: its columns plus the bookkeeping fields. */
+export type Row = {
+  id: string;
+  _status: 'pending' | 'synced';
+  _version: number | null;
+  [column: string]: Json;
+};
+
+/** Column values of a write; `id` optional on create (a UUIDv7 is made). */
+export type Fields = { id?: string; [column: string]: Json | undefined };
+
+export type WriteOp =
+  | { op: 'create'; collection: string; fields: Fields }
+  | { op: 'update'; collection: string; fields: Fields & { id: string } }
+  | { op: 'put'; collection: string; fields: Fields & { id: string } }
+  | { op: 'delete'; collection: string; id: string };
+
+export type WriteMode =
+  | { kind: 'offlineFirst' }
+  | { kind: 'optimistic' }
+  | { kind: 'online'; whenOffline: 'queue' | 'fail' };
+
+export type ChangeSource = 'local' | 'remote' | 'rollback';
+
+export type CollectionChange = {
+  collection: string;
+  upserted: Row[];
+  /** Gone everywhere. */
+  deleted: string[];
+  /** Gone from this device only: left what it syncs, still on the server. */
+  evicted: string[];
+  /** Too many rows to list: re-read the views of this collection. */
+  reload: boolean;
+};
+
+/** One committed transaction. */
+export type ChangeEvent = { source: ChangeSource; changes: CollectionChange[] };
+
+export type SyncPhase = 'idle' | 'pulling' | 'publishing' | 'pushing' | 'offline' | 'error';
+
+export type SyncStatus = {
+  phase: SyncPhase;
+  pagesDone: number;
+  recordsDone: number;
+  bytesDone: number;
+  /** Rows the server says exist in the pulled collections, when it tells. */
+  serverTotal: number | null;
+  pending: number;
+  quarantined: number;
+  lastError: string | null;
+  authFailed: boolean;
+  lastSyncCompletedAt: number | null;
+  online: boolean;
+};
+
+export type SyncReport = {
+  pages: number;
+  pulled: number;
+  skipped: number;
+  pushedApplied: number;
+  pushedConflicts: number;
+  pushedRejected: number;
+  pushedRetried: number;
+};
+
+export type StoreStatus = {
+  schemaVersion: number;
+  clientId: string;
+  records: Record<string, number>;
+  pending: number;
+  quarantined: number;
+};
+
+export type OutboxEntry = {
+  seq: number;
+  mutation_id: string;
+  collection: string;
+  record_id: string;
+  op: 'create' | 'update' | 'delete';
+  state: string;
+  last_error?: string | null;
+  [key: string]: Json | undefined;
+};
+
+export type SyncConfig = {
+  pageSize?: number;
+  pushBatch?: number;
+  pushDebounceMs?: number;
+  collections?: string[] | null;
+};
+
+/** The query language of the core (docs/architecture.md, queries). */
+export type Query = {
+  where?: Json;
+  order_by?: Json;
+  limit?: number;
+  offset?: number;
+  [key: string]: Json | undefined;
+};
+
+// --- errors -------------------------------------------------------------------
+
+/** Every failure, as a plain object (safe in Redux state and in `JSON.stringify`). */
+export type FerryErrorInfo =
+  | { kind: 'InvalidInput' | 'MalformedJson' | 'Schema' | 'Offline' | 'Unauthorized' | 'TokenUnavailable' | 'Internal'; detail: string }
+  | { kind: 'UnknownCollection'; collection: string; detail: string }
+  | { kind: 'UnknownColumn' | 'WrongType'; collection: string; column: string; detail: string }
+  | { kind: 'TooLarge'; limit: number; detail: string }
+  | { kind: 'NotFound' | 'AlreadyExists' | 'Conflict'; collection: string; id: string; detail: string }
+  | { kind: 'Rejected'; code: string; detail: string }
+  | { kind: 'Server'; status: number; code: string; detail: string };
+
+export type FerryErrorKind = FerryErrorInfo['kind'];
+
+/** What every Ferry call throws: `info` holds the typed fields. */
+export class FerryError extends Error {
+  readonly info: FerryErrorInfo;
+  constructor(info: FerryErrorInfo) {
+    super(`${info.kind}: ${info.detail}`);
+    this.name = 'FerryError';
+    this.info = info;
+  }
+  get kind(): FerryErrorKind {
+    return this.info.kind;
+  }
+}
+
+// --- conversions ----------------------------------------------------------------
+
+/** A `bigint` from the bindings as a `number`; counts and times fit in 2^53. */
+export const num = (v: bigint | number): number => (typeof v === 'bigint' ? Number(v) : v);
+
+const optNum = (v: bigint | number | undefined | null): number | null =>
+  v === undefined || v === null ? null : num(v);
+
+function toInfo(native: NativeFerry, e: unknown): FerryErrorInfo | undefined {
+  if (!native.FerryError.instanceOf(e)) return undefined;
+  const err = e as unknown as { tag: string; inner: Record<string, unknown> };
+  const inner: Record<string, unknown> = { ...err.inner };
+  for (const k of Object.keys(inner)) {
+    if (typeof inner[k] === 'bigint') inner[k] = Number(inner[k]);
+  }
+  return { kind: err.tag, ...inner } as FerryErrorInfo;
+}
+
+/** Runs a binding call, turning its errors into [`FerryError`]. */
+function call<T>(native: NativeFerry, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    const info = toInfo(native, e);
+    throw info ? new FerryError(info) : e;
+  }
+}
+
+async function callAsync<T>(native: NativeFerry, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    const info = toInfo(native, e);
+    throw info ? new FerryError(info) : e;
+  }
+}
+
+const PHASES: Record<string, SyncPhase> = {
+  Idle: 'idle',
+  Pulling: 'pulling',
+  Publishing: 'publishing',
+  Pushing: 'pushing',
+  Offline: 'offline',
+  Error: 'error',
+};
+
+function syncStatus(native: NativeFerry, s: Gen.SyncStatus): SyncStatus {
+  return {
+    phase: PHASES[native.SyncPhase[s.phase] as string] ?? 'error',
+    pagesDone: num(s.pagesDone),
+    recordsDone: num(s.recordsDone),
+    bytesDone: num(s.bytesDone),
+    serverTotal: optNum(s.serverTotal),
+    pending: num(s.pending),
+    quarantined: num(s.quarantined),
+    lastError: s.lastError ?? null,
+    authFailed: s.authFailed,
+    lastSyncCompletedAt: optNum(s.lastSyncCompletedAt),
+    online: s.online,
+  };
+}
+
+function syncReport(r: Gen.SyncReport): SyncReport {
+  return {
+    pages: num(r.pages),
+    pulled: num(r.pulled),
+    skipped: num(r.skipped),
+    pushedApplied: num(r.pushedApplied),
+    pushedConflicts: num(r.pushedConflicts),
+    pushedRejected: num(r.pushedRejected),
+    pushedRetried: num(r.pushedRetried),
+  };
+}
+
+function writeMode(native: NativeFerry, m: WriteMode): Gen.WriteMode {
+  switch (m.kind) {
+    case 'offlineFirst':
+      return new native.WriteMode.OfflineFirst();
+    case 'optimistic':
+      return new native.WriteMode.Optimistic();
+    case 'online':
+      return new native.WriteMode.Online({
+        whenOffline: m.whenOffline === 'queue' ? native.OfflineBehavior.Queue : native.OfflineBehavior.Fail,
+      });
+  }
+}
+
+function parseEvents(json: string): ChangeEvent[] {
+  const events = JSON.parse(json) as Array<Omit<ChangeEvent, 'changes'> & { changes: Array<Partial<CollectionChange>> }>;
+  return events.map((e) => ({
+    source: e.source,
+    changes: e.changes.map((c) => ({
+      collection: c.collection ?? '',
+      upserted: c.upserted ?? [],
+      deleted: c.deleted ?? [],
+      evicted: c.evicted ?? [],
+      reload: c.reload ?? false,
+    })),
+  }));
+}
+
+// --- handles ------------------------------------------------------------------
+
+/** Stops a listener. Idempotent. */
+export type Unsubscribe = () => void;
+
+/** A native object: destroying it releases the Rust side now, not at GC. */
+type Destroyable = { uniffiDestroy?: () => void };
+
+type Handle = { cancel(): void } & Destroyable;
+
+/**
+ * Holds every live listener handle: a handle that only the app's closure knew
+ * would be garbage-collected (Hermes collects early in release builds), and a
+ * collected handle unsubscribes. The unsubscribe function releases it.
+ */
+const registry = new Set<Handle>();
+
+function hold(handle: Handle): Unsubscribe {
+  registry.add(handle);
+  return () => {
+    if (registry.delete(handle)) {
+      handle.cancel();
+      handle.uniffiDestroy?.();
+    }
+  };
+}
+
+/** How many listener handles are held (for tests and leak checks). */
+export const heldHandles = (): number => registry.size;
+
+// --- the API --------------------------------------------------------------------
+
+/** Supplies bearer tokens; `refresh` is true after the server refused the last one. */
+export type TokenProvider = (refresh: boolean) => Promise<string>;
+
+/**
+ * Merges a record changed both locally and on the server: gets the local row
+ * (with `_changed`, its pending columns) and the server's `{id, version,
+ * fields}`, returns the merged fields. Never called while the database is
+ * locked: it may read or write the database. A throw gives way to the merge rule.
+ */
+export type ConflictResolver = (
+  collection: string,
+  local: Row & { _changed: string[] },
+  server: { id: string; version: number; fields: Record<string, Json> },
+) => Record<string, Json>;
+
+export type SyncClientOptions = {
+  url: string;
+  tokenProvider: TokenProvider;
+  config?: SyncConfig;
+  resolver?: ConflictResolver;
+};
+
+export type Ferry = ReturnType<typeof bindFerry>;
+
+/** The API over one generated module. */
+export function bindFerry(native: NativeFerry) {
+  class Database {
+    /** @internal */
+    readonly raw: Gen.FerryDatabaseLike & Destroyable;
+    readonly path: string;
+    private closed = false;
+    private readonly unsubscribes = new Set<Unsubscribe>();
+
+    private constructor(raw: Gen.FerryDatabaseLike, path: string) {
+      this.raw = raw;
+      this.path = path;
+    }
+
+    /** Opens (creating or migrating) the database at `path` with a schema. */
+    static open(path: string, schema: object | string): Database {
+      const json = typeof schema === 'string' ? schema : JSON.stringify(schema);
+      return new Database(call(native, () => native.FerryDatabase.open(path, json)), path);
+    }
+
+    /** A batch of writes in one transaction: all or none; the written rows. */
+    write(ops: WriteOp[]): Array<Row | null> {
+      return JSON.parse(call(native, () => this.raw.write(JSON.stringify(ops))));
+    }
+
+    create(collection: string, fields: Fields): Row {
+      return JSON.parse(call(native, () => this.raw.create(collection, JSON.stringify(fields))));
+    }
+
+    update(collection: string, fields: Fields & { id: string }): Row {
+      return JSON.parse(call(native, () => this.raw.update(collection, JSON.stringify(fields))));
+    }
+
+    put(collection: string, fields: Fields & { id: string }): Row {
+      return JSON.parse(call(native, () => this.raw.put(collection, JSON.stringify(fields))));
+    }
+
+    delete(collection: string, ids: string[]): void {
+      call(native, () => this.raw.delete_(collection, ids));
+    }
+
+    get(collection: string, id: string): Row | null {
+      const json = call(native, () => this.raw.get(collection, id));
+      return json === undefined ? null : JSON.parse(json);
+    }
+
+    query(collection: string, query: Query = {}): Row[] {
+      return JSON.parse(call(native, () => this.raw.query(collection, JSON.stringify(query))));
+    }
+
+    count(collection: string, query: Query = {}): number {
+      return num(call(native, () => this.raw.count(collection, JSON.stringify(query))));
+    }
+
+    outbox(): OutboxEntry[] {
+      return JSON.parse(call(native, () => this.raw.outbox()));
+    }
+
+    quarantine(): OutboxEntry[] {
+      return JSON.parse(call(native, () => this.raw.quarantine()));
+    }
+
+    discardQuarantined(mutationId: string): void {
+      call(native, () => this.raw.discardQuarantined(mutationId));
+    }
+
+    status(): StoreStatus {
+      const s = call(native, () => this.raw.status());
+      const records: Record<string, number> = {};
+      for (const [k, v] of s.records) records[k] = num(v);
+      return {
+        schemaVersion: s.schemaVersion,
+        clientId: s.clientId,
+        records,
+        pending: num(s.pending),
+        quarantined: num(s.quarantined),
+      };
+    }
+
+    /** Every committed change, one call per burst of transactions. */
+    onChanges(listener: (events: ChangeEvent[]) => void): Unsubscribe {
+      const handle = this.raw.addChangeListener({
+        onChanges: (json: string) => listener(parseEvents(json)),
+      });
+      return this.track(hold(handle));
+    }
+
+    /** A query's rows now, then after each burst of commits touching `collection`. */
+    observe(collection: string, query: Query, listener: (rows: Row[]) => void): Unsubscribe {
+      const handle = call(native, () =>
+        this.raw.observe(collection, JSON.stringify(query), {
+          onResult: (json: string) => listener(JSON.parse(json)),
+        }),
+      );
+      return this.track(hold(handle));
+    }
+
+    /** Resolves once every change committed before it reached the listeners. */
+    flushEvents(): Promise<void> {
+      return this.raw.flushEvents();
+    }
+
+    /** Unregisters its listeners and releases the native handle. */
+    close(): void {
+      if (this.closed) return;
+      this.closed = true;
+      for (const u of [...this.unsubscribes]) u();
+      this.raw.uniffiDestroy?.();
+    }
+
+    private track(u: Unsubscribe): Unsubscribe {
+      const once = () => {
+        this.unsubscribes.delete(once);
+        u();
+      };
+      this.unsubscribes.add(once);
+      return once;
+    }
+  }
+
+  class SyncClient {
+    /** @internal */
+    readonly raw: Gen.FerrySyncClientLike & Destroyable;
+    private readonly unsubscribes = new Set<Unsubscribe>();
+    private closed = false;
+
+    constructor(db: Database, options: SyncClientOptions) {
+      const defaults = native.defaultSyncConfig();
+      const c = options.config ?? {};
+      const config: Gen.SyncConfig = {
+        pageSize: c.pageSize ?? defaults.pageSize,
+        pushBatch: c.pushBatch ?? defaults.pushBatch,
+        pushDebounceMs: c.pushDebounceMs === undefined ? defaults.pushDebounceMs : BigInt(c.pushDebounceMs),
+        collections: c.collections ?? undefined,
+      };
+      const tokens = {
+        token: async (refresh: boolean): Promise<string> => {
+          try {
+            return await options.tokenProvider(refresh);
+          } catch (e) {
+            if (native.HostError.instanceOf(e)) throw e;
+            throw new native.HostError.Failed({ reason: e instanceof Error ? e.message : String(e) });
+          }
+        },
+      };
+      const resolver = options.resolver;
+      this.raw = call(native, () =>
+        resolver
+          ? native.FerrySyncClient.withResolver(db.raw, options.url, tokens, config, {
+              resolve: (collection: string, localJson: string, serverJson: string): string =>
+                JSON.stringify(resolver(collection, JSON.parse(localJson), JSON.parse(serverJson))),
+            })
+          : new native.FerrySyncClient(db.raw, options.url, tokens, config),
+      );
+    }
+
+    /** Pull, publish, push. Joins a sync already running. */
+    async sync(): Promise<SyncReport> {
+      return syncReport(await callAsync(native, () => this.raw.sync()));
+    }
+
+    /** A batch of writes in `mode`; the written rows. */
+    async write(ops: WriteOp[], mode: WriteMode = { kind: 'offlineFirst' }): Promise<Array<Row | null>> {
+      const json = await callAsync(native, () => this.raw.write(JSON.stringify(ops), writeMode(native, mode)));
+      return JSON.parse(json);
+    }
+
+    async pushAll(): Promise<number> {
+      return num(await callAsync(native, () => this.raw.pushAll()));
+    }
+
+    status(): SyncStatus {
+      return syncStatus(native, this.raw.status());
+    }
+
+    /** Every status change (the latest one after a burst), on the JS thread. */
+    onStatus(listener: (status: SyncStatus) => void): Unsubscribe {
+      const handle = this.raw.addStatusListener({
+        onStatus: (s: Gen.SyncStatus) => listener(syncStatus(native, s)),
+      });
+      const u = hold(handle);
+      const once = () => {
+        this.unsubscribes.delete(once);
+        u();
+      };
+      this.unsubscribes.add(once);
+      return once;
+    }
+
+    setOnline(online: boolean): void {
+      this.raw.setOnline(online);
+    }
+
+    setForeground(foreground: boolean): void {
+      this.raw.setForeground(foreground);
+    }
+
+    /** Background sync: debounced pushes, a sync on reconnect and on foreground. */
+    start(): void {
+      this.raw.start();
+    }
+
+    stop(): void {
+      this.raw.stop();
+    }
+
+    /** Stops background sync and releases the native client. */
+    close(): void {
+      if (this.closed) return;
+      this.closed = true;
+      this.stop();
+      for (const u of [...this.unsubscribes]) u();
+      this.raw.uniffiDestroy?.();
+    }
+  }
+
+  /**
+   * Logout: stop sync, close the client and the database, then delete the
+   * database file, in that order. A sync still finishing holds the database for
+   * a moment: the delete waits for it (a few event-loop turns at most), and fails
+   * with `InvalidInput`, deleting nothing, if another handle stays open.
+   */
+  async function logout(client: SyncClient | null, db: Database): Promise<void> {
+    client?.close();
+    db.close();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        call(native, () => native.deleteDatabase(db.path));
+        return;
+      } catch (e) {
+        const stillOpen = e instanceof FerryError && e.kind === 'InvalidInput';
+        if (!stillOpen || attempt >= 50) throw e;
+        await new Promise<void>((resolve) => setTimeout(() => resolve(), 10));
+      }
+    }
+  }
+
+  return { Database, SyncClient, logout, FerryError };
+}
+
+export type Database = ReturnType<Ferry['Database']['open']>;
+export type SyncClient = InstanceType<Ferry['SyncClient']>;

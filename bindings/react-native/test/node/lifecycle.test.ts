@@ -1,0 +1,85 @@
+// The lifecycle adapters and the handle registry, against the real core.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { connectAppState, connectNetInfo } from '../../src/lifecycle';
+import { heldHandles, type SyncClient } from '../../src/api';
+import { cleanupDirs, device, releaseEventLoop, startServer, type Server } from './support';
+
+let server: Server;
+before(async () => {
+  server = await startServer();
+});
+after(async () => {
+  await server.stop();
+  cleanupDirs();
+  releaseEventLoop();
+});
+
+test('NetInfo drives online, and an unknown reachability trusts isConnected', async () => {
+  const d = device(server.url);
+  let emit: (s: { isConnected: boolean | null; isInternetReachable?: boolean | null }) => void = () => {};
+  let removed = false;
+  const stop = connectNetInfo(d.client, {
+    addEventListener: (l) => {
+      emit = l;
+      return () => {
+        removed = true;
+      };
+    },
+  });
+  emit({ isConnected: false, isInternetReachable: false });
+  assert.equal(d.client.status().online, false);
+  emit({ isConnected: true, isInternetReachable: null });
+  assert.equal(d.client.status().online, true);
+  emit({ isConnected: true, isInternetReachable: false });
+  assert.equal(d.client.status().online, false);
+  stop();
+  assert.ok(removed);
+  d.client.close();
+  d.db.close();
+});
+
+test('AppState drives foreground from its current state and each change', () => {
+  const calls: boolean[] = [];
+  const spy = { setForeground: (f: boolean) => calls.push(f) } as unknown as SyncClient;
+  let emit: (s: string) => void = () => {};
+  const stop = connectAppState(spy, {
+    currentState: 'background',
+    addEventListener: (_type, l) => {
+      emit = l;
+      return { remove: () => calls.push(true) };
+    },
+  });
+  emit('active');
+  emit('inactive');
+  assert.deepEqual(calls, [false, true, false]);
+  stop();
+});
+
+test('listener handles survive garbage collection until unsubscribed', async () => {
+  const d = device(server.url);
+  const seen: number[] = [];
+  const before = heldHandles();
+  const unsubscribe = d.db.onChanges((events) => seen.push(events.length));
+  // Nothing of ours references the handle: only the registry does.
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.equal(typeof gc, 'function', 'run node with --expose-gc');
+  for (let i = 0; i < 3; i++) {
+    gc!();
+    await new Promise((ok) => setImmediate(ok));
+  }
+  d.db.create('tasks', { title: 'after gc' });
+  await d.db.flushEvents();
+  assert.equal(seen.length, 1, 'still subscribed');
+  assert.equal(heldHandles(), before + 1);
+  unsubscribe();
+  unsubscribe();
+  assert.equal(heldHandles(), before);
+  d.db.create('tasks', { title: 'after unsubscribe' });
+  await d.db.flushEvents();
+  assert.equal(seen.length, 1, 'unsubscribed');
+  d.client.close();
+  d.db.close();
+});

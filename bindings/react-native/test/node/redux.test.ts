@@ -1,0 +1,251 @@
+// react-native-ferry on Node: the generated TypeScript over the real core (ubrn's
+// N-API flavour), a real Redux Toolkit store, a real ferry-server.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+
+import { combineReducers, configureStore, findNonSerializableValue, type UnknownAction } from '@reduxjs/toolkit';
+
+import { createFerryRedux } from '../../src/redux/index';
+import { FerryError, heldHandles, type Row } from '../../src/api';
+import {
+  ALICE,
+  BOB,
+  Database,
+  LOOSE_SCHEMA,
+  cleanupDirs,
+  dbPath,
+  device,
+  ferry,
+  releaseEventLoop,
+  startServer,
+  uid,
+  type Device,
+  type Server,
+} from './support';
+
+let server: Server;
+
+before(async () => {
+  server = await startServer();
+});
+
+after(async () => {
+  await server.stop();
+  cleanupDirs();
+  releaseEventLoop();
+});
+
+/** A Redux store over `d`, recording every action and every state. */
+function reduxOver(d: Device, collections = ['tasks']) {
+  const f = createFerryRedux({ db: d.db, client: d.client, collections, views: [{ collection: 'tasks' }] });
+  const actions: UnknownAction[] = [];
+  const recorder = () => (next: (a: unknown) => unknown) => (action: unknown) => {
+    actions.push(action as UnknownAction);
+    return next(action);
+  };
+  const store = configureStore({
+    reducer: { ferry: combineReducers(f.reducer) },
+    middleware: (gdm) => gdm({ serializableCheck: true, immutableCheck: true }).concat(f.middleware, recorder),
+  });
+  const states: ReturnType<typeof store.getState>[] = [];
+  store.subscribe(() => states.push(store.getState()));
+  return { f, store, actions, states };
+}
+
+const task = (state: { ferry: { collections: Record<string, { entities: Record<string, Row | undefined> }> } }, id: string) =>
+  state.ferry.collections.tasks?.entities[id];
+
+test('an optimistic write appears at once as pending, then commits as synced', async () => {
+  const d = device(server.url);
+  const { f, store, states, actions } = reduxOver(d);
+  const id = uid('opt');
+  await store.dispatch(
+    f.thunks.write({ ops: [{ op: 'create', collection: 'tasks', fields: { id, title: 'optimistic' } }], mode: { kind: 'optimistic' } }),
+  ).unwrap();
+  await d.db.flushEvents();
+  const seen = states.map((s) => task(s, id)?._status).filter(Boolean);
+  assert.equal(seen[0], 'pending', `first seen as pending: ${seen}`);
+  assert.equal(seen.at(-1), 'synced');
+  assert.ok(actions.some((a) => a.type === 'ferry/mutationCommitted'));
+  assert.equal(findNonSerializableValue(store.getState()), false, 'the state is serialisable');
+  assert.doesNotThrow(() => JSON.stringify(store.getState()));
+  f.detach();
+  d.client.close();
+  d.db.close();
+});
+
+test('a write the server rejects rolls back, and the rollback is a plain action', async () => {
+  const d = device(server.url, ALICE, { schema: LOOSE_SCHEMA });
+  const { f, store, actions } = reduxOver(d);
+  const id = uid('bad');
+  const result = await store.dispatch(
+    f.thunks.write({
+      ops: [{ op: 'create', collection: 'tasks', fields: { id, title: 'bad', priority: 'high' } }],
+      mode: { kind: 'optimistic' },
+    }),
+  );
+  assert.equal(result.type, 'ferry/write/rejected');
+  await d.db.flushEvents();
+  assert.equal(task(store.getState(), id), undefined, 'rolled back out of the state');
+  const rolledBack = actions.find((a) => a.type === 'ferry/mutationRolledBack') as
+    | (UnknownAction & { payload: { error: { kind: string; code?: string } } })
+    | undefined;
+  assert.equal(rolledBack?.payload.error.kind, 'Rejected');
+  assert.equal(rolledBack?.payload.error.code, 'invalid_record');
+  assert.equal(store.getState().ferry.sync.lastRollback?.error.kind, 'Rejected');
+  assert.equal(findNonSerializableValue(store.getState()), false);
+  f.detach();
+  d.client.close();
+  d.db.close();
+});
+
+test('an online write fails cleanly when offline, or queues, as asked', async () => {
+  const d = device(server.url);
+  const { f, store } = reduxOver(d);
+  d.client.setOnline(false);
+  const failed = uid('fail');
+  const r = await store.dispatch(
+    f.thunks.write({ ops: [{ op: 'create', collection: 'tasks', fields: { id: failed } }], mode: { kind: 'online', whenOffline: 'fail' } }),
+  );
+  assert.equal(r.type, 'ferry/write/rejected');
+  assert.equal((r.payload as { kind: string }).kind, 'Offline');
+  assert.equal(d.db.get('tasks', failed), null, 'nothing written');
+  const queued = uid('queue');
+  await store
+    .dispatch(
+      f.thunks.write({ ops: [{ op: 'create', collection: 'tasks', fields: { id: queued } }], mode: { kind: 'online', whenOffline: 'queue' } }),
+    )
+    .unwrap();
+  await d.db.flushEvents();
+  assert.equal(task(store.getState(), queued)?._status, 'pending');
+  d.client.setOnline(true);
+  await d.client.sync();
+  await d.db.flushEvents();
+  assert.equal(task(store.getState(), queued)?._status, 'synced');
+  f.detach();
+  d.client.close();
+  d.db.close();
+});
+
+test("another device's changes arrive as one batched action", async () => {
+  const a = device(server.url, BOB);
+  const b = device(server.url, BOB);
+  const { f, store, actions } = reduxOver(a);
+  const ids = [uid('b'), uid('b'), uid('b')];
+  await b.client.write(ids.map((id) => ({ op: 'create' as const, collection: 'tasks', fields: { id, title: id } })));
+  await b.client.sync();
+  const before = actions.length;
+  await a.client.sync();
+  await a.db.flushEvents();
+  const applied = actions
+    .slice(before)
+    .filter((x) => x.type === 'ferry/changesApplied') as Array<UnknownAction & { payload: { events: Array<{ source: string; changes: Array<{ upserted: Row[] }> }> } }>;
+  const remote = applied.filter((x) => x.payload.events.some((e) => e.source === 'remote'));
+  assert.equal(remote.length, 1, 'one action for the publish');
+  const upserted = remote[0]!.payload.events.flatMap((e) => e.changes.flatMap((c) => c.upserted.map((r) => r.id)));
+  assert.deepEqual([...upserted].sort(), [...ids].sort());
+  for (const id of ids) assert.equal(task(store.getState(), id)?._status, 'synced');
+  f.detach();
+  for (const d of [a, b]) {
+    d.client.close();
+    d.db.close();
+  }
+});
+
+test('the sync status moves through its transitions into the sync slice', async () => {
+  const d = device(server.url);
+  const { f, store, actions } = reduxOver(d);
+  assert.equal(store.getState().ferry.sync.status?.phase, 'idle');
+  d.db.create('tasks', { id: uid('s'), title: 'status' });
+  await d.client.sync();
+  await d.db.flushEvents();
+  const phases = actions
+    .filter((a) => a.type === 'ferry/syncStatusChanged')
+    .map((a) => (a as UnknownAction & { payload: { phase: string } }).payload.phase);
+  assert.equal(phases.at(-1), 'idle', `${phases}`);
+  assert.ok(store.getState().ferry.sync.status?.lastSyncCompletedAt, 'completed');
+  assert.equal(typeof store.getState().ferry.sync.status?.pending, 'number', 'numbers, never bigint');
+  d.client.setOnline(false);
+  await d.db.flushEvents();
+  assert.equal(store.getState().ferry.sync.status?.phase, 'offline');
+  assert.equal(store.getState().ferry.sync.status?.online, false);
+  f.detach();
+  d.client.close();
+  d.db.close();
+});
+
+test('a token refresh goes through an async JS provider', async () => {
+  const db = Database.open(dbPath('tokens'), JSON.parse(JSON.stringify((await import('./support')).SCHEMA)));
+  let refreshes = 0;
+  const client = new ferry.SyncClient(db, {
+    url: server.url,
+    tokenProvider: async (refresh) => {
+      if (!refresh) return 'expired';
+      refreshes += 1;
+      await new Promise((ok) => setImmediate(ok));
+      return ALICE;
+    },
+  });
+  await client.sync();
+  assert.equal(refreshes, 1);
+  const failing = new ferry.SyncClient(db, {
+    url: server.url,
+    tokenProvider: async () => {
+      throw new Error('keychain locked');
+    },
+  });
+  await assert.rejects(failing.sync(), (e: unknown) => e instanceof FerryError && e.kind === 'TokenUnavailable');
+  assert.equal(failing.status().authFailed, false, 'retried later, not a stop');
+  failing.close();
+  client.close();
+  db.close();
+});
+
+test('a conflict resolver written in JS runs while JS is writing, and nothing deadlocks', { timeout: 60_000 }, async () => {
+  const a = device(server.url);
+  const id = uid('c');
+  let calls = 0;
+  const b = device(server.url, ALICE, {
+    resolver: (_collection, local, server) => {
+      calls += 1;
+      // Writing from inside the resolver: the database is not locked here.
+      b.db.put('tasks', { id: `${id}-side`, title: 'written by the resolver' });
+      return { ...server.fields, title: `${local.title}+${server.fields.title}` };
+    },
+  });
+  await a.client.write([{ op: 'create', collection: 'tasks', fields: { id, title: 'seed' } }]);
+  await a.client.sync();
+  await b.client.sync();
+  a.db.update('tasks', { id, title: 'from a' });
+  await a.client.sync();
+  b.db.update('tasks', { id, title: 'from b' });
+  // JS keeps writing while the sync (and the resolver) run.
+  const syncing = b.client.sync();
+  for (let i = 0; i < 20; i++) b.db.put('tasks', { id: `${id}-busy-${i}`, title: 'busy' });
+  await syncing;
+  assert.equal(calls, 1);
+  assert.equal(b.db.get('tasks', id)?.title, 'from b+from a');
+  assert.ok(b.db.get('tasks', `${id}-side`));
+  for (const d of [a, b]) {
+    d.client.close();
+    d.db.close();
+  }
+});
+
+test('logout stops sync, closes, and wipes the database', async () => {
+  const d = device(server.url);
+  const { f, store } = reduxOver(d);
+  await store.dispatch(f.thunks.write({ ops: [{ op: 'create', collection: 'tasks', fields: { id: 'private' } }] })).unwrap();
+  d.client.start();
+  const path = d.db.path;
+  const handlesBefore = heldHandles();
+  f.detach();
+  await ferry.logout(d.client, d.db);
+  assert.equal(existsSync(path), false, 'the file is gone');
+  assert.ok(heldHandles() < handlesBefore, 'listener handles released');
+  const again = Database.open(path, (await import('./support')).SCHEMA);
+  assert.equal(again.get('tasks', 'private'), null);
+  again.close();
+});
