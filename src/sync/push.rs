@@ -168,6 +168,15 @@ pub(crate) fn apply_results(
     }
 }
 
+/// Each result of a push answer by its mutation id (answers are matched by id,
+/// never by position).
+pub(crate) fn outcomes_by_id(resp: &PushResponse) -> HashMap<&str, &MutationOutcome> {
+    resp.results
+        .iter()
+        .map(|r| (r.mutation_id.as_str(), &r.outcome))
+        .collect()
+}
+
 /// The records that `conflict` answers of `resp` will merge: what a host
 /// resolver must answer for before they are applied (see [`super::rebase`]).
 pub(crate) fn conflict_candidates(
@@ -175,11 +184,7 @@ pub(crate) fn conflict_candidates(
     batch: &[Sending],
     resp: &PushResponse,
 ) -> Result<Vec<Candidate>> {
-    let by_id: HashMap<&str, &MutationOutcome> = resp
-        .results
-        .iter()
-        .map(|r| (r.mutation_id.as_str(), &r.outcome))
-        .collect();
+    let by_id = outcomes_by_id(resp);
     let mut out = Vec::new();
     for e in batch.iter().filter(|e| e.op != Op::Delete) {
         let Some(MutationOutcome::Conflict {
@@ -213,11 +218,7 @@ impl<'a> Applying<'a> {
     fn new(batch: &'a [Sending], resp: &'a PushResponse) -> Self {
         Applying {
             batch,
-            by_id: resp
-                .results
-                .iter()
-                .map(|r| (r.mutation_id.as_str(), &r.outcome))
-                .collect(),
+            by_id: outcomes_by_id(resp),
             report: PushReport::default(),
             rejected: Vec::new(),
         }

@@ -41,11 +41,7 @@ pub(crate) fn out_of_reach(e: &Error) -> bool {
 
 /// Reads the answer to `sent`, matching results by mutation id.
 pub(crate) fn online_answer(sent: &[Sent], resp: &PushResponse) -> OnlineAnswer {
-    let by_id: HashMap<&str, &MutationOutcome> = resp
-        .results
-        .iter()
-        .map(|r| (r.mutation_id.as_str(), &r.outcome))
-        .collect();
+    let by_id = super::push::outcomes_by_id(resp);
     let mut answer = OnlineAnswer::default();
     for m in sent {
         let failure = match by_id.get(m.mutation_id.as_str()) {

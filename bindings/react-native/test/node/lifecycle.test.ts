@@ -5,20 +5,12 @@ import assert from 'node:assert/strict';
 
 import { connectAppState, connectNetInfo } from '../../src/lifecycle';
 import { heldHandles, type SyncClient } from '../../src/api';
-import { cleanupDirs, device, releaseEventLoop, startServer, type Server } from './support';
+import { device, useServer } from './support';
 
-let server: Server;
-before(async () => {
-  server = await startServer();
-});
-after(async () => {
-  await server.stop();
-  cleanupDirs();
-  releaseEventLoop();
-});
+const serverOf = useServer({ before, after });
 
 test('NetInfo drives online, and an unknown reachability trusts isConnected', async () => {
-  const d = device(server.url);
+  const d = device(serverOf().url);
   let emit: (s: { isConnected: boolean | null; isInternetReachable?: boolean | null }) => void = () => {};
   let removed = false;
   const stop = connectNetInfo(d.client, {
@@ -59,7 +51,7 @@ test('AppState drives foreground from its current state and each change', () => 
 });
 
 test('listener handles survive garbage collection until unsubscribed', async () => {
-  const d = device(server.url);
+  const d = device(serverOf().url);
   const seen: number[] = [];
   const before = heldHandles();
   const unsubscribe = d.db.onChanges((events) => seen.push(events.length));

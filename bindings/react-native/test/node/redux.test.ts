@@ -14,28 +14,15 @@ import {
   BOB,
   Database,
   LOOSE_SCHEMA,
-  cleanupDirs,
   dbPath,
   device,
   ferry,
-  releaseEventLoop,
-  startServer,
   uid,
+  useServer,
   type Device,
-  type Server,
 } from './support';
 
-let server: Server;
-
-before(async () => {
-  server = await startServer();
-});
-
-after(async () => {
-  await server.stop();
-  cleanupDirs();
-  releaseEventLoop();
-});
+const serverOf = useServer({ before, after });
 
 /** A Redux store over `d`, recording every action and every state. */
 function reduxOver(d: Device, collections = ['tasks']) {
@@ -58,7 +45,7 @@ const task = (state: { ferry: { collections: Record<string, { entities: Record<s
   state.ferry.collections.tasks?.entities[id];
 
 test('an optimistic write appears at once as pending, then commits as synced', async () => {
-  const d = device(server.url);
+  const d = device(serverOf().url);
   const { f, store, states, actions } = reduxOver(d);
   const id = uid('opt');
   await store.dispatch(
@@ -77,7 +64,7 @@ test('an optimistic write appears at once as pending, then commits as synced', a
 });
 
 test('a write the server rejects rolls back, and the rollback is a plain action', async () => {
-  const d = device(server.url, ALICE, { schema: LOOSE_SCHEMA });
+  const d = device(serverOf().url, ALICE, { schema: LOOSE_SCHEMA });
   const { f, store, actions } = reduxOver(d);
   const id = uid('bad');
   const result = await store.dispatch(
@@ -102,7 +89,7 @@ test('a write the server rejects rolls back, and the rollback is a plain action'
 });
 
 test('an online write fails cleanly when offline, or queues, as asked', async () => {
-  const d = device(server.url);
+  const d = device(serverOf().url);
   const { f, store } = reduxOver(d);
   d.client.setOnline(false);
   const failed = uid('fail');
@@ -130,8 +117,8 @@ test('an online write fails cleanly when offline, or queues, as asked', async ()
 });
 
 test("another device's changes arrive as one batched action", async () => {
-  const a = device(server.url, BOB);
-  const b = device(server.url, BOB);
+  const a = device(serverOf().url, BOB);
+  const b = device(serverOf().url, BOB);
   const { f, store, actions } = reduxOver(a);
   const ids = [uid('b'), uid('b'), uid('b')];
   await b.client.write(ids.map((id) => ({ op: 'create' as const, collection: 'tasks', fields: { id, title: id } })));
@@ -155,7 +142,7 @@ test("another device's changes arrive as one batched action", async () => {
 });
 
 test('the sync status moves through its transitions into the sync slice', async () => {
-  const d = device(server.url);
+  const d = device(serverOf().url);
   const { f, store, actions } = reduxOver(d);
   assert.equal(store.getState().ferry.sync.status?.phase, 'idle');
   d.db.create('tasks', { id: uid('s'), title: 'status' });
@@ -180,7 +167,7 @@ test('a token refresh goes through an async JS provider', async () => {
   const db = Database.open(dbPath('tokens'), JSON.parse(JSON.stringify((await import('./support')).SCHEMA)));
   let refreshes = 0;
   const client = new ferry.SyncClient(db, {
-    url: server.url,
+    url: serverOf().url,
     tokenProvider: async (refresh) => {
       if (!refresh) return 'expired';
       refreshes += 1;
@@ -191,7 +178,7 @@ test('a token refresh goes through an async JS provider', async () => {
   await client.sync();
   assert.equal(refreshes, 1);
   const failing = new ferry.SyncClient(db, {
-    url: server.url,
+    url: serverOf().url,
     tokenProvider: async () => {
       throw new Error('keychain locked');
     },
@@ -204,10 +191,10 @@ test('a token refresh goes through an async JS provider', async () => {
 });
 
 test('a conflict resolver written in JS runs while JS is writing, and nothing deadlocks', { timeout: 60_000 }, async () => {
-  const a = device(server.url);
+  const a = device(serverOf().url);
   const id = uid('c');
   let calls = 0;
-  const b = device(server.url, ALICE, {
+  const b = device(serverOf().url, ALICE, {
     resolver: (_collection, local, server) => {
       calls += 1;
       // Writing from inside the resolver: the database is not locked here.
@@ -235,7 +222,7 @@ test('a conflict resolver written in JS runs while JS is writing, and nothing de
 });
 
 test('logout stops sync, closes, and wipes the database', async () => {
-  const d = device(server.url);
+  const d = device(serverOf().url);
   const { f, store } = reduxOver(d);
   await store.dispatch(f.thunks.write({ ops: [{ op: 'create', collection: 'tasks', fields: { id: 'private' } }] })).unwrap();
   d.client.start();

@@ -75,6 +75,24 @@ export async function startServer(): Promise<Server> {
   };
 }
 
+/** Starts one server for the calling test file; returns its getter. */
+export function useServer(hooks: { before: (f: () => Promise<void>) => void; after: (f: () => Promise<void>) => void }): () => Server {
+  let server: Server | undefined;
+  hooks.before(async () => {
+    server = await startServer();
+  });
+  hooks.after(async () => {
+    await server?.stop();
+    cleanupDirs();
+    releaseEventLoop();
+  });
+  return () => server ?? assertNever('the server starts in before()');
+}
+
+function assertNever(why: string): never {
+  throw new Error(why);
+}
+
 let dirs: string[] = [];
 
 /** A fresh database file path. */

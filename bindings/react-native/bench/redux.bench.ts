@@ -1,0 +1,96 @@
+// Benchmarks of the React Native layer on Node (ubrn's N-API flavour over the
+// real core, a real ferry-server). Not a test: run it by hand, figures go in
+// docs/benchmarks.md ("## React Native").
+//
+//   (cd bindings/react-native && npm run bench)     # after scripts/test-react-native.sh
+//
+// 1. A 10k-row change from another device: from the change listener receiving
+//    the publish's event to the Redux state holding all 10k rows (parse, one
+//    action, the entity adapter), and from the end of `sync()` to that state.
+// 2. One JS write (`db.put`) to the Redux state holding it (the commit, the
+//    event's hop back to JS, the reducer).
+
+import { performance } from 'node:perf_hooks';
+
+import { combineReducers, configureStore } from '@reduxjs/toolkit';
+
+import { createFerryRedux } from '../src/redux/index';
+import { BOB, cleanupDirs, device, releaseEventLoop, startServer, uid } from '../test/node/support';
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const REPS = Number(process.env.FERRY_BENCH_RN_REPS ?? 5);
+const WRITES = Number(process.env.FERRY_BENCH_RN_WRITES ?? 200);
+
+const server = await startServer();
+try {
+  const listenerToState: number[] = [];
+  const syncEndToState: number[] = [];
+  for (let rep = 0; rep < REPS; rep++) {
+    const a = device(server.url, BOB);
+    const b = device(server.url, BOB);
+    const f = createFerryRedux({ db: a.db, client: a.client, collections: ['tasks'] });
+    // Times the listener's work alone: a listener registered before the middleware's.
+    let received = 0;
+    a.db.onChanges(() => {
+      received = performance.now();
+    });
+    const store = configureStore({
+      reducer: { ferry: combineReducers(f.reducer) },
+      middleware: (gdm) => gdm({ serializableCheck: false, immutableCheck: false }).concat(f.middleware),
+    });
+    await a.client.sync();
+    const ids = Array.from({ length: 10_000 }, () => uid('bench'));
+    await b.client.write(ids.map((id) => ({ op: 'create' as const, collection: 'tasks', fields: { id, title: id, priority: 1 } })));
+    await b.client.sync();
+    const last = ids.at(-1)!;
+    const held = new Promise<number>((ok) => {
+      const stop = store.subscribe(() => {
+        if (store.getState().ferry.collections.tasks?.entities[last]) {
+          stop();
+          ok(performance.now());
+        }
+      });
+    });
+    await a.client.sync();
+    const syncEnd = performance.now();
+    const at = await held;
+    listenerToState.push(at - received);
+    syncEndToState.push(Math.max(0, at - syncEnd));
+    f.detach();
+    for (const d of [a, b]) {
+      d.client.close();
+      d.db.close();
+    }
+  }
+  console.log(`10k-row remote change, listener → Redux state: median ${median(listenerToState).toFixed(1)} ms (runs ${listenerToState.map((x) => x.toFixed(1)).join(' / ')})`);
+  console.log(`10k-row remote change, end of sync() → Redux state: median ${median(syncEndToState).toFixed(1)} ms (runs ${syncEndToState.map((x) => x.toFixed(1)).join(' / ')})`);
+
+  const d = device(server.url, BOB);
+  const f = createFerryRedux({ db: d.db, collections: ['tasks'] });
+  const store = configureStore({ reducer: { ferry: combineReducers(f.reducer) }, middleware: (gdm) => gdm().concat(f.middleware) });
+  const writes: number[] = [];
+  const puts: number[] = [];
+  for (let i = 0; i < WRITES; i++) {
+    const id = uid('w');
+    const held = new Promise<number>((ok) => {
+      const stop = store.subscribe(() => {
+        if (store.getState().ferry.collections.tasks?.entities[id]) {
+          stop();
+          ok(performance.now());
+        }
+      });
+    });
+    const t0 = performance.now();
+    d.db.put('tasks', { id, title: 'one write' });
+    puts.push(performance.now() - t0);
+    writes.push((await held) - t0);
+  }
+  console.log(`one JS write (db.put) → Redux state: median ${median(writes).toFixed(3)} ms over ${WRITES}; the put call alone: median ${median(puts).toFixed(3)} ms`);
+  f.detach();
+  d.client.close();
+  d.db.close();
+} finally {
+  await server.stop();
+  cleanupDirs();
+  releaseEventLoop();
+}
