@@ -3,7 +3,8 @@
 #   1. npm ci in bindings/react-native (if node_modules is stale), the ubrn CLI
 #      (scripts/ubrn.sh: built once, cached)
 #   2. the committed JSI bindings (src/generated TS, cpp/generated C++) are what
-#      ubrn generates from today's core (--write regenerates them)
+#      ubrn generates from today's core, and example/rows.ts what `ferry schema ts`
+#      prints (--write regenerates them)
 #   3. Node: the N-API flavour of the same bindings, generated next to a copy of
 #      the debug libferry.so, runs test/node/*.test.ts against the real core and a
 #      ferry-server the tests start
@@ -55,6 +56,10 @@ fi
 diff -r "$tmp/ts" "$PKG/src/generated" >/dev/null && diff -r "$tmp/cpp" "$PKG/cpp/generated" >/dev/null ||
   die "the committed JSI bindings are stale: run scripts/test-react-native.sh --write"
 say "the JSI bindings in $PKG are current"
+cargo run -q -p ferry-cli -- schema ts --schema examples/tasks.schema.json >"$tmp/rows.ts"
+if ((write)); then cp "$tmp/rows.ts" "$PKG/example/rows.ts"; fi
+diff "$tmp/rows.ts" "$PKG/example/rows.ts" >/dev/null ||
+  die "$PKG/example/rows.ts is not what \`ferry schema ts\` prints: run scripts/test-react-native.sh --write"
 
 # 3. Node (N-API) against the real core and a real server
 NODE_GEN="$PKG/test/node/generated"

@@ -53,6 +53,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Sync the database with a running ferry-server.
     Sync(commands::sync::SyncArgs),
+    /// Derive code from a schema file: `schema ts` prints TypeScript row types.
+    Schema(commands::schema::SchemaArgs),
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status => commands::inspect::status(&ctx),
         Command::Demo(args) => commands::demo::run(args),
         Command::Sync(args) => commands::sync::run(&ctx, args),
+        Command::Schema(args) => commands::schema::run(args),
     }
 }
 

@@ -508,3 +508,23 @@ fn assert_no_db_files(dir: &Path) {
         "no database file may be created: {names:?}"
     );
 }
+
+#[test]
+fn schema_ts_prints_row_types_and_needs_no_database() {
+    let env = Env::new();
+    let schema = env.schema_path();
+    let out = env
+        .bare()
+        .args(["schema", "ts", "--schema", schema.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ts = String::from_utf8(out.stdout).unwrap();
+    assert!(ts.contains("export type TasksRow = Row & {"), "{ts}");
+    assert!(ts.contains("  priority: number | null;"), "{ts}");
+    assert!(ts.contains("  drafts: DraftsRow;"), "{ts}");
+    assert_no_db_files(env.dir.path());
+    let mut bad = env.bare();
+    bad.args(["schema", "ts", "--schema", "missing.json"]);
+    expect_failure(bad, 2, "cannot read schema file");
+}

@@ -7,6 +7,7 @@
 //! with `_` (the core's bookkeeping) or equal to `id` are refused.
 
 mod migrate;
+mod typescript;
 
 pub use migrate::{Migration, plan_migration};
 

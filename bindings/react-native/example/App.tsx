@@ -7,10 +7,11 @@ import { AppState, Button, FlatList, Switch, Text, TextInput, View } from 'react
 import { Provider, useDispatch, useSelector } from 'react-redux';
 import { combineReducers, configureStore } from '@reduxjs/toolkit';
 
-import { Database, SyncClient, connectAppState, logout, type Row } from 'react-native-ferry';
+import { Database, SyncClient, connectAppState, logout } from 'react-native-ferry';
 import { createFerryRedux } from 'react-native-ferry/redux';
 
-import schema from './tasks.schema.json';
+import schema from '../../../examples/tasks.schema.json';
+import type { Rows } from './rows';
 
 const db = Database.open('tasks.db', schema);
 const client = new SyncClient(db, {
@@ -20,7 +21,7 @@ const client = new SyncClient(db, {
   resolver: (_collection, local, server) => ({ ...server.fields, title: local.title ?? '' }),
 });
 
-const ferry = createFerryRedux({ db, client, collections: ['tasks'], views: [{ collection: 'tasks', query: { limit: 200 } }] });
+const ferry = createFerryRedux<Rows>({ db, client, collections: ['tasks'], views: [{ collection: 'tasks', query: { limit: 200 } }] });
 
 const store = configureStore({
   reducer: { ferry: combineReducers(ferry.reducer) },
@@ -53,7 +54,8 @@ function TaskList() {
     };
   }, [dispatch]);
 
-  const pending = useMemo(() => tasks.filter((t: Row) => t._status === 'pending').length, [tasks]);
+  // Typed by the schema: `title` is a string, `done` a boolean.
+  const pending = useMemo(() => tasks.filter((t) => t._status === 'pending').length, [tasks]);
 
   return (
     <View style={{ flex: 1, padding: 16 }}>
@@ -85,7 +87,7 @@ function TaskList() {
         keyExtractor={(t) => t.id}
         renderItem={({ item }) => (
           <Text onPress={() => void dispatch(ferry.thunks.write({ ops: [{ op: 'update', collection: 'tasks', fields: { id: item.id, done: !item.done } }] }))}>
-            {item.done ? '☑' : '☐'} {String(item.title)} {item._status === 'pending' ? '…' : ''}
+            {item.done ? '☑' : '☐'} {item.title.trim()} {item._status === 'pending' ? '…' : ''}
           </Text>
         )}
       />

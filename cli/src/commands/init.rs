@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use ferry::{Schema, Store};
+use ferry::Store;
 
 use super::{Ctx, print_json};
 use crate::failure::Failure;
@@ -18,16 +18,9 @@ pub struct InitArgs {
 /// Prints the status of the initialised database.
 pub fn run(ctx: &Ctx, args: InitArgs) -> Result<(), Failure> {
     let db = ctx.db_path()?;
-    let json = std::fs::read_to_string(&args.schema).map_err(|e| {
-        Failure::Usage(format!(
-            "cannot read schema file `{}`: {e}",
-            args.schema.display()
-        ))
-    })?;
     // Parse and validate before touching the database, so a bad schema creates
     // no file.
-    let schema = Schema::from_json(&json)?;
-    schema.validate()?;
+    let schema = super::read_schema(&args.schema)?;
     let store = Store::open(db, schema)?;
     let status = store.status()?;
     print_json(&serde_json::to_value(status).map_err(anyhow::Error::from)?)

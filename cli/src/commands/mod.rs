@@ -4,7 +4,8 @@
 //! - `records`: put, delete, get, query;
 //! - `inspect`: outbox, status;
 //! - `demo`: two devices syncing through an in-process ferry-server;
-//! - `sync`: one sync with a running ferry-server.
+//! - `sync`: one sync with a running ferry-server;
+//! - `schema`: what a schema file gives other languages (`schema ts`).
 //!
 //! A new group gets its own file here, takes a [`Ctx`] and returns
 //! `Result<(), Failure>`, printing its result with [`print_json`].
@@ -13,15 +14,26 @@ pub mod demo;
 pub mod init;
 pub mod inspect;
 pub mod records;
+pub mod schema;
 pub mod sync;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ferry::Store;
+use ferry::{Schema, Store};
 use serde_json::Value;
 
 use crate::failure::Failure;
+
+/// Reads and validates a schema file.
+pub fn read_schema(path: &Path) -> Result<Schema, Failure> {
+    let json = std::fs::read_to_string(path).map_err(|e| {
+        Failure::Usage(format!("cannot read schema file `{}`: {e}", path.display()))
+    })?;
+    let schema = Schema::from_json(&json)?;
+    schema.validate()?;
+    Ok(schema)
+}
 
 /// What every command gets: the global options.
 pub struct Ctx {

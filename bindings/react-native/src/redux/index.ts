@@ -83,8 +83,14 @@ function plainError(e: unknown): FerryErrorInfo | { kind: 'Unknown'; detail: str
   return { kind: 'Unknown', detail: e instanceof Error ? e.message : String(e) };
 }
 
-/** Builds the reducer, middleware, thunks and selectors for one database. */
-export function createFerryRedux(options: FerryReduxOptions) {
+/**
+ * Builds the reducer, middleware, thunks and selectors for one database.
+ * `Rows` maps each collection to its row type (`ferry schema ts` writes it), so
+ * that selectors return typed rows.
+ */
+export function createFerryRedux<Rows extends { [collection: string]: Row } = { [collection: string]: Row }>(
+  options: FerryReduxOptions,
+) {
   const { db, client, collections } = options;
   const views = [...(options.views ?? [])];
   const known = new Set(collections);
@@ -223,14 +229,15 @@ export function createFerryRedux(options: FerryReduxOptions) {
   const reducer = { collections: collectionsSlice.reducer, sync: syncSlice.reducer };
 
   type S = { ferry: FerryState };
+  type Name = keyof Rows & string;
   const selectors = {
-    byId: (state: S, collection: string, id: string): Row | undefined =>
-      state.ferry.collections[collection]?.entities[id],
-    all: (state: S, collection: string): Row[] => {
+    byId: <C extends Name>(state: S, collection: C, id: string): Rows[C] | undefined =>
+      state.ferry.collections[collection]?.entities[id] as Rows[C] | undefined,
+    all: <C extends Name>(state: S, collection: C): Array<Rows[C]> => {
       const s = state.ferry.collections[collection];
-      return s ? rows.getSelectors().selectAll(s) : [];
+      return (s ? rows.getSelectors().selectAll(s) : []) as Array<Rows[C]>;
     },
-    isPending: (state: S, collection: string, id: string): boolean =>
+    isPending: (state: S, collection: Name, id: string): boolean =>
       state.ferry.collections[collection]?.entities[id]?._status === 'pending',
     sync: (state: S): SyncState => state.ferry.sync,
     quarantined: (state: S): number => state.ferry.sync.quarantined,
