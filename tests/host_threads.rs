@@ -331,9 +331,9 @@ mod ffi {
     #[test]
     fn the_logger_can_be_unset_and_is_released() {
         let lines = Arc::new(Lines(Mutex::default()));
-        ffi::logger::set_logger(Some(lines.clone()), LogLevel::Info).unwrap();
+        ffi::logger::set_logger(lines.clone(), LogLevel::Info).unwrap();
         assert_eq!(Arc::strong_count(&lines), 2, "held by the core");
-        ffi::logger::set_logger(None, LogLevel::Info).unwrap();
+        ffi::logger::unset_logger();
         assert_eq!(Arc::strong_count(&lines), 1, "released");
         tracing::error!("after unset");
         assert!(lines.0.lock().iter().all(|l| !l.contains("after unset")));

@@ -45,17 +45,11 @@ static QUEUE: OnceLock<Result<SyncSender<Line>, String>> = OnceLock::new();
 /// Lines queued for the host at most; past it new lines are dropped.
 const QUEUE_LINES: usize = 4096;
 
-/// Sends the core's log lines at `level` or more severe to `logger`; `null`
-/// unsets it (nothing is formatted or queued any more, and the old logger is
-/// released). The first call with a logger installs the process-wide `tracing`
-/// subscriber; it fails with `InvalidInput` if another one was installed first.
+/// Sends the core's log lines at `level` or more severe to `logger`. The first
+/// call installs the process-wide `tracing` subscriber; it fails with
+/// `InvalidInput` if another one was installed first. [`unset_logger`] undoes it.
 #[uniffi::export]
-pub fn set_logger(logger: Option<Arc<dyn Logger>>, level: LogLevel) -> Result<(), FerryError> {
-    let Some(logger) = logger else {
-        MAX_LEVEL.store(OFF, Ordering::SeqCst);
-        HOST.write().take();
-        return Ok(());
-    };
+pub fn set_logger(logger: Arc<dyn Logger>, level: LogLevel) -> Result<(), FerryError> {
     *HOST.write() = Some(logger);
     MAX_LEVEL.store(level as u8, Ordering::SeqCst);
     QUEUE
@@ -63,6 +57,15 @@ pub fn set_logger(logger: Option<Arc<dyn Logger>>, level: LogLevel) -> Result<()
         .clone()
         .map(drop)
         .map_err(|detail| FerryError::InvalidInput { detail })
+}
+
+/// Stops forwarding log lines and releases the logger: nothing is formatted or
+/// queued any more. (A separate call, not `set_logger(null)`: uniffi-bindgen-react-native
+/// 0.31.0-5 cannot pass a JS object inside an optional.)
+#[uniffi::export]
+pub fn unset_logger() {
+    MAX_LEVEL.store(OFF, Ordering::SeqCst);
+    HOST.write().take();
 }
 
 fn install() -> Result<SyncSender<Line>, String> {

@@ -543,8 +543,30 @@ export function bindFerry(native: NativeFerry) {
     }
   }
 
-  return { Database, SyncClient, logout, FerryError };
+  const LEVELS: LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
+
+  /**
+   * Sends the core's log lines at `level` or more severe to `logger` (on the JS
+   * thread, through a bounded queue); `null` unsets it and releases it.
+   */
+  function setLogger(logger: ((level: LogLevel, target: string, message: string) => void) | null, level: LogLevel = 'info'): void {
+    if (!logger) {
+      native.unsetLogger();
+      return;
+    }
+    const nativeLevel = LEVELS.indexOf(level) as Gen.LogLevel;
+    call(native, () =>
+      native.setLogger(
+        { log: (l: Gen.LogLevel, target: string, message: string) => logger(LEVELS[l] ?? 'info', target, message) },
+        nativeLevel,
+      ),
+    );
+  }
+
+  return { Database, SyncClient, logout, setLogger, FerryError };
 }
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
 
 export type Database = ReturnType<Ferry['Database']['open']>;
 export type SyncClient = InstanceType<Ferry['SyncClient']>;

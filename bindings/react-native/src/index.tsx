@@ -10,5 +10,5 @@ export { connectAppState, connectNetInfo, type AppStateLike, type NetInfoLike } 
 
 const ferry = bindFerry(native as unknown as NativeFerry);
 
-export const { Database, SyncClient, logout } = ferry;
+export const { Database, SyncClient, logout, setLogger } = ferry;
 export default ferry;

@@ -4047,30 +4047,6 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterOptionTypeLogger: FfiConverterRustBuffer {
-    typealias SwiftType = Logger?
-
-    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
-        guard let value = value else {
-            writeInt(&buf, Int8(0))
-            return
-        }
-        writeInt(&buf, Int8(1))
-        FfiConverterTypeLogger.write(value, into: &buf)
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
-        switch try readInt(&buf) as Int8 {
-        case 0: return nil
-        case 1: return try FfiConverterTypeLogger.read(from: &buf)
-        default: throw UniffiInternalError.unexpectedOptionalTag
-        }
-    }
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
 fileprivate struct FfiConverterOptionSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]?
 
@@ -4317,15 +4293,24 @@ public func deleteDatabase(path: String)throws   {try rustCallWithError(FfiConve
 }
 }
 /**
- * Sends the core's log lines at `level` or more severe to `logger`; `null`
- * unsets it (nothing is formatted or queued any more, and the old logger is
- * released). The first call with a logger installs the process-wide `tracing`
- * subscriber; it fails with `InvalidInput` if another one was installed first.
+ * Sends the core's log lines at `level` or more severe to `logger`. The first
+ * call installs the process-wide `tracing` subscriber; it fails with
+ * `InvalidInput` if another one was installed first. [`unset_logger`] undoes it.
  */
-public func setLogger(logger: Logger?, level: LogLevel)throws   {try rustCallWithError(FfiConverterTypeFerryError_lift) {
+public func setLogger(logger: Logger, level: LogLevel)throws   {try rustCallWithError(FfiConverterTypeFerryError_lift) {
     uniffi_ferry_fn_func_set_logger(
-        FfiConverterOptionTypeLogger.lower(logger),
+        FfiConverterTypeLogger_lower(logger),
         FfiConverterTypeLogLevel_lower(level),$0
+    )
+}
+}
+/**
+ * Stops forwarding log lines and releases the logger: nothing is formatted or
+ * queued any more. (A separate call, not `set_logger(null)`: uniffi-bindgen-react-native
+ * 0.31.0-5 cannot pass a JS object inside an optional.)
+ */
+public func unsetLogger()  {try! rustCall() {
+    uniffi_ferry_fn_func_unset_logger($0
     )
 }
 }
@@ -4357,7 +4342,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_func_delete_database() != 47959) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_func_set_logger() != 42485) {
+    if (uniffi_ferry_checksum_func_set_logger() != 9362) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_func_unset_logger() != 28855) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_func_default_sync_config() != 14325) {

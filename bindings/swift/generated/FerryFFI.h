@@ -670,7 +670,13 @@ void uniffi_ferry_fn_func_delete_database(RustBuffer path, RustCallStatus *_Nonn
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
-void uniffi_ferry_fn_func_set_logger(RustBuffer logger, RustBuffer level, RustCallStatus *_Nonnull out_status
+void uniffi_ferry_fn_func_set_logger(uint64_t logger, RustBuffer level, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_UNSET_LOGGER
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_UNSET_LOGGER
+void uniffi_ferry_fn_func_unset_logger(RustCallStatus *_Nonnull out_status
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_DEFAULT_SYNC_CONFIG
@@ -948,6 +954,12 @@ uint16_t uniffi_ferry_checksum_func_delete_database(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_SET_LOGGER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_SET_LOGGER
 uint16_t uniffi_ferry_checksum_func_set_logger(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_UNSET_LOGGER
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_UNSET_LOGGER
+uint16_t uniffi_ferry_checksum_func_unset_logger(void
     
 );
 #endif

@@ -495,9 +495,11 @@ extern "C" {
         RustCallStatus *uniffi_out_err
     );
     void uniffi_ferry_fn_func_set_logger(
-        RustBuffer logger, 
+        /*handle*/ uint64_t logger, 
         RustBuffer level, 
         RustCallStatus *uniffi_out_err
+    );
+    void uniffi_ferry_fn_func_unset_logger(RustCallStatus *uniffi_out_err
     );
     RustBuffer uniffi_ferry_fn_func_default_sync_config(RustCallStatus *uniffi_out_err
     );
@@ -701,6 +703,8 @@ extern "C" {
     uint16_t uniffi_ferry_checksum_func_delete_database(
     );
     uint16_t uniffi_ferry_checksum_func_set_logger(
+    );
+    uint16_t uniffi_ferry_checksum_func_unset_logger(
     );
     uint16_t uniffi_ferry_checksum_func_default_sync_config(
     );
@@ -5310,6 +5314,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_func_set_logger(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_func_unset_logger"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_func_unset_logger"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_func_unset_logger(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_func_default_sync_config"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_func_default_sync_config"),
@@ -5716,6 +5728,14 @@ NativeFerry::NativeFerry(
         0,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_checksum_func_set_logger(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_func_unset_logger"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_func_unset_logger"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_func_unset_logger(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_checksum_func_default_sync_config"] = jsi::Function::createFromHostFunction(
@@ -7072,8 +7092,17 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_func_delete_database(jsi::Runtime& r
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_func_set_logger(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
-        uniffi_ferry_fn_func_set_logger(uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), 
+        uniffi_ferry_fn_func_set_logger(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), 
             &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return jsi::Value::undefined();
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_func_unset_logger(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        uniffi_ferry_fn_func_unset_logger(&status
         );
         uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
 
@@ -7470,6 +7499,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_func_delete_database(jsi::Runt
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_func_set_logger(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_func_set_logger(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_func_unset_logger(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_func_unset_logger(
         );
 
         

@@ -53,16 +53,28 @@ export function deleteDatabase(path: string): void /*throws*/ {uniffiCaller.rust
     }
 
 /**
- * Sends the core's log lines at `level` or more severe to `logger`; `null`
- * unsets it (nothing is formatted or queued any more, and the old logger is
- * released). The first call with a logger installs the process-wide `tracing`
- * subscriber; it fails with `InvalidInput` if another one was installed first.
+ * Sends the core's log lines at `level` or more severe to `logger`. The first
+ * call installs the process-wide `tracing` subscriber; it fails with
+ * `InvalidInput` if another one was installed first. [`unset_logger`] undoes it.
  */
-export function setLogger(logger: Logger | undefined, level: LogLevel): void /*throws*/ {uniffiCaller.rustCallWithError(
+export function setLogger(logger: Logger, level: LogLevel): void /*throws*/ {uniffiCaller.rustCallWithError(
             /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
             /*caller:*/ (callStatus) => { nativeModule().ubrn_uniffi_ferry_fn_func_set_logger(
-        FfiConverterOptionalTypeLogger.lower(logger, nativeModule().rustbuffer_alloc),
+        FfiConverterTypeLogger.lower(logger, nativeModule().rustbuffer_alloc),
         FfiConverterTypeLogLevel.lower(level, nativeModule().rustbuffer_alloc),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    }
+
+/**
+ * Stops forwarding log lines and releases the logger: nothing is formatted or
+ * queued any more. (A separate call, not `set_logger(null)`: uniffi-bindgen-react-native
+ * 0.31.0-5 cannot pass a JS object inside an optional.)
+ */
+export function unsetLogger(): void {uniffiCaller.rustCall(
+            /*caller:*/ (callStatus) => { nativeModule().ubrn_uniffi_ferry_fn_func_unset_logger(
                 callStatus);
             },
             /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
@@ -4135,9 +4147,6 @@ const FfiConverterOptionalInt64 = new FfiConverterOptional(FfiConverterInt64);
 // FfiConverter for Array<Anchor>
 const FfiConverterSequenceTypeAnchor = new FfiConverterArray(FfiConverterTypeAnchor);
 
-// FfiConverter for Logger | undefined
-const FfiConverterOptionalTypeLogger = new FfiConverterOptional(FfiConverterTypeLogger);
-
 
 /**
  * This should be called before anything else.
@@ -4163,8 +4172,11 @@ function uniffiEnsureInitialized() {
     if (nativeModule().ubrn_uniffi_ferry_checksum_func_delete_database() !== 47959) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_func_delete_database");
     }
-    if (nativeModule().ubrn_uniffi_ferry_checksum_func_set_logger() !== 42485) {
+    if (nativeModule().ubrn_uniffi_ferry_checksum_func_set_logger() !== 9362) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_func_set_logger");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_func_unset_logger() !== 28855) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_func_unset_logger");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_changelistener_on_changes() !== 24932) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_changelistener_on_changes");

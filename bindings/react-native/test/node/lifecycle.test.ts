@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 
 import { connectAppState, connectNetInfo } from '../../src/lifecycle';
 import { heldHandles, type SyncClient } from '../../src/api';
-import { device, useServer } from './support';
+import { device, ferry, useServer } from './support';
 
 const serverOf = useServer({ before, after });
 
@@ -72,6 +72,33 @@ test('listener handles survive garbage collection until unsubscribed', async () 
   d.db.create('tasks', { title: 'after unsubscribe' });
   await d.db.flushEvents();
   assert.equal(seen.length, 1, 'unsubscribed');
+  d.client.close();
+  d.db.close();
+});
+
+test('the logger gets core lines on the JS thread, and can be unset', async () => {
+  const lines: string[] = [];
+  let first: () => void = () => {};
+  const got = new Promise<void>((ok) => (first = ok));
+  ferry.setLogger((level, target, message) => {
+    lines.push(`${level} ${target} ${message}`);
+    first();
+  }, 'error');
+  const d = device(serverOf().url);
+  // A throwing change listener is caught by the core and logged at error level.
+  const stop = d.db.onChanges(() => {
+    throw new Error('listener bug');
+  });
+  d.db.create('tasks', { title: 'logged' });
+  await got;
+  assert.ok(lines.some((l) => l.startsWith('error ferry::events') && l.includes('change listener panicked')), `${lines}`);
+  ferry.setLogger(null);
+  const before = lines.length;
+  d.db.create('tasks', { title: 'not logged' });
+  await d.db.flushEvents();
+  for (let i = 0; i < 10; i++) await new Promise((ok) => setImmediate(ok));
+  assert.equal(lines.length, before, 'nothing after unset');
+  stop();
   d.client.close();
   d.db.close();
 });

@@ -779,6 +779,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_func_set_logger(
     ): Int
+    external fun uniffi_ferry_checksum_func_unset_logger(
+    ): Int
     external fun uniffi_ferry_checksum_func_default_sync_config(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_add_change_listener(
@@ -1019,7 +1021,9 @@ external fun uniffi_ferry_fn_method_ferrysyncclient_write(`ptr`: Long,`opsJson`:
 ): Long
 external fun uniffi_ferry_fn_func_delete_database(`path`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
-external fun uniffi_ferry_fn_func_set_logger(`logger`: RustBuffer.ByValue,`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+external fun uniffi_ferry_fn_func_set_logger(`logger`: Long,`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+external fun uniffi_ferry_fn_func_unset_logger(uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 external fun uniffi_ferry_fn_func_default_sync_config(uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
@@ -1145,7 +1149,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_func_delete_database() != 47959) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_func_set_logger() != 42485) {
+    if (lib.uniffi_ferry_checksum_func_set_logger() != 9362) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_func_unset_logger() != 28855) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_func_default_sync_config() != 14325) {
@@ -6445,38 +6452,6 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
 /**
  * @suppress
  */
-public object FfiConverterOptionalTypeLogger: FfiConverterRustBuffer<Logger?> {
-    override fun read(buf: ByteBuffer): Logger? {
-        if (buf.get().toInt() == 0) {
-            return null
-        }
-        return FfiConverterTypeLogger.read(buf)
-    }
-
-    override fun allocationSize(value: Logger?): ULong {
-        if (value == null) {
-            return 1UL
-        } else {
-            return 1UL + FfiConverterTypeLogger.allocationSize(value)
-        }
-    }
-
-    override fun write(value: Logger?, buf: ByteBuffer) {
-        if (value == null) {
-            buf.put(0)
-        } else {
-            buf.put(1)
-            FfiConverterTypeLogger.write(value, buf)
-        }
-    }
-}
-
-
-
-
-/**
- * @suppress
- */
 public object FfiConverterOptionalSequenceString: FfiConverterRustBuffer<List<kotlin.String>?> {
     override fun read(buf: ByteBuffer): List<kotlin.String>? {
         if (buf.get().toInt() == 0) {
@@ -6621,17 +6596,30 @@ public object FfiConverterMapStringULong: FfiConverterRustBuffer<Map<kotlin.Stri
     
 
         /**
-         * Sends the core's log lines at `level` or more severe to `logger`; `null`
-         * unsets it (nothing is formatted or queued any more, and the old logger is
-         * released). The first call with a logger installs the process-wide `tracing`
-         * subscriber; it fails with `InvalidInput` if another one was installed first.
+         * Sends the core's log lines at `level` or more severe to `logger`. The first
+         * call installs the process-wide `tracing` subscriber; it fails with
+         * `InvalidInput` if another one was installed first. [`unset_logger`] undoes it.
          */
-    @Throws(FerryException::class) fun `setLogger`(`logger`: Logger?, `level`: LogLevel)
+    @Throws(FerryException::class) fun `setLogger`(`logger`: Logger, `level`: LogLevel)
         = 
     uniffiRustCallWithError(FerryException) { _status ->
     UniffiLib.uniffi_ferry_fn_func_set_logger(
     
-        FfiConverterOptionalTypeLogger.lower(`logger`),FfiConverterTypeLogLevel.lower(`level`),_status)
+        FfiConverterTypeLogger.lower(`logger`),FfiConverterTypeLogLevel.lower(`level`),_status)
+}
+    
+    
+
+        /**
+         * Stops forwarding log lines and releases the logger: nothing is formatted or
+         * queued any more. (A separate call, not `set_logger(null)`: uniffi-bindgen-react-native
+         * 0.31.0-5 cannot pass a JS object inside an optional.)
+         */ fun `unsetLogger`()
+        = 
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_ferry_fn_func_unset_logger(
+    
+        _status)
 }
     
     
