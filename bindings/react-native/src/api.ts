@@ -331,15 +331,24 @@ export function bindFerry(native: NativeFerry) {
       return JSON.parse(call(native, () => this.raw.write(JSON.stringify(ops))));
     }
 
-    create(collection: string, fields: Fields): Row {
+    /** Creates one record, or many in one transaction (an array). */
+    create(collection: string, fields: Fields): Row;
+    create(collection: string, fields: Fields[]): Row[];
+    create(collection: string, fields: Fields | Fields[]): Row | Row[] {
       return JSON.parse(call(native, () => this.raw.create(collection, JSON.stringify(fields))));
     }
 
-    update(collection: string, fields: Fields & { id: string }): Row {
+    /** Updates the given columns of one record, or of many (an array). */
+    update(collection: string, fields: Fields & { id: string }): Row;
+    update(collection: string, fields: Array<Fields & { id: string }>): Row[];
+    update(collection: string, fields: (Fields & { id: string }) | Array<Fields & { id: string }>): Row | Row[] {
       return JSON.parse(call(native, () => this.raw.update(collection, JSON.stringify(fields))));
     }
 
-    put(collection: string, fields: Fields & { id: string }): Row {
+    /** Creates or replaces one record, or many (an array). */
+    put(collection: string, fields: Fields & { id: string }): Row;
+    put(collection: string, fields: Array<Fields & { id: string }>): Row[];
+    put(collection: string, fields: (Fields & { id: string }) | Array<Fields & { id: string }>): Row | Row[] {
       return JSON.parse(call(native, () => this.raw.put(collection, JSON.stringify(fields))));
     }
 

@@ -236,3 +236,28 @@ test('logout stops sync, closes, and wipes the database', async () => {
   assert.equal(again.get('tasks', 'private'), null);
   again.close();
 });
+
+test('a reload event re-runs the views of its collection, not the whole collection', async () => {
+  const d = device(serverOf().url);
+  const f = createFerryRedux({ db: d.db, collections: ['tasks'], views: [{ collection: 'tasks', query: { where: { column: 'done', op: 'eq', value: false } } }] });
+  const actions: UnknownAction[] = [];
+  const store = configureStore({
+    reducer: { ferry: combineReducers(f.reducer) },
+    middleware: (gdm) =>
+      gdm({ serializableCheck: false, immutableCheck: false }).concat(f.middleware, () => (next: (a: unknown) => unknown) => (action: unknown) => {
+        actions.push(action as UnknownAction);
+        return next(action);
+      }),
+  });
+  // One transaction past MAX_EVENT_ROWS (10,000): its event lists no rows, only `reload`.
+  const rows = Array.from({ length: 10_001 }, (_, i) => ({ id: uid('r'), title: `row ${i}`, done: i % 2 === 1 }));
+  d.db.put('tasks', rows);
+  await d.db.flushEvents();
+  const hydratedActions = actions.filter((a) => a.type === 'ferry/hydrated');
+  assert.equal(hydratedActions.length, 1, 'the view re-ran once');
+  const held = store.getState().ferry.collections.tasks!.ids.length;
+  assert.equal(held, 5_001, 'the view (done == false), not the whole collection');
+  f.detach();
+  d.client.close();
+  d.db.close();
+});
