@@ -16,6 +16,7 @@ import {
   createAsyncThunk,
   createEntityAdapter,
   createSlice,
+  original,
   type EntityState,
   type Middleware,
   type ThunkDispatch,
@@ -78,6 +79,30 @@ export const mutationRolledBack = createAction<{
 
 const rows = createEntityAdapter<Row, string>({ selectId: (r) => r.id });
 
+/**
+ * The entity state after upserting `upserted` (whole rows, as the core sends
+ * them) and removing `gone`; shares what did not change. Same result as the
+ * adapter's `upsertMany` then `removeMany`, without a draft per row.
+ */
+function applyChange(s: EntityState<Row, string>, upserted: Row[], gone: string[]): EntityState<Row, string> {
+  if (!upserted.length && !gone.length) return s;
+  const entities: Record<string, Row> = { ...s.entities };
+  const added: string[] = [];
+  for (const r of upserted) {
+    if (!(r.id in entities)) added.push(r.id);
+    entities[r.id] = r;
+  }
+  let ids = added.length ? [...s.ids, ...added] : s.ids;
+  if (gone.length) {
+    const drop = new Set(gone.filter((id) => id in entities));
+    if (drop.size) {
+      for (const id of drop) delete entities[id];
+      ids = ids.filter((id) => !drop.has(id));
+    }
+  }
+  return { ids, entities };
+}
+
 function plainError(e: unknown): FerryErrorInfo | { kind: 'Unknown'; detail: string } {
   if (e instanceof FerryError) return e.info;
   return { kind: 'Unknown', detail: e instanceof Error ? e.message : String(e) };
@@ -105,15 +130,18 @@ export function createFerryRedux<Rows extends { [collection: string]: Row } = { 
     extraReducers: (builder) => {
       builder
         .addCase(changesApplied, (state, { payload }) => {
+          // Built as new objects from the undrafted state, not through immer: a
+          // 10k-row burst would otherwise draft 10k upserts one by one.
+          const base = original(state) ?? state;
+          const next: CollectionsState = { ...base };
           for (const event of payload.events) {
             for (const change of event.changes) {
-              const s = state[change.collection];
+              const s = next[change.collection];
               if (!s) continue;
-              if (change.upserted.length) rows.upsertMany(s, change.upserted);
-              const gone = [...change.deleted, ...change.evicted];
-              if (gone.length) rows.removeMany(s, gone);
+              next[change.collection] = applyChange(s, change.upserted, [...change.deleted, ...change.evicted]);
             }
           }
+          return next;
         })
         .addCase(hydrated, (state, { payload }) => {
           const s = state[payload.collection];
