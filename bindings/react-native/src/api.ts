@@ -277,6 +277,26 @@ function hold(handle: Handle): Unsubscribe {
   };
 }
 
+/** The listeners one object registered, released together when it closes. */
+class OwnedListeners {
+  private readonly live = new Set<Unsubscribe>();
+
+  /** Holds `handle` (see [`hold`]); the returned function releases it once. */
+  add(handle: Handle): Unsubscribe {
+    const release = hold(handle);
+    const once = () => {
+      this.live.delete(once);
+      release();
+    };
+    this.live.add(once);
+    return once;
+  }
+
+  releaseAll(): void {
+    for (const u of [...this.live]) u();
+  }
+}
+
 /** How many listener handles are held (for tests and leak checks). */
 export const heldHandles = (): number => registry.size;
 
@@ -313,7 +333,7 @@ export function bindFerry(native: NativeFerry) {
     readonly raw: Gen.FerryDatabaseLike & Destroyable;
     readonly path: string;
     private closed = false;
-    private readonly unsubscribes = new Set<Unsubscribe>();
+    private readonly listeners = new OwnedListeners();
 
     private constructor(raw: Gen.FerryDatabaseLike, path: string) {
       this.raw = raw;
@@ -399,7 +419,7 @@ export function bindFerry(native: NativeFerry) {
       const handle = this.raw.addChangeListener({
         onChanges: (json: string) => listener(parseEvents(json)),
       });
-      return this.track(hold(handle));
+      return this.listeners.add(handle);
     }
 
     /** A query's rows now, then after each burst of commits touching `collection`. */
@@ -409,7 +429,7 @@ export function bindFerry(native: NativeFerry) {
           onResult: (json: string) => listener(JSON.parse(json)),
         }),
       );
-      return this.track(hold(handle));
+      return this.listeners.add(handle);
     }
 
     /** Resolves once every change committed before it reached the listeners. */
@@ -421,24 +441,15 @@ export function bindFerry(native: NativeFerry) {
     close(): void {
       if (this.closed) return;
       this.closed = true;
-      for (const u of [...this.unsubscribes]) u();
+      this.listeners.releaseAll();
       this.raw.uniffiDestroy?.();
-    }
-
-    private track(u: Unsubscribe): Unsubscribe {
-      const once = () => {
-        this.unsubscribes.delete(once);
-        u();
-      };
-      this.unsubscribes.add(once);
-      return once;
     }
   }
 
   class SyncClient {
     /** @internal */
     readonly raw: Gen.FerrySyncClientLike & Destroyable;
-    private readonly unsubscribes = new Set<Unsubscribe>();
+    private readonly listeners = new OwnedListeners();
     private closed = false;
 
     constructor(db: Database, options: SyncClientOptions) {
@@ -495,13 +506,7 @@ export function bindFerry(native: NativeFerry) {
       const handle = this.raw.addStatusListener({
         onStatus: (s: Gen.SyncStatus) => listener(syncStatus(native, s)),
       });
-      const u = hold(handle);
-      const once = () => {
-        this.unsubscribes.delete(once);
-        u();
-      };
-      this.unsubscribes.add(once);
-      return once;
+      return this.listeners.add(handle);
     }
 
     setOnline(online: boolean): void {
@@ -526,7 +531,7 @@ export function bindFerry(native: NativeFerry) {
       if (this.closed) return;
       this.closed = true;
       this.stop();
-      for (const u of [...this.unsubscribes]) u();
+      this.listeners.releaseAll();
       this.raw.uniffiDestroy?.();
     }
   }
