@@ -810,20 +810,33 @@ async fn device_with_synced_tasks(url: &str, n: usize) -> Device {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_sync_into_an_empty_collection_swaps_staging_in_then_later_syncs_merge() {
+async fn a_first_sync_into_an_empty_collection_builds_it_then_later_syncs_merge() {
     let server = start_server().await;
     let a = device_with_synced_tasks(&server.url(), 30).await;
 
     let b = device(&server.url(), ALICE);
     b.client.sync().await.unwrap();
     assert_eq!(contents(&b.store, "tasks"), contents(&a.store, "tasks"));
-    // The staging table became `tasks`: its indexes carry the staging suffix, and
-    // they serve queries as before.
+    // `tasks` was built from the staged rows, its indexes made afterwards under
+    // their declared names, and they serve queries as before.
     let names = index_names(&b.store, "tasks");
-    assert_eq!(names.len(), 3, "{names:?}");
-    assert!(names.iter().all(|n| n.contains('#')), "{names:?}");
-    // A new staging table (pending index + the two non-unique ones) waits for the next pull.
-    assert_eq!(index_names(&b.store, "_ferry_stage_tasks").len(), 3);
+    assert_eq!(
+        names,
+        [
+            "_ferry_tasks_pending",
+            "idx_tasks_done_priority",
+            "idx_tasks_project"
+        ]
+    );
+    assert!(index_names(&b.store, "_ferry_build_tasks").is_empty());
+    // The staging file is emptied once published.
+    let mut stage = b.store.path().as_os_str().to_owned();
+    stage.push("-ferry-stage");
+    let staged: i64 = rusqlite::Connection::open(&stage)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM up_tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(staged, 0);
     let synced = ferry::Query::from_value(
         &json!({"where": {"column": "_status", "op": "eq", "value": "synced"}}),
     )
@@ -851,7 +864,7 @@ async fn a_first_sync_into_an_empty_collection_swaps_staging_in_then_later_syncs
     a.client.sync().await.unwrap();
     assert_eq!(contents(&b.store, "tasks"), contents(&a.store, "tasks"));
     assert_eq!(contents(&b.store, "tasks").len(), 32);
-    assert_eq!(index_names(&b.store, "tasks"), names, "no second swap");
+    assert_eq!(index_names(&b.store, "tasks"), names);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -882,18 +895,21 @@ async fn a_first_sync_with_local_records_merges_instead_of_swapping() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_migration_drops_an_index_of_a_swapped_in_collection() {
+async fn a_migration_drops_an_index_of_a_collection_swapped_in_by_an_older_ferry() {
     let server = start_server().await;
     let _a = device_with_synced_tasks(&server.url(), 2).await;
     let b = device(&server.url(), ALICE);
     b.client.sync().await.unwrap();
     let path = b.store.path().to_path_buf();
-    assert!(
-        index_names(&b.store, "tasks")
-            .iter()
-            .any(|n| n.starts_with("idx_tasks_project#"))
-    );
     b.client.stop();
+    // Before staging format 3 a first sync swapped the staging table in, whose
+    // indexes carry a `#…` suffix.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            r#"DROP INDEX idx_tasks_project; CREATE INDEX "idx_tasks_project#1a2b3c" ON tasks(project);"#,
+        )
+        .unwrap();
 
     let mut v2: serde_json::Value =
         serde_json::from_str(include_str!("../examples/tasks.schema.json")).unwrap();
@@ -919,37 +935,34 @@ async fn a_migration_drops_an_index_of_a_swapped_in_collection() {
 }
 
 #[test]
-fn staging_tables_of_an_older_layout_are_rebuilt_and_their_pull_restarts() {
+fn staging_tables_of_an_older_layout_are_dropped_and_their_pull_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     drop(ferry::Store::open(&path, schema()).unwrap());
     {
-        // What session 1's layout left behind: a staging table with `_kind`, and
+        // What staging format 2 left behind in the database: staging tables and
         // an unpublished pull.
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE _ferry_stage_tasks;
-             CREATE TABLE _ferry_stage_tasks (id TEXT PRIMARY KEY NOT NULL, title TEXT,
-               _version INTEGER, _kind TEXT NOT NULL) WITHOUT ROWID;
-             INSERT INTO _ferry_stage_tasks VALUES ('x', 'staged', 1, 'upsert');
-             DELETE FROM _ferry_meta WHERE key = 'staging_format';
+            "CREATE TABLE _ferry_stage_tasks (id TEXT PRIMARY KEY NOT NULL, title TEXT,
+               _version INTEGER, _status TEXT) WITHOUT ROWID;
+             CREATE TABLE _ferry_gone_tasks (id TEXT PRIMARY KEY NOT NULL, _kind TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO _ferry_stage_tasks VALUES ('x', 'staged', 1, 'synced');
+             UPDATE _ferry_meta SET value = '2' WHERE key = 'staging_format';
              INSERT OR REPLACE INTO _ferry_meta (key, value) VALUES ('staged_cursor', 'c1');",
         )
         .unwrap();
     }
     let store = ferry::Store::open(&path, schema()).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let cols: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('_ferry_stage_tasks')")
+    let left: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE name LIKE '_ferry_stage%' OR name LIKE '_ferry_gone%'")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert!(
-        cols.contains(&"_status".to_string()) && !cols.contains(&"_kind".to_string()),
-        "{cols:?}"
-    );
+    assert!(left.is_empty(), "{left:?}");
     let staged: Option<String> = conn
         .query_row(
             "SELECT value FROM _ferry_meta WHERE key = 'staged_cursor'",

@@ -27,7 +27,6 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
         Some(json) => Some(Schema::from_json(&json)?),
         None => None,
     };
-    let changed = stored.as_ref() != wanted.as_ref() && wanted.is_some();
     let schema = match (stored, wanted) {
         (None, None) => {
             return Err(Error::InvalidSchema(
@@ -51,7 +50,7 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
     };
     meta_set(&tx, "schema", &schema.to_json())?;
     super::anchors::create(&tx)?;
-    super::staging::prepare(&tx, &schema, changed)?;
+    super::staging::prepare(&tx, &schema)?;
     let client_id = match meta_get(&tx, "client_id")? {
         Some(id) => id,
         None => {
@@ -65,21 +64,14 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
 }
 
 fn create_collection(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
-    create_collection_table(tx, c, &c.name, "", true)
+    create_table(tx, c, &c.name)?;
+    create_indexes(tx, c)
 }
 
-/// Creates `table` shaped like collection `c`: its typed columns, the bookkeeping
-/// columns, the partial index on pending rows and `c`'s indexes, each index named
-/// as for `c` plus `suffix` (a staging copy needs names of its own: SQLite cannot
-/// rename an index when the copy later becomes the collection). Without `unique`,
-/// unique indexes are left out.
-pub(super) fn create_collection_table(
-    tx: &Transaction<'_>,
-    c: &Collection,
-    table: &str,
-    suffix: &str,
-    unique: bool,
-) -> Result<()> {
+/// Creates `table` shaped like collection `c` (its typed columns and the
+/// bookkeeping columns), without indexes: a first sync fills it in key order,
+/// and [`create_indexes`] follows once it is the collection.
+pub(super) fn create_table(tx: &Transaction<'_>, c: &Collection, table: &str) -> Result<()> {
     let mut sql = format!(
         "CREATE TABLE {} (id TEXT PRIMARY KEY NOT NULL",
         quote(table)
@@ -92,18 +84,19 @@ pub(super) fn create_collection_table(
          _created_at INTEGER NOT NULL, _updated_at INTEGER NOT NULL) WITHOUT ROWID;",
     );
     tx.execute_batch(&sql)?;
+    Ok(())
+}
+
+/// Creates collection `c`'s indexes on its table: the partial index on pending
+/// rows, and the schema's indexes.
+pub(super) fn create_indexes(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
     tx.execute_batch(&format!(
         "CREATE INDEX {} ON {}(_status) WHERE _status <> 'synced';",
-        quote(&format!("_ferry_{}_pending{suffix}", c.name)),
-        quote(table)
+        quote(&format!("_ferry_{}_pending", c.name)),
+        quote(&c.name)
     ))?;
-    for idx in c.indexes.iter().filter(|i| unique || !i.unique) {
-        create_index(
-            tx,
-            table,
-            &format!("{}{suffix}", idx.sql_name(&c.name)),
-            idx,
-        )?;
+    for idx in &c.indexes {
+        create_index(tx, &c.name, &idx.sql_name(&c.name), idx)?;
     }
     Ok(())
 }
@@ -199,7 +192,8 @@ fn run_step(tx: &Transaction<'_>, step: &Migration) -> Result<()> {
             create_index(tx, collection, &index.sql_name(collection), index)
         }
         Migration::DropIndex { collection, index } => {
-            // A collection swapped in by a first sync has its indexes under a suffix.
+            // A collection swapped in by a first sync of Ferry before staging format 3
+            // has its indexes under a `#…` suffix.
             let name = index.sql_name(collection);
             let found: Vec<String> = tx
                 .prepare(

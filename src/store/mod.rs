@@ -301,6 +301,7 @@ impl Store {
             s.validate()?;
         }
         let mut writer = conn::open_writer(path)?;
+        staging::attach(&writer, path)?;
         let (schema, client_id) = ddl::prepare(&mut writer, schema)?;
         let key = open_key(path);
         *OPEN.lock().entry(key.clone()).or_default() += 1;
@@ -323,7 +324,8 @@ impl Store {
         })
     }
 
-    /// Deletes the database file at `path` and its WAL and shared-memory files:
+    /// Deletes the database file at `path`, its WAL and shared-memory files and
+    /// its staging file:
     /// the last step of a logout (stop the sync client, drop every handle, then
     /// this). Fails with `InvalidInput`, deleting nothing, while a store of this
     /// process still has the file open. A missing file is not an error.
@@ -336,9 +338,16 @@ impl Store {
                 path.display()
             )));
         }
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = path.as_os_str().to_owned();
-            file.push(suffix);
+        let mut files: Vec<PathBuf> = ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let mut file = path.as_os_str().to_owned();
+                file.push(suffix);
+                PathBuf::from(file)
+            })
+            .collect();
+        files.extend(staging::files(path));
+        for file in files {
             match std::fs::remove_file(&file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}

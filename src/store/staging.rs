@@ -1,101 +1,209 @@
-//! The staging tables: pulled pages wait here, invisible to the app, until the
+//! The staging area: pulled pages wait here, invisible to the app, until the
 //! sync engine publishes them.
 //!
-//! Upserted rows go to `_ferry_stage_<name>`, a table shaped like the
-//! collection (same columns, bookkeeping and non-unique indexes, under index
-//! names suffixed `#<generation>`), and deleted or evicted ids to
-//! `_ferry_gone_<name>`. Each page is staged in one transaction together with
-//! the cursor it reached (`staged_cursor`, and the count `staged_pages`, in
-//! `_ferry_meta`); the publish applies them with a few set-based statements and
-//! moves the published `cursor`.
+//! Staging lives in a file of its own beside the database (`<db>-ferry-stage`,
+//! attached to the writer as `ferry_stage`, with a rollback journal), so that a
+//! page's rows are written once: appended pages are not journaled, and they do
+//! not go through the database's WAL and its checkpoint.
 //!
-//! First sync fast path: a collection that is still empty at publish (and has no
-//! unique index) takes its staging table as it is (`DROP` + `RENAME` in the
-//! publish transaction), so each pulled row is written once; a fresh staging
-//! table is made for the next pull.
+//! - Upserted rows are **appended** to `up_<name>` (a rowid table with no index:
+//!   a page's commit writes only new pages, whatever the order of the ids). An id
+//!   staged twice keeps both rows; the later one (higher `seq`) is its latest.
+//! - Deleted or evicted ids go to `gone_<name>` (keyed by id). Staging an upsert
+//!   drops the id from it, so `gone` holds exactly the ids whose latest staged
+//!   entry is a removal, and the publish leaves out every upsert of those ids.
+//! - Each page is staged in one transaction together with the cursor it reached
+//!   (`cursor`, `pages` in the staging file's `meta`), so a pull resumes at a page
+//!   boundary.
+//!
+//! The publish reads the staging file and writes only the database: upserts
+//! are applied in one statement sorted by id (an empty collection is built in
+//! key order into a new table that then becomes the collection, its indexes
+//! made afterwards in one sorted pass each). The publish transaction records
+//! the staging's `generation` as published; the staging file is then emptied
+//! (deleted when large). Staged pages of a published generation, a staging file
+//! made for another schema or one that cannot be read are discarded: staging is
+//! only ever a cache of pages the server can send again from the published
+//! cursor.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use ferry_protocol::ServerRecord;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{CachedStatement, Transaction, params_from_iter};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction, params_from_iter};
 
 use super::records::{
     self, BOOKKEEPING, Fields, Record, ToSql, check_fields, complete_for_create, normalise, quote,
 };
-use super::{Store, Writer, anchors, load_with, meta_get, meta_set};
+use super::{Store, Writer, anchors, meta_get, meta_set};
 use crate::error::{Error, Result};
 use crate::schema::{Collection, Schema};
 
-/// Meta key: the cursor everything published so far is complete up to.
+/// Meta key (database): the cursor everything published so far is complete up to.
 const CURSOR: &str = "cursor";
-/// Meta key: the cursor the staged (unpublished) pages reach.
-const STAGED_CURSOR: &str = "staged_cursor";
-const STAGED_PAGES: &str = "staged_pages";
+/// Meta key (database): the staging generation the last publish applied.
+const PUBLISHED_GENERATION: &str = "published_generation";
 
-/// Layout of the staging tables; older layouts are rebuilt on open.
-const STAGING_FORMAT: &str = "2";
+/// Layout of staging; older layouts are dropped on open and their pull restarts.
+const STAGING_FORMAT: &str = "3";
 const STAGING_FORMAT_KEY: &str = "staging_format";
 
-fn stage_name(c: &Collection) -> String {
-    format!("_ferry_stage_{}", c.name)
+/// The staging file's schema name on the writer connection.
+const STAGE_DB: &str = "ferry_stage";
+/// The staging file's name: the database's plus this.
+const STAGE_SUFFIX: &str = "-ferry-stage";
+/// A staging file of more pages than this is deleted after its publish, not
+/// emptied row by row (which would journal every page it frees).
+const RECREATE_PAGES: i64 = 1024;
+
+/// The staging file of the database at `db`, and its journal: what a deletion
+/// of the database must remove too.
+pub(crate) fn files(db: &Path) -> [PathBuf; 2] {
+    let with = |suffix: &str| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    [with(STAGE_SUFFIX), with(&format!("{STAGE_SUFFIX}-journal"))]
 }
 
-fn stage_table(c: &Collection) -> String {
-    quote(&stage_name(c))
+fn up_table(c: &Collection) -> String {
+    format!("{STAGE_DB}.{}", quote(&format!("up_{}", c.name)))
 }
 
 fn gone_table(c: &Collection) -> String {
-    quote(&format!("_ferry_gone_{}", c.name))
+    format!("{STAGE_DB}.{}", quote(&format!("gone_{}", c.name)))
 }
 
-/// Creates the staging tables; when the schema (or the staging layout) changed
-/// they are rebuilt and any unpublished pull restarts from the published cursor.
-pub(super) fn prepare(tx: &Transaction<'_>, schema: &Schema, schema_changed: bool) -> Result<()> {
-    let format_changed = meta_get(tx, STAGING_FORMAT_KEY)?.as_deref() != Some(STAGING_FORMAT);
-    if schema_changed || format_changed {
-        let old: Vec<String> = tx
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table'
-                 AND (name LIKE '\\_ferry\\_stage\\_%' ESCAPE '\\' OR name LIKE '\\_ferry\\_gone\\_%' ESCAPE '\\')",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for t in old {
-            tx.execute_batch(&format!("DROP TABLE {}", quote(&t)))?;
+fn stage_meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM ferry_stage.meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn stage_meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO ferry_stage.meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}
+
+/// Attaches the staging file of the database at `db` to the writer `conn`
+/// (before the database is prepared). A staging file that cannot be read, or
+/// whose generation is published already, is replaced by an empty one.
+pub(crate) fn attach(conn: &Connection, db: &Path) -> Result<()> {
+    attach_file(conn, db)?;
+    let stale = match stage_generation(conn) {
+        Ok(generation) => generation.is_some() && generation == published_generation(conn)?,
+        Err(e) => {
+            tracing::warn!(error = %e, "the staging file cannot be read; starting it afresh");
+            true
         }
-        tx.execute(
-            "DELETE FROM _ferry_meta WHERE key IN (?1, ?2)",
-            [STAGED_CURSOR, STAGED_PAGES],
-        )?;
-        meta_set(tx, STAGING_FORMAT_KEY, STAGING_FORMAT)?;
-    }
-    for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
-        create_stage(tx, c)?;
-        tx.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY NOT NULL, _kind TEXT NOT NULL) WITHOUT ROWID",
-            gone_table(c)
-        ))?;
+    };
+    if stale {
+        replace_file(conn, db)?;
     }
     Ok(())
 }
 
-/// Creates `c`'s staging table unless it exists, with index names of its own.
-fn create_stage(tx: &Transaction<'_>, c: &Collection) -> Result<()> {
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [stage_name(c)],
+fn attach_file(conn: &Connection, db: &Path) -> Result<()> {
+    let [file, _] = files(db);
+    let file = file.to_str().ok_or_else(|| {
+        Error::InvalidInput(format!("the database path `{}` is not UTF-8", db.display()))
+    })?;
+    conn.execute("ATTACH DATABASE ?1 AS ferry_stage", [file])?;
+    conn.pragma_update(Some(STAGE_DB), "journal_mode", "TRUNCATE")?;
+    conn.pragma_update(Some(STAGE_DB), "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS ferry_stage.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    )?;
+    Ok(())
+}
+
+/// Detaches the staging file, deletes it and attaches an empty one (its
+/// tables are made by [`prepare`] or [`create_tables`]).
+fn replace_file(conn: &Connection, db: &Path) -> Result<()> {
+    conn.flush_prepared_statement_cache();
+    conn.execute_batch("DETACH DATABASE ferry_stage")?;
+    for f in files(db) {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    attach_file(conn, db)
+}
+
+fn stage_generation(conn: &Connection) -> Result<Option<String>> {
+    stage_meta_get(conn, "generation")
+}
+
+fn published_generation(conn: &Connection) -> Result<Option<String>> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = '_ferry_meta')",
+        [],
         |r| r.get(0),
     )?;
-    if !exists {
-        let generation = uuid::Uuid::new_v4().simple().to_string();
-        super::ddl::create_collection_table(
+    if !has_meta {
+        return Ok(None);
+    }
+    meta_get(conn, PUBLISHED_GENERATION)
+}
+
+/// Makes the staging tables of `schema`. Staged pages of another schema (or of
+/// an older staging layout, kept in the database itself) are dropped: the pull
+/// restarts from the published cursor.
+pub(super) fn prepare(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
+    if meta_get(tx, STAGING_FORMAT_KEY)?.as_deref() != Some(STAGING_FORMAT) {
+        drop_tables(
             tx,
-            c,
-            &stage_name(c),
-            &format!("#{}", &generation[..12]),
-            false,
+            "main",
+            "name LIKE '\\_ferry\\_stage\\_%' ESCAPE '\\' OR name LIKE '\\_ferry\\_gone\\_%' ESCAPE '\\'",
         )?;
+        tx.execute(
+            "DELETE FROM _ferry_meta WHERE key IN ('staged_cursor', 'staged_pages')",
+            [],
+        )?;
+        meta_set(tx, STAGING_FORMAT_KEY, STAGING_FORMAT)?;
+    }
+    let json = schema.to_json();
+    if stage_meta_get(tx, "schema")?.as_deref() != Some(json.as_str()) {
+        drop_tables(tx, STAGE_DB, "name <> 'meta'")?;
+        tx.execute("DELETE FROM ferry_stage.meta", [])?;
+        stage_meta_set(tx, "schema", &json)?;
+    }
+    create_tables(tx, schema)
+}
+
+fn drop_tables(tx: &Transaction<'_>, db: &str, filter: &str) -> Result<()> {
+    let old: Vec<String> = tx
+        .prepare(&format!(
+            "SELECT name FROM {db}.sqlite_master WHERE type = 'table' AND ({filter})"
+        ))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for t in old {
+        tx.execute_batch(&format!("DROP TABLE {db}.{}", quote(&t)))?;
+    }
+    Ok(())
+}
+
+fn create_tables(conn: &Connection, schema: &Schema) -> Result<()> {
+    for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
+        let mut cols = String::new();
+        for col in &c.columns {
+            cols.push_str(&format!(", {} {}", quote(&col.name), col.ty.sql_type()));
+        }
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (seq INTEGER PRIMARY KEY, id TEXT NOT NULL{cols}, _version INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL) WITHOUT ROWID;",
+            up_table(c),
+            gone_table(c)
+        ))?;
     }
     Ok(())
 }
@@ -111,24 +219,71 @@ pub(crate) struct PullStart {
     pub totals: BTreeMap<String, u64>,
 }
 
+/// The cursor the staged pages reach, unless nothing is staged or what is
+/// staged is published already.
+fn staged_cursor(conn: &Connection) -> Result<Option<String>> {
+    let generation = stage_generation(conn)?;
+    if generation.is_none() || generation == published_generation(conn)? {
+        return Ok(None);
+    }
+    stage_meta_get(conn, "cursor")
+}
+
 impl Store {
     /// Where the next pull starts: the staged cursor, or the published one.
     pub(crate) fn pull_start(&self) -> Result<PullStart> {
-        self.read(|c| {
-            let totals = anchors::server_totals(c)?;
-            Ok(match meta_get(c, STAGED_CURSOR)? {
-                Some(staged) => PullStart {
-                    cursor: Some(staged),
-                    resumed: true,
-                    totals,
-                },
-                None => PullStart {
-                    cursor: meta_get(c, CURSOR)?,
-                    resumed: false,
-                    totals,
-                },
-            })
+        let conn = self.inner.writer.lock();
+        let totals = anchors::server_totals(&conn)?;
+        Ok(match staged_cursor(&conn)? {
+            Some(staged) => PullStart {
+                cursor: Some(staged),
+                resumed: true,
+                totals,
+            },
+            None => PullStart {
+                cursor: meta_get(&conn, CURSOR)?,
+                resumed: false,
+                totals,
+            },
         })
+    }
+
+    /// Empties the staging file after a publish (deleting it when large). A
+    /// failure leaves it to the next open, which discards a published generation.
+    pub(crate) fn clear_staging(&self) -> Result<()> {
+        let conn = self.inner.writer.lock();
+        if staged_cursor(&conn)?.is_some() {
+            return Ok(());
+        }
+        let pages: i64 = conn.query_row("PRAGMA ferry_stage.page_count", [], |r| r.get(0))?;
+        if pages > RECREATE_PAGES {
+            replace_file(&conn, &self.inner.path)?;
+            let tx = conn.unchecked_transaction()?;
+            stage_meta_set(&tx, "schema", &self.inner.schema.to_json())?;
+            create_tables(&tx, &self.inner.schema)?;
+            tx.commit()?;
+        } else if stage_generation(&conn)?.is_some() {
+            let tx = conn.unchecked_transaction()?;
+            for c in self
+                .inner
+                .schema
+                .collections
+                .iter()
+                .filter(|c| !c.is_local_only())
+            {
+                tx.execute_batch(&format!(
+                    "DELETE FROM {}; DELETE FROM {};",
+                    up_table(c),
+                    gone_table(c)
+                ))?;
+            }
+            tx.execute(
+                "DELETE FROM ferry_stage.meta WHERE key IN ('generation', 'cursor', 'pages')",
+                [],
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
     }
 }
 
@@ -151,12 +306,12 @@ impl Removal {
         match s {
             "delete" => Ok(Removal::Delete),
             "evict" => Ok(Removal::Eviction),
-            other => Err(Error::Internal(format!("bad staged `_kind` `{other}`"))),
+            other => Err(Error::Internal(format!("bad staged `kind` `{other}`"))),
         }
     }
 }
 
-/// What the pull staged for one id.
+/// What the pull staged for one id: its latest entry.
 #[derive(Debug)]
 pub(crate) enum Staged {
     /// The server row.
@@ -168,13 +323,11 @@ pub(crate) enum Staged {
 /// The staging statements of one collection, held while a page is staged.
 pub(crate) struct Stage<'t> {
     c: &'t Collection,
-    now: i64,
     /// Whether any removal is staged (else an upsert has none to unstage).
     any_removal: bool,
     upsert: CachedStatement<'t>,
     unmark: CachedStatement<'t>,
     gone: CachedStatement<'t>,
-    unstage: CachedStatement<'t>,
 }
 
 impl Stage<'_> {
@@ -189,7 +342,7 @@ impl Stage<'_> {
         check_fields(c, &fields)?;
         complete_for_create(c, &mut fields)?;
         normalise(c, &mut fields);
-        let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 4);
+        let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 2);
         vals.push(SqlValue::Text(r.id));
         for col in &c.columns {
             vals.push(
@@ -200,8 +353,6 @@ impl Stage<'_> {
             );
         }
         vals.push(SqlValue::Integer(r.version as i64));
-        vals.push(SqlValue::Integer(self.now));
-        vals.push(SqlValue::Integer(self.now));
         self.upsert.execute(params_from_iter(vals))?;
         Ok(())
     }
@@ -215,10 +366,10 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// Stages the removal of `id` (and drops a row staged for it earlier).
+    /// Stages the removal of `id` (which supersedes any row staged for it earlier).
     pub fn remove(&mut self, id: &str, kind: Removal) -> Result<()> {
         self.gone.execute([id, kind.as_str()])?;
-        self.unstage.execute([id])?;
+        self.any_removal = true;
         Ok(())
     }
 }
@@ -233,9 +384,34 @@ fn stage_upsert_sql(c: &Collection) -> String {
         marks.push_str(", ?");
     }
     format!(
-        "INSERT OR REPLACE INTO {} ({cols}, {BOOKKEEPING}) VALUES ({marks}, 'synced', NULL, ?, ?, ?)",
-        stage_table(c)
+        "INSERT INTO {} ({cols}, _version) VALUES ({marks}, ?)",
+        up_table(c)
     )
+}
+
+/// The staged upserts of `c` that are the latest entry of their id, as records
+/// of the collection's shape (synced, at the server's version, stamped `now`):
+/// `SELECT {list} FROM {from} WHERE {live}` where `s` is the staged row.
+struct Live {
+    list: String,
+    from: String,
+    live: String,
+}
+
+fn live_upserts(c: &Collection, now: i64) -> Live {
+    let mut list = String::from("s.id");
+    for col in &c.columns {
+        list.push_str(&format!(", s.{}", quote(&col.name)));
+    }
+    list.push_str(&format!(", 'synced', NULL, s._version, {now}, {now}"));
+    Live {
+        list,
+        from: format!("{} s", up_table(c)),
+        live: format!(
+            "NOT EXISTS (SELECT 1 FROM {} g WHERE g.id = s.id)",
+            gone_table(c)
+        ),
+    }
 }
 
 impl<'t> Writer<'t, '_> {
@@ -250,19 +426,15 @@ impl<'t> Writer<'t, '_> {
         let upsert = tx.prepare_cached(&stage_upsert_sql(c))?;
         let unmark = tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", gone_table(c)))?;
         let gone = tx.prepare_cached(&format!(
-            "INSERT OR REPLACE INTO {} (id, _kind) VALUES (?1, ?2)",
+            "INSERT OR REPLACE INTO {} (id, kind) VALUES (?1, ?2)",
             gone_table(c)
         ))?;
-        let unstage =
-            tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", stage_table(c)))?;
         Ok(Stage {
             c,
-            now: self.now,
             any_removal,
             upsert,
             unmark,
             gone,
-            unstage,
         })
     }
 }
@@ -270,85 +442,87 @@ impl<'t> Writer<'t, '_> {
 impl Writer<'_, '_> {
     /// Records that a page was staged and the cursor it reached.
     pub(crate) fn staged_page(&self, cursor: &str) -> Result<()> {
-        meta_set(self.tx, STAGED_CURSOR, cursor)?;
-        let pages: u64 = meta_get(self.tx, STAGED_PAGES)?
+        let tx = self.tx;
+        if staged_cursor(tx)?.is_none() {
+            // A new pull: its pages are a new generation (any rows left from a
+            // published one are gone with `clear_staging`).
+            stage_meta_set(tx, "generation", &uuid::Uuid::new_v4().to_string())?;
+            stage_meta_set(tx, "pages", "0")?;
+        }
+        stage_meta_set(tx, "cursor", cursor)?;
+        let pages: u64 = stage_meta_get(tx, "pages")?
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        meta_set(self.tx, STAGED_PAGES, &(pages + 1).to_string())
+        stage_meta_set(tx, "pages", &(pages + 1).to_string())
     }
 
-    /// The cursor the staged pages reach, if any are staged.
+    /// The cursor the staged pages reach, if any are staged and unpublished.
     pub(crate) fn staged_cursor(&self) -> Result<Option<String>> {
-        meta_get(self.tx, STAGED_CURSOR)
+        staged_cursor(self.tx)
     }
 
     /// Everything staged is published up to `cursor`: it becomes the published
-    /// cursor, and nothing is staged any more.
+    /// cursor, and the staged generation counts as published.
     pub(crate) fn set_published_cursor(&self, cursor: &str) -> Result<()> {
         meta_set(self.tx, CURSOR, cursor)?;
-        self.tx.execute(
-            "DELETE FROM _ferry_meta WHERE key IN (?1, ?2)",
-            [STAGED_CURSOR, STAGED_PAGES],
-        )?;
+        if let Some(generation) = stage_generation(self.tx)? {
+            meta_set(self.tx, PUBLISHED_GENERATION, &generation)?;
+        }
         Ok(())
     }
 
-    /// Ids of `c`'s pending (not synced) records that the pull staged a row or
-    /// a removal for.
-    pub(crate) fn pending_staged_ids(&self, c: &Collection) -> Result<Vec<String>> {
-        Ok(self
+    /// What the pull staged for `c`'s pending (not synced) records, by id: the
+    /// latest entry of each.
+    pub(crate) fn pending_staged(&self, c: &Collection) -> Result<BTreeMap<String, Staged>> {
+        let t = quote(&c.name);
+        let mut out = BTreeMap::new();
+        let any_pending: bool = self.tx.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {t} WHERE _status <> 'synced')"),
+            [],
+            |r| r.get(0),
+        )?;
+        if !any_pending {
+            return Ok(out);
+        }
+        let Live { list, from, live } = live_upserts(c, self.now);
+        let mut stmt = self.tx.prepare(&format!(
+            "SELECT {list} FROM {from} WHERE {live}
+             AND s.id IN (SELECT id FROM {t} WHERE _status <> 'synced') ORDER BY s.seq"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let rec = records::read_record(c, row)?;
+            // Later rows of an id replace earlier ones.
+            out.insert(
+                rec.id.clone(),
+                Staged::Upsert(ServerRecord {
+                    id: rec.id,
+                    version: rec.version.unwrap_or(0),
+                    fields: rec.fields,
+                }),
+            );
+        }
+        let gone: Vec<(String, String)> = self
             .tx
             .prepare(&format!(
-                "SELECT t.id FROM {t} t WHERE t._status <> 'synced'
-                 AND (EXISTS (SELECT 1 FROM {s} s WHERE s.id = t.id) OR EXISTS (SELECT 1 FROM {g} g WHERE g.id = t.id))",
-                t = quote(&c.name),
-                s = stage_table(c),
-                g = gone_table(c)
-            ))?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// What the pull staged for `id` of `c` (which it staged something for).
-    pub(crate) fn staged(&self, c: &Collection, id: &str) -> Result<Staged> {
-        let sql = format!(
-            "SELECT {} FROM {} WHERE id = ?1",
-            records::select_list(c),
-            stage_table(c)
-        );
-        if let Some(rec) = load_with(self.tx, c, &sql, [id])? {
-            return Ok(Staged::Upsert(ServerRecord {
-                id: rec.id,
-                version: rec.version.unwrap_or(0),
-                fields: rec.fields,
-            }));
-        }
-        let kind: String = self
-            .tx
-            .prepare_cached(&format!(
-                "SELECT _kind FROM {} WHERE id = ?1",
+                "SELECT g.id, g.kind FROM {} g CROSS JOIN {t} t ON t.id = g.id WHERE t._status <> 'synced'",
                 gone_table(c)
             ))?
-            .query_row([id], |r| r.get(0))?;
-        Ok(Staged::Removal(Removal::parse(&kind)?))
-    }
-
-    /// Drops what is staged for `id` of `c`.
-    pub(crate) fn unstage(&self, c: &Collection, id: &str) -> Result<()> {
-        for table in [stage_table(c), gone_table(c)] {
-            self.tx
-                .prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1"))?
-                .execute([id])?;
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, kind) in gone {
+            out.insert(id, Staged::Removal(Removal::parse(&kind)?));
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// How many rows and how many removals of `c` are staged.
+    /// How many rows and how many removals of `c` are staged (an id staged in
+    /// several pages counts each time).
     pub(crate) fn staged_counts(&self, c: &Collection) -> Result<(usize, usize)> {
         let (upserts, gone): (i64, i64) = self.tx.query_row(
             &format!(
                 "SELECT (SELECT COUNT(*) FROM {}), (SELECT COUNT(*) FROM {})",
-                stage_table(c),
+                up_table(c),
                 gone_table(c)
             ),
             [],
@@ -357,14 +531,14 @@ impl Writer<'_, '_> {
         Ok((upserts as usize, gone as usize))
     }
 
-    /// The staged rows of `c` that publishing will write: new ones, and those
-    /// newer than the local row.
+    /// The staged rows of `c` that publishing will write, in staging order: new
+    /// ones, and those newer than a synced local row.
     pub(crate) fn staged_upserts(&self, c: &Collection) -> Result<Vec<Record>> {
+        let Live { list, from, live } = live_upserts(c, self.now);
         let sql = format!(
-            "SELECT {} FROM {stage} s LEFT JOIN {t} t ON t.id = s.id
-             WHERE t.id IS NULL OR t._version IS NULL OR s._version > t._version",
-            records::select_list_of(c, "s."),
-            stage = stage_table(c),
+            "SELECT {list} FROM {from} LEFT JOIN {t} t ON t.id = s.id WHERE {live}
+             AND (t.id IS NULL OR (t._status = 'synced' AND (t._version IS NULL OR s._version > t._version)))
+             ORDER BY s.seq",
             t = quote(&c.name)
         );
         let mut stmt = self.tx.prepare(&sql)?;
@@ -376,14 +550,14 @@ impl Writer<'_, '_> {
         Ok(ups)
     }
 
-    /// The ids of `c` staged as removed that exist locally.
+    /// The synced records of `c` staged as removed.
     pub(crate) fn staged_removals(&self, c: &Collection) -> Result<Vec<(String, Removal)>> {
         let rows: Vec<(String, String)> = self
             .tx
             .prepare(&format!(
                 // CROSS JOIN keeps staging (small) outside: without statistics SQLite
                 // would otherwise scan the whole collection and probe staging.
-                "SELECT g.id, g._kind FROM {gone} g CROSS JOIN {t} t ON t.id = g.id",
+                "SELECT g.id, g.kind FROM {gone} g CROSS JOIN {t} t ON t.id = g.id WHERE t._status = 'synced'",
                 gone = gone_table(c),
                 t = quote(&c.name)
             ))?
@@ -394,29 +568,26 @@ impl Writer<'_, '_> {
             .collect()
     }
 
-    /// Removes the records of `c` staged as removed, and empties the gone table;
-    /// returns how many records went.
+    /// Removes the synced records of `c` staged as removed (pending ones were
+    /// rebased before); returns how many went.
     pub(crate) fn publish_removals(&self, c: &Collection) -> Result<usize> {
-        let (t, gone) = (quote(&c.name), gone_table(c));
-        let removed = self.tx.execute(
-            &format!("DELETE FROM {t} WHERE id IN (SELECT id FROM {gone})"),
+        Ok(self.tx.execute(
+            &format!(
+                "DELETE FROM {t} WHERE _status = 'synced' AND id IN (SELECT id FROM {gone})",
+                t = quote(&c.name),
+                gone = gone_table(c)
+            ),
             [],
-        )?;
-        self.tx.execute(&format!("DELETE FROM {gone}"), [])?;
-        Ok(removed)
+        )?)
     }
 
-    /// Whether `c`'s staging table can become the collection: rows are staged,
-    /// the collection is empty (nothing local to merge with) and has no unique
-    /// index (the staging table has none, so it has not checked them).
-    pub(crate) fn can_swap_in(&self, c: &Collection) -> Result<bool> {
-        if c.indexes.iter().any(|i| i.unique) {
-            return Ok(false);
-        }
+    /// Whether `c` is built from its staged rows rather than merged with them:
+    /// rows are staged and the collection is empty (nothing local to merge with).
+    pub(crate) fn can_build(&self, c: &Collection) -> Result<bool> {
         Ok(self.tx.query_row(
             &format!(
                 "SELECT EXISTS (SELECT 1 FROM {}) AND NOT EXISTS (SELECT 1 FROM {})",
-                stage_table(c),
+                up_table(c),
                 quote(&c.name)
             ),
             [],
@@ -424,38 +595,55 @@ impl Writer<'_, '_> {
         )?)
     }
 
-    /// The staged rows become the collection as they are (see
-    /// [`Self::can_swap_in`]); a fresh staging table is made for the next pull.
-    pub(crate) fn swap_in(&self, c: &Collection) -> Result<()> {
-        let (t, stage) = (quote(&c.name), stage_table(c));
+    /// Builds the (empty) collection `c` from its staged rows: they are written
+    /// in key order into a new table, which replaces the collection; then its
+    /// indexes are made, each in one sorted pass. Returns how many rows it holds.
+    pub(crate) fn build(&self, c: &Collection) -> Result<usize> {
+        let build = format!("_ferry_build_{}", c.name);
+        self.tx
+            .execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&build)))?;
+        super::ddl::create_table(self.tx, c, &build)?;
+        self.upsert_staged(c, &build)?;
         self.tx.execute_batch(&format!(
-            "DROP TABLE {t}; ALTER TABLE {stage} RENAME TO {t};"
+            "DROP TABLE {t}; ALTER TABLE {b} RENAME TO {t};",
+            t = quote(&c.name),
+            b = quote(&build)
         ))?;
-        create_stage(self.tx, c)
+        super::ddl::create_indexes(self.tx, c)?;
+        Ok(self.tx.query_row(
+            &format!("SELECT COUNT(*) FROM {}", quote(&c.name)),
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as usize)
     }
 
-    /// Writes the staged rows of `c` into the collection, each unless the local
-    /// row is at the same or a newer version, and empties the staging table;
-    /// returns how many rows were written.
+    /// Writes the staged rows of `c` into the collection, in key order, each
+    /// unless the local row is pending (rebased before) or at the same or a newer
+    /// version; returns how many rows were written.
     pub(crate) fn publish_upserts(&self, c: &Collection) -> Result<usize> {
-        let (t, stage) = (quote(&c.name), stage_table(c));
-        let cols: Vec<String> = c.columns.iter().map(|col| quote(&col.name)).collect();
-        let sets: String = cols
+        self.upsert_staged(c, &c.name)
+    }
+
+    fn upsert_staged(&self, c: &Collection, table: &str) -> Result<usize> {
+        let t = quote(table);
+        let sets: String = c
+            .columns
             .iter()
-            .map(|q| format!("{q} = excluded.{q}, "))
+            .map(|col| format!("{q} = excluded.{q}, ", q = quote(&col.name)))
             .collect();
-        let n = self.tx.execute(
+        let mut cols = String::from("id");
+        for col in &c.columns {
+            cols.push_str(&format!(", {}", quote(&col.name)));
+        }
+        let Live { list, from, live } = live_upserts(c, self.now);
+        Ok(self.tx.execute(
             &format!(
-                "INSERT INTO {t} (id{comma}{cols}, {BOOKKEEPING})
-                 SELECT id{comma}{cols}, {BOOKKEEPING} FROM {stage} WHERE true
+                "INSERT INTO {t} ({cols}, {BOOKKEEPING})
+                 SELECT {list} FROM {from} WHERE {live} ORDER BY s.id, s.seq
                  ON CONFLICT(id) DO UPDATE SET {sets}_version = excluded._version, _updated_at = excluded._updated_at
-                 WHERE {t}._version IS NULL OR excluded._version > {t}._version",
-                comma = if cols.is_empty() { "" } else { ", " },
-                cols = cols.join(", "),
+                 WHERE {t}._status = 'synced' AND ({t}._version IS NULL OR excluded._version > {t}._version)"
             ),
             [],
-        )?;
-        self.tx.execute(&format!("DELETE FROM {stage}"), [])?;
-        Ok(n)
+        )?)
     }
 }

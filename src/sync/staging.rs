@@ -1,8 +1,8 @@
 //! Staging and publishing of pulled pages.
 //!
 //! Pulled pages are staged as they arrive, each page in one transaction
-//! together with the cursor it reached (the store's staging tables,
-//! `store/staging.rs`: upserted rows, and deleted or evicted ids). Nothing
+//! together with the cursor it reached (the store's staging file,
+//! `store/staging.rs`: upserted rows appended, and deleted or evicted ids). Nothing
 //! staged is visible to the app. Only when the last page (`has_more == false`)
 //! is staged does [`publish`] apply everything in one transaction: rebase
 //! pending local changes over the server rows, apply upserts, deletes and
@@ -10,9 +10,10 @@
 //! pull resumes from the staged cursor. The published cursor never moves past
 //! what is published.
 //!
-//! First sync fast path: when a collection is still empty at publish (and has no
-//! unique index), its staging table *becomes* the collection instead of being
-//! copied row by row, so each pulled row is written once.
+//! First sync: a collection still empty at publish is *built* from its staged
+//! rows, written in key order into a new table that becomes the collection,
+//! and its indexes made afterwards, each in one sorted pass. Whatever the order
+//! of the ids, each page of the collection is then written once.
 
 use std::collections::BTreeMap;
 
@@ -108,9 +109,10 @@ pub struct PublishReport {
     pub rebased: u64,
 }
 
-/// Applies everything staged in one transaction and advances the cursor.
+/// Applies everything staged in one transaction and advances the cursor; then
+/// empties the staging file.
 pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
-    store.write_tx(ChangeSource::Remote, |w| {
+    let report = store.write_tx(ChangeSource::Remote, |w| {
         let mut report = PublishReport::default();
         let Some(cursor) = w.staged_cursor()? else {
             return Ok(report);
@@ -118,12 +120,10 @@ pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
         let schema = w.schema();
         for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
             report.rebased += rebase_pending(w, c, merger)?;
-            let staged_rows = collect_events(w, c)?;
+            collect_events(w, c)?;
             let removed = w.publish_removals(c)?;
-            let upserted = if w.can_swap_in(c)? {
-                // First sync: the staged rows become the collection as they are.
-                w.swap_in(c)?;
-                staged_rows
+            let upserted = if w.can_build(c)? {
+                w.build(c)?
             } else {
                 w.publish_upserts(c)?
             };
@@ -136,7 +136,12 @@ pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
         }
         w.set_published_cursor(&cursor)?;
         Ok(report)
-    })
+    })?;
+    if let Err(e) = store.clear_staging() {
+        // Published already: the next open discards the staged pages.
+        tracing::warn!(error = %e, "could not empty the staging file after a publish");
+    }
+    Ok(report)
 }
 
 /// The pending records that the next publish will merge with a staged row: what
@@ -145,9 +150,8 @@ pub(crate) fn publish_candidates(store: &Store) -> Result<Vec<Candidate>> {
     store.simulate(|w| {
         let mut out = Vec::new();
         for c in w.schema().collections.iter().filter(|c| !c.is_local_only()) {
-            for id in w.pending_staged_ids(c)? {
-                let (Some(local), Staged::Upsert(server)) = (w.load(c, &id)?, w.staged(c, &id)?)
-                else {
+            for (id, staged) in w.pending_staged(c)? {
+                let (Some(local), Staged::Upsert(server)) = (w.load(c, &id)?, staged) else {
                     continue;
                 };
                 if needs_merge(&local, &server) {
@@ -163,14 +167,14 @@ pub(crate) fn publish_candidates(store: &Store) -> Result<Vec<Candidate>> {
     })
 }
 
-/// Rebases pending local records that the pull also touched, then drops them
-/// from staging so the bulk statements only meet synced rows.
+/// Rebases pending local records that the pull also touched; the bulk
+/// statements that follow leave pending records alone.
 fn rebase_pending(w: &mut Writer<'_, '_>, c: &Collection, merger: &Merger) -> Result<u64> {
-    let ids = w.pending_staged_ids(c)?;
     let mut n = 0;
-    for id in &ids {
-        let local = w.load(c, id)?.expect("selected above");
-        match w.staged(c, id)? {
+    for (id, staged) in w.pending_staged(c)? {
+        let id = &id;
+        let local = w.load(c, id)?.expect("selected as pending");
+        match staged {
             Staged::Upsert(server) => {
                 if local.version.is_some_and(|v| v >= server.version) {
                     // Already based on this version (e.g. our own write's echo).
@@ -195,21 +199,19 @@ fn rebase_pending(w: &mut Writer<'_, '_>, c: &Collection, merger: &Merger) -> Re
             // Evicted: keep the local record; its push decides.
             Staged::Removal(Removal::Eviction) => {}
         }
-        w.unstage(c, id)?;
     }
     Ok(n)
 }
 
-/// Adds the rows this publish will change to the event (or marks a reload);
-/// returns how many upserted rows are staged.
-fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<usize> {
+/// Adds the rows this publish will change to the event (or marks a reload).
+fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
     let (upserts, removals) = w.staged_counts(c)?;
     let staged = upserts + removals;
     if staged > MAX_EVENT_ROWS || w.events().is_reload(&c.name) {
         if staged > 0 {
             w.events().reload(&c.name);
         }
-        return Ok(upserts);
+        return Ok(());
     }
     for r in w.staged_upserts(c)? {
         let id = r.id.clone();
@@ -221,5 +223,5 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<usize> {
             Removal::Eviction => w.events().evict(&c.name, &id),
         }
     }
-    Ok(upserts)
+    Ok(())
 }
