@@ -17,13 +17,19 @@ const BUSY_TIMEOUT_MS: u32 = 5_000;
 /// Page cache per connection, in KiB (negative = KiB in SQLite's pragma).
 const CACHE_KIB: i64 = 16 * 1024;
 /// The writer gets more: a large batch should not spill pages mid-transaction.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+pub(super) const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// The writer's cache while a first sync builds a collection in key order.
+pub(super) const BUILD_CACHE_KIB: i64 = 16 * 1024;
 
 pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     configure(&conn)?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    // With temporary storage in memory SQLite's sorter never spills: the sort of
+    // a first sync's staged rows would hold them all in memory. On file, a sort
+    // keeps at most the cache's size in memory.
+    conn.pragma_update(None, "temp_store", "FILE")?;
     conn.pragma_update(None, "foreign_keys", true)?;
     register_functions(&conn)?;
     Ok(conn)

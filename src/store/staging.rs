@@ -599,22 +599,30 @@ impl Writer<'_, '_> {
     /// in key order into a new table, which replaces the collection; then its
     /// indexes are made, each in one sorted pass. Returns how many rows it holds.
     pub(crate) fn build(&self, c: &Collection) -> Result<usize> {
+        // A smaller cache while building: the new table's pages are written once,
+        // in order, so they need no cache, and SQLite's sorter takes the cache's
+        // size as its memory budget.
+        self.tx
+            .pragma_update(None, "cache_size", -super::conn::BUILD_CACHE_KIB)?;
+        let built = self.build_table(c);
+        self.tx
+            .pragma_update(None, "cache_size", -super::conn::WRITER_CACHE_KIB)?;
+        built
+    }
+
+    fn build_table(&self, c: &Collection) -> Result<usize> {
         let build = format!("_ferry_build_{}", c.name);
         self.tx
             .execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&build)))?;
         super::ddl::create_table(self.tx, c, &build)?;
-        self.upsert_staged(c, &build)?;
+        let n = self.upsert_staged(c, &build)?;
         self.tx.execute_batch(&format!(
             "DROP TABLE {t}; ALTER TABLE {b} RENAME TO {t};",
             t = quote(&c.name),
             b = quote(&build)
         ))?;
         super::ddl::create_indexes(self.tx, c)?;
-        Ok(self.tx.query_row(
-            &format!("SELECT COUNT(*) FROM {}", quote(&c.name)),
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as usize)
+        Ok(n)
     }
 
     /// Writes the staged rows of `c` into the collection, in key order, each
@@ -636,12 +644,17 @@ impl Writer<'_, '_> {
             cols.push_str(&format!(", {}", quote(&col.name)));
         }
         let Live { list, from, live } = live_upserts(c, self.now);
+        // Only the keys are sorted (the rows are then read by `seq`), so that a
+        // large sort stays small; `LIMIT -1` keeps the sorted subquery from being
+        // flattened into the join, which would drop its order.
         Ok(self.tx.execute(
             &format!(
                 "INSERT INTO {t} ({cols}, {BOOKKEEPING})
-                 SELECT {list} FROM {from} WHERE {live} ORDER BY s.id, s.seq
+                 SELECT {list} FROM (SELECT s.seq AS k FROM {from} WHERE {live} ORDER BY s.id, s.seq LIMIT -1) o
+                 CROSS JOIN {up} s ON s.seq = o.k WHERE true
                  ON CONFLICT(id) DO UPDATE SET {sets}_version = excluded._version, _updated_at = excluded._updated_at
-                 WHERE {t}._status = 'synced' AND ({t}._version IS NULL OR excluded._version > {t}._version)"
+                 WHERE {t}._status = 'synced' AND ({t}._version IS NULL OR excluded._version > {t}._version)",
+                up = up_table(c),
             ),
             [],
         )?)
