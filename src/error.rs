@@ -79,7 +79,7 @@ pub enum Error {
     /// A write conflicted with a newer server version.
     #[error("conflict on `{collection}/{id}`: the server has a newer version")]
     Conflict { collection: String, id: String },
-    #[error("the store is closed")]
+    #[error("closed: the sync client was shut down")]
     Closed,
     #[error("internal error: {0}")]
     Internal(String),

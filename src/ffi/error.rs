@@ -83,6 +83,10 @@ pub enum FerryError {
         code: String,
         detail: String,
     },
+    /// The sync client was shut down (`FerrySyncClient.shutdown`): a sync or
+    /// push running then, or started after, ends with this.
+    #[error("{detail}")]
+    Closed { detail: String },
     /// A bug or an environment failure (database, I/O, a caught panic).
     #[error("{detail}")]
     Internal { detail: String },
@@ -154,7 +158,8 @@ impl From<Error> for FerryError {
                 code: "protocol".into(),
                 detail,
             },
-            Error::Database(_) | Error::Io(_) | Error::Closed | Error::Internal(_) => {
+            Error::Closed => FerryError::Closed { detail },
+            Error::Database(_) | Error::Io(_) | Error::Internal(_) => {
                 FerryError::Internal { detail }
             }
         }

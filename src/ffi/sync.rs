@@ -8,6 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio_util::task::TaskTracker;
+
 use super::database::FerryDatabase;
 use super::error::FerryError;
 use super::listeners::{self, ConflictResolver, ListenerHandle, StatusListener, TokenProvider};
@@ -82,6 +86,31 @@ pub struct SyncReport {
 #[derive(uniffi::Object)]
 pub struct FerrySyncClient {
     client: SyncClient,
+    /// The calls running on the runtime (each holds the client): `shutdown`
+    /// waits for them.
+    calls: TaskTracker,
+}
+
+impl FerrySyncClient {
+    fn of(client: SyncClient) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            calls: TaskTracker::new(),
+        })
+    }
+
+    /// Runs a call on the runtime, tracked for `shutdown`.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(SyncClient) -> BoxFuture<'static, crate::Result<T>>,
+    ) -> Result<T> {
+        let fut = f(self.client.clone());
+        self.calls
+            .spawn_on(fut, runtime().handle())
+            .await
+            .map_err(|e| FerryError::internal(format!("internal error: task failed: {e}")))?
+            .map_err(FerryError::from)
+    }
 }
 
 #[uniffi::export(async_runtime = "tokio")]
@@ -95,9 +124,7 @@ impl FerrySyncClient {
         token_provider: Arc<dyn TokenProvider>,
         config: SyncConfig,
     ) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            client: client(&db, &server_url, token_provider, config)?,
-        }))
+        Ok(Self::of(client(&db, &server_url, token_provider, config)?))
     }
 
     /// As `new`, with a host conflict resolver.
@@ -111,13 +138,12 @@ impl FerrySyncClient {
     ) -> Result<Arc<Self>> {
         let client = client(&db, &server_url, token_provider, config)?
             .with_resolver(Arc::new(listeners::Resolver(resolver)))?;
-        Ok(Arc::new(Self { client }))
+        Ok(Self::of(client))
     }
 
     /// Pull, publish, then push. Joins a sync that is already running.
     pub async fn sync(&self) -> Result<SyncReport> {
-        let c = self.client.clone();
-        on_runtime(async move { c.sync().await })
+        self.call(|c| async move { c.sync().await }.boxed())
             .await
             .map(Into::into)
     }
@@ -125,16 +151,15 @@ impl FerrySyncClient {
     /// Writes a mixed batch (the `FerryDatabase.write` JSON) in `mode`; returns
     /// the written rows as a JSON array.
     pub async fn write(&self, ops_json: String, mode: WriteMode) -> Result<String> {
-        let (c, ops) = (self.client.clone(), ops::batch(&ops_json)?);
-        on_runtime(async move { c.write(ops, mode.into()).await })
+        let ops = ops::batch(&ops_json)?;
+        self.call(|c| async move { c.write(ops, mode.into()).await }.boxed())
             .await
             .map(ops::written)
     }
 
     /// Pushes every ready outbox entry; returns how many the server applied.
     pub async fn push_all(&self) -> Result<u64> {
-        let c = self.client.clone();
-        on_runtime(async move { c.push_all().await })
+        self.call(|c| async move { c.push_all().await }.boxed())
             .await
             .map(|r| r.applied)
     }
@@ -172,6 +197,23 @@ impl FerrySyncClient {
 
     pub fn stop(&self) {
         self.client.stop()
+    }
+
+    /// Shuts the client down, the step before closing its database (a logout
+    /// deletes it next): stops background sync, cancels a sync or push running
+    /// now (it fails with `Closed`; nothing is half-written), and resolves once
+    /// none of the client's calls and database work is in flight. Later syncs
+    /// and pushes fail with `Closed`.
+    pub async fn shutdown(&self) -> Result<()> {
+        let c = self.client.clone();
+        on_runtime(async move {
+            c.shutdown().await;
+            Ok(())
+        })
+        .await?;
+        self.calls.close();
+        self.calls.wait().await;
+        Ok(())
     }
 }
 

@@ -9,8 +9,8 @@
 //! - Upserted rows are **appended** to `up_<name>` (a rowid table with no index:
 //!   a page's commit writes only new pages, whatever the order of the ids). An id
 //!   staged twice keeps both rows; the later one (higher `seq`) is its latest.
-//! - Deleted or evicted ids go to `gone_<name>` (keyed by id). Staging an upsert
-//!   drops the id from it, so `gone` holds exactly the ids whose latest staged
+//! - Deleted or evicted ids go to `removed_<name>` (keyed by id). Staging an upsert
+//!   drops the id from it, so `removed_<name>` holds exactly the ids whose latest staged
 //!   entry is a removal, and the publish leaves out every upsert of those ids.
 //! - Each page is staged in one transaction together with the cursor it reached
 //!   (`cursor`, `pages` in the staging file's `meta`), so a pull resumes at a page
@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::schema::{Collection, Schema};
 
 /// Meta key (database): the cursor everything published so far is complete up to.
-const CURSOR: &str = "cursor";
+const PUBLISHED_CURSOR: &str = "cursor";
 /// Meta key (database): the staging generation the last publish applied.
 const PUBLISHED_GENERATION: &str = "published_generation";
 
@@ -72,8 +72,8 @@ fn up_table(c: &Collection) -> String {
     format!("{STAGE_DB}.{}", quote(&format!("up_{}", c.name)))
 }
 
-fn gone_table(c: &Collection) -> String {
-    format!("{STAGE_DB}.{}", quote(&format!("gone_{}", c.name)))
+fn removed_table(c: &Collection) -> String {
+    format!("{STAGE_DB}.{}", quote(&format!("removed_{}", c.name)))
 }
 
 fn stage_meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
@@ -202,7 +202,7 @@ fn create_tables(conn: &Connection, schema: &Schema) -> Result<()> {
             "CREATE TABLE IF NOT EXISTS {} (seq INTEGER PRIMARY KEY, id TEXT NOT NULL{cols}, _version INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL) WITHOUT ROWID;",
             up_table(c),
-            gone_table(c)
+            removed_table(c)
         ))?;
     }
     Ok(())
@@ -241,7 +241,7 @@ impl Store {
                 totals,
             },
             None => PullStart {
-                cursor: meta_get(&conn, CURSOR)?,
+                cursor: meta_get(&conn, PUBLISHED_CURSOR)?,
                 resumed: false,
                 totals,
             },
@@ -274,7 +274,7 @@ impl Store {
                 tx.execute_batch(&format!(
                     "DELETE FROM {}; DELETE FROM {};",
                     up_table(c),
-                    gone_table(c)
+                    removed_table(c)
                 ))?;
             }
             tx.execute(
@@ -327,7 +327,7 @@ pub(crate) struct Stage<'t> {
     any_removal: bool,
     upsert: CachedStatement<'t>,
     unmark: CachedStatement<'t>,
-    gone: CachedStatement<'t>,
+    remove: CachedStatement<'t>,
 }
 
 impl Stage<'_> {
@@ -368,7 +368,7 @@ impl Stage<'_> {
 
     /// Stages the removal of `id` (which supersedes any row staged for it earlier).
     pub fn remove(&mut self, id: &str, kind: Removal) -> Result<()> {
-        self.gone.execute([id, kind.as_str()])?;
+        self.remove.execute([id, kind.as_str()])?;
         self.any_removal = true;
         Ok(())
     }
@@ -409,7 +409,7 @@ fn live_upserts(c: &Collection, now: i64) -> Live {
         from: format!("{} s", up_table(c)),
         live: format!(
             "NOT EXISTS (SELECT 1 FROM {} g WHERE g.id = s.id)",
-            gone_table(c)
+            removed_table(c)
         ),
     }
 }
@@ -419,22 +419,23 @@ impl<'t> Writer<'t, '_> {
     pub(crate) fn stage(&self, c: &'t Collection) -> Result<Stage<'t>> {
         let tx: &'t Transaction<'_> = self.tx;
         let any_removal: bool = tx.query_row(
-            &format!("SELECT EXISTS (SELECT 1 FROM {})", gone_table(c)),
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", removed_table(c)),
             [],
             |r| r.get(0),
         )?;
         let upsert = tx.prepare_cached(&stage_upsert_sql(c))?;
-        let unmark = tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", gone_table(c)))?;
-        let gone = tx.prepare_cached(&format!(
+        let unmark =
+            tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", removed_table(c)))?;
+        let remove = tx.prepare_cached(&format!(
             "INSERT OR REPLACE INTO {} (id, kind) VALUES (?1, ?2)",
-            gone_table(c)
+            removed_table(c)
         ))?;
         Ok(Stage {
             c,
             any_removal,
             upsert,
             unmark,
-            gone,
+            remove,
         })
     }
 }
@@ -464,7 +465,7 @@ impl Writer<'_, '_> {
     /// Everything staged is published up to `cursor`: it becomes the published
     /// cursor, and the staged generation counts as published.
     pub(crate) fn set_published_cursor(&self, cursor: &str) -> Result<()> {
-        meta_set(self.tx, CURSOR, cursor)?;
+        meta_set(self.tx, PUBLISHED_CURSOR, cursor)?;
         if let Some(generation) = stage_generation(self.tx)? {
             meta_set(self.tx, PUBLISHED_GENERATION, &generation)?;
         }
@@ -502,15 +503,15 @@ impl Writer<'_, '_> {
                 }),
             );
         }
-        let gone: Vec<(String, String)> = self
+        let removed: Vec<(String, String)> = self
             .tx
             .prepare(&format!(
                 "SELECT g.id, g.kind FROM {} g CROSS JOIN {t} t ON t.id = g.id WHERE t._status <> 'synced'",
-                gone_table(c)
+                removed_table(c)
             ))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        for (id, kind) in gone {
+        for (id, kind) in removed {
             out.insert(id, Staged::Removal(Removal::parse(&kind)?));
         }
         Ok(out)
@@ -519,16 +520,16 @@ impl Writer<'_, '_> {
     /// How many rows and how many removals of `c` are staged (an id staged in
     /// several pages counts each time).
     pub(crate) fn staged_counts(&self, c: &Collection) -> Result<(usize, usize)> {
-        let (upserts, gone): (i64, i64) = self.tx.query_row(
+        let (upserts, removals): (i64, i64) = self.tx.query_row(
             &format!(
                 "SELECT (SELECT COUNT(*) FROM {}), (SELECT COUNT(*) FROM {})",
                 up_table(c),
-                gone_table(c)
+                removed_table(c)
             ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok((upserts as usize, gone as usize))
+        Ok((upserts as usize, removals as usize))
     }
 
     /// The staged rows of `c` that publishing will write, in staging order: new
@@ -557,8 +558,8 @@ impl Writer<'_, '_> {
             .prepare(&format!(
                 // CROSS JOIN keeps staging (small) outside: without statistics SQLite
                 // would otherwise scan the whole collection and probe staging.
-                "SELECT g.id, g.kind FROM {gone} g CROSS JOIN {t} t ON t.id = g.id WHERE t._status = 'synced'",
-                gone = gone_table(c),
+                "SELECT g.id, g.kind FROM {removed} g CROSS JOIN {t} t ON t.id = g.id WHERE t._status = 'synced'",
+                removed = removed_table(c),
                 t = quote(&c.name)
             ))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -573,9 +574,9 @@ impl Writer<'_, '_> {
     pub(crate) fn publish_removals(&self, c: &Collection) -> Result<usize> {
         Ok(self.tx.execute(
             &format!(
-                "DELETE FROM {t} WHERE _status = 'synced' AND id IN (SELECT id FROM {gone})",
+                "DELETE FROM {t} WHERE _status = 'synced' AND id IN (SELECT id FROM {removed})",
                 t = quote(&c.name),
-                gone = gone_table(c)
+                removed = removed_table(c)
             ),
             [],
         )?)

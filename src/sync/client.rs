@@ -17,6 +17,8 @@ use futures::future::{BoxFuture, Shared, WeakShared};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::machine::{Action, Finished, Input, Machine};
 use super::policy;
@@ -193,6 +195,12 @@ struct Inner {
     schedule: watch::Sender<(u64, Action)>,
     scheduler: Mutex<Option<tokio::task::JoinHandle<()>>>,
     _local_writes: Mutex<Option<ListenerHandle>>,
+    /// Cancelled by [`SyncClient::shutdown`]: a sync or push running then ends
+    /// with [`Error::Closed`], and no later one starts.
+    closed: CancellationToken,
+    /// The client's database work on tokio's blocking pool, which outlives a
+    /// cancelled future: [`SyncClient::shutdown`] waits for it.
+    work: TaskTracker,
 }
 
 impl Drop for Inner {
@@ -210,12 +218,6 @@ type Answered = (Arc<Vec<Sending>>, PushResponse);
 #[derive(Clone)]
 pub struct SyncClient {
     inner: Arc<Inner>,
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("database task failed: {e}")))?
 }
 
 impl SyncClient {
@@ -248,10 +250,36 @@ impl SyncClient {
                 schedule: watch::channel((0, Action::Idle)).0,
                 scheduler: Mutex::new(None),
                 _local_writes: Mutex::new(None),
+                closed: CancellationToken::new(),
+                work: TaskTracker::new(),
             }),
         };
         client.refresh_counts();
         Ok(client)
+    }
+
+    /// Runs `f` (database work) on tokio's blocking pool, tracked for
+    /// [`Self::shutdown`].
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.inner
+            .work
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(format!("database task failed: {e}")))?
+    }
+
+    /// `fut`, unless [`Self::shutdown`] comes first: then `Closed`.
+    async fn until_closed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        if self.inner.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        tokio::select! {
+            r = fut => r,
+            _ = self.inner.closed.cancelled() => Err(Error::Closed),
+        }
     }
 
     /// Replaces the conflict resolver.
@@ -327,7 +355,7 @@ impl SyncClient {
     /// [`Self::refresh_counts`] off the async thread (it reads the database).
     async fn refresh_counts_blocking(&self) {
         let s = self.inner.store.clone();
-        self.set_counts(blocking(move || s.pending_counts()).await);
+        self.set_counts(self.blocking(move || s.pending_counts()).await);
     }
 
     fn set_counts(&self, counts: Result<(u64, u64)>) {
@@ -401,7 +429,7 @@ impl SyncClient {
                 }
             }
         };
-        fut.await
+        self.until_closed(fut).await
     }
 
     async fn run_sync(&self) -> Result<SyncReport> {
@@ -417,7 +445,7 @@ impl SyncClient {
             if self.inner.transport.repull_on_retry() {
                 // What waited on a whole-push conflict is due again after this pull.
                 let s = self.inner.store.clone();
-                blocking(move || push::make_due(&s)).await?;
+                self.blocking(move || push::make_due(&s)).await?;
             }
             report.pushed = self.push_all().await?;
             // WatermelonDB-style backends fail a whole push on conflict: pull, push again.
@@ -428,7 +456,7 @@ impl SyncClient {
             {
                 rounds += 1;
                 let s = self.inner.store.clone();
-                blocking(move || push::make_due(&s)).await?;
+                self.blocking(move || push::make_due(&s)).await?;
                 let again = self.pull().await?;
                 report.pages += again.pages;
                 report.pulled += again.pulled;
@@ -481,7 +509,7 @@ impl SyncClient {
         let store = self.inner.store.clone();
         let start = {
             let s = store.clone();
-            blocking(move || s.pull_start()).await?
+            self.blocking(move || s.pull_start()).await?
         };
         let mut cursor = start.cursor.clone();
         self.update_status(|s| {
@@ -540,9 +568,11 @@ impl SyncClient {
                 }
             });
             let s = store.clone();
-            staging_task = Some(tokio::task::spawn_blocking(move || {
-                staging::stage_page(&s, page)
-            }));
+            staging_task = Some(
+                self.inner
+                    .work
+                    .spawn_blocking(move || staging::stage_page(&s, page)),
+            );
             if !has_more {
                 break;
             }
@@ -555,12 +585,13 @@ impl SyncClient {
         self.update_status(|s| s.phase = SyncPhase::Publishing);
         let (s, resolver) = (store.clone(), self.inner.resolver.lock().clone());
         let rule = self.inner.config.merge_rule;
-        report.published = blocking(move || {
-            with_merges(&s, &resolver, rule, staging::publish_candidates, |m| {
-                staging::publish(&s, m)
+        report.published = self
+            .blocking(move || {
+                with_merges(&s, &resolver, rule, staging::publish_candidates, |m| {
+                    staging::publish(&s, m)
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(report)
     }
 
@@ -573,8 +604,11 @@ impl SyncClient {
     pub async fn push_all(&self) -> Result<PushReport> {
         self.update_status(|s| s.phase = SyncPhase::Pushing);
         let guard = PutBackOnDrop(Some(self.inner.store.clone()));
-        let result = self.push_rounds().await;
-        guard.disarm();
+        let result = self.until_closed(self.push_rounds()).await;
+        if !matches!(result, Err(Error::Closed)) {
+            // Cancelled by a shutdown, the guard puts the batch back.
+            guard.disarm();
+        }
         self.refresh_counts();
         result
     }
@@ -649,7 +683,8 @@ impl SyncClient {
     ) -> Result<Option<push::Prepared>> {
         let s = self.inner.store.clone();
         let max = self.inner.config.push_batch;
-        blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref())).await
+        self.blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref()))
+            .await
     }
 
     /// Applies the server's per-item answer to a batch and, when `prepare_next`,
@@ -663,7 +698,7 @@ impl SyncClient {
         let (max, rule) = (self.inner.config.push_batch, self.inner.config.merge_rule);
         let done = {
             let b = batch.clone();
-            blocking(move || {
+            self.blocking(move || {
                 let next = prepare_next.then(|| (s.client_id(), max));
                 with_merges(
                     &s,
@@ -684,7 +719,10 @@ impl SyncClient {
     /// Returns in-flight entries to the outbox, backing them off or due now.
     async fn put_back(&self, batch: &Arc<Vec<Sending>>, backoff: bool) {
         let (s, b) = (self.inner.store.clone(), batch.clone());
-        if let Err(e) = blocking(move || push::fail_batch(&s, &b, backoff)).await {
+        if let Err(e) = self
+            .blocking(move || push::fail_batch(&s, &b, backoff))
+            .await
+        {
             tracing::error!(error = %e, "could not return a push batch to the outbox; it is retried after a restart");
         }
     }
@@ -747,7 +785,7 @@ impl SyncClient {
 
     async fn write_local(&self, ops: Vec<WriteOp>) -> Result<Vec<Option<Record>>> {
         let s = self.inner.store.clone();
-        let out = blocking(move || s.write(ops)).await?;
+        let out = self.blocking(move || s.write(ops)).await?;
         self.refresh_counts();
         Ok(out)
     }
@@ -782,7 +820,7 @@ impl SyncClient {
         // Re-read: a conflict may have merged server columns in.
         let s = self.inner.store.clone();
         let targets = targets.to_vec();
-        blocking(move || {
+        self.blocking(move || {
             targets
                 .iter()
                 .map(|(c, id)| s.get(c, id))
@@ -805,25 +843,28 @@ impl SyncClient {
         }
         // Validate, and learn the mutations, without keeping anything.
         let (s, sim_ops, keys) = (self.inner.store.clone(), ops.clone(), targets.to_vec());
-        let simulated: Option<Vec<OutboxEntry>> = blocking(move || {
-            s.simulate(|w| {
-                let keyset: HashSet<_> = keys.iter().cloned().collect();
-                let before: i64 = w.count_entries(&keyset)?;
-                if before > 0 {
-                    return Ok(None);
-                }
-                for op in sim_ops {
-                    w.apply(op)?;
-                }
-                let all = w.outbox()?;
-                Ok(Some(
-                    all.into_iter()
-                        .filter(|e| keyset.contains(&(e.collection.clone(), e.record_id.clone())))
-                        .collect(),
-                ))
+        let simulated: Option<Vec<OutboxEntry>> = self
+            .blocking(move || {
+                s.simulate(|w| {
+                    let keyset: HashSet<_> = keys.iter().cloned().collect();
+                    let before: i64 = w.count_entries(&keyset)?;
+                    if before > 0 {
+                        return Ok(None);
+                    }
+                    for op in sim_ops {
+                        w.apply(op)?;
+                    }
+                    let all = w.outbox()?;
+                    Ok(Some(
+                        all.into_iter()
+                            .filter(|e| {
+                                keyset.contains(&(e.collection.clone(), e.record_id.clone()))
+                            })
+                            .collect(),
+                    ))
+                })
             })
-        })
-        .await?;
+            .await?;
         // A record with unsynced changes must keep its outbox order: push it all.
         let Some(entries) = simulated else {
             return self.write_optimistic(ops, targets).await;
@@ -872,7 +913,9 @@ impl SyncClient {
             .partition(|(_, t)| versions.contains_key(*t));
         let s = self.inner.store.clone();
         let confirmed: Vec<WriteOp> = confirmed.into_iter().map(|(op, _)| op).collect();
-        let out = blocking(move || confirm(&s, confirmed, &versions)).await?;
+        let out = self
+            .blocking(move || confirm(&s, confirmed, &versions))
+            .await?;
         match failure {
             // "Retry later" is the server being unavailable for these writes.
             Some(Error::Offline(_)) if fallback == OfflineBehavior::Queue => {
@@ -894,6 +937,9 @@ impl SyncClient {
     /// and sync results, and carries out what it decides; it decides nothing
     /// itself. Idle means no timers and no polling.
     pub fn start(&self) {
+        if self.inner.closed.is_cancelled() {
+            return;
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
         let writes = tx.clone();
         let sub = self
@@ -958,6 +1004,25 @@ impl SyncClient {
         if let Some(old) = self.inner.scheduler.lock().replace(handle) {
             old.abort();
         }
+    }
+
+    /// Shuts the client down, the step before closing its store (a logout
+    /// deletes the database next): stops background sync, cancels a sync or
+    /// push running now (it ends with [`Error::Closed`], at a point where
+    /// nothing is half-written: a staged page or a publish is one transaction),
+    /// and returns once none of the client's database work is in flight. Later
+    /// syncs and pushes fail with `Closed`; local reads and writes through the
+    /// store are not affected.
+    pub async fn shutdown(&self) {
+        self.inner.closed.cancel();
+        let scheduler = self.inner.scheduler.lock().take();
+        self.stop();
+        if let Some(h) = scheduler {
+            h.abort();
+            let _ = h.await;
+        }
+        self.inner.work.close();
+        self.inner.work.wait().await;
     }
 
     /// Stops background sync.
