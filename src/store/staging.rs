@@ -322,12 +322,60 @@ pub(crate) enum Staged {
 
 /// The staging statements of one collection, held while a page is staged.
 pub(crate) struct Stage<'t> {
+    tx: &'t Transaction<'t>,
     c: &'t Collection,
+    /// Whether every row staged so far came in increasing id order, and the
+    /// last id: then the publish needs no sort.
+    order: Order,
     /// Whether any removal is staged (else an upsert has none to unstage).
     any_removal: bool,
     upsert: CachedStatement<'t>,
     unmark: CachedStatement<'t>,
     remove: CachedStatement<'t>,
+}
+
+/// The order of a collection's staged rows so far (staging `meta`, key
+/// `order_<collection>`: `ordered <last id>` or `unordered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Order {
+    /// Each row's id is greater than the one before; the last one.
+    Ordered(Option<String>),
+    Unordered,
+}
+
+impl Order {
+    fn key(c: &Collection) -> String {
+        format!("order_{}", c.name)
+    }
+
+    fn load(conn: &Connection, c: &Collection) -> Result<Order> {
+        Ok(match stage_meta_get(conn, &Order::key(c))? {
+            None => Order::Ordered(None),
+            Some(v) => match v.strip_prefix("ordered ") {
+                Some(last) => Order::Ordered(Some(last.to_string())),
+                None => Order::Unordered,
+            },
+        })
+    }
+
+    fn store(&self, conn: &Connection, c: &Collection) -> Result<()> {
+        let v = match self {
+            Order::Ordered(None) => return Ok(()),
+            Order::Ordered(Some(last)) => format!("ordered {last}"),
+            Order::Unordered => "unordered".into(),
+        };
+        stage_meta_set(conn, &Order::key(c), &v)
+    }
+
+    /// After staging `id`. (SQLite compares text as Rust does: byte by byte.)
+    fn push(&mut self, id: &str) {
+        if let Order::Ordered(last) = self {
+            match last {
+                Some(l) if l.as_str() >= id => *self = Order::Unordered,
+                _ => *last = Some(id.to_string()),
+            }
+        }
+    }
 }
 
 impl Stage<'_> {
@@ -343,6 +391,7 @@ impl Stage<'_> {
         complete_for_create(c, &mut fields)?;
         normalise(c, &mut fields);
         let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 2);
+        self.order.push(&r.id);
         vals.push(SqlValue::Text(r.id));
         for col in &c.columns {
             vals.push(
@@ -355,6 +404,11 @@ impl Stage<'_> {
         vals.push(SqlValue::Integer(r.version as i64));
         self.upsert.execute(params_from_iter(vals))?;
         Ok(())
+    }
+
+    /// Ends the page's staging of this collection: records the order of its rows.
+    pub fn finish(self) -> Result<()> {
+        self.order.store(self.tx, self.c)
     }
 
     /// After [`Self::upsert`] of `id`: an id staged as removed by an earlier page
@@ -431,7 +485,9 @@ impl<'t> Writer<'t, '_> {
             removed_table(c)
         ))?;
         Ok(Stage {
+            tx,
             c,
+            order: Order::load(tx, c)?,
             any_removal,
             upsert,
             unmark,
@@ -645,19 +701,49 @@ impl Writer<'_, '_> {
             cols.push_str(&format!(", {}", quote(&col.name)));
         }
         let Live { list, from, live } = live_upserts(c, self.now);
-        // Only the keys are sorted (the rows are then read by `seq`), so that a
-        // large sort stays small; `LIMIT -1` keeps the sorted subquery from being
-        // flattened into the join, which would drop its order.
+        // Rows staged in id order are read as they are. Else only the keys are
+        // sorted (the rows are then read by `seq`), so that a large sort stays
+        // small; `LIMIT -1` keeps the sorted subquery from being flattened into
+        // the join, which would drop its order.
+        let rows = if Order::load(self.tx, c)? == Order::Unordered {
+            format!(
+                "SELECT {list} FROM (SELECT s.seq AS k FROM {from} WHERE {live} ORDER BY s.id, s.seq LIMIT -1) o
+                 CROSS JOIN {up} s ON s.seq = o.k WHERE true",
+                up = up_table(c)
+            )
+        } else {
+            format!("SELECT {list} FROM {from} WHERE {live} ORDER BY s.seq")
+        };
         Ok(self.tx.execute(
             &format!(
                 "INSERT INTO {t} ({cols}, {BOOKKEEPING})
-                 SELECT {list} FROM (SELECT s.seq AS k FROM {from} WHERE {live} ORDER BY s.id, s.seq LIMIT -1) o
-                 CROSS JOIN {up} s ON s.seq = o.k WHERE true
+                 {rows}
                  ON CONFLICT(id) DO UPDATE SET {sets}_version = excluded._version, _updated_at = excluded._updated_at
-                 WHERE {t}._status = 'synced' AND ({t}._version IS NULL OR excluded._version > {t}._version)",
-                up = up_table(c),
+                 WHERE {t}._status = 'synced' AND ({t}._version IS NULL OR excluded._version > {t}._version)"
             ),
             [],
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Order;
+
+    #[test]
+    fn rows_stay_ordered_only_while_each_id_is_greater_than_the_last() {
+        let mut o = Order::Ordered(None);
+        for id in ["a", "b", "c"] {
+            o.push(id);
+        }
+        assert_eq!(o, Order::Ordered(Some("c".into())));
+        // An id staged again (a later version) needs the sort that keeps its latest.
+        o.push("c");
+        assert_eq!(o, Order::Unordered);
+        let mut o = Order::Ordered(Some("m".into()));
+        o.push("l");
+        assert_eq!(o, Order::Unordered);
+        o.push("z");
+        assert_eq!(o, Order::Unordered, "once unordered, for the whole pull");
     }
 }

@@ -91,6 +91,7 @@ pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
                     report.rows += 1;
                 }
             }
+            stage.finish()?;
         }
         if let Some(totals) = &page.totals {
             w.set_server_totals(totals)?;
