@@ -207,6 +207,31 @@ async fn status_listeners_run_on_the_event_thread_never_on_a_tokio_worker() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_listener_removed_before_its_delivery_runs_is_not_called() {
+    let server = start_server().await;
+    let d = device(&server.url(), ALICE);
+    let calls = Arc::new(Mutex::new(0usize));
+    let seen = calls.clone();
+    let id = d
+        .client
+        .add_status_listener(Arc::new(move |_: &ferry::sync::SyncStatus| {
+            *seen.lock() += 1;
+        }));
+    // The event thread is busy with a change listener, so the status queued
+    // next waits behind it.
+    let g = gated(&d.store);
+    put(&d.store, "busy");
+    g.entered.recv_timeout(GUARD).unwrap();
+    d.client.set_online(false);
+    d.client.remove_status_listener(id);
+    g.release.send(()).unwrap();
+    assert!(g.left.recv_timeout(GUARD).unwrap());
+    d.store.flush_events();
+    assert_eq!(*calls.lock(), 0, "called after it was removed");
+    drop(g.handle);
+}
+
 /// A token provider that fails like a locked keychain.
 struct Locked;
 

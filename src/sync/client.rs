@@ -182,7 +182,9 @@ struct Inner {
     resolver: Mutex<Arc<dyn ConflictResolver>>,
     config: SyncConfig,
     status: Mutex<SyncStatus>,
-    status_listeners: Mutex<Vec<(u64, Arc<dyn StatusListener>)>>,
+    /// Shared with the deliveries queued on the event thread, which read it when
+    /// they run: a listener removed before then is not called.
+    status_listeners: Arc<Mutex<Vec<(u64, Arc<dyn StatusListener>)>>>,
     next_listener: AtomicU32,
     /// The sync running now, if any: weak, so that a sync nobody awaits any
     /// more is dropped (and does not keep the client alive).
@@ -241,7 +243,7 @@ impl SyncClient {
                     online: true,
                     ..Default::default()
                 }),
-                status_listeners: Mutex::new(Vec::new()),
+                status_listeners: Arc::default(),
                 next_listener: AtomicU32::new(0),
                 running: Mutex::new(None),
                 online: AtomicBool::new(true),
@@ -318,22 +320,17 @@ impl SyncClient {
             f(&mut s);
             s.clone()
         };
-        let listeners: Vec<_> = self
-            .inner
-            .status_listeners
-            .lock()
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect();
-        if listeners.is_empty() {
+        if self.inner.status_listeners.lock().is_empty() {
             return;
         }
+        let listeners = self.inner.status_listeners.clone();
         // Delivered on the store's event thread, never on the caller's (a tokio
         // worker): a slow host listener cannot stall networking, and a burst of
         // changes reaches it as its latest status.
         self.inner
             .store
             .on_event_thread_latest("sync status", move || {
+                let listeners: Vec<_> = listeners.lock().iter().map(|(_, l)| l.clone()).collect();
                 for l in listeners {
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         l.on_status(&snapshot)

@@ -126,7 +126,7 @@ export type Query = {
 
 /** Every failure, as a plain object (safe in Redux state and in `JSON.stringify`). */
 export type FerryErrorInfo =
-  | { kind: 'InvalidInput' | 'MalformedJson' | 'Schema' | 'Offline' | 'Unauthorized' | 'TokenUnavailable' | 'Internal'; detail: string }
+  | { kind: 'InvalidInput' | 'MalformedJson' | 'Schema' | 'Offline' | 'Unauthorized' | 'TokenUnavailable' | 'Closed' | 'Internal'; detail: string }
   | { kind: 'UnknownCollection'; collection: string; detail: string }
   | { kind: 'UnknownColumn' | 'WrongType'; collection: string; column: string; detail: string }
   | { kind: 'TooLarge'; limit: number; detail: string }
@@ -450,7 +450,7 @@ export function bindFerry(native: NativeFerry) {
     /** @internal */
     readonly raw: Gen.FerrySyncClientLike & Destroyable;
     private readonly listeners = new OwnedListeners();
-    private closed = false;
+    private closing: Promise<void> | null = null;
 
     constructor(db: Database, options: SyncClientOptions) {
       const defaults = native.defaultSyncConfig();
@@ -526,35 +526,32 @@ export function bindFerry(native: NativeFerry) {
       this.raw.stop();
     }
 
-    /** Stops background sync and releases the native client. */
-    close(): void {
-      if (this.closed) return;
-      this.closed = true;
-      this.stop();
-      this.listeners.releaseAll();
-      this.raw.uniffiDestroy?.();
+    /**
+     * Shuts the client down and releases it: stops background sync, cancels a
+     * sync or push running now (it rejects with `FerryError` kind `Closed`;
+     * nothing is half-written), and resolves once none of the client's work is
+     * in flight, so that the database can be closed and deleted next. Calling it
+     * again returns the same promise.
+     */
+    close(): Promise<void> {
+      if (!this.closing) {
+        this.listeners.releaseAll();
+        this.closing = callAsync(native, () => this.raw.shutdown()).finally(() => this.raw.uniffiDestroy?.());
+      }
+      return this.closing;
     }
   }
 
   /**
-   * Logout: stop sync, close the client and the database, then delete the
-   * database file, in that order. A sync still finishing holds the database for
-   * a moment: the delete waits for it (a few event-loop turns at most), and fails
-   * with `InvalidInput`, deleting nothing, if another handle stays open.
+   * Logout: shut the sync client down (awaited: a running sync is cancelled and
+   * its database work ends), close the database, then delete the database file,
+   * in that order. Fails with `InvalidInput`, deleting nothing, if another handle
+   * of the database stays open.
    */
   async function logout(client: SyncClient | null, db: Database): Promise<void> {
-    client?.close();
+    await client?.close();
     db.close();
-    for (let attempt = 0; ; attempt++) {
-      try {
-        call(native, () => native.deleteDatabase(db.path));
-        return;
-      } catch (e) {
-        const stillOpen = e instanceof FerryError && e.kind === 'InvalidInput';
-        if (!stillOpen || attempt >= 50) throw e;
-        await new Promise<void>((resolve) => setTimeout(() => resolve(), 10));
-      }
-    }
+    call(native, () => native.deleteDatabase(db.path));
   }
 
   const LEVELS: LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];

@@ -1498,6 +1498,15 @@ public protocol FerrySyncClientProtocol: AnyObject, Sendable {
     func setOnline(online: Bool) 
     
     /**
+     * Shuts the client down, the step before closing its database (a logout
+     * deletes it next): stops background sync, cancels a sync or push running
+     * now (it fails with `Closed`; nothing is half-written), and resolves once
+     * none of the client's calls and database work is in flight. Later syncs
+     * and pushes fail with `Closed`.
+     */
+    func shutdown() async throws 
+    
+    /**
      * Starts background sync: a debounced push after local writes, a sync when
      * the network returns or the app comes to the foreground, retries with backoff.
      */
@@ -1658,6 +1667,30 @@ open func setOnline(online: Bool)  {try! rustCall() {
         FfiConverterBool.lower(online),$0
     )
 }
+}
+    
+    /**
+     * Shuts the client down, the step before closing its database (a logout
+     * deletes it next): stops background sync, cancels a sync or push running
+     * now (it fails with `Closed`; nothing is half-written), and resolves once
+     * none of the client's calls and database work is in flight. Later syncs
+     * and pushes fail with `Closed`.
+     */
+open func shutdown()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_fn_method_ferrysyncclient_shutdown(
+                    self.uniffiCloneHandle()
+                    
+                )
+            },
+            pollFunc: ffi_ferry_rust_future_poll_void,
+            completeFunc: ffi_ferry_rust_future_complete_void,
+            freeFunc: ffi_ferry_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
 }
     
     /**
@@ -3289,6 +3322,12 @@ public enum FerryError: Swift.Error, Equatable, Hashable, Foundation.LocalizedEr
     case Server(status: UInt16, code: String, detail: String
     )
     /**
+     * The sync client was shut down (`FerrySyncClient.shutdown`): a sync or
+     * push running then, or started after, ends with this.
+     */
+    case Closed(detail: String
+    )
+    /**
      * A bug or an environment failure (database, I/O, a caught panic).
      */
     case Internal(detail: String
@@ -3382,7 +3421,10 @@ public struct FfiConverterTypeFerryError: FfiConverterRustBuffer {
             code: try FfiConverterString.read(from: &buf), 
             detail: try FfiConverterString.read(from: &buf)
             )
-        case 16: return .Internal(
+        case 16: return .Closed(
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 17: return .Internal(
             detail: try FfiConverterString.read(from: &buf)
             )
 
@@ -3487,8 +3529,13 @@ public struct FfiConverterTypeFerryError: FfiConverterRustBuffer {
             FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Internal(detail):
+        case let .Closed(detail):
             writeInt(&buf, Int32(16))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Internal(detail):
+            writeInt(&buf, Int32(17))
             FfiConverterString.write(detail, into: &buf)
             
         }
@@ -4445,6 +4492,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_set_online() != 40680) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrysyncclient_shutdown() != 57841) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_start() != 26239) {

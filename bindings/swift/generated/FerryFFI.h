@@ -638,6 +638,11 @@ void uniffi_ferry_fn_method_ferrysyncclient_set_foreground(uint64_t ptr, int8_t 
 void uniffi_ferry_fn_method_ferrysyncclient_set_online(uint64_t ptr, int8_t online, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_SHUTDOWN
+uint64_t uniffi_ferry_fn_method_ferrysyncclient_shutdown(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_START
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_START
 void uniffi_ferry_fn_method_ferrysyncclient_start(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -1158,6 +1163,12 @@ uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SET_ONLINE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SET_ONLINE
 uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_online(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SHUTDOWN
+uint16_t uniffi_ferry_checksum_method_ferrysyncclient_shutdown(void
     
 );
 #endif

@@ -470,6 +470,9 @@ extern "C" {
         int8_t online, 
         RustCallStatus *uniffi_out_err
     );
+    /*handle*/ uint64_t uniffi_ferry_fn_method_ferrysyncclient_shutdown(
+        /*handle*/ uint64_t ptr
+    );
     void uniffi_ferry_fn_method_ferrysyncclient_start(
         /*handle*/ uint64_t ptr, 
         RustCallStatus *uniffi_out_err
@@ -771,6 +774,8 @@ extern "C" {
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(
     );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_online(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrysyncclient_shutdown(
     );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_start(
     );
@@ -5258,6 +5263,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_set_online(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_shutdown"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrysyncclient_shutdown"),
+        1,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_shutdown(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_start"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrysyncclient_start"),
@@ -6000,6 +6013,14 @@ NativeFerry::NativeFerry(
         0,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_online(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_shutdown"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrysyncclient_shutdown"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_shutdown(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_start"] = jsi::Function::createFromHostFunction(
@@ -7036,6 +7057,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_set_online(js
         
         return jsi::Value::undefined();
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_shutdown(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_fn_method_ferrysyncclient_shutdown(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0])
+        );
+
+        
+        return uniffi_jsi::Bridging</*handle*/ uint64_t>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_start(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         uniffi_ferry_fn_method_ferrysyncclient_start(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
@@ -7737,6 +7765,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_for
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_online(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrysyncclient_set_online(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_shutdown(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrysyncclient_shutdown(
         );
 
         

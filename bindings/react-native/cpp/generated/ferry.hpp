@@ -82,6 +82,7 @@ class NativeFerry : public jsi::HostObject {
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_set_online(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_shutdown(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_start(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_status(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_stop(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
@@ -175,6 +176,7 @@ class NativeFerry : public jsi::HostObject {
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_online(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_shutdown(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_start(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_status(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_stop(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);

@@ -125,6 +125,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_push_all(uniffiSelf: bigint): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(uniffiSelf: bigint, foreground: number, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_online(uniffiSelf: bigint, online: number, uniffi_out_err: UniffiRustCallStatus): void;
+    ubrn_uniffi_ferry_fn_method_ferrysyncclient_shutdown(uniffiSelf: bigint): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_start(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_status(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_stop(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): void;
@@ -171,6 +172,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_online(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrysyncclient_shutdown(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_start(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_status(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_stop(): number;

@@ -550,6 +550,7 @@ export enum FerryError_Tags {
     Rejected = "Rejected",
     Conflict = "Conflict",
     Server = "Server",
+    Closed = "Closed",
     Internal = "Internal"
 }
 /**
@@ -1182,6 +1183,49 @@ Readonly<{status: number; code: string; detail: string}> {
 
     }
 
+    type Closed__interface = {
+        tag: FerryError_Tags.Closed;
+        inner: 
+Readonly<{detail: string}>
+    };
+    /**
+     * The sync client was shut down (`FerrySyncClient.shutdown`): a sync or
+     * push running then, or started after, ends with this.
+     */
+    class Closed_ extends UniffiError implements Closed__interface {
+        /**
+         * @private
+         * This field is private and should not be used, use `tag` instead.
+         */
+        readonly [uniffiTypeNameSymbol] = "FerryError";
+        readonly tag = FerryError_Tags.Closed;
+        readonly inner: 
+Readonly<{detail: string}>;
+        constructor(
+inner: {detail: string }) {
+            super("FerryError", "Closed");
+
+            this.inner = Object.freeze(inner);
+        }
+        static new(
+inner: {detail: string }): Closed_ {
+            return new Closed_(inner);
+        }
+
+        static instanceOf(obj: any): obj is Closed_ {
+            return obj.tag === FerryError_Tags.Closed;
+        }
+        static hasInner(obj: any): obj is Closed_ {
+            return Closed_.instanceOf(obj);
+        }
+
+        static getInner(obj: Closed_): 
+Readonly<{detail: string}> {
+            return obj.inner;
+        }
+
+    }
+
     type Internal__interface = {
         tag: FerryError_Tags.Internal;
         inner: 
@@ -1245,6 +1289,7 @@ Readonly<{detail: string}> {
   Rejected: Rejected_, 
   Conflict: Conflict_, 
   Server: Server_, 
+  Closed: Closed_, 
   Internal: Internal_
     });
 
@@ -1257,7 +1302,7 @@ Readonly<{detail: string}> {
  * conflicting record, the server's status and code.
  */
 export type FerryError = InstanceType<
-    typeof FerryError['InvalidInput' | 'MalformedJson' | 'UnknownCollection' | 'UnknownColumn' | 'WrongType' | 'TooLarge' | 'NotFound' | 'AlreadyExists' | 'Schema' | 'Offline' | 'Unauthorized' | 'TokenUnavailable' | 'Rejected' | 'Conflict' | 'Server' | 'Internal']
+    typeof FerryError['InvalidInput' | 'MalformedJson' | 'UnknownCollection' | 'UnknownColumn' | 'WrongType' | 'TooLarge' | 'NotFound' | 'AlreadyExists' | 'Schema' | 'Offline' | 'Unauthorized' | 'TokenUnavailable' | 'Rejected' | 'Conflict' | 'Server' | 'Closed' | 'Internal']
 >;
 
 // FfiConverter for enum FerryError
@@ -1281,7 +1326,8 @@ const FfiConverterTypeFerryError = (() => {
                 case 13: return new FerryError.Rejected({code: FfiConverterString.readFromCursor(c), detail: FfiConverterString.readFromCursor(c) });
                 case 14: return new FerryError.Conflict({collection: FfiConverterString.readFromCursor(c), id: FfiConverterString.readFromCursor(c), detail: FfiConverterString.readFromCursor(c) });
                 case 15: return new FerryError.Server({status: FfiConverterUInt16.readFromCursor(c), code: FfiConverterString.readFromCursor(c), detail: FfiConverterString.readFromCursor(c) });
-                case 16: return new FerryError.Internal({detail: FfiConverterString.readFromCursor(c) });
+                case 16: return new FerryError.Closed({detail: FfiConverterString.readFromCursor(c) });
+                case 17: return new FerryError.Internal({detail: FfiConverterString.readFromCursor(c) });
                 default: throw new UniffiInternalError.UnexpectedEnumCase();
             }
         }
@@ -1392,8 +1438,14 @@ const FfiConverterTypeFerryError = (() => {
                     FfiConverterString.writeIntoCursor(inner.detail, c);
                     return;
                 }
-                case FerryError_Tags.Internal: {
+                case FerryError_Tags.Closed: {
                     c.writeI32(16);
+                    const inner = value.inner;
+                    FfiConverterString.writeIntoCursor(inner.detail, c);
+                    return;
+                }
+                case FerryError_Tags.Internal: {
+                    c.writeI32(17);
                     const inner = value.inner;
                     FfiConverterString.writeIntoCursor(inner.detail, c);
                     return;
@@ -1507,6 +1559,12 @@ const FfiConverterTypeFerryError = (() => {
                     let size = 4;
                     size += FfiConverterUInt16.allocationSize(inner.status);
                     size += FfiConverterString.allocationSize(inner.code);
+                    size += FfiConverterString.allocationSize(inner.detail);
+                    return size;
+                }
+                case FerryError_Tags.Closed: {
+                    const inner = value.inner;
+                    let size = 4;
                     size += FfiConverterString.allocationSize(inner.detail);
                     return size;
                 }
@@ -3402,6 +3460,14 @@ export interface FerrySyncClientLike {
  */
     setOnline(online: boolean): void;
 /**
+ * Shuts the client down, the step before closing its database (a logout
+ * deletes it next): stops background sync, cancels a sync or push running
+ * now (it fails with `Closed`; nothing is half-written), and resolves once
+ * none of the client's calls and database work is in flight. Later syncs
+ * and pushes fail with `Closed`.
+ */
+    shutdown(asyncOpts_?: { signal: AbortSignal }) /*throws*/: Promise<void>;
+/**
  * Starts background sync: a debounced push after local writes, a sync when
  * the network returns or the app comes to the foreground, retries with backoff.
  */
@@ -3552,6 +3618,40 @@ export class FerrySyncClient extends UniffiAbstractObject implements FerrySyncCl
             },
             /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
     );
+    }
+    
+/**
+ * Shuts the client down, the step before closing its database (a logout
+ * deletes it next): stops background sync, cancels a sync or push running
+ * now (it fails with `Closed`; nothing is half-written), and resolves once
+ * none of the client's calls and database work is in flight. Later syncs
+ * and pushes fail with `Closed`.
+ */
+    async shutdown(asyncOpts_?: { signal: AbortSignal }): Promise<void> /*throws*/ {
+    const __stack = uniffiIsDebug ? new Error().stack : undefined;
+    try {
+        return await uniffiRustCallAsync(
+            /*rustCaller:*/ uniffiCaller,
+            /*rustFutureFunc:*/ () => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrysyncclient_shutdown(
+                    uniffiTypeFerrySyncClientObjectFactory.clonePointer(this)
+                );
+            },
+            /*pollFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_poll_void,
+            /*cancelFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_cancel_void,
+            /*completeFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_complete_void,
+            /*freeFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_free_void,
+            /*liftFunc:*/ (_v) => {},
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+            /*asyncOpts:*/ asyncOpts_,
+            /*errorHandler:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError)
+        );
+    } catch (__error: any) {
+        if (uniffiIsDebug && __error instanceof Error) {
+            __error.stack = __stack;
+        }
+        throw __error;
+    }
     }
     
 /**
@@ -4267,6 +4367,9 @@ function uniffiEnsureInitialized() {
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_online() !== 40680) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_set_online");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_shutdown() !== 57841) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_shutdown");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_start() !== 26239) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_start");

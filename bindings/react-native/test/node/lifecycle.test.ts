@@ -29,7 +29,7 @@ test('NetInfo drives online, and an unknown reachability trusts isConnected', as
   assert.equal(d.client.status().online, false);
   stop();
   assert.ok(removed);
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });
 
@@ -72,7 +72,7 @@ test('listener handles survive garbage collection until unsubscribed', async () 
   d.db.create('tasks', { title: 'after unsubscribe' });
   await d.db.flushEvents();
   assert.equal(seen.length, 1, 'unsubscribed');
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });
 
@@ -99,6 +99,6 @@ test('the logger gets core lines on the JS thread, and can be unset', async () =
   for (let i = 0; i < 10; i++) await new Promise((ok) => setImmediate(ok));
   assert.equal(lines.length, before, 'nothing after unset');
   stop();
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });

@@ -59,7 +59,7 @@ test('an optimistic write appears at once as pending, then commits as synced', a
   assert.equal(findNonSerializableValue(store.getState()), false, 'the state is serialisable');
   assert.doesNotThrow(() => JSON.stringify(store.getState()));
   f.detach();
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });
 
@@ -84,7 +84,7 @@ test('a write the server rejects rolls back, and the rollback is a plain action'
   assert.equal(store.getState().ferry.sync.lastRollback?.error.kind, 'Rejected');
   assert.equal(findNonSerializableValue(store.getState()), false);
   f.detach();
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });
 
@@ -112,7 +112,7 @@ test('an online write fails cleanly when offline, or queues, as asked', async ()
   await d.db.flushEvents();
   assert.equal(task(store.getState(), queued)?._status, 'synced');
   f.detach();
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });
 
@@ -136,7 +136,7 @@ test("another device's changes arrive as one batched action", async () => {
   for (const id of ids) assert.equal(task(store.getState(), id)?._status, 'synced');
   f.detach();
   for (const d of [a, b]) {
-    d.client.close();
+    await d.client.close();
     d.db.close();
   }
 });
@@ -159,7 +159,7 @@ test('the sync status moves through its transitions into the sync slice', async 
   assert.equal(store.getState().ferry.sync.status?.phase, 'offline');
   assert.equal(store.getState().ferry.sync.status?.online, false);
   f.detach();
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });
 
@@ -185,8 +185,8 @@ test('a token refresh goes through an async JS provider', async () => {
   });
   await assert.rejects(failing.sync(), (e: unknown) => e instanceof FerryError && e.kind === 'TokenUnavailable');
   assert.equal(failing.status().authFailed, false, 'retried later, not a stop');
-  failing.close();
-  client.close();
+  await failing.close();
+  await client.close();
   db.close();
 });
 
@@ -216,7 +216,7 @@ test('a conflict resolver written in JS runs while JS is writing, and nothing de
   assert.equal(b.db.get('tasks', id)?.title, 'from b+from a');
   assert.ok(b.db.get('tasks', `${id}-side`));
   for (const d of [a, b]) {
-    d.client.close();
+    await d.client.close();
     d.db.close();
   }
 });
@@ -229,8 +229,16 @@ test('logout stops sync, closes, and wipes the database', async () => {
   const path = d.db.path;
   const handlesBefore = heldHandles();
   f.detach();
+  // A sync in flight when the user logs out: the client's shutdown cancels it
+  // (or it finished first), and the delete that follows finds the file closed.
+  const syncing = d.client.sync().then(
+    () => 'done',
+    (e: unknown) => (e instanceof FerryError ? e.kind : 'other'),
+  );
   await ferry.logout(d.client, d.db);
+  assert.ok(['done', 'Closed'].includes(await syncing), 'the running sync was cancelled or done');
   assert.equal(existsSync(path), false, 'the file is gone');
+  assert.equal(existsSync(`${path}-ferry-stage`), false, 'its staging file too');
   assert.ok(heldHandles() < handlesBefore, 'listener handles released');
   const again = Database.open(path, (await import('./support')).SCHEMA);
   assert.equal(again.get('tasks', 'private'), null);
@@ -258,6 +266,6 @@ test('a reload event re-runs the views of its collection, not the whole collecti
   const held = store.getState().ferry.collections.tasks!.ids.length;
   assert.equal(held, 5_001, 'the view (done == false), not the whole collection');
   f.detach();
-  d.client.close();
+  await d.client.close();
   d.db.close();
 });

@@ -847,6 +847,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_set_online(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrysyncclient_shutdown(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_start(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_status(
@@ -1009,6 +1011,8 @@ external fun uniffi_ferry_fn_method_ferrysyncclient_set_foreground(`ptr`: Long,`
 ): Unit
 external fun uniffi_ferry_fn_method_ferrysyncclient_set_online(`ptr`: Long,`online`: Byte,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
+external fun uniffi_ferry_fn_method_ferrysyncclient_shutdown(`ptr`: Long,
+): Long
 external fun uniffi_ferry_fn_method_ferrysyncclient_start(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 external fun uniffi_ferry_fn_method_ferrysyncclient_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1252,6 +1256,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_set_online() != 40680) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_shutdown() != 57841) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_start() != 26239) {
@@ -3251,6 +3258,15 @@ public interface FerrySyncClientInterface {
     fun `setOnline`(`online`: kotlin.Boolean)
     
     /**
+     * Shuts the client down, the step before closing its database (a logout
+     * deletes it next): stops background sync, cancels a sync or push running
+     * now (it fails with `Closed`; nothing is half-written), and resolves once
+     * none of the client's calls and database work is in flight. Later syncs
+     * and pushes fail with `Closed`.
+     */
+    suspend fun `shutdown`()
+    
+    /**
      * Starts background sync: a debounced push after local writes, a sync when
      * the network returns or the app comes to the foreground, retries with backoff.
      */
@@ -3455,6 +3471,35 @@ open class FerrySyncClient: Disposable, AutoCloseable, FerrySyncClientInterface
     }
     
     
+
+    
+    /**
+     * Shuts the client down, the step before closing its database (a logout
+     * deletes it next): stops background sync, cancels a sync or push running
+     * now (it fails with `Closed`; nothing is half-written), and resolves once
+     * none of the client's calls and database work is in flight. Later syncs
+     * and pushes fail with `Closed`.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `shutdown`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_fn_method_ferrysyncclient_shutdown(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_rust_future_free_void(future) },
+        // lift function
+        { Unit },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
 
     
     /**
@@ -5711,6 +5756,18 @@ sealed class FerryException: kotlin.Exception() {
     }
     
     /**
+     * The sync client was shut down (`FerrySyncClient.shutdown`): a sync or
+     * push running then, or started after, ends with this.
+     */
+    class Closed(
+        
+        val `detail`: kotlin.String
+        ) : FerryException() {
+        override val message
+            get() = "detail=${ `detail` }"
+    }
+    
+    /**
      * A bug or an environment failure (database, I/O, a caught panic).
      */
     class Internal(
@@ -5800,7 +5857,10 @@ public object FfiConverterTypeFerryError : FfiConverterRustBuffer<FerryException
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 )
-            16 -> FerryException.Internal(
+            16 -> FerryException.Closed(
+                FfiConverterString.read(buf),
+                )
+            17 -> FerryException.Internal(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -5897,6 +5957,11 @@ public object FfiConverterTypeFerryError : FfiConverterRustBuffer<FerryException
                 4UL
                 + FfiConverterUShort.allocationSize(value.`status`)
                 + FfiConverterString.allocationSize(value.`code`)
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is FerryException.Closed -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
                 + FfiConverterString.allocationSize(value.`detail`)
             )
             is FerryException.Internal -> (
@@ -5999,8 +6064,13 @@ public object FfiConverterTypeFerryError : FfiConverterRustBuffer<FerryException
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
-            is FerryException.Internal -> {
+            is FerryException.Closed -> {
                 buf.putInt(16)
+                FfiConverterString.write(value.`detail`, buf)
+                Unit
+            }
+            is FerryException.Internal -> {
+                buf.putInt(17)
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
