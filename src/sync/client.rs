@@ -175,6 +175,9 @@ impl Drop for PutBackOnDrop {
     }
 }
 
+/// The registered status listeners, by id.
+type StatusListeners = Vec<(u64, Arc<dyn StatusListener>)>;
+
 struct Inner {
     store: Store,
     transport: Arc<dyn Transport>,
@@ -184,7 +187,7 @@ struct Inner {
     status: Mutex<SyncStatus>,
     /// Shared with the deliveries queued on the event thread, which read it when
     /// they run: a listener removed before then is not called.
-    status_listeners: Arc<Mutex<Vec<(u64, Arc<dyn StatusListener>)>>>,
+    status_listeners: Arc<Mutex<StatusListeners>>,
     next_listener: AtomicU32,
     /// The sync running now, if any: weak, so that a sync nobody awaits any
     /// more is dropped (and does not keep the client alive).
