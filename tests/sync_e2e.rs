@@ -867,6 +867,70 @@ async fn a_first_sync_into_an_empty_collection_builds_it_then_later_syncs_merge(
     assert_eq!(index_names(&b.store, "tasks"), names);
 }
 
+fn stage_file(store: &ferry::Store) -> std::path::PathBuf {
+    let mut stage = store.path().as_os_str().to_owned();
+    stage.push("-ferry-stage");
+    stage.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_file_that_cannot_be_read_or_is_published_already_is_discarded_at_open() {
+    let server = start_server().await;
+    let _a = device_with_synced_tasks(&server.url(), 5).await;
+    let b = device(&server.url(), ALICE);
+    b.client.sync().await.unwrap();
+    let (path, stage) = (b.store.path().to_path_buf(), stage_file(&b.store));
+    // Emptied after the publish: no rows, and no key but the schema (not even
+    // the order of the published pull's rows).
+    let conn = rusqlite::Connection::open(&stage).unwrap();
+    let keys: Vec<String> = conn
+        .prepare("SELECT key FROM meta ORDER BY key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(keys, ["schema"]);
+    // A crash between the publish's commit and the emptying: the staged pages
+    // of the published generation are still there.
+    let published: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM _ferry_meta WHERE key = 'published_generation'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO meta VALUES ('generation', '{published}'), ('cursor', 'bogus'), ('pages', '1');
+         INSERT INTO up_tasks (id, title, done, _version) VALUES ('ghost', 'published already', 0, 9);"
+    ))
+    .unwrap();
+    drop(conn);
+    b.client.stop();
+    let store = ferry::Store::open(&path, schema()).unwrap();
+    let staged: i64 = rusqlite::Connection::open(&stage)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM up_tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(staged, 0, "the published generation was discarded");
+    drop(store);
+    // A staging file that is not a database at all.
+    std::fs::write(&stage, b"not a database, half written by a dying disk").unwrap();
+    let store = ferry::Store::open(&path, schema()).unwrap();
+    let client = ferry::sync::SyncClient::new(
+        store.clone(),
+        Arc::new(ferry::transport::HttpTransport::new(&server.url()).unwrap()),
+        Arc::new(ferry::transport::StaticToken(ALICE.into())),
+        ferry::sync::SyncConfig::default(),
+    )
+    .unwrap();
+    let report = client.sync().await.unwrap();
+    assert_eq!(report.pulled, 0, "nothing new since the published cursor");
+    assert_eq!(contents(&store, "tasks").len(), 5);
+    assert!(store.get("tasks", "ghost").unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_sync_with_local_records_merges_instead_of_swapping() {
     let server = start_server().await;

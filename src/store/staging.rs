@@ -96,18 +96,18 @@ fn stage_meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
 /// (before the database is prepared). A staging file that cannot be read, or
 /// whose generation is published already, is replaced by an empty one.
 pub(crate) fn attach(conn: &Connection, db: &Path) -> Result<()> {
-    attach_file(conn, db)?;
-    let stale = match stage_generation(conn) {
-        Ok(generation) => generation.is_some() && generation == published_generation(conn)?,
+    let stale = attach_file(conn, db).and_then(|()| {
+        let generation = stage_generation(conn)?;
+        Ok(generation.is_some() && generation == published_generation(conn)?)
+    });
+    match stale {
+        Ok(false) => Ok(()),
+        Ok(true) => replace_file(conn, db),
         Err(e) => {
             tracing::warn!(error = %e, "the staging file cannot be read; starting it afresh");
-            true
+            replace_file(conn, db)
         }
-    };
-    if stale {
-        replace_file(conn, db)?;
     }
-    Ok(())
 }
 
 fn attach_file(conn: &Connection, db: &Path) -> Result<()> {
@@ -128,7 +128,14 @@ fn attach_file(conn: &Connection, db: &Path) -> Result<()> {
 /// tables are made by [`prepare`] or [`create_tables`]).
 fn replace_file(conn: &Connection, db: &Path) -> Result<()> {
     conn.flush_prepared_statement_cache();
-    conn.execute_batch("DETACH DATABASE ferry_stage")?;
+    let attached: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = 'ferry_stage')",
+        [],
+        |r| r.get(0),
+    )?;
+    if attached {
+        conn.execute_batch("DETACH DATABASE ferry_stage")?;
+    }
     for f in files(db) {
         match std::fs::remove_file(&f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -278,7 +285,8 @@ impl Store {
                 ))?;
             }
             tx.execute(
-                "DELETE FROM ferry_stage.meta WHERE key IN ('generation', 'cursor', 'pages')",
+                "DELETE FROM ferry_stage.meta WHERE key IN ('generation', 'cursor', 'pages')
+                 OR key LIKE 'order\\_%' ESCAPE '\\'",
                 [],
             )?;
             tx.commit()?;
