@@ -337,10 +337,9 @@ fn run_kind(p: &Params, ids: IdKind) {
     );
 }
 
+/// Deletes a closed DB and every file beside it (WAL, staging file).
 fn remove_db(db: &Path) {
-    for suffix in ["", "-wal", "-shm", "-ferry-stage", "-ferry-stage-journal"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
+    Store::delete_database(db).unwrap();
 }
 
 async fn seed(url: &str, data: &[Row]) {
