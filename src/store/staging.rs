@@ -98,7 +98,16 @@ fn stage_meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
 pub(crate) fn attach(conn: &Connection, db: &Path) -> Result<()> {
     let stale = attach_file(conn, db).and_then(|()| {
         let generation = stage_generation(conn)?;
-        Ok(generation.is_some() && generation == published_generation(conn)?)
+        if generation.is_none() {
+            return Ok(false);
+        }
+        // Before the database is prepared: a new one has no `_ferry_meta` yet.
+        let has_meta: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = '_ferry_meta')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(has_meta && generation == published_generation(conn)?)
     });
     match stale {
         Ok(false) => Ok(()),
@@ -150,14 +159,6 @@ fn stage_generation(conn: &Connection) -> Result<Option<String>> {
 }
 
 fn published_generation(conn: &Connection) -> Result<Option<String>> {
-    let has_meta: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = '_ferry_meta')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_meta {
-        return Ok(None);
-    }
     meta_get(conn, PUBLISHED_GENERATION)
 }
 
