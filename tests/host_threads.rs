@@ -345,6 +345,62 @@ mod ffi {
             FerryError::Server { status: 503, code, .. } if code == "unavailable"));
     }
 
+    struct Token;
+
+    #[async_trait]
+    impl ffi::TokenProvider for Token {
+        async fn token(&self, _refresh: bool) -> Result<String, ffi::HostError> {
+            Ok(ALICE.into())
+        }
+    }
+
+    struct NoStatus;
+
+    impl ffi::StatusListener for NoStatus {
+        fn on_status(&self, _status: ferry::sync::SyncStatus) {}
+    }
+
+    /// A JS host holds a call's future until its event loop gets to it, and may
+    /// hold a listener handle it never cancelled: once `shutdown` resolves,
+    /// neither keeps the database open, so the logout's delete succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_shutdown_the_client_holds_no_handle_of_the_database() {
+        let server = start_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db").display().to_string();
+        let db = FerryDatabase::open(path.clone(), SCHEMA.into()).unwrap();
+        let client = ffi::FerrySyncClient::new(
+            db.clone(),
+            server.url(),
+            Arc::new(Token),
+            ffi::sync::default_sync_config(),
+        )
+        .unwrap();
+        let _held = client.add_status_listener(Arc::new(NoStatus));
+        let mut syncing = Box::pin({
+            let client = client.clone();
+            async move { client.sync().await }
+        });
+        // Started, and then not polled again until after the delete.
+        let _ = futures::poll!(&mut syncing);
+        tokio::time::timeout(GUARD, client.shutdown())
+            .await
+            .expect("shut down")
+            .unwrap();
+        assert!(matches!(
+            client.push_all().await,
+            Err(FerryError::Closed { .. })
+        ));
+        drop(client);
+        drop(db);
+        ffi::database::delete_database(path.clone()).unwrap();
+        assert!(!std::path::Path::new(&path).exists());
+        match syncing.await {
+            Ok(_) | Err(FerryError::Closed { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
     struct Lines(Mutex<Vec<String>>);
 
     impl ffi::Logger for Lines {

@@ -88,6 +88,13 @@ impl ListenerHandle {
         })
     }
 
+    /// A handle with nothing to cancel (`is_active` is false).
+    pub(crate) fn inactive() -> Arc<Self> {
+        Arc::new(ListenerHandle {
+            cancel: Mutex::new(None),
+        })
+    }
+
     pub(crate) fn from_core(sub: crate::events::ListenerHandle) -> Arc<Self> {
         Self::new(move || drop(sub))
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use parking_lot::RwLock;
 use tokio_util::task::TaskTracker;
 
 use super::database::FerryDatabase;
@@ -85,26 +86,44 @@ pub struct SyncReport {
 /// Syncs one database with a Ferry backend.
 #[derive(uniffi::Object)]
 pub struct FerrySyncClient {
-    client: SyncClient,
+    /// The client until `shutdown`, then its last status. A host may hold this
+    /// object long after (a JS runtime keeps a call's future until its event
+    /// loop gets to it, and collects when it likes): once shut down it holds no
+    /// handle of the database, so a logout's delete never finds the file open.
+    client: RwLock<Slot>,
     /// The calls running on the runtime (each holds the client): `shutdown`
     /// waits for them.
     calls: TaskTracker,
 }
 
+enum Slot {
+    Open(SyncClient),
+    Closed(SyncStatus),
+}
+
 impl FerrySyncClient {
     fn of(client: SyncClient) -> Arc<Self> {
         Arc::new(Self {
-            client,
+            client: RwLock::new(Slot::Open(client)),
             calls: TaskTracker::new(),
         })
     }
 
-    /// Runs a call on the runtime, tracked for `shutdown`.
+    /// The client, unless it was shut down.
+    fn open(&self) -> Option<SyncClient> {
+        match &*self.client.read() {
+            Slot::Open(c) => Some(c.clone()),
+            Slot::Closed(_) => None,
+        }
+    }
+
+    /// Runs a call on the runtime, tracked for `shutdown`; `Closed` after it.
     async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(SyncClient) -> BoxFuture<'static, crate::Result<T>>,
     ) -> Result<T> {
-        let fut = f(self.client.clone());
+        let client = self.open().ok_or(crate::Error::Closed)?;
+        let fut = f(client);
         self.calls
             .spawn_on(fut, runtime().handle())
             .await
@@ -165,38 +184,55 @@ impl FerrySyncClient {
     }
 
     pub fn status(&self) -> SyncStatus {
-        self.client.status()
+        match &*self.client.read() {
+            Slot::Open(c) => c.status(),
+            Slot::Closed(last) => last.clone(),
+        }
     }
 
     /// Registers a status listener until the handle is cancelled or dropped.
+    /// After `shutdown` the listener is never called, and the handle is inactive.
     pub fn add_status_listener(&self, listener: Arc<dyn StatusListener>) -> Arc<ListenerHandle> {
-        let id = self
-            .client
-            .add_status_listener(Arc::new(listeners::Status(listener)));
-        let c = self.client.clone();
-        ListenerHandle::new(move || c.remove_status_listener(id))
+        let Some(c) = self.open() else {
+            return ListenerHandle::inactive();
+        };
+        let id = c.add_status_listener(Arc::new(listeners::Status(listener)));
+        let c = c.downgrade();
+        ListenerHandle::new(move || {
+            if let Some(c) = c.upgrade() {
+                c.remove_status_listener(id)
+            }
+        })
     }
 
     /// The host says whether the network is reachable. Going online syncs.
     pub fn set_online(&self, online: bool) {
-        self.client.set_online(online)
+        if let Some(c) = self.open() {
+            c.set_online(online)
+        }
     }
 
     /// The host says whether the app is in the foreground (no background sync
     /// in the background; explicit `sync()` still runs).
     pub fn set_foreground(&self, foreground: bool) {
-        self.client.set_foreground(foreground)
+        if let Some(c) = self.open() {
+            c.set_foreground(foreground)
+        }
     }
 
     /// Starts background sync: a debounced push after local writes, a sync when
     /// the network returns or the app comes to the foreground, retries with backoff.
     pub fn start(&self) {
-        let _rt = runtime().enter();
-        self.client.start()
+        if let Some(c) = self.open() {
+            let _rt = runtime().enter();
+            c.start()
+        }
     }
 
     pub fn stop(&self) {
-        self.client.stop()
+        if let Some(c) = self.open() {
+            c.stop()
+        }
     }
 
     /// Shuts the client down, the step before closing its database (a logout
@@ -205,14 +241,22 @@ impl FerrySyncClient {
     /// none of the client's calls and database work is in flight. Later syncs
     /// and pushes fail with `Closed`.
     pub async fn shutdown(&self) -> Result<()> {
-        let c = self.client.clone();
-        on_runtime(async move {
-            c.shutdown().await;
-            Ok(())
-        })
-        .await?;
+        let Some(c) = self.open() else {
+            // Shut down already, or shutting down: wait for its calls too.
+            self.calls.wait().await;
+            return Ok(());
+        };
+        {
+            let c = c.clone();
+            on_runtime(async move {
+                c.shutdown().await;
+                Ok(())
+            })
+            .await?;
+        }
         self.calls.close();
         self.calls.wait().await;
+        *self.client.write() = Slot::Closed(c.status());
         Ok(())
     }
 }

@@ -225,6 +225,17 @@ pub struct SyncClient {
     inner: Arc<Inner>,
 }
 
+/// See [`SyncClient::downgrade`].
+#[derive(Clone)]
+pub struct WeakSyncClient(std::sync::Weak<Inner>);
+
+impl WeakSyncClient {
+    /// The client, if some handle still holds it.
+    pub fn upgrade(&self) -> Option<SyncClient> {
+        self.0.upgrade().map(|inner| SyncClient { inner })
+    }
+}
+
 impl SyncClient {
     /// A client with the default resolver; in-flight entries of a crashed run are
     /// put back in the outbox.
@@ -311,6 +322,12 @@ impl SyncClient {
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed) as u64;
         self.inner.status_listeners.lock().push((id, l));
         id
+    }
+
+    /// A reference that does not keep the client (nor its store) alive: for a
+    /// handle that may outlive the client, such as a host's listener handle.
+    pub fn downgrade(&self) -> WeakSyncClient {
+        WeakSyncClient(Arc::downgrade(&self.inner))
     }
 
     pub fn remove_status_listener(&self, id: u64) {

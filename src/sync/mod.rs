@@ -16,7 +16,8 @@ pub mod staging;
 mod write_modes;
 
 pub use client::{
-    OfflineBehavior, SyncClient, SyncConfig, SyncPhase, SyncReport, SyncStatus, WriteMode,
+    OfflineBehavior, SyncClient, SyncConfig, SyncPhase, SyncReport, SyncStatus, WeakSyncClient,
+    WriteMode,
 };
 pub use push::PushReport;
 pub use rebase::MAX_RESOLVE_ROUNDS;

@@ -1478,6 +1478,7 @@ public protocol FerrySyncClientProtocol: AnyObject, Sendable {
     
     /**
      * Registers a status listener until the handle is cancelled or dropped.
+     * After `shutdown` the listener is never called, and the handle is inactive.
      */
     func addStatusListener(listener: StatusListener)  -> ListenerHandle
     
@@ -1616,6 +1617,7 @@ public static func withResolver(db: FerryDatabase, serverUrl: String, tokenProvi
     
     /**
      * Registers a status listener until the handle is cancelled or dropped.
+     * After `shutdown` the listener is never called, and the handle is inactive.
      */
 open func addStatusListener(listener: StatusListener) -> ListenerHandle  {
     return try!  FfiConverterTypeListenerHandle_lift(try! rustCall() {
@@ -4482,7 +4484,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_logger_log() != 25282) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 23958) {
+    if (uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 7324) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {

@@ -3444,6 +3444,7 @@ export interface FerrySyncClientLike {
     
 /**
  * Registers a status listener until the handle is cancelled or dropped.
+ * After `shutdown` the listener is never called, and the handle is inactive.
  */
     addStatusListener(listener: StatusListener): ListenerHandleLike;
 /**
@@ -3545,6 +3546,7 @@ export class FerrySyncClient extends UniffiAbstractObject implements FerrySyncCl
     
 /**
  * Registers a status listener until the handle is cancelled or dropped.
+ * After `shutdown` the listener is never called, and the handle is inactive.
  */
     addStatusListener(listener: StatusListener): ListenerHandleLike {
     return FfiConverterTypeListenerHandle.lift(uniffiCaller.rustCall(
@@ -4356,7 +4358,7 @@ function uniffiEnsureInitialized() {
     if (nativeModule().ubrn_uniffi_ferry_checksum_constructor_ferrysyncclient_with_resolver() !== 45740) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_constructor_ferrysyncclient_with_resolver");
     }
-    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() !== 23958) {
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() !== 7324) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all() !== 38455) {

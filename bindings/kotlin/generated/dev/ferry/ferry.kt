@@ -1246,7 +1246,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_logger_log() != 25282) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 23958) {
+    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 7324) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {
@@ -3238,6 +3238,7 @@ public interface FerrySyncClientInterface {
     
     /**
      * Registers a status listener until the handle is cancelled or dropped.
+     * After `shutdown` the listener is never called, and the handle is inactive.
      */
     fun `addStatusListener`(`listener`: StatusListener): ListenerHandle
     
@@ -3404,6 +3405,7 @@ open class FerrySyncClient: Disposable, AutoCloseable, FerrySyncClientInterface
     
     /**
      * Registers a status listener until the handle is cancelled or dropped.
+     * After `shutdown` the listener is never called, and the handle is inactive.
      */override fun `addStatusListener`(`listener`: StatusListener): ListenerHandle {
             return FfiConverterTypeListenerHandle.lift(
     callWithHandle {
