@@ -62,11 +62,7 @@ diff "$tmp/rows.ts" "$PKG/example/rows.ts" >/dev/null ||
   die "$PKG/example/rows.ts is not what \`ferry schema ts\` prints: run scripts/test-react-native.sh --write"
 
 # 3. Node (N-API) against the real core and a real server
-NODE_GEN="$PKG/test/node/generated"
-rm -rf "$NODE_GEN"
-"$UBRN" generate napi bindings --library --no-format --lib-colocated \
-  --ts-dir "$NODE_GEN" "$LIB" >/dev/null
-cp "$LIB" "$NODE_GEN/libferry.so"
+scripts/rn-node-bindings.sh "$LIB"
 say "node --test test/node/*.test.ts"
 (cd "$PKG" && FERRY_SERVER_BIN="$ROOT/$TARGET_DIR/debug/ferry-server" \
   node --expose-gc --import tsx --test --test-concurrency=1 test/node/*.test.ts)

@@ -118,3 +118,69 @@ async fn shutdown_cancels_the_sync_waits_for_its_database_work_then_the_database
     let stage = format!("{}-ferry-stage", path.display());
     assert!(!std::path::Path::new(&stage).exists());
 }
+
+/// A transport whose pull answers only after it has shut its client down and
+/// that shutdown has returned: the sync then goes on to stage the page, after
+/// the shutdown's cancel (the caller is in the middle of polling the sync).
+struct ShutsDownDuringPull {
+    inner: HttpTransport,
+    client: std::sync::OnceLock<ferry::sync::WeakSyncClient>,
+}
+
+#[async_trait::async_trait]
+impl ferry::transport::Transport for ShutsDownDuringPull {
+    async fn pull(
+        &self,
+        token: &str,
+        req: &ferry_protocol::PullRequest,
+    ) -> Result<ferry_protocol::PullPage, ferry::transport::TransportError> {
+        let page = self.inner.pull(token, req).await?;
+        let client = self.client.get().unwrap().upgrade().unwrap();
+        // On another task: this one is inside the sync that shutdown cancels.
+        tokio::spawn(async move { client.shutdown().await })
+            .await
+            .unwrap();
+        Ok(page)
+    }
+
+    async fn push(
+        &self,
+        token: &str,
+        req: &ferry_protocol::PushRequest<ferry_protocol::RawFields>,
+    ) -> Result<ferry_protocol::PushResponse, ferry::transport::TransportError> {
+        self.inner.push(token, req).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_cancelled_by_shutdown_starts_no_database_work_after_it() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.client
+        .write(vec![create("t", "seed")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let store = Store::open(&path, schema()).unwrap();
+    let transport = Arc::new(ShutsDownDuringPull {
+        inner: HttpTransport::new(&server.url()).unwrap(),
+        client: Default::default(),
+    });
+    let client = SyncClient::new(
+        store.clone(),
+        transport.clone(),
+        Arc::new(StaticToken(ALICE.into())),
+        SyncConfig::default(),
+    )
+    .unwrap();
+    let _ = transport.client.set(client.downgrade());
+    assert!(matches!(client.sync().await, Err(Error::Closed)));
+    // The page was never staged: no task of the client holds the store, and
+    // the database can be deleted at once.
+    drop(client);
+    drop(store);
+    Store::delete_database(&path).unwrap();
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ferry_protocol::{PullRequest, PushRequest, PushResponse, RawFields};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -206,6 +206,10 @@ struct Inner {
     /// The client's database work on tokio's blocking pool, which outlives a
     /// cancelled future: [`SyncClient::shutdown`] waits for it.
     work: TaskTracker,
+    /// Held shared while a task is handed to `work`, and taken exclusively by
+    /// [`SyncClient::shutdown`] once `closed` is cancelled: every task is
+    /// either handed over before shutdown waits for `work`, or refused.
+    work_gate: RwLock<()>,
 }
 
 impl Drop for Inner {
@@ -268,6 +272,7 @@ impl SyncClient {
                 _local_writes: Mutex::new(None),
                 closed: CancellationToken::new(),
                 work: TaskTracker::new(),
+                work_gate: RwLock::new(()),
             }),
         };
         client.refresh_counts();
@@ -280,11 +285,24 @@ impl SyncClient {
         &self,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.inner
-            .work
-            .spawn_blocking(f)
+        self.spawn_work(f)?
             .await
             .map_err(|e| Error::Internal(format!("database task failed: {e}")))?
+    }
+
+    /// Hands `f` to tokio's blocking pool, tracked for [`Self::shutdown`];
+    /// `Closed` (and `f`, with the store it holds, dropped here) once shutdown
+    /// has begun. A cancelled sync can still reach this point after the
+    /// shutdown's cancel: its task must not start after shutdown stopped waiting.
+    fn spawn_work<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<tokio::task::JoinHandle<Result<T>>> {
+        let _gate = self.inner.work_gate.read();
+        if self.inner.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        Ok(self.inner.work.spawn_blocking(f))
     }
 
     /// `fut`, unless [`Self::shutdown`] comes first: then `Closed`.
@@ -293,8 +311,10 @@ impl SyncClient {
             return Err(Error::Closed);
         }
         tokio::select! {
-            r = fut => r,
+            // Once shut down, the future is not polled again.
+            biased;
             _ = self.inner.closed.cancelled() => Err(Error::Closed),
+            r = fut => r,
         }
     }
 
@@ -585,11 +605,7 @@ impl SyncClient {
                 }
             });
             let s = store.clone();
-            staging_task = Some(
-                self.inner
-                    .work
-                    .spawn_blocking(move || staging::stage_page(&s, page)),
-            );
+            staging_task = Some(self.spawn_work(move || staging::stage_page(&s, page))?);
             if !has_more {
                 break;
             }
@@ -1032,6 +1048,8 @@ impl SyncClient {
     /// store are not affected.
     pub async fn shutdown(&self) {
         self.inner.closed.cancel();
+        // Waits for a task being handed over now; later ones are refused.
+        drop(self.inner.work_gate.write());
         let scheduler = self.inner.scheduler.lock().take();
         self.stop();
         if let Some(h) = scheduler {

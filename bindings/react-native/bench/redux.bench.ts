@@ -2,7 +2,7 @@
 // real core, a real ferry-server). Not a test: run it by hand, figures go in
 // docs/benchmarks.md ("## React Native").
 //
-//   (cd bindings/react-native && npm run bench)     # after scripts/test-react-native.sh
+//   scripts/bench-react-native.sh     # a release core and server, as apps ship them
 //
 // 1. A 10k-row change from another device: from the change listener receiving
 //    the publish's event to the Redux state holding all 10k rows (parse, one
@@ -63,7 +63,7 @@ try {
     syncEndToState.push(Math.max(0, at - syncEnd));
     f.detach();
     for (const d of [a, b]) {
-      d.client.close();
+      await d.client.close();
       d.db.close();
     }
   }
@@ -92,7 +92,7 @@ try {
   }
   console.log(`one JS write (db.put) → Redux state: median ${median(writes).toFixed(3)} ms over ${WRITES}; the put call alone: median ${median(puts).toFixed(3)} ms`);
   f.detach();
-  d.client.close();
+  await d.client.close();
   d.db.close();
 } finally {
   await server.stop();
