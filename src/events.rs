@@ -31,6 +31,8 @@ pub enum ChangeSource {
     Remote,
     /// An optimistic or rejected change undone.
     Rollback,
+    /// Local retention pruned rows (they stay on the server).
+    Retention,
 }
 
 /// The changes of one collection within an event.
@@ -45,8 +47,12 @@ pub struct CollectionChange {
     /// rule, a scope change) but still exists on the server.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub evicted: Vec<String>,
+    /// Gone from this device only, by its own retention policy: the record is
+    /// still on the server and in this device's view, beyond the horizon.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
     /// Too many rows changed to list (more than [`MAX_EVENT_ROWS`]): `upserted`,
-    /// `deleted` and `evicted` are empty and listeners should re-read the collection.
+    /// `deleted`, `evicted` and `pruned` are empty and listeners should re-read the collection.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reload: bool,
 }
@@ -87,6 +93,7 @@ enum Slot {
     Upserted(Value),
     Deleted,
     Evicted,
+    Pruned,
 }
 
 #[derive(Default)]
@@ -113,6 +120,10 @@ impl EventBuilder {
 
     pub fn evict(&mut self, collection: &str, id: &str) {
         self.put(collection, id, Slot::Evicted);
+    }
+
+    pub fn prune(&mut self, collection: &str, id: &str) {
+        self.put(collection, id, Slot::Pruned);
     }
 
     fn put(&mut self, collection: &str, id: &str, row: Slot) {
@@ -152,21 +163,23 @@ impl EventBuilder {
             .collections
             .into_iter()
             .map(|(collection, p)| {
-                let (mut upserted, mut deleted, mut evicted) = (Vec::new(), Vec::new(), Vec::new());
+                let mut change = CollectionChange {
+                    collection,
+                    upserted: Vec::new(),
+                    deleted: Vec::new(),
+                    evicted: Vec::new(),
+                    pruned: Vec::new(),
+                    reload: p.reload,
+                };
                 for (id, row) in p.rows {
                     match row {
-                        Slot::Upserted(row) => upserted.push(row),
-                        Slot::Deleted => deleted.push(id),
-                        Slot::Evicted => evicted.push(id),
+                        Slot::Upserted(row) => change.upserted.push(row),
+                        Slot::Deleted => change.deleted.push(id),
+                        Slot::Evicted => change.evicted.push(id),
+                        Slot::Pruned => change.pruned.push(id),
                     }
                 }
-                CollectionChange {
-                    collection,
-                    upserted,
-                    deleted,
-                    evicted,
-                    reload: p.reload,
-                }
+                change
             })
             .collect();
         ChangeEvent { source, changes }

@@ -20,10 +20,10 @@ pub use error::{Error, Result};
 pub use events::{
     ChangeEvent, ChangeListener, ChangeSource, CollectionChange, ListenerHandle, QueryListener,
 };
-pub use schema::{Collection, Column, ColumnType, Schema, SyncMode};
+pub use schema::{Collection, Column, ColumnType, Retention, Schema, SyncMode};
 pub use store::{
-    EntryState, Fields, Filter, OutboxEntry, Query, Record, RecordStatus, Sort, Store, StoreStatus,
-    WeakStore, WriteOp,
+    Anchor, CountResult, EntryState, Fields, Filter, OutboxEntry, Query, QueryResult, Record,
+    RecordStatus, RetentionReport, Sort, Store, StoreStatus, WeakStore, WriteOp,
 };
 
 #[cfg(feature = "ffi")]

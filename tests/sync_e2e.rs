@@ -691,7 +691,7 @@ async fn evicted_rows_leave_the_device_and_anchors_count_the_server() {
             .find(|x| x.collection == "tasks")
             .unwrap()
             .server_total,
-        2
+        Some(2)
     );
     a.client
         .write(

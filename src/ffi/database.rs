@@ -21,6 +21,15 @@ pub struct FerryDatabase {
     pub(crate) store: Store,
 }
 
+/// A count and whether it is complete (see `FerryDatabase.count_result`).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct CountResult {
+    pub local: u64,
+    /// The server's total, for a count of the whole collection.
+    pub server_total: Option<u64>,
+    pub complete: bool,
+}
+
 /// Counts of the local database.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct StoreStatus {
@@ -33,13 +42,19 @@ pub struct StoreStatus {
     pub quarantined: u64,
 }
 
-/// What exists on the server beyond the local horizon, for one collection.
+/// What exists on the server beyond what this device holds, for one
+/// collection: the server's total, and the horizon retention moved.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct Anchor {
     pub collection: String,
-    pub server_total: u64,
+    /// `None` until a pull reports it.
+    pub server_total: Option<u64>,
     pub local_count: u64,
-    pub updated_at: i64,
+    pub updated_at: Option<i64>,
+    /// Rows whose retention column is at or below it may be missing locally;
+    /// `None`: nothing was pruned.
+    pub horizon: Option<f64>,
+    pub pruned: u64,
 }
 
 #[uniffi::export]
@@ -125,6 +140,38 @@ impl FerryDatabase {
                 .store
                 .query(&collection, &Query::from_json(&query_json)?)?,
         ))
+    }
+
+    /// As `query`, saying whether the result is complete: `{"rows":[..],
+    /// "complete":bool}`. Not complete: rows beyond the collection's horizon
+    /// (pruned by retention) may match and are not here.
+    pub fn query_result(&self, collection: String, query_json: String) -> Result<String> {
+        let r = self
+            .store
+            .query_result(&collection, &Query::from_json(&query_json)?)?;
+        let rows: Vec<serde_json::Value> = r.records.iter().map(crate::Record::to_json).collect();
+        Ok(super::to_json(
+            &serde_json::json!({"rows": rows, "complete": r.complete}),
+        ))
+    }
+
+    /// As `count`, saying whether it is complete, with the server's total when
+    /// the count is of the whole collection ("local n of server total m").
+    pub fn count_result(&self, collection: String, query_json: String) -> Result<CountResult> {
+        let r = self
+            .store
+            .count_result(&collection, &Query::from_json(&query_json)?)?;
+        Ok(CountResult {
+            local: r.local,
+            server_total: r.server_total,
+            complete: r.complete,
+        })
+    }
+
+    /// Prunes every collection by its retention policy now (a sync does it in
+    /// each publish); returns the rows pruned per collection.
+    pub fn run_retention(&self) -> Result<HashMap<String, u64>> {
+        Ok(self.store.run_retention()?.pruned.into_iter().collect())
     }
 
     /// How many rows match a JSON query (ignoring its limit and offset).
@@ -240,6 +287,8 @@ impl From<crate::store::Anchor> for Anchor {
             server_total: a.server_total,
             local_count: a.local_count,
             updated_at: a.updated_at,
+            horizon: a.horizon.as_ref().and_then(serde_json::Value::as_f64),
+            pruned: a.pruned,
         }
     }
 }

@@ -112,6 +112,29 @@ pub struct Collection {
     pub indexes: Vec<Index>,
     #[serde(default)]
     pub sync: SyncMode,
+    /// What this device keeps of a synced collection (docs/architecture.md,
+    /// "Retention and the horizon"); none: everything synced stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// A collection's local retention: synced rows past these limits are pruned
+/// after each publish, oldest first by `column`. Pruning moves the
+/// collection's horizon; a record with pending or quarantined mutations is
+/// never pruned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// A `number` or `integer` column holding a time in milliseconds since the
+    /// epoch (for `max_age_ms`), and the order of pruning: lowest first. Rows
+    /// where it is null are never pruned.
+    pub column: String,
+    /// Prune rows whose `column` is older than this, on the store's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
+    /// Keep at most this many live rows (pending ones count, and stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
 }
 
 impl Collection {
@@ -240,9 +263,44 @@ impl Schema {
                     }
                 }
             }
+            if let Some(r) = &c.retention {
+                validate_retention(c, r)?;
+            }
         }
         Ok(())
     }
+}
+
+fn validate_retention(c: &Collection, r: &Retention) -> Result<()> {
+    let bad = |why: String| {
+        Err(Error::InvalidSchema(format!(
+            "the retention of `{}` {why}",
+            c.name
+        )))
+    };
+    if c.is_local_only() {
+        return bad("is not allowed: the collection is local-only, and pruned rows would be lost (retention prunes only what the server keeps)".into());
+    }
+    let Some(col) = c.column(&r.column) else {
+        return Err(c.unknown_column(&r.column));
+    };
+    if !matches!(col.ty, ColumnType::Number | ColumnType::Integer) {
+        return bad(format!(
+            "orders by `{}`, a {} column; it takes a number or integer column (a time in ms)",
+            r.column,
+            col.ty.as_str()
+        ));
+    }
+    if r.max_age_ms.is_none() && r.max_rows.is_none() {
+        return bad("sets no limit: give `max_age_ms`, `max_rows` or both".into());
+    }
+    if r.max_age_ms == Some(0) || r.max_age_ms.is_some_and(|a| a > i64::MAX as u64) {
+        return bad("has a `max_age_ms` out of range (1 to 2^63-1)".into());
+    }
+    if r.max_rows.is_some_and(|n| n > i64::MAX as u64) {
+        return bad("has a `max_rows` out of range (0 to 2^63-1)".into());
+    }
+    Ok(())
 }
 
 /// Refuses anything but a plain identifier, and the names the core reserves.

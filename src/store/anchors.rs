@@ -1,8 +1,10 @@
-//! Anchors: the per-collection totals the server last reported, to tell what
-//! exists on the server beyond the local horizon.
+//! Anchors: per collection, the total the server last reported and the horizon
+//! that retention moved (`_ferry_horizons`, written by `retention.rs`), to tell
+//! what exists on the server beyond what this device holds.
 
 use std::collections::BTreeMap;
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, Transaction};
 
 use super::records::quote;
@@ -10,7 +12,10 @@ use super::{Anchor, Store, Writer};
 use crate::error::Result;
 
 const DDL: &str = "CREATE TABLE IF NOT EXISTS _ferry_anchors (
-    collection TEXT PRIMARY KEY, server_total INTEGER NOT NULL, updated_at INTEGER NOT NULL);";
+    collection TEXT PRIMARY KEY, server_total INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _ferry_horizons (
+    collection TEXT PRIMARY KEY, column_name TEXT NOT NULL, horizon NOT NULL, pruned INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL);";
 
 /// Creates the table unless it exists.
 pub(super) fn create(tx: &Transaction<'_>) -> Result<()> {
@@ -40,17 +45,22 @@ impl Writer<'_, '_> {
 }
 
 impl Store {
-    /// What exists on the server beyond the local horizon, per collection.
+    /// Each collection's anchor, for the collections the server reported a
+    /// total for or that retention pruned.
     pub fn anchors(&self) -> Result<Vec<Anchor>> {
         self.read_snapshot(|conn| {
-            let mut out = Vec::new();
             let mut stmt = conn.prepare_cached(
-                "SELECT collection, server_total, updated_at FROM _ferry_anchors ORDER BY collection",
+                "SELECT c, a.server_total, a.updated_at, h.horizon, h.pruned FROM
+                   (SELECT collection AS c FROM _ferry_anchors UNION SELECT collection FROM _ferry_horizons)
+                 LEFT JOIN _ferry_anchors a ON a.collection = c
+                 LEFT JOIN _ferry_horizons h ON h.collection = c ORDER BY c",
             )?;
-            let rows: Vec<(String, i64, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            type Row = (String, Option<i64>, Option<i64>, Option<SqlValue>, Option<i64>);
+            let rows: Vec<Row> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            for (collection, total, at) in rows {
+            let mut out = Vec::new();
+            for (collection, total, at, horizon, pruned) in rows {
                 let Ok(c) = self.collection(&collection) else {
                     continue;
                 };
@@ -64,9 +74,11 @@ impl Store {
                 )?;
                 out.push(Anchor {
                     collection,
-                    server_total: total as u64,
+                    server_total: total.map(|t| t as u64),
                     local_count: local as u64,
                     updated_at: at,
+                    horizon: horizon.as_ref().and_then(super::retention::json_number),
+                    pruned: pruned.unwrap_or(0) as u64,
                 });
             }
             Ok(out)

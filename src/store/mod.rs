@@ -19,6 +19,7 @@ mod layout;
 pub mod outbox;
 pub mod query;
 pub mod records;
+mod retention;
 mod shadow;
 pub(crate) mod staging;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use serde_json::Value;
 pub use outbox::{EntryState, OutboxEntry};
 pub use query::{Filter, Query, Sort};
 pub use records::{Fields, Record, RecordStatus};
+pub use retention::{CountResult, QueryResult, RetentionReport};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -151,15 +153,25 @@ pub(crate) fn check_input_size(len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Per-collection totals the server reported, beside what is held locally: the
-/// difference is what exists beyond the local horizon (not synced, archived, or
-/// pruned).
+/// A collection's anchor: what this device knows exists on the server beyond
+/// what it holds. The server's total against the local count, and the horizon
+/// that retention moved (docs/architecture.md, "Retention and the horizon").
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Anchor {
     pub collection: String,
-    pub server_total: u64,
+    /// Rows in this device's view on the server, at the last pull that reported
+    /// it (`None`: no pull reported it yet).
+    pub server_total: Option<u64>,
+    /// Live local rows.
     pub local_count: u64,
-    pub updated_at: i64,
+    /// When `server_total` was received (ms, the store's clock).
+    pub updated_at: Option<i64>,
+    /// The horizon: rows whose retention column is at or below it may be
+    /// missing locally (pruned). `None`: nothing was ever pruned, the local
+    /// data is complete.
+    pub horizon: Option<Value>,
+    /// Rows pruned so far.
+    pub pruned: u64,
 }
 
 /// Counts the `status` command and the sync status report.

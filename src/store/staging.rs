@@ -36,6 +36,7 @@ use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction, para
 use super::records::{
     self, BOOKKEEPING, Fields, Record, ToSql, check_fields, complete_for_create, normalise, quote,
 };
+use super::retention::{Horizon, horizon, number_literal};
 use super::{Store, Writer, anchors, meta_get, meta_set};
 use crate::error::{Error, Result};
 use crate::schema::{Collection, Schema};
@@ -461,19 +462,30 @@ struct Live {
     live: String,
 }
 
-fn live_upserts(c: &Collection, now: i64) -> Live {
+///
+/// Beyond the collection's horizon (at or below it), only rows held locally
+/// are live: a pruned row does not come back through a pull.
+fn live_upserts(c: &Collection, now: i64, horizon: Option<&Horizon>) -> Live {
     let mut list = String::from("s.id");
     for col in &c.columns {
         list.push_str(&format!(", s.{}", quote(&col.name)));
     }
     list.push_str(&format!(", 'synced', NULL, s._version, {now}, {now}"));
+    let mut live = format!(
+        "NOT EXISTS (SELECT 1 FROM {} g WHERE g.id = s.id)",
+        removed_table(c)
+    );
+    if let Some((h, lit)) = horizon.and_then(|h| Some((h, number_literal(&h.value)?))) {
+        live.push_str(&format!(
+            " AND (s.{col} IS NULL OR s.{col} > {lit} OR EXISTS (SELECT 1 FROM main.{t} k WHERE k.id = s.id))",
+            col = quote(&h.column),
+            t = quote(&c.name)
+        ));
+    }
     Live {
         list,
         from: format!("{} s", up_table(c)),
-        live: format!(
-            "NOT EXISTS (SELECT 1 FROM {} g WHERE g.id = s.id)",
-            removed_table(c)
-        ),
+        live,
     }
 }
 
@@ -550,7 +562,7 @@ impl Writer<'_, '_> {
         if !any_pending {
             return Ok(out);
         }
-        let Live { list, from, live } = live_upserts(c, self.now);
+        let Live { list, from, live } = live_upserts(c, self.now, horizon(self.tx, c)?.as_ref());
         let mut stmt = self.tx.prepare(&format!(
             "SELECT {list} FROM {from} WHERE {live}
              AND s.id IN (SELECT id FROM {t} WHERE _status <> 'synced') ORDER BY s.seq"
@@ -600,7 +612,7 @@ impl Writer<'_, '_> {
     /// The staged rows of `c` that publishing will write, in staging order: new
     /// ones, and those newer than a synced local row.
     pub(crate) fn staged_upserts(&self, c: &Collection) -> Result<Vec<Record>> {
-        let Live { list, from, live } = live_upserts(c, self.now);
+        let Live { list, from, live } = live_upserts(c, self.now, horizon(self.tx, c)?.as_ref());
         let sql = format!(
             "SELECT {list} FROM {from} LEFT JOIN {t} t ON t.id = s.id WHERE {live}
              AND (t.id IS NULL OR (t._status = 'synced' AND (t._version IS NULL OR s._version > t._version)))
@@ -709,7 +721,7 @@ impl Writer<'_, '_> {
         for col in &c.columns {
             cols.push_str(&format!(", {}", quote(&col.name)));
         }
-        let Live { list, from, live } = live_upserts(c, self.now);
+        let Live { list, from, live } = live_upserts(c, self.now, horizon(self.tx, c)?.as_ref());
         // Rows staged in id order are read as they are. Else only the keys are
         // sorted (the rows are then read by `seq`), so that a large sort stays
         // small; `LIMIT -1` keeps the sorted subquery from being flattened into

@@ -108,10 +108,12 @@ pub struct PublishReport {
     pub removed: BTreeMap<String, u64>,
     /// Pending local records rebased over a newer server row.
     pub rebased: u64,
+    /// Synced rows pruned by the collection's retention, in the same transaction.
+    pub pruned: BTreeMap<String, u64>,
 }
 
-/// Applies everything staged in one transaction and advances the cursor; then
-/// empties the staging file.
+/// Applies everything staged in one transaction, prunes by each collection's
+/// retention and advances the cursor; then empties the staging file.
 pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
     let report = store.write_tx(ChangeSource::Remote, |w| {
         let mut report = PublishReport::default();
@@ -133,6 +135,10 @@ pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
             }
             if removed > 0 {
                 report.removed.insert(c.name.clone(), removed as u64);
+            }
+            let pruned = w.apply_retention(c)?;
+            if pruned > 0 {
+                report.pruned.insert(c.name.clone(), pruned);
             }
         }
         w.set_published_cursor(&cursor)?;

@@ -44,7 +44,7 @@ export type WriteMode =
   | { kind: 'optimistic' }
   | { kind: 'online'; whenOffline: 'queue' | 'fail' };
 
-export type ChangeSource = 'local' | 'remote' | 'rollback';
+export type ChangeSource = 'local' | 'remote' | 'rollback' | 'retention';
 
 export type CollectionChange = {
   collection: string;
@@ -53,6 +53,8 @@ export type CollectionChange = {
   deleted: string[];
   /** Gone from this device only: left what it syncs, still on the server. */
   evicted: string[];
+  /** Gone from this device only, by its retention policy: still on the server, beyond the horizon. */
+  pruned: string[];
   /** Too many rows to list: re-read the views of this collection. */
   reload: boolean;
 };
@@ -93,6 +95,18 @@ export type StoreStatus = {
   records: Record<string, number>;
   pending: number;
   quarantined: number;
+};
+
+/** What exists on the server beyond what this device holds, for one collection. */
+export type Anchor = {
+  collection: string;
+  /** The server's total at the last pull that reported it. */
+  serverTotal: number | null;
+  localCount: number;
+  updatedAt: number | null;
+  /** Rows whose retention column is at or below it may be missing locally; null: nothing pruned. */
+  horizon: number | null;
+  pruned: number;
 };
 
 export type OutboxEntry = {
@@ -245,6 +259,7 @@ function parseEvents(json: string): ChangeEvent[] {
       upserted: c.upserted ?? [],
       deleted: c.deleted ?? [],
       evicted: c.evicted ?? [],
+      pruned: c.pruned ?? [],
       reload: c.reload ?? false,
     })),
   }));
@@ -389,6 +404,27 @@ export function bindFerry(native: NativeFerry) {
       return num(call(native, () => this.raw.count(collection, JSON.stringify(query))));
     }
 
+    /**
+     * As `query`, saying whether the result is complete: `complete: false`
+     * means rows beyond the collection's horizon (pruned by its retention
+     * policy) may match and are not on this device.
+     */
+    queryResult(collection: string, query: Query = {}): { rows: Row[]; complete: boolean } {
+      return JSON.parse(call(native, () => this.raw.queryResult(collection, JSON.stringify(query))));
+    }
+
+    /** As `count`, with completeness and, for a count of the whole collection, the server's total. */
+    countResult(collection: string, query: Query = {}): { local: number; serverTotal: number | null; complete: boolean } {
+      const r = call(native, () => this.raw.countResult(collection, JSON.stringify(query)));
+      return { local: num(r.local), serverTotal: optNum(r.serverTotal), complete: r.complete };
+    }
+
+    /** Prunes every collection by its retention policy now (a sync does it at each publish). */
+    runRetention(): Record<string, number> {
+      const pruned = call(native, () => this.raw.runRetention());
+      return Object.fromEntries([...pruned].map(([c, n]) => [c, num(n)]));
+    }
+
     outbox(): OutboxEntry[] {
       return JSON.parse(call(native, () => this.raw.outbox()));
     }
@@ -399,6 +435,17 @@ export function bindFerry(native: NativeFerry) {
 
     discardQuarantined(mutationId: string): void {
       call(native, () => this.raw.discardQuarantined(mutationId));
+    }
+
+    anchors(): Anchor[] {
+      return call(native, () => this.raw.anchors()).map((a) => ({
+        collection: a.collection,
+        serverTotal: optNum(a.serverTotal),
+        localCount: num(a.localCount),
+        updatedAt: optNum(a.updatedAt),
+        horizon: a.horizon ?? null,
+        pruned: num(a.pruned),
+      }));
     }
 
     status(): StoreStatus {

@@ -489,6 +489,22 @@ fileprivate struct FfiConverterInt64: FfiConverterPrimitive {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterDouble: FfiConverterPrimitive {
+    typealias FfiType = Double
+    typealias SwiftType = Double
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Double {
+        return try lift(readDouble(&buf))
+    }
+
+    public static func write(_ value: Double, into buf: inout [UInt8]) {
+        writeDouble(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterBool : FfiConverter {
     typealias FfiType = Int8
     typealias SwiftType = Bool
@@ -1014,6 +1030,12 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     func count(collection: String, queryJson: String) throws  -> UInt64
     
     /**
+     * As `count`, saying whether it is complete, with the server's total when
+     * the count is of the whole collection ("local n of server total m").
+     */
+    func countResult(collection: String, queryJson: String) throws  -> CountResult
+    
+    /**
      * Creates records (a JSON array of objects, or one object); returns the rows.
      */
     func create(collection: String, recordsJson: String) throws  -> String
@@ -1072,9 +1094,22 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     func query(collection: String, queryJson: String) throws  -> String
     
     /**
+     * As `query`, saying whether the result is complete: `{"rows":[..],
+     * "complete":bool}`. Not complete: rows beyond the collection's horizon
+     * (pruned by retention) may match and are not here.
+     */
+    func queryResult(collection: String, queryJson: String) throws  -> String
+    
+    /**
      * Applies a quarantined mutation again as a new local write; returns the row.
      */
     func retryQuarantined(mutationId: String) throws  -> String?
+    
+    /**
+     * Prunes every collection by its retention policy now (a sync does it in
+     * each publish); returns the rows pruned per collection.
+     */
+    func runRetention() throws  -> [String: UInt64]
     
     /**
      * The schema in use, as JSON.
@@ -1209,6 +1244,20 @@ open func clientId() -> String  {
 open func count(collection: String, queryJson: String)throws  -> UInt64  {
     return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
     uniffi_ferry_fn_method_ferrydatabase_count(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(collection),
+        FfiConverterString.lower(queryJson),$0
+    )
+})
+}
+    
+    /**
+     * As `count`, saying whether it is complete, with the server's total when
+     * the count is of the whole collection ("local n of server total m").
+     */
+open func countResult(collection: String, queryJson: String)throws  -> CountResult  {
+    return try  FfiConverterTypeCountResult_lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_count_result(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(collection),
         FfiConverterString.lower(queryJson),$0
@@ -1365,6 +1414,21 @@ open func query(collection: String, queryJson: String)throws  -> String  {
 }
     
     /**
+     * As `query`, saying whether the result is complete: `{"rows":[..],
+     * "complete":bool}`. Not complete: rows beyond the collection's horizon
+     * (pruned by retention) may match and are not here.
+     */
+open func queryResult(collection: String, queryJson: String)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_query_result(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(collection),
+        FfiConverterString.lower(queryJson),$0
+    )
+})
+}
+    
+    /**
      * Applies a quarantined mutation again as a new local write; returns the row.
      */
 open func retryQuarantined(mutationId: String)throws  -> String?  {
@@ -1372,6 +1436,18 @@ open func retryQuarantined(mutationId: String)throws  -> String?  {
     uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(mutationId),$0
+    )
+})
+}
+    
+    /**
+     * Prunes every collection by its retention policy now (a sync does it in
+     * each publish); returns the rows pruned per collection.
+     */
+open func runRetention()throws  -> [String: UInt64]  {
+    return try  FfiConverterDictionaryStringUInt64.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_run_retention(
+            self.uniffiCloneHandle(),$0
     )
 })
 }
@@ -2806,21 +2882,40 @@ public func FfiConverterTypeTokenProvider_lower(_ value: TokenProvider) -> UInt6
 
 
 /**
- * What exists on the server beyond the local horizon, for one collection.
+ * What exists on the server beyond what this device holds, for one
+ * collection: the server's total, and the horizon retention moved.
  */
 public struct Anchor: Equatable, Hashable {
     public var collection: String
-    public var serverTotal: UInt64
+    /**
+     * `None` until a pull reports it.
+     */
+    public var serverTotal: UInt64?
     public var localCount: UInt64
-    public var updatedAt: Int64
+    public var updatedAt: Int64?
+    /**
+     * Rows whose retention column is at or below it may be missing locally;
+     * `None`: nothing was pruned.
+     */
+    public var horizon: Double?
+    public var pruned: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(collection: String, serverTotal: UInt64, localCount: UInt64, updatedAt: Int64) {
+    public init(collection: String, 
+        /**
+         * `None` until a pull reports it.
+         */serverTotal: UInt64?, localCount: UInt64, updatedAt: Int64?, 
+        /**
+         * Rows whose retention column is at or below it may be missing locally;
+         * `None`: nothing was pruned.
+         */horizon: Double?, pruned: UInt64) {
         self.collection = collection
         self.serverTotal = serverTotal
         self.localCount = localCount
         self.updatedAt = updatedAt
+        self.horizon = horizon
+        self.pruned = pruned
     }
 
     
@@ -2840,17 +2935,21 @@ public struct FfiConverterTypeAnchor: FfiConverterRustBuffer {
         return
             try Anchor(
                 collection: FfiConverterString.read(from: &buf), 
-                serverTotal: FfiConverterUInt64.read(from: &buf), 
+                serverTotal: FfiConverterOptionUInt64.read(from: &buf), 
                 localCount: FfiConverterUInt64.read(from: &buf), 
-                updatedAt: FfiConverterInt64.read(from: &buf)
+                updatedAt: FfiConverterOptionInt64.read(from: &buf), 
+                horizon: FfiConverterOptionDouble.read(from: &buf), 
+                pruned: FfiConverterUInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: Anchor, into buf: inout [UInt8]) {
         FfiConverterString.write(value.collection, into: &buf)
-        FfiConverterUInt64.write(value.serverTotal, into: &buf)
+        FfiConverterOptionUInt64.write(value.serverTotal, into: &buf)
         FfiConverterUInt64.write(value.localCount, into: &buf)
-        FfiConverterInt64.write(value.updatedAt, into: &buf)
+        FfiConverterOptionInt64.write(value.updatedAt, into: &buf)
+        FfiConverterOptionDouble.write(value.horizon, into: &buf)
+        FfiConverterUInt64.write(value.pruned, into: &buf)
     }
 }
 
@@ -2867,6 +2966,73 @@ public func FfiConverterTypeAnchor_lift(_ buf: RustBuffer) throws -> Anchor {
 #endif
 public func FfiConverterTypeAnchor_lower(_ value: Anchor) -> RustBuffer {
     return FfiConverterTypeAnchor.lower(value)
+}
+
+
+/**
+ * A count and whether it is complete (see `FerryDatabase.count_result`).
+ */
+public struct CountResult: Equatable, Hashable {
+    public var local: UInt64
+    /**
+     * The server's total, for a count of the whole collection.
+     */
+    public var serverTotal: UInt64?
+    public var complete: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(local: UInt64, 
+        /**
+         * The server's total, for a count of the whole collection.
+         */serverTotal: UInt64?, complete: Bool) {
+        self.local = local
+        self.serverTotal = serverTotal
+        self.complete = complete
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension CountResult: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCountResult: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> CountResult {
+        return
+            try CountResult(
+                local: FfiConverterUInt64.read(from: &buf), 
+                serverTotal: FfiConverterOptionUInt64.read(from: &buf), 
+                complete: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: CountResult, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.local, into: &buf)
+        FfiConverterOptionUInt64.write(value.serverTotal, into: &buf)
+        FfiConverterBool.write(value.complete, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCountResult_lift(_ buf: RustBuffer) throws -> CountResult {
+    return try FfiConverterTypeCountResult.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCountResult_lower(_ value: CountResult) -> RustBuffer {
+    return FfiConverterTypeCountResult.lower(value)
 }
 
 
@@ -4072,6 +4238,30 @@ fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionDouble: FfiConverterRustBuffer {
+    typealias SwiftType = Double?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterDouble.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterDouble.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -4412,6 +4602,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrydatabase_count() != 19126) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_checksum_method_ferrydatabase_count_result() != 35772) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_checksum_method_ferrydatabase_create() != 50779) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4445,7 +4638,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrydatabase_query() != 20915) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_checksum_method_ferrydatabase_query_result() != 29860) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined() != 31119) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrydatabase_run_retention() != 33736) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_schema_json() != 680) {

@@ -378,6 +378,11 @@ RustBuffer uniffi_ferry_fn_method_ferrydatabase_client_id(uint64_t ptr, RustCall
 uint64_t uniffi_ferry_fn_method_ferrydatabase_count(uint64_t ptr, RustBuffer collection, RustBuffer query_json, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_COUNT_RESULT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_COUNT_RESULT
+RustBuffer uniffi_ferry_fn_method_ferrydatabase_count_result(uint64_t ptr, RustBuffer collection, RustBuffer query_json, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_CREATE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_CREATE
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_create(uint64_t ptr, RustBuffer collection, RustBuffer records_json, RustCallStatus *_Nonnull out_status
@@ -433,9 +438,19 @@ RustBuffer uniffi_ferry_fn_method_ferrydatabase_quarantine(uint64_t ptr, RustCal
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_query(uint64_t ptr, RustBuffer collection, RustBuffer query_json, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_QUERY_RESULT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_QUERY_RESULT
+RustBuffer uniffi_ferry_fn_method_ferrydatabase_query_result(uint64_t ptr, RustBuffer collection, RustBuffer query_json, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_RETRY_QUARANTINED
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_RETRY_QUARANTINED
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(uint64_t ptr, RustBuffer mutation_id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_RUN_RETENTION
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_RUN_RETENTION
+RustBuffer uniffi_ferry_fn_method_ferrydatabase_run_retention(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_SCHEMA_JSON
@@ -998,6 +1013,12 @@ uint16_t uniffi_ferry_checksum_method_ferrydatabase_count(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_COUNT_RESULT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_COUNT_RESULT
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_count_result(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_CREATE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_CREATE
 uint16_t uniffi_ferry_checksum_method_ferrydatabase_create(void
@@ -1064,9 +1085,21 @@ uint16_t uniffi_ferry_checksum_method_ferrydatabase_query(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_QUERY_RESULT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_QUERY_RESULT
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_query_result(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_RETRY_QUARANTINED
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_RETRY_QUARANTINED
 uint16_t uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_RUN_RETENTION
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_RUN_RETENTION
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_run_retention(void
     
 );
 #endif

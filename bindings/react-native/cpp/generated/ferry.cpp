@@ -231,6 +231,12 @@ extern "C" {
         RustBuffer query_json, 
         RustCallStatus *uniffi_out_err
     );
+    RustBuffer uniffi_ferry_fn_method_ferrydatabase_count_result(
+        /*handle*/ uint64_t ptr, 
+        RustBuffer collection, 
+        RustBuffer query_json, 
+        RustCallStatus *uniffi_out_err
+    );
     RustBuffer uniffi_ferry_fn_method_ferrydatabase_create(
         /*handle*/ uint64_t ptr, 
         RustBuffer collection, 
@@ -290,9 +296,19 @@ extern "C" {
         RustBuffer query_json, 
         RustCallStatus *uniffi_out_err
     );
+    RustBuffer uniffi_ferry_fn_method_ferrydatabase_query_result(
+        /*handle*/ uint64_t ptr, 
+        RustBuffer collection, 
+        RustBuffer query_json, 
+        RustCallStatus *uniffi_out_err
+    );
     RustBuffer uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(
         /*handle*/ uint64_t ptr, 
         RustBuffer mutation_id, 
+        RustCallStatus *uniffi_out_err
+    );
+    RustBuffer uniffi_ferry_fn_method_ferrydatabase_run_retention(
+        /*handle*/ uint64_t ptr, 
         RustCallStatus *uniffi_out_err
     );
     RustBuffer uniffi_ferry_fn_method_ferrydatabase_schema_json(
@@ -719,6 +735,8 @@ extern "C" {
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_count(
     );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_count_result(
+    );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_create(
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_delete(
@@ -741,7 +759,11 @@ extern "C" {
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_query(
     );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_query_result(
+    );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_run_retention(
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_schema_json(
     );
@@ -4847,6 +4869,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_method_ferrydatabase_count(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_count_result"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_count_result"),
+        3,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_count_result(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrydatabase_create"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_create"),
@@ -4935,12 +4965,28 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_method_ferrydatabase_query(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_query_result"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_query_result"),
+        3,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_query_result(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrydatabase_retry_quarantined"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_retry_quarantined"),
         2,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_run_retention"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_run_retention"),
+        1,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_run_retention(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_fn_method_ferrydatabase_schema_json"] = jsi::Function::createFromHostFunction(
@@ -5791,6 +5837,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_count(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_count_result"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_count_result"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_count_result(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_create"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_create"),
@@ -5879,12 +5933,28 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_query(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_query_result"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_query_result"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_query_result(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined"),
         0,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_run_retention"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_run_retention"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_run_retention(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_schema_json"] = jsi::Function::createFromHostFunction(
@@ -6504,6 +6574,16 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_count(jsi::Runt
         
         return uniffi_jsi::Bridging<uint64_t>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_count_result(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrydatabase_count_result(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[2]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_create(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         auto value = uniffi_ferry_fn_method_ferrydatabase_create(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[2]), 
@@ -6611,9 +6691,29 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_query(jsi::Runt
         
         return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_query_result(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrydatabase_query_result(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[2]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         auto value = uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_run_retention(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrydatabase_run_retention(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
             &status
         );
         uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
@@ -7574,6 +7674,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_count(jsi
         
         return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_count_result(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_count_result(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_create(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrydatabase_create(
         );
@@ -7651,8 +7758,22 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_query(jsi
         
         return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_query_result(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_query_result(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_run_retention(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_run_retention(
         );
 
         

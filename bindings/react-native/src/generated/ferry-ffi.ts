@@ -103,6 +103,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_method_ferrydatabase_anchors(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_client_id(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_count(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_count_result(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_create(uniffiSelf: bigint, collection: Uint8Array, recordsJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_delete(uniffiSelf: bigint, collection: Uint8Array, ids: Uint8Array, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_discard_quarantined(uniffiSelf: bigint, mutationId: Uint8Array, uniffi_out_err: UniffiRustCallStatus): void;
@@ -114,7 +115,9 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_method_ferrydatabase_put(uniffiSelf: bigint, collection: Uint8Array, recordsJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_quarantine(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_query(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_query_result(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(uniffiSelf: bigint, mutationId: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_run_retention(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_schema_json(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_status(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_update(uniffiSelf: bigint, collection: Uint8Array, recordsJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
@@ -150,6 +153,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_anchors(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_client_id(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_count(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_count_result(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_create(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_delete(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_discard_quarantined(): number;
@@ -161,7 +165,9 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_put(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_quarantine(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_query(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_query_result(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_run_retention(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_schema_json(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_status(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_update(): number;

@@ -6,7 +6,7 @@
 import nativeModule from "./ferry-ffi";
 import { type UniffiRustFutureContinuationCallback, type UniffiForeignFutureDroppedCallback, type UniffiForeignFutureDroppedCallbackStruct, type UniffiVTableCallbackInterfaceFerryChangeListener, type UniffiVTableCallbackInterfaceFerryConflictResolver, type UniffiVTableCallbackInterfaceFerryLogger, type UniffiVTableCallbackInterfaceFerryQueryListener, type UniffiVTableCallbackInterfaceFerryStatusListener, type UniffiForeignFutureResultRustBuffer, type UniffiForeignFutureCompleterustBuffer, type UniffiVTableCallbackInterfaceFerryTokenProvider,
 } from "./ferry-ffi";
-import { type FfiConverter, type UniffiByteArray, type UniffiGcObject, type UniffiHandle, type UniffiObjectFactory, type UniffiReferenceHolder, type UniffiRustCallStatus, AbstractFfiConverterByteArray, Cursor, FfiConverterArray, FfiConverterBool, FfiConverterInt64, FfiConverterMap, FfiConverterObject, FfiConverterObjectWithCallbacks, FfiConverterOptional, FfiConverterUInt16, FfiConverterUInt32, FfiConverterUInt64, FfiConverterUInt8, RustBuffer, UniffiAbstractObject, UniffiEnum, UniffiError, UniffiInternalError, UniffiResult, UniffiRustCaller, destructorGuardSymbol, pointerLiteralSymbol, uniffiCreateFfiConverterString, uniffiCreateRecord, uniffiRustCallAsync, uniffiTraitInterfaceCall, uniffiTraitInterfaceCallAsyncWithError, uniffiTraitInterfaceCallWithError, uniffiTypeNameSymbol, variantOrdinalSymbol,
+import { type FfiConverter, type UniffiByteArray, type UniffiGcObject, type UniffiHandle, type UniffiObjectFactory, type UniffiReferenceHolder, type UniffiRustCallStatus, AbstractFfiConverterByteArray, Cursor, FfiConverterArray, FfiConverterBool, FfiConverterFloat64, FfiConverterInt64, FfiConverterMap, FfiConverterObject, FfiConverterObjectWithCallbacks, FfiConverterOptional, FfiConverterUInt16, FfiConverterUInt32, FfiConverterUInt64, FfiConverterUInt8, RustBuffer, UniffiAbstractObject, UniffiEnum, UniffiError, UniffiInternalError, UniffiResult, UniffiRustCaller, destructorGuardSymbol, pointerLiteralSymbol, uniffiCreateFfiConverterString, uniffiCreateRecord, uniffiRustCallAsync, uniffiTraitInterfaceCall, uniffiTraitInterfaceCallAsyncWithError, uniffiTraitInterfaceCallWithError, uniffiTypeNameSymbol, variantOrdinalSymbol,
 } from "@ubjs/core";
 const uniffiCaller = new UniffiRustCaller(() => ({ code: 0 }));
 
@@ -134,13 +134,23 @@ const stringConverter = (() => {
 const FfiConverterString = uniffiCreateFfiConverterString(stringConverter);
 
 /**
- * What exists on the server beyond the local horizon, for one collection.
+ * What exists on the server beyond what this device holds, for one
+ * collection: the server's total, and the horizon retention moved.
  */
 export type Anchor = {
     collection: string,
-    serverTotal: bigint,
+    /**
+     * `None` until a pull reports it.
+     */
+    serverTotal?: bigint,
     localCount: bigint,
-    updatedAt: bigint
+    updatedAt?: bigint,
+    /**
+     * Rows whose retention column is at or below it may be missing locally;
+     * `None`: nothing was pruned.
+     */
+    horizon?: number,
+    pruned: bigint
 }
 
 /**
@@ -165,22 +175,81 @@ const FfiConverterTypeAnchor = (() => {
         readFromCursor(c: Cursor): TypeName {
             return {
                 collection: FfiConverterString.readFromCursor(c), 
-                serverTotal: FfiConverterUInt64.readFromCursor(c), 
+                serverTotal: FfiConverterOptionalUInt64.readFromCursor(c), 
                 localCount: FfiConverterUInt64.readFromCursor(c), 
-                updatedAt: FfiConverterInt64.readFromCursor(c)
+                updatedAt: FfiConverterOptionalInt64.readFromCursor(c), 
+                horizon: FfiConverterOptionalFloat64.readFromCursor(c), 
+                pruned: FfiConverterUInt64.readFromCursor(c)
             };
         }
         writeIntoCursor(value: TypeName, c: Cursor): void {
             FfiConverterString.writeIntoCursor(value.collection, c);
-            FfiConverterUInt64.writeIntoCursor(value.serverTotal, c);
+            FfiConverterOptionalUInt64.writeIntoCursor(value.serverTotal, c);
             FfiConverterUInt64.writeIntoCursor(value.localCount, c);
-            FfiConverterInt64.writeIntoCursor(value.updatedAt, c);
+            FfiConverterOptionalInt64.writeIntoCursor(value.updatedAt, c);
+            FfiConverterOptionalFloat64.writeIntoCursor(value.horizon, c);
+            FfiConverterUInt64.writeIntoCursor(value.pruned, c);
         }
         allocationSize(value: TypeName): number {
             return FfiConverterString.allocationSize(value.collection) +
-             FfiConverterUInt64.allocationSize(value.serverTotal) +
+             FfiConverterOptionalUInt64.allocationSize(value.serverTotal) +
              FfiConverterUInt64.allocationSize(value.localCount) +
-             FfiConverterInt64.allocationSize(value.updatedAt);
+             FfiConverterOptionalInt64.allocationSize(value.updatedAt) +
+             FfiConverterOptionalFloat64.allocationSize(value.horizon) +
+             FfiConverterUInt64.allocationSize(value.pruned);
+            
+        }
+    };
+    return new FFIConverter();
+})();
+
+/**
+ * A count and whether it is complete (see `FerryDatabase.count_result`).
+ */
+export type CountResult = {
+    local: bigint,
+    /**
+     * The server's total, for a count of the whole collection.
+     */
+    serverTotal?: bigint,
+    complete: boolean
+}
+
+/**
+ * Generated factory for {@link CountResult} record objects.
+ */
+export const CountResult = (() => {
+    const defaults = () => ({
+    });
+    const create = (() => {
+        return uniffiCreateRecord<CountResult, ReturnType<typeof defaults>>(defaults);
+    })();
+    return Object.freeze({
+        create,
+        new: create,
+        defaults: () => Object.freeze(defaults()) as Partial<CountResult>,
+    });
+})();
+
+const FfiConverterTypeCountResult = (() => {
+    type TypeName = CountResult;
+    class FFIConverter extends AbstractFfiConverterByteArray<TypeName> {
+        readFromCursor(c: Cursor): TypeName {
+            return {
+                local: FfiConverterUInt64.readFromCursor(c), 
+                serverTotal: FfiConverterOptionalUInt64.readFromCursor(c), 
+                complete: FfiConverterBool.readFromCursor(c)
+            };
+        }
+        writeIntoCursor(value: TypeName, c: Cursor): void {
+            FfiConverterUInt64.writeIntoCursor(value.local, c);
+            FfiConverterOptionalUInt64.writeIntoCursor(value.serverTotal, c);
+            FfiConverterBool.writeIntoCursor(value.complete, c);
+        }
+        allocationSize(value: TypeName): number {
+            return FfiConverterUInt64.allocationSize(value.local) +
+             FfiConverterOptionalUInt64.allocationSize(value.serverTotal) +
+             FfiConverterBool.allocationSize(value.complete);
             
         }
     };
@@ -2697,6 +2766,11 @@ export interface FerryDatabaseLike {
  */
     count(collection: string, queryJson: string) /*throws*/: bigint;
 /**
+ * As `count`, saying whether it is complete, with the server's total when
+ * the count is of the whole collection ("local n of server total m").
+ */
+    countResult(collection: string, queryJson: string) /*throws*/: CountResult;
+/**
  * Creates records (a JSON array of objects, or one object); returns the rows.
  */
     create(collection: string, recordsJson: string) /*throws*/: string;
@@ -2744,9 +2818,20 @@ export interface FerryDatabaseLike {
  */
     query(collection: string, queryJson: string) /*throws*/: string;
 /**
+ * As `query`, saying whether the result is complete: `{"rows":[..],
+ * "complete":bool}`. Not complete: rows beyond the collection's horizon
+ * (pruned by retention) may match and are not here.
+ */
+    queryResult(collection: string, queryJson: string) /*throws*/: string;
+/**
  * Applies a quarantined mutation again as a new local write; returns the row.
  */
     retryQuarantined(mutationId: string) /*throws*/: string | undefined;
+/**
+ * Prunes every collection by its retention policy now (a sync does it in
+ * each publish); returns the rows pruned per collection.
+ */
+    runRetention() /*throws*/: Map<string, bigint>;
 /**
  * The schema in use, as JSON.
  */
@@ -2881,6 +2966,29 @@ private constructor(pointer: UniffiHandle) {
             },
             /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
     ));
+    }
+    
+/**
+ * As `count`, saying whether it is complete, with the server's total when
+ * the count is of the whole collection ("local n of server total m").
+ */
+    countResult(collection: string, queryJson: string): CountResult /*throws*/ {
+    const __rb: Uint8Array = uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_count_result(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+        FfiConverterString.lower(collection, nativeModule().rustbuffer_alloc),
+        FfiConverterString.lower(queryJson, nativeModule().rustbuffer_alloc),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    try {
+        return FfiConverterTypeCountResult.lift(__rb);
+    } finally {
+        nativeModule().rustbuffer_free(__rb);
+    }
     }
     
 /**
@@ -3114,6 +3222,30 @@ private constructor(pointer: UniffiHandle) {
     }
     
 /**
+ * As `query`, saying whether the result is complete: `{"rows":[..],
+ * "complete":bool}`. Not complete: rows beyond the collection's horizon
+ * (pruned by retention) may match and are not here.
+ */
+    queryResult(collection: string, queryJson: string): string /*throws*/ {
+    const __rb: Uint8Array = uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_query_result(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+        FfiConverterString.lower(collection, nativeModule().rustbuffer_alloc),
+        FfiConverterString.lower(queryJson, nativeModule().rustbuffer_alloc),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    try {
+        return FfiConverterString.lift(__rb);
+    } finally {
+        nativeModule().rustbuffer_free(__rb);
+    }
+    }
+    
+/**
  * Applies a quarantined mutation again as a new local write; returns the row.
  */
     retryQuarantined(mutationId: string): string | undefined /*throws*/ {
@@ -3129,6 +3261,27 @@ private constructor(pointer: UniffiHandle) {
     );
     try {
         return FfiConverterOptionalString.lift(__rb);
+    } finally {
+        nativeModule().rustbuffer_free(__rb);
+    }
+    }
+    
+/**
+ * Prunes every collection by its retention policy now (a sync does it in
+ * each publish); returns the rows pruned per collection.
+ */
+    runRetention(): Map<string, bigint> /*throws*/ {
+    const __rb: Uint8Array = uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_run_retention(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    try {
+        return FfiConverterMapStringUInt64.lift(__rb);
     } finally {
         nativeModule().rustbuffer_free(__rb);
     }
@@ -4228,6 +4381,15 @@ const uniffiCallbackInterfaceTokenProvider: { vtable: any; register: () => void;
     },
 };
 
+// FfiConverter for bigint | undefined
+const FfiConverterOptionalUInt64 = new FfiConverterOptional(FfiConverterUInt64);
+
+// FfiConverter for bigint | undefined
+const FfiConverterOptionalInt64 = new FfiConverterOptional(FfiConverterInt64);
+
+// FfiConverter for number | undefined
+const FfiConverterOptionalFloat64 = new FfiConverterOptional(FfiConverterFloat64);
+
 // FfiConverter for Map<string, bigint>
 const FfiConverterMapStringUInt64 = new FfiConverterMap(FfiConverterString, FfiConverterUInt64);
 
@@ -4237,14 +4399,8 @@ const FfiConverterSequenceString = new FfiConverterArray(FfiConverterString);
 // FfiConverter for Array<string> | undefined
 const FfiConverterOptionalSequenceString = new FfiConverterOptional(FfiConverterSequenceString);
 
-// FfiConverter for bigint | undefined
-const FfiConverterOptionalUInt64 = new FfiConverterOptional(FfiConverterUInt64);
-
 // FfiConverter for string | undefined
 const FfiConverterOptionalString = new FfiConverterOptional(FfiConverterString);
-
-// FfiConverter for bigint | undefined
-const FfiConverterOptionalInt64 = new FfiConverterOptional(FfiConverterInt64);
 
 // FfiConverter for Array<Anchor>
 const FfiConverterSequenceTypeAnchor = new FfiConverterArray(FfiConverterTypeAnchor);
@@ -4304,6 +4460,9 @@ function uniffiEnsureInitialized() {
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_count() !== 19126) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_count");
     }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_count_result() !== 35772) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_count_result");
+    }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_create() !== 50779) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_create");
     }
@@ -4337,8 +4496,14 @@ function uniffiEnsureInitialized() {
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_query() !== 20915) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_query");
     }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_query_result() !== 29860) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_query_result");
+    }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined() !== 31119) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_run_retention() !== 33736) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_run_retention");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_schema_json() !== 680) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_schema_json");
@@ -4421,6 +4586,7 @@ export default Object.freeze({
     FfiConverterTypeAnchor,
     FfiConverterTypeChangeListener,
     FfiConverterTypeConflictResolver,
+    FfiConverterTypeCountResult,
     FfiConverterTypeFerryDatabase,
     FfiConverterTypeFerryError,
     FfiConverterTypeFerrySyncClient,

@@ -138,7 +138,11 @@ export function createFerryRedux<Rows extends { [collection: string]: Row } = { 
             for (const change of event.changes) {
               const s = next[change.collection];
               if (!s) continue;
-              next[change.collection] = applyChange(s, change.upserted, [...change.deleted, ...change.evicted]);
+              next[change.collection] = applyChange(s, change.upserted, [
+                ...change.deleted,
+                ...change.evicted,
+                ...change.pruned,
+              ]);
             }
           }
           return next;

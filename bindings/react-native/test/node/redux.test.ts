@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 
 import { combineReducers, configureStore, findNonSerializableValue, type UnknownAction } from '@reduxjs/toolkit';
 
-import { createFerryRedux } from '../../src/redux/index';
+import { changesApplied, createFerryRedux } from '../../src/redux/index';
 import { FerryError, heldHandles, type Row } from '../../src/api';
 import {
   ALICE,
@@ -16,6 +16,9 @@ import {
   LOOSE_SCHEMA,
   dbPath,
   device,
+  makeClient,
+  retainedSchema,
+  SCHEMA,
   ferry,
   uid,
   useServer,
@@ -268,4 +271,67 @@ test('a reload event re-runs the views of its collection, not the whole collecti
   f.detach();
   await d.client.close();
   d.db.close();
+});
+
+test('rows pruned by retention leave the Redux state, and queries say they are incomplete', async () => {
+  const url = serverOf().url;
+  const a = device(url, BOB);
+  const tag = uid('ret');
+  const day = 86_400_000;
+  // `priority` holds a time: three rows ten days old, two a day ahead.
+  const now = Date.now();
+  const at = (p: number) => (p <= 3 ? now - 10 * day + p : now + day + p);
+  await a.client.write(
+    [1, 2, 3, 4, 5].map((p) => ({ op: 'create' as const, collection: 'tasks', fields: { id: `${tag}-${p}`, title: tag, priority: at(p) } })),
+  );
+  await a.client.sync();
+  const b = device(url, BOB, { schema: retainedSchema({ max_age_ms: day }) });
+  const { f, store, actions } = reduxOver(b);
+  await b.client.sync();
+  await b.db.flushEvents();
+  const pruned = actions
+    .filter((x) => x.type === 'ferry/changesApplied')
+    .flatMap((x) => (x as ReturnType<typeof changesApplied>).payload.events)
+    .flatMap((e) => e.changes.flatMap((c) => c.pruned));
+  for (const p of [1, 2, 3]) {
+    assert.ok(pruned.includes(`${tag}-${p}`), `the app heard ${tag}-${p} was pruned`);
+    assert.equal(task(store.getState(), `${tag}-${p}`), undefined, 'and it left the state');
+  }
+  for (const p of [4, 5]) assert.ok(task(store.getState(), `${tag}-${p}`), 'the recent rows stay');
+  assert.equal(b.db.queryResult('tasks').complete, false);
+  const newest = b.db.queryResult('tasks', { sort: [{ column: 'priority', desc: true }], limit: 1 });
+  assert.equal(newest.complete, true, 'the newest row is above the horizon');
+  assert.equal(newest.rows[0]?.id, `${tag}-5`);
+  const count = b.db.countResult('tasks');
+  assert.equal(count.complete, false);
+  assert.ok((count.serverTotal ?? 0) >= 5, `the server's total: ${count.serverTotal}`);
+  assert.equal(count.local, Object.keys(store.getState().ferry.collections.tasks?.entities ?? {}).length);
+  assert.deepEqual(b.db.runRetention(), {}, 'nothing left to prune');
+  const anchor = b.db.anchors().find((x) => x.collection === 'tasks');
+  assert.ok(anchor && anchor.pruned >= 3 && anchor.horizon !== null && anchor.horizon === at(3), JSON.stringify(anchor));
+  f.detach();
+  for (const d of [a, b]) {
+    await d.client.close();
+    d.db.close();
+  }
+
+  // Rows in the state, then pruned: the policy tightens (a new schema version)
+  // and the app runs retention itself; the pruned rows leave the entity state.
+  const path = dbPath('retained');
+  const plain = Database.open(path, SCHEMA);
+  const synced = makeClient(plain, url, undefined, BOB);
+  await synced.sync();
+  await synced.close();
+  plain.close();
+  const tight = Database.open(path, { ...retainedSchema({ max_rows: 0 }), version: SCHEMA.version + 1 });
+  const g = createFerryRedux({ db: tight, collections: ['tasks'], views: [{ collection: 'tasks' }] });
+  const rs = configureStore({ reducer: { ferry: combineReducers(g.reducer) }, middleware: (gdm) => gdm().concat(g.middleware) });
+  await rs.dispatch(g.thunks.hydrate());
+  assert.ok(task(rs.getState(), `${tag}-4`), 'hydrated with the recent rows');
+  const prunedNow = tight.runRetention().tasks ?? 0;
+  await tight.flushEvents();
+  assert.ok(prunedNow >= 2, `pruned ${prunedNow}`);
+  for (const p of [4, 5]) assert.equal(task(rs.getState(), `${tag}-${p}`), undefined, `${tag}-${p} left the state`);
+  g.detach();
+  tight.close();
 });

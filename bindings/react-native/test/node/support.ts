@@ -36,6 +36,14 @@ export const LOOSE_SCHEMA = {
   ),
 };
 
+/** `tasks` kept by a retention policy on `priority` (a time in ms here). */
+export const retainedSchema = (retention: { max_rows?: number; max_age_ms?: number }) => ({
+  ...tasks,
+  collections: tasks.collections.map((c: { name: string }) =>
+    c.name !== 'tasks' ? c : { ...c, retention: { column: 'priority', ...retention } },
+  ),
+});
+
 /** Listener callbacks do not keep Node's event loop alive: this timer does. */
 const keepAlive = setInterval(() => {}, 60_000);
 export const releaseEventLoop = () => clearInterval(keepAlive);
@@ -121,7 +129,7 @@ export function device(
   return { db, client: makeClient(db, url, options.resolver, token) };
 }
 
-function makeClient(
+export function makeClient(
   db: Db,
   url: string,
   resolver?: ConstructorParameters<typeof SyncClient>[1]['resolver'],

@@ -791,6 +791,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_count(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_count_result(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_create(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_delete(
@@ -813,7 +815,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_query(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_query_result(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined(
+    ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_run_retention(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_schema_json(
     ): Int
@@ -907,6 +913,8 @@ external fun uniffi_ferry_fn_method_ferrydatabase_client_id(`ptr`: Long,uniffi_o
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_count(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
+external fun uniffi_ferry_fn_method_ferrydatabase_count_result(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_create(`ptr`: Long,`collection`: RustBuffer.ByValue,`recordsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_delete(`ptr`: Long,`collection`: RustBuffer.ByValue,`ids`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -929,7 +937,11 @@ external fun uniffi_ferry_fn_method_ferrydatabase_quarantine(`ptr`: Long,uniffi_
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_query(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_ferrydatabase_query_result(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(`ptr`: Long,`mutationId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_ferrydatabase_run_retention(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_schema_json(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
@@ -1174,6 +1186,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_count() != 19126) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_count_result() != 35772) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_create() != 50779) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1207,7 +1222,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_query() != 20915) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_query_result() != 29860) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_retry_quarantined() != 31119) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_run_retention() != 33736) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_schema_json() != 680) {
@@ -1698,6 +1719,29 @@ public object FfiConverterLong: FfiConverter<Long, Long> {
 
     override fun write(value: Long, buf: ByteBuffer) {
         buf.putLong(value)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterDouble: FfiConverter<Double, Double> {
+    override fun lift(value: Double): Double {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Double {
+        return buf.getDouble()
+    }
+
+    override fun lower(value: Double): Double {
+        return value
+    }
+
+    override fun allocationSize(value: Double) = 8UL
+
+    override fun write(value: Double, buf: ByteBuffer) {
+        buf.putDouble(value)
     }
 }
 
@@ -2549,6 +2593,12 @@ public interface FerryDatabaseInterface {
     fun `count`(`collection`: kotlin.String, `queryJson`: kotlin.String): kotlin.ULong
     
     /**
+     * As `count`, saying whether it is complete, with the server's total when
+     * the count is of the whole collection ("local n of server total m").
+     */
+    fun `countResult`(`collection`: kotlin.String, `queryJson`: kotlin.String): CountResult
+    
+    /**
      * Creates records (a JSON array of objects, or one object); returns the rows.
      */
     fun `create`(`collection`: kotlin.String, `recordsJson`: kotlin.String): kotlin.String
@@ -2607,9 +2657,22 @@ public interface FerryDatabaseInterface {
     fun `query`(`collection`: kotlin.String, `queryJson`: kotlin.String): kotlin.String
     
     /**
+     * As `query`, saying whether the result is complete: `{"rows":[..],
+     * "complete":bool}`. Not complete: rows beyond the collection's horizon
+     * (pruned by retention) may match and are not here.
+     */
+    fun `queryResult`(`collection`: kotlin.String, `queryJson`: kotlin.String): kotlin.String
+    
+    /**
      * Applies a quarantined mutation again as a new local write; returns the row.
      */
     fun `retryQuarantined`(`mutationId`: kotlin.String): kotlin.String?
+    
+    /**
+     * Prunes every collection by its retention policy now (a sync does it in
+     * each publish); returns the rows pruned per collection.
+     */
+    fun `runRetention`(): Map<kotlin.String, kotlin.ULong>
     
     /**
      * The schema in use, as JSON.
@@ -2784,6 +2847,24 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
     callWithHandle {
     uniffiRustCallWithError(FerryException) { _status ->
     UniffiLib.uniffi_ferry_fn_method_ferrydatabase_count(
+        it,
+        FfiConverterString.lower(`collection`),FfiConverterString.lower(`queryJson`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * As `count`, saying whether it is complete, with the server's total when
+     * the count is of the whole collection ("local n of server total m").
+     */
+    @Throws(FerryException::class)override fun `countResult`(`collection`: kotlin.String, `queryJson`: kotlin.String): CountResult {
+            return FfiConverterTypeCountResult.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_count_result(
         it,
         FfiConverterString.lower(`collection`),FfiConverterString.lower(`queryJson`),_status)
 }
@@ -2989,6 +3070,25 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
 
     
     /**
+     * As `query`, saying whether the result is complete: `{"rows":[..],
+     * "complete":bool}`. Not complete: rows beyond the collection's horizon
+     * (pruned by retention) may match and are not here.
+     */
+    @Throws(FerryException::class)override fun `queryResult`(`collection`: kotlin.String, `queryJson`: kotlin.String): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_query_result(
+        it,
+        FfiConverterString.lower(`collection`),FfiConverterString.lower(`queryJson`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Applies a quarantined mutation again as a new local write; returns the row.
      */
     @Throws(FerryException::class)override fun `retryQuarantined`(`mutationId`: kotlin.String): kotlin.String? {
@@ -2998,6 +3098,24 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
     UniffiLib.uniffi_ferry_fn_method_ferrydatabase_retry_quarantined(
         it,
         FfiConverterString.lower(`mutationId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Prunes every collection by its retention policy now (a sync does it in
+     * each publish); returns the rows pruned per collection.
+     */
+    @Throws(FerryException::class)override fun `runRetention`(): Map<kotlin.String, kotlin.ULong> {
+            return FfiConverterMapStringULong.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_run_retention(
+        it,
+        _status)
 }
     }
     )
@@ -5212,16 +5330,28 @@ public object FfiConverterTypeTokenProvider: FfiConverter<TokenProvider, Long> {
 
 
 /**
- * What exists on the server beyond the local horizon, for one collection.
+ * What exists on the server beyond what this device holds, for one
+ * collection: the server's total, and the horizon retention moved.
  */
 data class Anchor (
     var `collection`: kotlin.String
     , 
-    var `serverTotal`: kotlin.ULong
+    /**
+     * `None` until a pull reports it.
+     */
+    var `serverTotal`: kotlin.ULong?
     , 
     var `localCount`: kotlin.ULong
     , 
-    var `updatedAt`: kotlin.Long
+    var `updatedAt`: kotlin.Long?
+    , 
+    /**
+     * Rows whose retention column is at or below it may be missing locally;
+     * `None`: nothing was pruned.
+     */
+    var `horizon`: kotlin.Double?
+    , 
+    var `pruned`: kotlin.ULong
     
 ){
     
@@ -5239,24 +5369,79 @@ public object FfiConverterTypeAnchor: FfiConverterRustBuffer<Anchor> {
     override fun read(buf: ByteBuffer): Anchor {
         return Anchor(
             FfiConverterString.read(buf),
+            FfiConverterOptionalULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalDouble.read(buf),
             FfiConverterULong.read(buf),
-            FfiConverterLong.read(buf),
         )
     }
 
     override fun allocationSize(value: Anchor) = (
             FfiConverterString.allocationSize(value.`collection`) +
-            FfiConverterULong.allocationSize(value.`serverTotal`) +
+            FfiConverterOptionalULong.allocationSize(value.`serverTotal`) +
             FfiConverterULong.allocationSize(value.`localCount`) +
-            FfiConverterLong.allocationSize(value.`updatedAt`)
+            FfiConverterOptionalLong.allocationSize(value.`updatedAt`) +
+            FfiConverterOptionalDouble.allocationSize(value.`horizon`) +
+            FfiConverterULong.allocationSize(value.`pruned`)
     )
 
     override fun write(value: Anchor, buf: ByteBuffer) {
             FfiConverterString.write(value.`collection`, buf)
-            FfiConverterULong.write(value.`serverTotal`, buf)
+            FfiConverterOptionalULong.write(value.`serverTotal`, buf)
             FfiConverterULong.write(value.`localCount`, buf)
-            FfiConverterLong.write(value.`updatedAt`, buf)
+            FfiConverterOptionalLong.write(value.`updatedAt`, buf)
+            FfiConverterOptionalDouble.write(value.`horizon`, buf)
+            FfiConverterULong.write(value.`pruned`, buf)
+    }
+}
+
+
+
+/**
+ * A count and whether it is complete (see `FerryDatabase.count_result`).
+ */
+data class CountResult (
+    var `local`: kotlin.ULong
+    , 
+    /**
+     * The server's total, for a count of the whole collection.
+     */
+    var `serverTotal`: kotlin.ULong?
+    , 
+    var `complete`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeCountResult: FfiConverterRustBuffer<CountResult> {
+    override fun read(buf: ByteBuffer): CountResult {
+        return CountResult(
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalULong.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: CountResult) = (
+            FfiConverterULong.allocationSize(value.`local`) +
+            FfiConverterOptionalULong.allocationSize(value.`serverTotal`) +
+            FfiConverterBoolean.allocationSize(value.`complete`)
+    )
+
+    override fun write(value: CountResult, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`local`, buf)
+            FfiConverterOptionalULong.write(value.`serverTotal`, buf)
+            FfiConverterBoolean.write(value.`complete`, buf)
     }
 }
 
@@ -6482,6 +6667,38 @@ public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
         } else {
             buf.put(1)
             FfiConverterLong.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalDouble: FfiConverterRustBuffer<kotlin.Double?> {
+    override fun read(buf: ByteBuffer): kotlin.Double? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterDouble.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Double?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterDouble.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Double?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterDouble.write(value, buf)
         }
     }
 }
