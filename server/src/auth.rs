@@ -70,7 +70,10 @@ impl Authenticator {
             })
             .collect();
         let jwt = config.jwt.as_ref().map(|j| {
+            // `exp` is required and checked by default; `nbf`, when present, is
+            // checked too (off by default in jsonwebtoken). Both with its 60 s leeway.
             let mut v = Validation::new(Algorithm::HS256);
+            v.validate_nbf = true;
             if let Some(iss) = &j.issuer {
                 // `set_issuer` alone checks `iss` only when the token has one: a
                 // configured issuer makes the claim required.
@@ -163,6 +166,19 @@ mod tests {
         let exp = now() + 3600;
         assert!(check(&auth, json!({"sub": "dave", "exp": exp})).is_ok());
         assert!(check(&auth, json!({"sub": "dave", "exp": exp, "iss": "anyone"})).is_ok());
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let auth = authenticator(Some(ISSUER));
+        let (now, exp) = (now(), now() + 7200);
+        let early = check(
+            &auth,
+            json!({"sub": "dave", "exp": exp, "iss": ISSUER, "nbf": now + 3600}),
+        );
+        assert_eq!(early.unwrap_err().code, "unauthorized");
+        let started = json!({"sub": "dave", "exp": exp, "iss": ISSUER, "nbf": now - 10});
+        assert!(check(&auth, started).is_ok());
     }
 
     #[test]
