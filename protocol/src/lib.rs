@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod limits;
+pub mod object;
 
 pub use limits::{
     DEFAULT_MAX_PAGE_ROWS, DEFAULT_MAX_PUSH_MUTATIONS, DEFAULT_PAGE_ROWS, DEFAULT_PUSH_MUTATIONS,
@@ -180,6 +181,8 @@ pub struct Mutation<F = Fields> {
 #[serde(bound(deserialize = "F: Deserialize<'de> + Default"))]
 pub struct PushRequest<F = Fields> {
     pub client_id: String,
+    /// Each a JSON object (an array-form mutation is refused).
+    #[serde(deserialize_with = "object::json_objects")]
     pub mutations: Vec<Mutation<F>>,
 }
 

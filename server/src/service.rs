@@ -46,7 +46,7 @@ pub struct WatermelonMigration {
     pub from: Option<i64>,
     #[serde(default)]
     pub tables: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ferry_protocol::object::json_objects")]
     pub columns: Vec<WatermelonMigrationColumns>,
 }
 

@@ -508,3 +508,104 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// The protocol's JSON requests are objects, and so are the mutations of a push and
+/// each table of a WatermelonDB push: the same fields as an array (which serde's
+/// derived structs would take, field by field) are a `400 invalid_request`, and
+/// nothing is written.
+#[tokio::test]
+async fn json_arrays_where_objects_are_promised_are_invalid_requests() {
+    let h = harness().await;
+    let task = json!({"title": "x", "done": false});
+    let wm = "/watermelon/sync?last_pulled_at=0";
+    let cases: Vec<(&str, String)> = vec![
+        // Pull: `[cursor, client_id, limit]`, i.e. limit = 1.
+        ("/v1/pull", "[null,null,1]".into()),
+        ("/v1/pull", "[]".into()),
+        // Push: the request as an array, and a mutation as an array.
+        (
+            "/v1/push",
+            json!(["c", [create("m1", "t1", task.clone())]]).to_string(),
+        ),
+        (
+            "/v1/push",
+            json!({"client_id": "c", "mutations": [["m2", "tasks", "t2", "create", task.clone()]]})
+                .to_string(),
+        ),
+        ("/v1/push", "5".into()),
+        // WatermelonDB push: the changes as an array, and a table's changes as an
+        // array (`[created, updated, deleted]`), bare and wrapped in `changes`.
+        (
+            wm,
+            json!([{"tasks": {"created": [{"id": "w1", "title": "x", "done": false}]}}])
+                .to_string(),
+        ),
+        (
+            wm,
+            json!({"tasks": [[{"id": "w2", "title": "x", "done": false}], [], []]}).to_string(),
+        ),
+        (
+            wm,
+            json!({"changes": {"tasks": [[{"id": "w3", "title": "x", "done": false}], [], []]}})
+                .to_string(),
+        ),
+    ];
+    for (path, body) in cases {
+        let (s, v) = h.raw(path, ALICE, body.clone()).await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{path} {body}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expected a JSON object"),
+            "the message says what is wrong: {v}"
+        );
+    }
+    // WatermelonDB pull: `migration` is a JSON object, and so is each of its `columns`.
+    for migration in [
+        json!([1, ["tasks"], []]),
+        json!({"from": 1, "columns": [["tasks", ["title"]]]}),
+    ] {
+        let path = format!(
+            "/watermelon/sync?last_pulled_at=null&schema_version=1&migration={}",
+            urlencode(&migration.to_string())
+        );
+        let (s, v) = h.call(Method::GET, &path, Some(ALICE), None).await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{migration}: {v}"
+        );
+    }
+    // Not JSON at all is still malformed, whatever it starts with.
+    let (s, v) = h.raw("/v1/pull", ALICE, "[1,").await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
+    // The object forms are served, and the refused requests wrote nothing.
+    let page = h.pull(ALICE, json!({"limit": 1})).await;
+    assert!(page.changes.is_empty(), "{:?}", page.changes);
+    let (s, v) = h
+        .call(
+            Method::GET,
+            &format!(
+                "/watermelon/sync?last_pulled_at=null&schema_version=1&migration={}",
+                urlencode(&json!({"from": 1, "tables": ["tasks"], "columns": [{"table": "projects", "columns": ["name"]}]}).to_string())
+            ),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        v["changes"]["tasks"]["created"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
