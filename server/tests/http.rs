@@ -609,3 +609,97 @@ async fn json_arrays_where_objects_are_promised_are_invalid_requests() {
             .is_empty()
     );
 }
+
+/// The `ferry_http_*` series of /metrics, each `(route, method)` label pair once.
+fn metric_series(text: &str) -> Vec<String> {
+    let mut series: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("ferry_http_requests_total{"))
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(labels, _)| labels)
+                .to_string()
+        })
+        .collect();
+    series.sort();
+    series
+}
+
+fn label<'a>(series: &'a str, name: &str) -> &'a str {
+    let start = series
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} label in {series}"))
+        + name.len()
+        + 2;
+    let len = series[start..].find('"').unwrap();
+    &series[start..start + len]
+}
+
+/// Clients choose methods and paths; a label value taken from them would be a new
+/// series, kept for the life of the process. Made-up methods count as `other` and
+/// paths no route matched as `unmatched`, so they never grow /metrics.
+#[tokio::test]
+async fn made_up_methods_and_paths_do_not_grow_metrics() {
+    let h = harness().await;
+    let burst = |from: usize| {
+        let h = &h;
+        async move {
+            for i in from..from + 30 {
+                let made_up = Method::from_bytes(format!("XMETHOD{i}").as_bytes()).unwrap();
+                let (s, _) = h.call(made_up.clone(), "/v1/pull", Some(ALICE), None).await;
+                assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+                let (s, _) = h
+                    .call(made_up, &format!("/xpath{i}/deeper"), None, None)
+                    .await;
+                assert_eq!(s, StatusCode::NOT_FOUND);
+                let (s, _) = h.call(Method::GET, &format!("/xpath{i}"), None, None).await;
+                assert_eq!(s, StatusCode::NOT_FOUND);
+            }
+        }
+    };
+    let metrics = || async {
+        let (s, v) = h.call(Method::GET, "/metrics", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        v.as_str().unwrap().to_string()
+    };
+    burst(0).await;
+    let first = metrics().await;
+    burst(30).await;
+    let second = metrics().await;
+    for text in [&first, &second] {
+        assert!(!text.contains("XMETHOD"), "a made-up method is a label");
+        assert!(!text.contains("xpath"), "a request path is a label");
+    }
+    let routes = [
+        "/v1/pull",
+        "/v1/push",
+        "/watermelon/sync",
+        "/health",
+        "/metrics",
+        "unmatched",
+    ];
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "other",
+    ];
+    let series = metric_series(&second);
+    for s in &series {
+        assert!(routes.contains(&label(s, "route")), "{s}");
+        assert!(methods.contains(&label(s, "method")), "{s}");
+    }
+    // The made-up requests' series (only this test makes `other` ones): there after
+    // the first burst, the same after the second.
+    let other = |text: &str| {
+        metric_series(text)
+            .into_iter()
+            .filter(|s| label(s, "method") == "other")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        other(&first),
+        [
+            r#"ferry_http_requests_total{route="/v1/pull",method="other",status="405"}"#,
+            r#"ferry_http_requests_total{route="unmatched",method="other",status="404"}"#,
+        ]
+    );
+    assert_eq!(other(&first), other(&second));
+}
