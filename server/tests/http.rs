@@ -5,9 +5,11 @@ mod common;
 
 use common::*;
 use ferry_protocol::{ErrorBody, PullPage, PushResponse};
-use ferry_server::{RunningServer, ServerOptions, start};
+use ferry_server::{RunningServer, ServerConfig, ServerOptions, start};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 struct Harness {
     server: RunningServer,
@@ -16,11 +18,17 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+async fn harness_with(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
     let db = sqlite_db();
+    let mut config = test_config();
+    adjust(&mut config);
     let server = start(ServerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
-        config: test_config(),
+        config,
     })
     .await
     .unwrap();
@@ -702,4 +710,132 @@ async fn made_up_methods_and_paths_do_not_grow_metrics() {
         ]
     );
     assert_eq!(other(&first), other(&second));
+}
+
+/// Turns a hang into a failure; never an assertion about how long something took.
+const GUARD: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn guarded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
+}
+
+/// Reads from a raw connection until the server closes it; returns what came.
+async fn read_until_closed(socket: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Sends `GET /health` on a raw keep-alive connection and reads its whole answer.
+async fn health_on(socket: &mut TcpStream) -> String {
+    socket
+        .write_all(b"GET /health HTTP/1.1\r\nhost: ferry\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer ended: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return text.into_owned();
+            }
+        }
+    }
+}
+
+/// A socket that sends half a request head, or nothing, is closed once the header
+/// read timeout passes; before the fix it stayed open for ever.
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_head_is_closed() {
+    let h = harness_with(|c| c.limits.header_read_timeout_ms = 300).await;
+    let addr = h.server.addr();
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(
+        b"POST /v1/pull HTTP/1.1\r\nhost: ferry\r\nauthorization: Bearer alice-dev-token\r\n",
+    )
+    .await
+    .unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    assert!(health_on(&mut idle).await.starts_with("HTTP/1.1 200"));
+    for (what, socket) in [
+        ("half a head", &mut half),
+        ("nothing", &mut silent),
+        ("nothing after an answer", &mut idle),
+    ] {
+        let got = guarded(what, read_until_closed(socket)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 408"),
+            "{what}: closed without being served: {got:?}"
+        );
+    }
+    // The server goes on serving.
+    let (s, _) = h.call(Method::GET, "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Past `max_connections`, a new connection is not served while the others stay
+/// open, and is served once one of them closes.
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let h = harness_with(|c| {
+        c.limits.max_connections = 2;
+        c.limits.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    let addr = h.server.addr();
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    assert!(health_on(&mut a).await.starts_with("HTTP/1.1 200"));
+    assert!(health_on(&mut b).await.starts_with("HTTP/1.1 200"));
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nhost: ferry\r\n\r\n")
+        .await
+        .unwrap();
+    // A round trip on `a` after `c` connected and sent its request: the server has
+    // run meanwhile, and it has still not taken `c` on (without the cap it had).
+    assert!(health_on(&mut a).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(h.server.open_connections(), 2);
+    let mut buf = [0u8; 64];
+    match c.try_read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the connection past the cap got an answer: {other:?}"),
+    }
+    // `a` closes: `c` is accepted and served.
+    drop(a);
+    let answer = guarded("the waiting connection's answer", async {
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("\"status\"") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed unanswered: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(h.server.open_connections(), 2, "b and c");
 }
