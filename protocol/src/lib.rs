@@ -13,8 +13,9 @@ mod limits;
 pub mod object;
 
 pub use limits::{
-    DEFAULT_MAX_PAGE_ROWS, DEFAULT_MAX_PUSH_MUTATIONS, DEFAULT_PAGE_ROWS, DEFAULT_PUSH_MUTATIONS,
-    MAX_RECORD_ID_BYTES, RECORD_ID_FORBIDDEN_CHARS, RecordIdError, validate_record_id,
+    ClientIdError, DEFAULT_MAX_PAGE_ROWS, DEFAULT_MAX_PUSH_MUTATIONS, DEFAULT_PAGE_ROWS,
+    DEFAULT_PUSH_MUTATIONS, MAX_CLIENT_ID_BYTES, MAX_RECORD_ID_BYTES, RECORD_ID_FORBIDDEN_CHARS,
+    RecordIdError, validate_client_id, validate_record_id,
 };
 
 /// The protocol version this crate speaks. Sent as the `Ferry-Protocol` header.

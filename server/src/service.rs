@@ -134,6 +134,9 @@ impl SyncService {
         caller: &Caller,
         req: &PullRequest,
     ) -> Result<PullPage<RawFields>, ApiError> {
+        if let Some(id) = &req.client_id {
+            check_client_id(id)?;
+        }
         let limits = &self.config.limits;
         let limit = req
             .limit
@@ -269,12 +272,8 @@ impl SyncService {
 
     /// Applies a push: each mutation on its own merits, idempotent by mutation id.
     pub async fn push(&self, caller: &Caller, req: PushRequest) -> Result<PushResponse, ApiError> {
-        if req.client_id.is_empty() {
-            return Err(ApiError::bad_request(
-                error_code::INVALID_REQUEST,
-                "client_id must not be empty",
-            ));
-        }
+        // Checked before anything else: every change row of the push holds it.
+        check_client_id(&req.client_id)?;
         let max = self.config.limits.max_push_mutations;
         if req.mutations.len() > max {
             return Err(ApiError::bad_request(
@@ -482,6 +481,13 @@ impl SyncService {
             experimental_rejected_ids: (!rejected.is_empty()).then_some(rejected),
         })
     }
+}
+
+/// A pull's or push's `client_id` must follow the protocol's rule
+/// ([`ferry_protocol::validate_client_id`]); else `400 invalid_request`.
+fn check_client_id(id: &str) -> Result<(), ApiError> {
+    ferry_protocol::validate_client_id(id)
+        .map_err(|e| ApiError::bad_request(error_code::INVALID_REQUEST, e.to_string()))
 }
 
 fn encode_checkpoint(p: Position) -> String {

@@ -839,3 +839,79 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(h.server.open_connections(), 2, "b and c");
 }
+
+/// `client_id` is copied into every change row a push writes: one over the limit,
+/// or outside its characters, is a `400 invalid_request` that says so, and the push
+/// writes nothing. A pull checks it too.
+#[tokio::test]
+async fn a_client_id_outside_its_rule_is_refused_and_nothing_is_written() {
+    let h = harness().await;
+    let creates: Vec<Value> = (0..10)
+        .map(|i| {
+            create(
+                &format!("m{i}"),
+                &format!("t{i}"),
+                json!({"title": "x", "done": false}),
+            )
+        })
+        .collect();
+    for (client_id, says) in [
+        ("c".repeat(129), "129 bytes, over the limit of 128 bytes"),
+        (
+            "c".repeat(50_000),
+            "50000 bytes, over the limit of 128 bytes",
+        ),
+        ("phone 1".to_string(), "contains ' '"),
+        ("phone\n1".to_string(), "contains '\\n'"),
+        ("a/b".to_string(), "contains '/'"),
+        (String::new(), "client_id is empty"),
+    ] {
+        let (s, v) = h
+            .raw(
+                "/v1/push",
+                ALICE,
+                json!({"client_id": client_id, "mutations": creates}).to_string(),
+            )
+            .await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("client_id") && message.contains(says),
+            "{message}"
+        );
+        assert!(message.len() < 200, "the message does not echo the id");
+        if !client_id.is_empty() {
+            let (s, v) = h
+                .raw(
+                    "/v1/pull",
+                    ALICE,
+                    json!({"client_id": client_id}).to_string(),
+                )
+                .await;
+            assert_eq!(
+                (s, error_code(&v).as_str()),
+                (StatusCode::BAD_REQUEST, "invalid_request"),
+                "{v}"
+            );
+        }
+    }
+    let page = h.pull(ALICE, json!({})).await;
+    assert!(page.changes.is_empty(), "nothing was written");
+    // At the limit, and a UUID (what the core sends), are accepted.
+    let at_limit = "c".repeat(128);
+    let done = h
+        .push(ALICE, json!({"client_id": at_limit, "mutations": creates}))
+        .await;
+    assert_eq!(done.results.len(), 10);
+    let page = h
+        .pull(
+            ALICE,
+            json!({"client_id": "0190a3c2-7b1e-7c3d-9f00-123456789abc"}),
+        )
+        .await;
+    assert_eq!(page.changes["tasks"].upserts.len(), 10);
+}
