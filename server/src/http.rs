@@ -283,7 +283,7 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
                 .into_response()
         }
         Err(e) => {
-            tracing::warn!(error = %e, "health check failed");
+            tracing::warn!(error = %crate::logging::Escaped(&e), "health check failed");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 error_code::UNAVAILABLE,

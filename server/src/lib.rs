@@ -15,6 +15,7 @@ pub mod cursor;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 mod serve;
 pub mod service;

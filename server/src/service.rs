@@ -20,6 +20,7 @@ use crate::auth::Caller;
 use crate::config::ServerConfig;
 use crate::cursor::{Cursor, CursorCodec, Position, StreamKey};
 use crate::error::{ApiError, CONFLICT, ServerError};
+use crate::logging::Escaped;
 use crate::storage::{
     self, ChangeKind, ChangeRow, PlannedMutation, Precondition, ReadRequest, Scan, Storage,
     WriteBatch,
@@ -233,7 +234,7 @@ impl SyncService {
                     fields: rec.fields.clone(),
                 }),
                 (ChangeKind::Upsert, None) => {
-                    tracing::warn!(record = %row.record_id, "change row without record; skipped")
+                    tracing::warn!(record = ?row.record_id, "change row without record; skipped")
                 }
                 (ChangeKind::Delete, _) => page.deletes.push(row.record_id.clone()),
                 (ChangeKind::Evict, _) => page.evictions.push(row.record_id.clone()),
@@ -472,7 +473,9 @@ impl SyncService {
         let mut rejected: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for ((table, id), outcome) in tables.into_iter().zip(ids).zip(result.outcomes) {
             if let MutationOutcome::Rejected { code, message } = outcome {
-                tracing::info!(%table, record = %id, code = code.as_str(), %message, "watermelon record rejected");
+                // The id is the client's (the rejection may be for a control
+                // character in it), and so may be parts of the message.
+                tracing::info!(table = ?table, record = ?id, code = code.as_str(), message = %Escaped(&message), "watermelon record rejected");
                 debug_assert!(code != RejectCode::UnknownCollection);
                 rejected.entry(table).or_default().push(id);
             }

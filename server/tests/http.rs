@@ -915,3 +915,75 @@ async fn a_client_id_outside_its_rule_is_refused_and_nothing_is_written() {
         .await;
     assert_eq!(page.changes["tasks"].upserts.len(), 10);
 }
+
+/// What the server logs, captured: a `tracing` fmt subscriber writing to a buffer,
+/// with tracing-subscriber's own ANSI sanitizing off, so the server's escaping is
+/// what is tested (an embedding app's subscriber may not sanitize).
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A record id with a newline and a terminal escape in it is rejected, and the
+/// log line that reports it stays one line, with neither character in it raw:
+/// before the fix, the id's second half was a log line of its own.
+#[tokio::test]
+async fn client_strings_cannot_forge_log_lines() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_ansi_sanitization(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    // The test runtime has one thread: the server's tasks log through this too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = harness().await;
+    let forged = "x\nFORGED ERROR ferry_server::auth: admin login ok";
+    let escape = "y\u{1b}[2J\u{1b}[31mred";
+    let push = json!({"tasks": {"created": [
+        {"id": forged, "title": "a", "done": false},
+        {"id": escape, "title": "b", "done": false},
+    ]}});
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/watermelon/sync?last_pulled_at=0",
+            Some(ALICE),
+            Some(push),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["experimentalRejectedIds"]["tasks"],
+        json!([forged, escape]),
+        "both ids are refused (control characters)"
+    );
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("watermelon record rejected"))
+        .collect();
+    assert_eq!(rejected.len(), 2, "both rejections are logged:\n{text}");
+    assert!(rejected[0].contains(r"x\nFORGED ERROR"), "{}", rejected[0]);
+    assert!(
+        !text.lines().any(|l| l.starts_with("FORGED")),
+        "a forged line:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "a raw ESC in the log:\n{text:?}");
+}
