@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod limits;
+pub mod object;
 
 pub use limits::{
-    DEFAULT_MAX_PAGE_ROWS, DEFAULT_MAX_PUSH_MUTATIONS, DEFAULT_PAGE_ROWS, DEFAULT_PUSH_MUTATIONS,
-    MAX_RECORD_ID_BYTES, RECORD_ID_FORBIDDEN_CHARS, RecordIdError, validate_record_id,
+    ClientIdError, DEFAULT_MAX_PAGE_ROWS, DEFAULT_MAX_PUSH_MUTATIONS, DEFAULT_PAGE_ROWS,
+    DEFAULT_PUSH_MUTATIONS, MAX_CLIENT_ID_BYTES, MAX_RECORD_ID_BYTES, RECORD_ID_FORBIDDEN_CHARS,
+    RecordIdError, validate_client_id, validate_record_id,
 };
 
 /// The protocol version this crate speaks. Sent as the `Ferry-Protocol` header.
@@ -180,6 +182,8 @@ pub struct Mutation<F = Fields> {
 #[serde(bound(deserialize = "F: Deserialize<'de> + Default"))]
 pub struct PushRequest<F = Fields> {
     pub client_id: String,
+    /// Each a JSON object (an array-form mutation is refused).
+    #[serde(deserialize_with = "object::json_objects")]
     pub mutations: Vec<Mutation<F>>,
 }
 

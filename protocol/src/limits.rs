@@ -46,6 +46,44 @@ pub fn validate_record_id(id: &str) -> Result<(), RecordIdError> {
     Ok(())
 }
 
+/// Longest accepted client id ([`crate::PushRequest::client_id`],
+/// [`crate::PullRequest::client_id`]), in bytes. The server copies it into every
+/// change row a push writes, so it is bounded like a record id.
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
+
+/// Why a client id is not acceptable. Like [`RecordIdError`], the message never
+/// holds the whole id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientIdError {
+    #[error("client_id is empty")]
+    Empty,
+    #[error("client_id is {len} bytes, over the limit of {max} bytes", max = MAX_CLIENT_ID_BYTES)]
+    TooLong { len: usize },
+    #[error(
+        "client_id contains {ch:?} at byte {at}; only ASCII letters, digits, `-`, `_`, `.` and `:` are allowed"
+    )]
+    ForbiddenCharacter { ch: char, at: usize },
+}
+
+/// Checks a client id: 1..=[`MAX_CLIENT_ID_BYTES`] bytes of ASCII letters, digits,
+/// `-`, `_`, `.` and `:` (a UUID, what the core sends, fits). The server answers
+/// `400 invalid_request` to a pull or push whose client id fails it.
+pub fn validate_client_id(id: &str) -> Result<(), ClientIdError> {
+    if id.is_empty() {
+        return Err(ClientIdError::Empty);
+    }
+    if id.len() > MAX_CLIENT_ID_BYTES {
+        return Err(ClientIdError::TooLong { len: id.len() });
+    }
+    match id
+        .char_indices()
+        .find(|(_, ch)| !(ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.' | ':')))
+    {
+        Some((at, ch)) => Err(ClientIdError::ForbiddenCharacter { ch, at }),
+        None => Ok(()),
+    }
+}
+
 // Default sync limits: what the core client and ferry-server use when nothing is
 // configured (the table in docs/protocol.md, "Limits").
 
@@ -70,6 +108,35 @@ const _: () = assert!(DEFAULT_PUSH_MUTATIONS <= DEFAULT_MAX_PUSH_MUTATIONS);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_follow_their_rule() {
+        use ClientIdError::*;
+        for id in [
+            "c",
+            "0190a3c2-7b1e-7c3d-9f00-123456789abc",
+            "ios:device_1.2-A",
+            &"x".repeat(MAX_CLIENT_ID_BYTES),
+        ] {
+            assert_eq!(validate_client_id(id), Ok(()), "{id:?}");
+        }
+        assert_eq!(validate_client_id(""), Err(Empty));
+        let long = "x".repeat(100_000);
+        assert_eq!(validate_client_id(&long), Err(TooLong { len: 100_000 }));
+        for (id, ch) in [("a b", ' '), ("a\nb", '\n'), ("a/b", '/'), ("aéb", 'é')] {
+            assert_eq!(
+                validate_client_id(id),
+                Err(ForbiddenCharacter { ch, at: 1 }),
+                "{id:?}"
+            );
+        }
+        assert_eq!(
+            validate_client_id(&"x".repeat(129))
+                .unwrap_err()
+                .to_string(),
+            "client_id is 129 bytes, over the limit of 128 bytes"
+        );
+    }
 
     #[test]
     fn record_ids_within_the_rule_are_accepted() {

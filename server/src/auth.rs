@@ -70,9 +70,15 @@ impl Authenticator {
             })
             .collect();
         let jwt = config.jwt.as_ref().map(|j| {
+            // `exp` is required and checked by default; `nbf`, when present, is
+            // checked too (off by default in jsonwebtoken). Both with its 60 s leeway.
             let mut v = Validation::new(Algorithm::HS256);
+            v.validate_nbf = true;
             if let Some(iss) = &j.issuer {
+                // `set_issuer` alone checks `iss` only when the token has one: a
+                // configured issuer makes the claim required.
                 v.set_issuer(&[iss]);
+                v.set_required_spec_claims(&["exp", "iss"]);
             }
             (DecodingKey::from_secret(j.hs256_secret.as_bytes()), v)
         });
@@ -98,5 +104,88 @@ impl Authenticator {
             return Ok(Caller::new(&data.claims.sub, data.claims.scopes));
         }
         Err(ApiError::unauthorized("invalid or expired token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::JwtConfig;
+
+    const SECRET: &str = "test-secret-of-32-bytes-at-least!";
+    const ISSUER: &str = "https://auth.example.com";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn authenticator(issuer: Option<&str>) -> Authenticator {
+        let mut config = ServerConfig::dev();
+        config.jwt = Some(JwtConfig {
+            hs256_secret: SECRET.into(),
+            issuer: issuer.map(str::to_string),
+        });
+        Authenticator::new(&config)
+    }
+
+    fn token(claims: Value) -> String {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap()
+    }
+
+    fn check(auth: &Authenticator, claims: Value) -> Result<Caller, ApiError> {
+        auth.authenticate(Some(&format!("Bearer {}", token(claims))))
+    }
+
+    #[test]
+    fn a_configured_issuer_is_required_and_must_match() {
+        let auth = authenticator(Some(ISSUER));
+        let exp = now() + 3600;
+        let ok = check(&auth, json!({"sub": "dave", "exp": exp, "iss": ISSUER})).unwrap();
+        assert_eq!(ok.user_id, "dave");
+        let missing = check(&auth, json!({"sub": "dave", "exp": exp})).unwrap_err();
+        assert_eq!(missing.code, "unauthorized");
+        let wrong = check(
+            &auth,
+            json!({"sub": "dave", "exp": exp, "iss": "https://evil"}),
+        );
+        assert_eq!(wrong.unwrap_err().code, "unauthorized");
+    }
+
+    #[test]
+    fn without_a_configured_issuer_iss_is_optional() {
+        let auth = authenticator(None);
+        let exp = now() + 3600;
+        assert!(check(&auth, json!({"sub": "dave", "exp": exp})).is_ok());
+        assert!(check(&auth, json!({"sub": "dave", "exp": exp, "iss": "anyone"})).is_ok());
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let auth = authenticator(Some(ISSUER));
+        let (now, exp) = (now(), now() + 7200);
+        let early = check(
+            &auth,
+            json!({"sub": "dave", "exp": exp, "iss": ISSUER, "nbf": now + 3600}),
+        );
+        assert_eq!(early.unwrap_err().code, "unauthorized");
+        let started = json!({"sub": "dave", "exp": exp, "iss": ISSUER, "nbf": now - 10});
+        assert!(check(&auth, started).is_ok());
+    }
+
+    #[test]
+    fn an_expired_token_or_one_without_exp_is_refused() {
+        let auth = authenticator(None);
+        let past = check(&auth, json!({"sub": "dave", "exp": now() - 3600}));
+        assert_eq!(past.unwrap_err().code, "unauthorized");
+        assert!(check(&auth, json!({"sub": "dave"})).is_err());
     }
 }

@@ -143,8 +143,17 @@ pub struct Limits {
     pub default_page_rows: u32,
     /// Most mutations accepted in one push.
     pub max_push_mutations: usize,
-    /// Request timeout in milliseconds (408 after it).
+    /// Request timeout in milliseconds (408 after it), counted from when the
+    /// request head has arrived.
     pub request_timeout_ms: u64,
+    /// Longest wait, in milliseconds, for a request head (the request line and
+    /// headers) to arrive complete; the connection is closed after it. Counted from
+    /// when a connection opens, or when an idle keep-alive connection got its last
+    /// answer.
+    pub header_read_timeout_ms: u64,
+    /// Most connections open at once. Past it, new connections wait to be
+    /// accepted until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -155,6 +164,8 @@ impl Default for Limits {
             default_page_rows: ferry_protocol::DEFAULT_PAGE_ROWS,
             max_push_mutations: ferry_protocol::DEFAULT_MAX_PUSH_MUTATIONS,
             request_timeout_ms: 30_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 512,
         }
     }
 }
@@ -251,7 +262,13 @@ impl ServerConfig {
             }
         }
         let l = &self.limits;
-        if l.max_body_bytes == 0 || l.max_page_rows == 0 || l.default_page_rows == 0 {
+        if l.max_body_bytes == 0
+            || l.max_page_rows == 0
+            || l.default_page_rows == 0
+            || l.request_timeout_ms == 0
+            || l.header_read_timeout_ms == 0
+            || l.max_connections == 0
+        {
             return bad("limits must be positive".into());
         }
         Ok(())
@@ -279,6 +296,18 @@ mod tests {
         let mut c = ServerConfig::dev();
         c.collections.get_mut("tasks").unwrap().scope_field = Some("done".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive() {
+        for zero in [
+            |l: &mut Limits| l.header_read_timeout_ms = 0,
+            |l: &mut Limits| l.max_connections = 0,
+        ] {
+            let mut c = ServerConfig::dev();
+            zero(&mut c.limits);
+            assert!(c.validate().is_err());
+        }
     }
 
     #[test]

@@ -100,7 +100,8 @@ impl ApiError {
 
 impl From<ServerError> for ApiError {
     fn from(e: ServerError) -> Self {
-        tracing::error!(error = %e, "request failed in storage");
+        // A storage error can quote the values it was given (PostgreSQL's DETAIL).
+        tracing::error!(error = %crate::logging::Escaped(&e), "request failed in storage");
         let pool_exhausted = matches!(e, ServerError::Pool(_));
         if pool_exhausted {
             ApiError::new(

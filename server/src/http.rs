@@ -5,7 +5,7 @@
 //! [`crate::service`]. Every error answer is an `ErrorBody` JSON. Nothing here may
 //! log a request's `Authorization` header.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +15,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
+use ferry_protocol::object::JsonObject;
+use ferry_protocol::watermelon::{Changes, TableChanges};
 use ferry_protocol::{
     MutationOutcome, PROTOCOL_HEADER, PROTOCOL_VERSION, PullRequest, PushRequest, error_code,
 };
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -119,16 +121,26 @@ impl AppState {
     }
 }
 
-/// Parses a JSON body: syntax errors → `malformed_json`, shape errors → `invalid_request`.
+/// Parses a JSON request body, or a JSON query parameter: text that is not JSON →
+/// `malformed_json`; JSON of the wrong shape → `invalid_request`. Every JSON request
+/// of the protocol is an object, so the top-level value must be one: serde's
+/// derived structs also take an array (`[null,null,1]` would be a pull with
+/// `limit: 1`).
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() {
-            error_code::INVALID_REQUEST
-        } else {
-            error_code::MALFORMED_JSON
-        };
-        ApiError::bad_request(code, format!("request body: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map(|JsonObject(v)| v)
+        .map_err(|e| {
+            // serde stops at the first error, and a shape error can come before a
+            // syntax error further on (`[1,`): only JSON is told it has the wrong shape.
+            let (code, e) = if !e.is_data() {
+                (error_code::MALFORMED_JSON, e)
+            } else if let Err(syntax) = serde_json::from_slice::<IgnoredAny>(body) {
+                (error_code::MALFORMED_JSON, syntax)
+            } else {
+                (error_code::INVALID_REQUEST, e)
+            };
+            ApiError::bad_request(code, format!("request body: {e}"))
+        })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -236,7 +248,10 @@ async fn watermelon_push(
     if wrapped {
         value = value["changes"].take();
     }
-    let changes: ferry_protocol::watermelon::Changes = parse_json(value.to_string().as_bytes())?;
+    // Each table's changes are an object too (`created`, `updated`, `deleted`).
+    let changes: BTreeMap<String, JsonObject<TableChanges>> =
+        parse_json(value.to_string().as_bytes())?;
+    let changes: Changes = changes.into_iter().map(|(t, c)| (t, c.0)).collect();
     let last_pulled_at = wm_number(&params, "last_pulled_at")?.ok_or_else(|| {
         ApiError::bad_request(
             error_code::INVALID_REQUEST,
@@ -268,7 +283,7 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
                 .into_response()
         }
         Err(e) => {
-            tracing::warn!(error = %e, "health check failed");
+            tracing::warn!(error = %crate::logging::Escaped(&e), "health check failed");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 error_code::UNAVAILABLE,

@@ -15,7 +15,9 @@ pub mod cursor;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+mod serve;
 pub mod service;
 pub mod storage;
 pub mod testing;
@@ -43,6 +45,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    open: serve::OpenConnections,
 }
 
 impl RunningServer {
@@ -56,6 +59,12 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
+    /// How many connections the server has accepted and not closed yet (at most
+    /// `limits.max_connections`).
+    pub fn open_connections(&self) -> usize {
+        self.open.get()
+    }
+
     /// Stops accepting connections, lets in-flight requests finish, and waits.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(());
@@ -65,23 +74,19 @@ impl RunningServer {
 
 /// Opens storage, binds the listener and serves in the background.
 pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
+    let limits = opts.config.limits.clone();
     let service = SyncService::open(&opts.database_url, opts.config).await?;
     let app = http::router(service);
     let listener = tokio::net::TcpListener::bind(opts.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = rx.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server stopped with an error");
-        }
-    });
+    let open = serve::OpenConnections::default();
+    let task = tokio::spawn(serve::run(listener, app, limits, open.clone(), rx));
     tracing::info!(%addr, "ferry-server listening");
     Ok(RunningServer {
         addr,
         shutdown,
         task,
+        open,
     })
 }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -33,17 +34,47 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// The `route` label of a request no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// The `method` label of any method outside [`method_label`]'s fixed set.
+pub const OTHER_METHOD: &str = "other";
+
+/// The `method` label: the standard methods by name, anything else [`OTHER_METHOD`].
+/// Clients choose the method, and every label value is a series kept for the life
+/// of the process, so a label value must never be taken from the request as is.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => OTHER_METHOD,
+    }
+}
+
 /// Middleware: counts requests and records their latency by route and status.
+/// Every label has a fixed set of values: `route` is a matched route's template
+/// (never the request's path) or [`UNMATCHED_ROUTE`], `method` is
+/// [`method_label`], `status` a status the server answered.
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().to_string();
+        .map_or(UNMATCHED_ROUTE.to_string(), |p| p.as_str().to_string());
+    let method = method_label(req.method());
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
+    let labels = [
+        ("route", route),
+        ("method", method.to_string()),
+        ("status", status),
+    ];
     metrics::counter!("ferry_http_requests_total", &labels).increment(1);
     metrics::histogram!("ferry_http_request_duration_seconds", &labels)
         .record(start.elapsed().as_secs_f64());

@@ -20,6 +20,7 @@ use crate::auth::Caller;
 use crate::config::ServerConfig;
 use crate::cursor::{Cursor, CursorCodec, Position, StreamKey};
 use crate::error::{ApiError, CONFLICT, ServerError};
+use crate::logging::Escaped;
 use crate::storage::{
     self, ChangeKind, ChangeRow, PlannedMutation, Precondition, ReadRequest, Scan, Storage,
     WriteBatch,
@@ -46,7 +47,7 @@ pub struct WatermelonMigration {
     pub from: Option<i64>,
     #[serde(default)]
     pub tables: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ferry_protocol::object::json_objects")]
     pub columns: Vec<WatermelonMigrationColumns>,
 }
 
@@ -134,6 +135,9 @@ impl SyncService {
         caller: &Caller,
         req: &PullRequest,
     ) -> Result<PullPage<RawFields>, ApiError> {
+        if let Some(id) = &req.client_id {
+            check_client_id(id)?;
+        }
         let limits = &self.config.limits;
         let limit = req
             .limit
@@ -230,7 +234,7 @@ impl SyncService {
                     fields: rec.fields.clone(),
                 }),
                 (ChangeKind::Upsert, None) => {
-                    tracing::warn!(record = %row.record_id, "change row without record; skipped")
+                    tracing::warn!(record = ?row.record_id, "change row without record; skipped")
                 }
                 (ChangeKind::Delete, _) => page.deletes.push(row.record_id.clone()),
                 (ChangeKind::Evict, _) => page.evictions.push(row.record_id.clone()),
@@ -269,12 +273,8 @@ impl SyncService {
 
     /// Applies a push: each mutation on its own merits, idempotent by mutation id.
     pub async fn push(&self, caller: &Caller, req: PushRequest) -> Result<PushResponse, ApiError> {
-        if req.client_id.is_empty() {
-            return Err(ApiError::bad_request(
-                error_code::INVALID_REQUEST,
-                "client_id must not be empty",
-            ));
-        }
+        // Checked before anything else: every change row of the push holds it.
+        check_client_id(&req.client_id)?;
         let max = self.config.limits.max_push_mutations;
         if req.mutations.len() > max {
             return Err(ApiError::bad_request(
@@ -473,7 +473,9 @@ impl SyncService {
         let mut rejected: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for ((table, id), outcome) in tables.into_iter().zip(ids).zip(result.outcomes) {
             if let MutationOutcome::Rejected { code, message } = outcome {
-                tracing::info!(%table, record = %id, code = code.as_str(), %message, "watermelon record rejected");
+                // The id is the client's (the rejection may be for a control
+                // character in it), and so may be parts of the message.
+                tracing::info!(table = ?table, record = ?id, code = code.as_str(), message = %Escaped(&message), "watermelon record rejected");
                 debug_assert!(code != RejectCode::UnknownCollection);
                 rejected.entry(table).or_default().push(id);
             }
@@ -482,6 +484,13 @@ impl SyncService {
             experimental_rejected_ids: (!rejected.is_empty()).then_some(rejected),
         })
     }
+}
+
+/// A pull's or push's `client_id` must follow the protocol's rule
+/// ([`ferry_protocol::validate_client_id`]); else `400 invalid_request`.
+fn check_client_id(id: &str) -> Result<(), ApiError> {
+    ferry_protocol::validate_client_id(id)
+        .map_err(|e| ApiError::bad_request(error_code::INVALID_REQUEST, e.to_string()))
 }
 
 fn encode_checkpoint(p: Position) -> String {

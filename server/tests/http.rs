@@ -5,9 +5,11 @@ mod common;
 
 use common::*;
 use ferry_protocol::{ErrorBody, PullPage, PushResponse};
-use ferry_server::{RunningServer, ServerOptions, start};
+use ferry_server::{RunningServer, ServerConfig, ServerOptions, start};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 struct Harness {
     server: RunningServer,
@@ -16,11 +18,17 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+async fn harness_with(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
     let db = sqlite_db();
+    let mut config = test_config();
+    adjust(&mut config);
     let server = start(ServerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
-        config: test_config(),
+        config,
     })
     .await
     .unwrap();
@@ -507,4 +515,475 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The protocol's JSON requests are objects, and so are the mutations of a push and
+/// each table of a WatermelonDB push: the same fields as an array (which serde's
+/// derived structs would take, field by field) are a `400 invalid_request`, and
+/// nothing is written.
+#[tokio::test]
+async fn json_arrays_where_objects_are_promised_are_invalid_requests() {
+    let h = harness().await;
+    let task = json!({"title": "x", "done": false});
+    let wm = "/watermelon/sync?last_pulled_at=0";
+    let cases: Vec<(&str, String)> = vec![
+        // Pull: `[cursor, client_id, limit]`, i.e. limit = 1.
+        ("/v1/pull", "[null,null,1]".into()),
+        ("/v1/pull", "[]".into()),
+        // Push: the request as an array, and a mutation as an array.
+        (
+            "/v1/push",
+            json!(["c", [create("m1", "t1", task.clone())]]).to_string(),
+        ),
+        (
+            "/v1/push",
+            json!({"client_id": "c", "mutations": [["m2", "tasks", "t2", "create", task.clone()]]})
+                .to_string(),
+        ),
+        ("/v1/push", "5".into()),
+        // WatermelonDB push: the changes as an array, and a table's changes as an
+        // array (`[created, updated, deleted]`), bare and wrapped in `changes`.
+        (
+            wm,
+            json!([{"tasks": {"created": [{"id": "w1", "title": "x", "done": false}]}}])
+                .to_string(),
+        ),
+        (
+            wm,
+            json!({"tasks": [[{"id": "w2", "title": "x", "done": false}], [], []]}).to_string(),
+        ),
+        (
+            wm,
+            json!({"changes": {"tasks": [[{"id": "w3", "title": "x", "done": false}], [], []]}})
+                .to_string(),
+        ),
+    ];
+    for (path, body) in cases {
+        let (s, v) = h.raw(path, ALICE, body.clone()).await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{path} {body}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expected a JSON object"),
+            "the message says what is wrong: {v}"
+        );
+    }
+    // WatermelonDB pull: `migration` is a JSON object, and so is each of its `columns`.
+    for migration in [
+        json!([1, ["tasks"], []]),
+        json!({"from": 1, "columns": [["tasks", ["title"]]]}),
+    ] {
+        let path = format!(
+            "/watermelon/sync?last_pulled_at=null&schema_version=1&migration={}",
+            urlencode(&migration.to_string())
+        );
+        let (s, v) = h.call(Method::GET, &path, Some(ALICE), None).await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{migration}: {v}"
+        );
+    }
+    // Not JSON at all is still malformed, whatever it starts with.
+    let (s, v) = h.raw("/v1/pull", ALICE, "[1,").await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
+    // The object forms are served, and the refused requests wrote nothing.
+    let page = h.pull(ALICE, json!({"limit": 1})).await;
+    assert!(page.changes.is_empty(), "{:?}", page.changes);
+    let (s, v) = h
+        .call(
+            Method::GET,
+            &format!(
+                "/watermelon/sync?last_pulled_at=null&schema_version=1&migration={}",
+                urlencode(&json!({"from": 1, "tables": ["tasks"], "columns": [{"table": "projects", "columns": ["name"]}]}).to_string())
+            ),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        v["changes"]["tasks"]["created"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The `ferry_http_*` series of /metrics, each `(route, method)` label pair once.
+fn metric_series(text: &str) -> Vec<String> {
+    let mut series: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("ferry_http_requests_total{"))
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(labels, _)| labels)
+                .to_string()
+        })
+        .collect();
+    series.sort();
+    series
+}
+
+fn label<'a>(series: &'a str, name: &str) -> &'a str {
+    let start = series
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} label in {series}"))
+        + name.len()
+        + 2;
+    let len = series[start..].find('"').unwrap();
+    &series[start..start + len]
+}
+
+/// Clients choose methods and paths; a label value taken from them would be a new
+/// series, kept for the life of the process. Made-up methods count as `other` and
+/// paths no route matched as `unmatched`, so they never grow /metrics.
+#[tokio::test]
+async fn made_up_methods_and_paths_do_not_grow_metrics() {
+    let h = harness().await;
+    let burst = |from: usize| {
+        let h = &h;
+        async move {
+            for i in from..from + 30 {
+                let made_up = Method::from_bytes(format!("XMETHOD{i}").as_bytes()).unwrap();
+                let (s, _) = h.call(made_up.clone(), "/v1/pull", Some(ALICE), None).await;
+                assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+                let (s, _) = h
+                    .call(made_up, &format!("/xpath{i}/deeper"), None, None)
+                    .await;
+                assert_eq!(s, StatusCode::NOT_FOUND);
+                let (s, _) = h.call(Method::GET, &format!("/xpath{i}"), None, None).await;
+                assert_eq!(s, StatusCode::NOT_FOUND);
+            }
+        }
+    };
+    let metrics = || async {
+        let (s, v) = h.call(Method::GET, "/metrics", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        v.as_str().unwrap().to_string()
+    };
+    burst(0).await;
+    let first = metrics().await;
+    burst(30).await;
+    let second = metrics().await;
+    for text in [&first, &second] {
+        assert!(!text.contains("XMETHOD"), "a made-up method is a label");
+        assert!(!text.contains("xpath"), "a request path is a label");
+    }
+    let routes = [
+        "/v1/pull",
+        "/v1/push",
+        "/watermelon/sync",
+        "/health",
+        "/metrics",
+        "unmatched",
+    ];
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "other",
+    ];
+    let series = metric_series(&second);
+    for s in &series {
+        assert!(routes.contains(&label(s, "route")), "{s}");
+        assert!(methods.contains(&label(s, "method")), "{s}");
+    }
+    // The made-up requests' series (only this test makes `other` ones): there after
+    // the first burst, the same after the second.
+    let other = |text: &str| {
+        metric_series(text)
+            .into_iter()
+            .filter(|s| label(s, "method") == "other")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        other(&first),
+        [
+            r#"ferry_http_requests_total{route="/v1/pull",method="other",status="405"}"#,
+            r#"ferry_http_requests_total{route="unmatched",method="other",status="404"}"#,
+        ]
+    );
+    assert_eq!(other(&first), other(&second));
+}
+
+/// Turns a hang into a failure; never an assertion about how long something took.
+const GUARD: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn guarded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
+}
+
+/// Reads from a raw connection until the server closes it; returns what came.
+async fn read_until_closed(socket: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Sends `GET /health` on a raw keep-alive connection and reads its whole answer.
+async fn health_on(socket: &mut TcpStream) -> String {
+    socket
+        .write_all(b"GET /health HTTP/1.1\r\nhost: ferry\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer ended: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return text.into_owned();
+            }
+        }
+    }
+}
+
+/// A socket that sends half a request head, or nothing, is closed once the header
+/// read timeout passes; before the fix it stayed open for ever.
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_head_is_closed() {
+    let h = harness_with(|c| c.limits.header_read_timeout_ms = 300).await;
+    let addr = h.server.addr();
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(
+        b"POST /v1/pull HTTP/1.1\r\nhost: ferry\r\nauthorization: Bearer alice-dev-token\r\n",
+    )
+    .await
+    .unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    assert!(health_on(&mut idle).await.starts_with("HTTP/1.1 200"));
+    for (what, socket) in [
+        ("half a head", &mut half),
+        ("nothing", &mut silent),
+        ("nothing after an answer", &mut idle),
+    ] {
+        let got = guarded(what, read_until_closed(socket)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 408"),
+            "{what}: closed without being served: {got:?}"
+        );
+    }
+    // The server goes on serving.
+    let (s, _) = h.call(Method::GET, "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Past `max_connections`, a new connection is not served while the others stay
+/// open, and is served once one of them closes.
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let h = harness_with(|c| {
+        c.limits.max_connections = 2;
+        c.limits.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    let addr = h.server.addr();
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    assert!(health_on(&mut a).await.starts_with("HTTP/1.1 200"));
+    assert!(health_on(&mut b).await.starts_with("HTTP/1.1 200"));
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nhost: ferry\r\n\r\n")
+        .await
+        .unwrap();
+    // A round trip on `a` after `c` connected and sent its request: the server has
+    // run meanwhile, and it has still not taken `c` on (without the cap it had).
+    assert!(health_on(&mut a).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(h.server.open_connections(), 2);
+    let mut buf = [0u8; 64];
+    match c.try_read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the connection past the cap got an answer: {other:?}"),
+    }
+    // `a` closes: `c` is accepted and served.
+    drop(a);
+    let answer = guarded("the waiting connection's answer", async {
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("\"status\"") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed unanswered: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(h.server.open_connections(), 2, "b and c");
+}
+
+/// `client_id` is copied into every change row a push writes: one over the limit,
+/// or outside its characters, is a `400 invalid_request` that says so, and the push
+/// writes nothing. A pull checks it too.
+#[tokio::test]
+async fn a_client_id_outside_its_rule_is_refused_and_nothing_is_written() {
+    let h = harness().await;
+    let creates: Vec<Value> = (0..10)
+        .map(|i| {
+            create(
+                &format!("m{i}"),
+                &format!("t{i}"),
+                json!({"title": "x", "done": false}),
+            )
+        })
+        .collect();
+    for (client_id, says) in [
+        ("c".repeat(129), "129 bytes, over the limit of 128 bytes"),
+        (
+            "c".repeat(50_000),
+            "50000 bytes, over the limit of 128 bytes",
+        ),
+        ("phone 1".to_string(), "contains ' '"),
+        ("phone\n1".to_string(), "contains '\\n'"),
+        ("a/b".to_string(), "contains '/'"),
+        (String::new(), "client_id is empty"),
+    ] {
+        let (s, v) = h
+            .raw(
+                "/v1/push",
+                ALICE,
+                json!({"client_id": client_id, "mutations": creates}).to_string(),
+            )
+            .await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("client_id") && message.contains(says),
+            "{message}"
+        );
+        assert!(message.len() < 200, "the message does not echo the id");
+        if !client_id.is_empty() {
+            let (s, v) = h
+                .raw(
+                    "/v1/pull",
+                    ALICE,
+                    json!({"client_id": client_id}).to_string(),
+                )
+                .await;
+            assert_eq!(
+                (s, error_code(&v).as_str()),
+                (StatusCode::BAD_REQUEST, "invalid_request"),
+                "{v}"
+            );
+        }
+    }
+    let page = h.pull(ALICE, json!({})).await;
+    assert!(page.changes.is_empty(), "nothing was written");
+    // At the limit, and a UUID (what the core sends), are accepted.
+    let at_limit = "c".repeat(128);
+    let done = h
+        .push(ALICE, json!({"client_id": at_limit, "mutations": creates}))
+        .await;
+    assert_eq!(done.results.len(), 10);
+    let page = h
+        .pull(
+            ALICE,
+            json!({"client_id": "0190a3c2-7b1e-7c3d-9f00-123456789abc"}),
+        )
+        .await;
+    assert_eq!(page.changes["tasks"].upserts.len(), 10);
+}
+
+/// What the server logs, captured: a `tracing` fmt subscriber writing to a buffer,
+/// with tracing-subscriber's own ANSI sanitizing off, so the server's escaping is
+/// what is tested (an embedding app's subscriber may not sanitize).
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A record id with a newline and a terminal escape in it is rejected, and the
+/// log line that reports it stays one line, with neither character in it raw:
+/// before the fix, the id's second half was a log line of its own.
+#[tokio::test]
+async fn client_strings_cannot_forge_log_lines() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_ansi_sanitization(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    // The test runtime has one thread: the server's tasks log through this too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = harness().await;
+    let forged = "x\nFORGED ERROR ferry_server::auth: admin login ok";
+    let escape = "y\u{1b}[2J\u{1b}[31mred";
+    let push = json!({"tasks": {"created": [
+        {"id": forged, "title": "a", "done": false},
+        {"id": escape, "title": "b", "done": false},
+    ]}});
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/watermelon/sync?last_pulled_at=0",
+            Some(ALICE),
+            Some(push),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["experimentalRejectedIds"]["tasks"],
+        json!([forged, escape]),
+        "both ids are refused (control characters)"
+    );
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("watermelon record rejected"))
+        .collect();
+    assert_eq!(rejected.len(), 2, "both rejections are logged:\n{text}");
+    assert!(rejected[0].contains(r"x\nFORGED ERROR"), "{}", rejected[0]);
+    assert!(
+        !text.lines().any(|l| l.starts_with("FORGED")),
+        "a forged line:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "a raw ESC in the log:\n{text:?}");
 }

@@ -633,7 +633,7 @@ impl Storage for PgStorage {
         loop {
             match self.write_once(&batch).await {
                 Err(e) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
-                    tracing::debug!(attempt, error = %e, "retrying write batch");
+                    tracing::debug!(attempt, error = %crate::logging::Escaped(&e), "retrying write batch");
                     attempt += 1;
                 }
                 Err(e) if retryable(&e) => {
