@@ -528,3 +528,80 @@ fn schema_ts_prints_row_types_and_needs_no_database() {
     bad.args(["schema", "ts", "--schema", "missing.json"]);
     expect_failure(bad, 2, "cannot read schema file");
 }
+
+/// `ferry sync` against a real ferry-server: the report on stdout, and its
+/// progress on stderr as plain lines (stderr is not a terminal here), one per
+/// page, with the expected total on a first sync.
+#[test]
+fn sync_reports_its_progress_as_lines_when_stderr_is_not_a_terminal() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(ferry_server::start(ferry_server::ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite:{}", server_dir.path().join("s.db").display()),
+            config: ferry_server::ServerConfig::dev(),
+        }))
+        .unwrap();
+    let url = server.url();
+    let sync = |env: &Env, extra: &[&str]| {
+        let mut args = vec!["sync", "--server", &url, "--token", "alice-dev-token"];
+        args.extend_from_slice(extra);
+        let out = env.cmd(&args).assert().success().get_output().clone();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (report, String::from_utf8(out.stderr).unwrap())
+    };
+
+    let a = Env::new();
+    a.init();
+    let rows: Vec<Value> = (0..25)
+        .map(|i| json!({"id": format!("p{i:02}"), "title": "x"}))
+        .collect();
+    a.ok(&["put", "tasks", &Value::Array(rows).to_string()]);
+    let (_, pushed) = sync(&a, &["--progress", "none"]);
+    assert_eq!(pushed, "", "--progress none prints nothing");
+
+    let b = Env::new();
+    b.init();
+    let (report, progress) = sync(&b, &["--page-size", "10"]);
+    assert_eq!(report["report"]["pulled"], 25);
+    let lines: Vec<&str> = progress.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("pulling: 10 records of 25,")),
+        "the first page, with the expected total: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("pulling: 25 records of 25,") && l.ends_with("in 3 pages")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("publishing: 25 records of 25,")),
+        "{lines:?}"
+    );
+    let pages: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("pulling: "))
+        .collect();
+    assert!(
+        pages.len() <= 4,
+        "one line per page (and the start), not per status change: {lines:?}"
+    );
+
+    // A catch-up cannot know how many rows are coming: no total.
+    a.ok(&["put", "tasks", r#"{"id":"later","title":"y"}"#]);
+    sync(&a, &["--progress", "none"]);
+    let (_, progress) = sync(&b, &["--progress", "lines"]);
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.starts_with("pulling: 1 records,")),
+        "{progress:?}"
+    );
+    rt.block_on(server.shutdown());
+}

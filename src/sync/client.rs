@@ -117,6 +117,10 @@ pub struct SyncStatus {
     pub bytes_done: u64,
     /// Rows the server says exist in the pulled collections, when it tells.
     pub server_total: Option<u64>,
+    /// Progress: how many rows this pull is expected to bring, when known. A
+    /// first sync from scratch brings the server's total; a catch-up or a
+    /// resumed pull cannot know (`None`): show `records_done` and `bytes_done`.
+    pub records_expected: Option<u64>,
     /// Records with changes the server has not confirmed yet.
     pub pending: u64,
     /// Mutations parked after a permanent rejection.
@@ -555,7 +559,9 @@ impl SyncClient {
             s.records_done = 0;
             s.bytes_done = 0;
             s.server_total = None;
+            s.records_expected = None;
         });
+        let from_scratch = start.cursor.is_none();
         let mut report = SyncReport::default();
         let mut staging_task: Option<tokio::task::JoinHandle<Result<staging::StageReport>>> = None;
         let bytes_at_start = self.inner.transport.bytes_received();
@@ -602,6 +608,9 @@ impl SyncClient {
                 s.bytes_done = bytes;
                 if total.is_some() {
                     s.server_total = total;
+                    if from_scratch {
+                        s.records_expected = total;
+                    }
                 }
             });
             let s = store.clone();

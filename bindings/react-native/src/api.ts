@@ -71,6 +71,8 @@ export type SyncStatus = {
   bytesDone: number;
   /** Rows the server says exist in the pulled collections, when it tells. */
   serverTotal: number | null;
+  /** Rows this pull is expected to bring (a first sync: the server's total); null when unknown. */
+  recordsExpected: number | null;
   pending: number;
   quarantined: number;
   lastError: string | null;
@@ -216,6 +218,7 @@ function syncStatus(native: NativeFerry, s: Gen.SyncStatus): SyncStatus {
     recordsDone: num(s.recordsDone),
     bytesDone: num(s.bytesDone),
     serverTotal: optNum(s.serverTotal),
+    recordsExpected: optNum(s.recordsExpected),
     pending: num(s.pending),
     quarantined: num(s.quarantined),
     lastError: s.lastError ?? null,

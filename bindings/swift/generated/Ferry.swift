@@ -3306,6 +3306,12 @@ public struct SyncStatus: Equatable, Hashable {
      */
     public var serverTotal: UInt64?
     /**
+     * Progress: how many rows this pull is expected to bring, when known. A
+     * first sync from scratch brings the server's total; a catch-up or a
+     * resumed pull cannot know (`None`): show `records_done` and `bytes_done`.
+     */
+    public var recordsExpected: UInt64?
+    /**
      * Records with changes the server has not confirmed yet.
      */
     public var pending: UInt64
@@ -3329,6 +3335,11 @@ public struct SyncStatus: Equatable, Hashable {
          * Rows the server says exist in the pulled collections, when it tells.
          */serverTotal: UInt64?, 
         /**
+         * Progress: how many rows this pull is expected to bring, when known. A
+         * first sync from scratch brings the server's total; a catch-up or a
+         * resumed pull cannot know (`None`): show `records_done` and `bytes_done`.
+         */recordsExpected: UInt64?, 
+        /**
          * Records with changes the server has not confirmed yet.
          */pending: UInt64, 
         /**
@@ -3343,6 +3354,7 @@ public struct SyncStatus: Equatable, Hashable {
         self.recordsDone = recordsDone
         self.bytesDone = bytesDone
         self.serverTotal = serverTotal
+        self.recordsExpected = recordsExpected
         self.pending = pending
         self.quarantined = quarantined
         self.lastError = lastError
@@ -3372,6 +3384,7 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 recordsDone: FfiConverterUInt64.read(from: &buf), 
                 bytesDone: FfiConverterUInt64.read(from: &buf), 
                 serverTotal: FfiConverterOptionUInt64.read(from: &buf), 
+                recordsExpected: FfiConverterOptionUInt64.read(from: &buf), 
                 pending: FfiConverterUInt64.read(from: &buf), 
                 quarantined: FfiConverterUInt64.read(from: &buf), 
                 lastError: FfiConverterOptionString.read(from: &buf), 
@@ -3387,6 +3400,7 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.recordsDone, into: &buf)
         FfiConverterUInt64.write(value.bytesDone, into: &buf)
         FfiConverterOptionUInt64.write(value.serverTotal, into: &buf)
+        FfiConverterOptionUInt64.write(value.recordsExpected, into: &buf)
         FfiConverterUInt64.write(value.pending, into: &buf)
         FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)

@@ -519,6 +519,12 @@ export type SyncStatus = {
      */
     serverTotal?: bigint,
     /**
+     * Progress: how many rows this pull is expected to bring, when known. A
+     * first sync from scratch brings the server's total; a catch-up or a
+     * resumed pull cannot know (`None`): show `records_done` and `bytes_done`.
+     */
+    recordsExpected?: bigint,
+    /**
      * Records with changes the server has not confirmed yet.
      */
     pending: bigint,
@@ -562,6 +568,7 @@ const FfiConverterTypeSyncStatus = (() => {
                 recordsDone: FfiConverterUInt64.readFromCursor(c), 
                 bytesDone: FfiConverterUInt64.readFromCursor(c), 
                 serverTotal: FfiConverterOptionalUInt64.readFromCursor(c), 
+                recordsExpected: FfiConverterOptionalUInt64.readFromCursor(c), 
                 pending: FfiConverterUInt64.readFromCursor(c), 
                 quarantined: FfiConverterUInt64.readFromCursor(c), 
                 lastError: FfiConverterOptionalString.readFromCursor(c), 
@@ -576,6 +583,7 @@ const FfiConverterTypeSyncStatus = (() => {
             FfiConverterUInt64.writeIntoCursor(value.recordsDone, c);
             FfiConverterUInt64.writeIntoCursor(value.bytesDone, c);
             FfiConverterOptionalUInt64.writeIntoCursor(value.serverTotal, c);
+            FfiConverterOptionalUInt64.writeIntoCursor(value.recordsExpected, c);
             FfiConverterUInt64.writeIntoCursor(value.pending, c);
             FfiConverterUInt64.writeIntoCursor(value.quarantined, c);
             FfiConverterOptionalString.writeIntoCursor(value.lastError, c);
@@ -589,6 +597,7 @@ const FfiConverterTypeSyncStatus = (() => {
              FfiConverterUInt64.allocationSize(value.recordsDone) +
              FfiConverterUInt64.allocationSize(value.bytesDone) +
              FfiConverterOptionalUInt64.allocationSize(value.serverTotal) +
+             FfiConverterOptionalUInt64.allocationSize(value.recordsExpected) +
              FfiConverterUInt64.allocationSize(value.pending) +
              FfiConverterUInt64.allocationSize(value.quarantined) +
              FfiConverterOptionalString.allocationSize(value.lastError) +

@@ -5664,6 +5664,13 @@ data class SyncStatus (
     var `serverTotal`: kotlin.ULong?
     , 
     /**
+     * Progress: how many rows this pull is expected to bring, when known. A
+     * first sync from scratch brings the server's total; a catch-up or a
+     * resumed pull cannot know (`None`): show `records_done` and `bytes_done`.
+     */
+    var `recordsExpected`: kotlin.ULong?
+    , 
+    /**
      * Records with changes the server has not confirmed yet.
      */
     var `pending`: kotlin.ULong
@@ -5705,6 +5712,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterOptionalULong.read(buf),
+            FfiConverterOptionalULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterOptionalString.read(buf),
@@ -5720,6 +5728,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.allocationSize(value.`recordsDone`) +
             FfiConverterULong.allocationSize(value.`bytesDone`) +
             FfiConverterOptionalULong.allocationSize(value.`serverTotal`) +
+            FfiConverterOptionalULong.allocationSize(value.`recordsExpected`) +
             FfiConverterULong.allocationSize(value.`pending`) +
             FfiConverterULong.allocationSize(value.`quarantined`) +
             FfiConverterOptionalString.allocationSize(value.`lastError`) +
@@ -5734,6 +5743,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.write(value.`recordsDone`, buf)
             FfiConverterULong.write(value.`bytesDone`, buf)
             FfiConverterOptionalULong.write(value.`serverTotal`, buf)
+            FfiConverterOptionalULong.write(value.`recordsExpected`, buf)
             FfiConverterULong.write(value.`pending`, buf)
             FfiConverterULong.write(value.`quarantined`, buf)
             FfiConverterOptionalString.write(value.`lastError`, buf)
