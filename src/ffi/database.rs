@@ -68,6 +68,23 @@ impl FerryDatabase {
         )?)))
     }
 
+    /// As `open`, for the app installation `installation_id`, an id the host
+    /// keeps outside every backup: a database restored from a backup or copied
+    /// from another device (last opened by another installation) takes a new
+    /// client id, so that it still receives the first device's writes.
+    #[uniffi::constructor]
+    pub fn open_for_installation(
+        path: String,
+        schema_json: String,
+        installation_id: String,
+    ) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self::from(Store::open_for_installation(
+            path,
+            Schema::from_json(&schema_json)?,
+            &installation_id,
+        )?)))
+    }
+
     /// Opens an existing database with the schema stored in it.
     #[uniffi::constructor]
     pub fn open_existing(path: String) -> Result<Arc<Self>> {

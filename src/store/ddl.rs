@@ -16,7 +16,16 @@ const META_DDL: &str =
 
 /// Brings the database to `wanted` (or loads the stored schema when `None`), and
 /// returns the schema in force and the installation's client id.
-pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(Schema, String)> {
+///
+/// With `installation` (the host's id of this app install, which a backup does
+/// not carry), a database last opened by another installation is a restored or
+/// cloned copy: it gets a new client id, so that the server does not take the
+/// first device's writes for this one's echoes and drop them from its pulls.
+pub(crate) fn prepare(
+    conn: &mut Connection,
+    wanted: Option<Schema>,
+    installation: Option<&str>,
+) -> Result<(Schema, String)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(META_DDL)?;
     let layout = super::layout::stored(&tx)?;
@@ -57,6 +66,28 @@ pub(crate) fn prepare(conn: &mut Connection, wanted: Option<Schema>) -> Result<(
             let id = uuid::Uuid::now_v7().to_string();
             meta_set(&tx, "client_id", &id)?;
             id
+        }
+    };
+    let client_id = match installation {
+        None => client_id,
+        Some(now) => {
+            let was = meta_get(&tx, "installation_id")?;
+            meta_set(&tx, "installation_id", now)?;
+            match was {
+                // Made here, or from before installation ids were passed.
+                None => client_id,
+                Some(was) if was == now => client_id,
+                Some(_) => {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    tracing::warn!(
+                        old = %client_id,
+                        new = %id,
+                        "the database was opened by another installation before (restored from a backup or cloned): new client id"
+                    );
+                    meta_set(&tx, "client_id", &id)?;
+                    id
+                }
+            }
         }
     };
     tx.commit()?;

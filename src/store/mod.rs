@@ -309,12 +309,46 @@ impl Store {
 
     /// Opens with an explicit schema (or the stored one) and clock.
     pub fn open_with(path: &Path, schema: Option<Schema>, clock: Arc<dyn Clock>) -> Result<Store> {
+        Self::open_full(path, schema, clock, None)
+    }
+
+    /// As [`Store::open`], for the app installation `installation_id`: an id the
+    /// host keeps outside every backup (Android: a file in `noBackupFilesDir`;
+    /// iOS: a file excluded from backup, or `identifierForVendor`). A database
+    /// last opened by another installation (restored by Android Auto Backup or
+    /// an iCloud restore, or copied to a second device) takes a new client id:
+    /// with the first device's id, the server would take that device's writes
+    /// for this one's echoes and never send them here.
+    pub fn open_for_installation(
+        path: impl AsRef<Path>,
+        schema: Schema,
+        installation_id: &str,
+    ) -> Result<Store> {
+        Self::open_full(
+            path.as_ref(),
+            Some(schema),
+            Arc::new(SystemClock),
+            Some(installation_id),
+        )
+    }
+
+    /// Opens with every option: schema (or the stored one), clock, and the
+    /// installation id (see [`Store::open_for_installation`]).
+    pub fn open_full(
+        path: &Path,
+        schema: Option<Schema>,
+        clock: Arc<dyn Clock>,
+        installation_id: Option<&str>,
+    ) -> Result<Store> {
         if let Some(s) = &schema {
             s.validate()?;
         }
+        if installation_id.is_some_and(str::is_empty) {
+            return Err(Error::InvalidInput("the installation id is empty".into()));
+        }
         let mut writer = conn::open_writer(path)?;
         staging::attach(&writer, path)?;
-        let (schema, client_id) = ddl::prepare(&mut writer, schema)?;
+        let (schema, client_id) = ddl::prepare(&mut writer, schema, installation_id)?;
         let key = open_key(path);
         *OPEN.lock().entry(key.clone()).or_default() += 1;
         Ok(Store {

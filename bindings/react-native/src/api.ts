@@ -358,10 +358,24 @@ export function bindFerry(native: NativeFerry) {
       this.path = path;
     }
 
-    /** Opens (creating or migrating) the database at `path` with a schema. */
-    static open(path: string, schema: object | string): Database {
+    /**
+     * Opens (creating or migrating) the database at `path` with a schema.
+     * `installationId`: an id of this app install kept outside every backup (a
+     * file in Android's `noBackupFilesDir`, or one excluded from iCloud backup):
+     * a database restored from a backup or copied from another device then
+     * takes a new client id, and still receives the first device's writes.
+     */
+    static open(path: string, schema: object | string, options: { installationId?: string } = {}): Database {
       const json = typeof schema === 'string' ? schema : JSON.stringify(schema);
-      return new Database(call(native, () => native.FerryDatabase.open(path, json)), path);
+      const { installationId } = options;
+      return new Database(
+        call(native, () =>
+          installationId === undefined
+            ? native.FerryDatabase.open(path, json)
+            : native.FerryDatabase.openForInstallation(path, json, installationId),
+        ),
+        path,
+      );
     }
 
     /** A batch of writes in one transaction: all or none; the written rows. */

@@ -1207,6 +1207,22 @@ public static func openExisting(path: String)throws  -> FerryDatabase  {
 })
 }
     
+    /**
+     * As `open`, for the app installation `installation_id`, an id the host
+     * keeps outside every backup: a database restored from a backup or copied
+     * from another device (last opened by another installation) takes a new
+     * client id, so that it still receives the first device's writes.
+     */
+public static func openForInstallation(path: String, schemaJson: String, installationId: String)throws  -> FerryDatabase  {
+    return try  FfiConverterTypeFerryDatabase_lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(
+        FfiConverterString.lower(path),
+        FfiConverterString.lower(schemaJson),
+        FfiConverterString.lower(installationId),$0
+    )
+})
+}
+    
 
     
     /**
@@ -4731,6 +4747,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_constructor_ferrydatabase_open_existing() != 20824) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation() != 59498) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_constructor_ferrysyncclient_new() != 58331) {

@@ -212,6 +212,12 @@ extern "C" {
         RustBuffer path, 
         RustCallStatus *uniffi_out_err
     );
+    /*handle*/ uint64_t uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(
+        RustBuffer path, 
+        RustBuffer schema_json, 
+        RustBuffer installation_id, 
+        RustCallStatus *uniffi_out_err
+    );
     /*handle*/ uint64_t uniffi_ferry_fn_method_ferrydatabase_add_change_listener(
         /*handle*/ uint64_t ptr, 
         /*handle*/ uint64_t listener, 
@@ -812,6 +818,8 @@ extern "C" {
     uint16_t uniffi_ferry_checksum_constructor_ferrydatabase_open(
     );
     uint16_t uniffi_ferry_checksum_constructor_ferrydatabase_open_existing(
+    );
+    uint16_t uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation(
     );
     uint16_t uniffi_ferry_checksum_constructor_ferrysyncclient_new(
     );
@@ -4837,6 +4845,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_constructor_ferrydatabase_open_existing(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation"),
+        3,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrydatabase_add_change_listener"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_add_change_listener"),
@@ -6149,6 +6165,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_checksum_constructor_ferrydatabase_open_existing(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_checksum_constructor_ferrysyncclient_new"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_constructor_ferrysyncclient_new"),
@@ -6527,6 +6551,16 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_constructor_ferrydatabase_open(jsi::
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_constructor_ferrydatabase_open_existing(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         auto value = uniffi_ferry_fn_constructor_ferrydatabase_open_existing(uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[0]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi_jsi::Bridging</*handle*/ uint64_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[2]), 
             &status
         );
         uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
@@ -7942,6 +7976,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_constructor_ferrydatabase_open
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_constructor_ferrydatabase_open_existing(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_constructor_ferrydatabase_open_existing(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation(
         );
 
         

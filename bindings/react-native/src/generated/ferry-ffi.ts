@@ -99,6 +99,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_method_conflictresolver_resolve(uniffiSelf: bigint, collection: Uint8Array, localJson: Uint8Array, serverJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_constructor_ferrydatabase_open(path: Uint8Array, schemaJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_constructor_ferrydatabase_open_existing(path: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
+    ubrn_uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(path: Uint8Array, schemaJson: Uint8Array, installationId: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_add_change_listener(uniffiSelf: bigint, listener: bigint, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_anchors(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_client_id(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
@@ -149,6 +150,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_method_conflictresolver_resolve(): number;
     ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open(): number;
     ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open_existing(): number;
+    ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_add_change_listener(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_anchors(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_client_id(): number;

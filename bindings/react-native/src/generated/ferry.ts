@@ -2909,6 +2909,26 @@ private constructor(pointer: UniffiHandle) {
     ));
     }
     
+/**
+ * As `open`, for the app installation `installation_id`, an id the host
+ * keeps outside every backup: a database restored from a backup or copied
+ * from another device (last opened by another installation) takes a new
+ * client id, so that it still receives the first device's writes.
+ */
+    static openForInstallation(path: string, schemaJson: string, installationId: string): FerryDatabaseLike /*throws*/ {
+    return FfiConverterTypeFerryDatabase.lift(uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(
+        FfiConverterString.lower(path, nativeModule().rustbuffer_alloc),
+        FfiConverterString.lower(schemaJson, nativeModule().rustbuffer_alloc),
+        FfiConverterString.lower(installationId, nativeModule().rustbuffer_alloc),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    ));
+    }
+    
 
     
 /**
@@ -4456,6 +4476,9 @@ function uniffiEnsureInitialized() {
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open_existing() !== 20824) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_constructor_ferrydatabase_open_existing");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation() !== 59498) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_add_change_listener() !== 14299) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_add_change_listener");

@@ -5,7 +5,9 @@ import assert from 'node:assert/strict';
 
 import { connectAppState, connectNetInfo } from '../../src/lifecycle';
 import { heldHandles, type SyncClient } from '../../src/api';
-import { device, ferry, useServer } from './support';
+import { copyFileSync } from 'node:fs';
+
+import { Database, SCHEMA, dbPath, device, ferry, useServer } from './support';
 
 const serverOf = useServer({ before, after });
 
@@ -101,4 +103,19 @@ test('the logger gets core lines on the JS thread, and can be unset', async () =
   stop();
   await d.client.close();
   d.db.close();
+});
+
+test('a database restored on another installation takes a new client id; its own keeps it', () => {
+  const path = dbPath('restored');
+  const first = Database.open(path, SCHEMA, { installationId: 'install-1' });
+  const id = first.status().clientId;
+  first.close();
+  const copy = `${path}-copy.db`;
+  copyFileSync(path, copy);
+  const again = Database.open(path, SCHEMA, { installationId: 'install-1' });
+  assert.equal(again.status().clientId, id);
+  again.close();
+  const restored = Database.open(copy, SCHEMA, { installationId: 'install-2' });
+  assert.notEqual(restored.status().clientId, id);
+  restored.close();
 });

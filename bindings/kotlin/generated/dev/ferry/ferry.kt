@@ -869,6 +869,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_constructor_ferrydatabase_open_existing(
     ): Int
+    external fun uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation(
+    ): Int
     external fun uniffi_ferry_checksum_constructor_ferrysyncclient_new(
     ): Int
     external fun uniffi_ferry_checksum_constructor_ferrysyncclient_with_resolver(
@@ -904,6 +906,8 @@ external fun uniffi_ferry_fn_free_ferrydatabase(`handle`: Long,uniffi_out_err: U
 external fun uniffi_ferry_fn_constructor_ferrydatabase_open(`path`: RustBuffer.ByValue,`schemaJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
 external fun uniffi_ferry_fn_constructor_ferrydatabase_open_existing(`path`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Long
+external fun uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(`path`: RustBuffer.ByValue,`schemaJson`: RustBuffer.ByValue,`installationId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
 external fun uniffi_ferry_fn_method_ferrydatabase_add_change_listener(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
@@ -1301,6 +1305,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_constructor_ferrydatabase_open_existing() != 20824) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation() != 59498) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_constructor_ferrysyncclient_new() != 58331) {
@@ -3219,6 +3226,24 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
     UniffiLib.uniffi_ferry_fn_constructor_ferrydatabase_open_existing(
     
         FfiConverterString.lower(`path`),_status)
+}
+    )
+    }
+    
+
+        
+    /**
+     * As `open`, for the app installation `installation_id`, an id the host
+     * keeps outside every backup: a database restored from a backup or copied
+     * from another device (last opened by another installation) takes a new
+     * client id, so that it still receives the first device's writes.
+     */
+    @Throws(FerryException::class) fun `openForInstallation`(`path`: kotlin.String, `schemaJson`: kotlin.String, `installationId`: kotlin.String): FerryDatabase {
+            return FfiConverterTypeFerryDatabase.lift(
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(
+    
+        FfiConverterString.lower(`path`),FfiConverterString.lower(`schemaJson`),FfiConverterString.lower(`installationId`),_status)
 }
     )
     }
