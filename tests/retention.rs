@@ -39,6 +39,28 @@ fn cond(column: &str, op: &str, value: Value) -> Option<Filter> {
     Some(Filter::from_value(&json!({"column": column, "op": op, "value": value})).unwrap())
 }
 
+/// A server, and device `a` that pushed `ops` to it.
+async fn seeded(ops: Vec<WriteOp>) -> (Server, Device) {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.client
+        .write(ops, ferry::sync::WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    (server, a)
+}
+
+/// A device of the same user whose `tasks` are kept by `retention`.
+fn retained(server: &Server, retention: Value) -> Device {
+    device_with(
+        &server.url(),
+        Arc::new(StaticToken(ALICE.into())),
+        schema_with(retention),
+        SyncConfig::default(),
+    )
+}
+
 /// Every event a store emits.
 fn record_events(store: &Store) -> (Arc<Mutex<Vec<ChangeEvent>>>, ferry::ListenerHandle) {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -50,21 +72,8 @@ fn record_events(store: &Store) -> (Arc<Mutex<Vec<ChangeEvent>>>, ferry::Listene
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_by_count_prunes_the_oldest_synced_rows_keeps_pending_ones_and_moves_the_horizon()
 {
-    let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    let ops: Vec<WriteOp> = (1..=10).map(|p| task(&format!("t{p:02}"), p)).collect();
-    a.client
-        .write(ops, ferry::sync::WriteMode::OfflineFirst)
-        .await
-        .unwrap();
-    a.client.sync().await.unwrap();
-
-    let b = device_with(
-        &server.url(),
-        Arc::new(StaticToken(ALICE.into())),
-        schema_with(json!({"column": "priority", "max_rows": 4})),
-        SyncConfig::default(),
-    );
+    let (server, a) = seeded((1..=10).map(|p| task(&format!("t{p:02}"), p)).collect()).await;
+    let b = retained(&server, json!({"column": "priority", "max_rows": 4}));
     // Pending at the publish (pushed only after it): never pruned, though oldest.
     b.store
         .create("tasks", obj(json!({"id": "mine", "priority": 0})))
@@ -163,18 +172,12 @@ async fn retention_by_count_prunes_the_oldest_synced_rows_keeps_pending_ones_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_by_age_runs_on_the_store_clock_at_publish_and_on_demand() {
-    let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    let ops = vec![
+    let (server, _a) = seeded(vec![
         task("old", 1_000),
         task("older", 500),
         task("recent", 50_000),
-    ];
-    a.client
-        .write(ops, ferry::sync::WriteMode::OfflineFirst)
-        .await
-        .unwrap();
-    a.client.sync().await.unwrap();
+    ])
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(100_000));
@@ -218,20 +221,8 @@ async fn retention_by_age_runs_on_the_store_clock_at_publish_and_on_demand() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collection_pruned_empty_is_built_again_without_the_rows_beyond_its_horizon() {
-    let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    let ops: Vec<WriteOp> = (1..=3).map(|p| task(&format!("t{p}"), p)).collect();
-    a.client
-        .write(ops, ferry::sync::WriteMode::OfflineFirst)
-        .await
-        .unwrap();
-    a.client.sync().await.unwrap();
-    let b = device_with(
-        &server.url(),
-        Arc::new(StaticToken(ALICE.into())),
-        schema_with(json!({"column": "priority", "max_rows": 0})),
-        SyncConfig::default(),
-    );
+    let (server, a) = seeded((1..=3).map(|p| task(&format!("t{p}"), p)).collect()).await;
+    let b = retained(&server, json!({"column": "priority", "max_rows": 0}));
     b.client.sync().await.unwrap();
     assert!(ids(&b.store).is_empty());
     // The empty collection is built from staging next time: rows beyond the

@@ -39,8 +39,9 @@ fn create(id: &str, title: &str) -> WriteOp {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_cancels_the_sync_waits_for_its_database_work_then_the_database_can_be_deleted() {
+/// A server holding one task `t` from device `a`, and a second database (not
+/// synced yet) in `dir`.
+async fn seeded() -> (Server, Device, tempfile::TempDir, std::path::PathBuf, Store) {
     let server = start_server().await;
     let a = device(&server.url(), ALICE);
     a.client
@@ -48,10 +49,15 @@ async fn shutdown_cancels_the_sync_waits_for_its_database_work_then_the_database
         .await
         .unwrap();
     a.client.sync().await.unwrap();
-
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("b.db");
     let store = Store::open(&path, schema()).unwrap();
+    (server, a, dir, path, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_the_sync_waits_for_its_database_work_then_the_database_can_be_deleted() {
+    let (server, a, _dir, path, store) = seeded().await;
     let (entered_tx, entered) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
     let returned = Arc::new(AtomicBool::new(false));
@@ -154,17 +160,7 @@ impl ferry::transport::Transport for ShutsDownDuringPull {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_cancelled_by_shutdown_starts_no_database_work_after_it() {
-    let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    a.client
-        .write(vec![create("t", "seed")], WriteMode::OfflineFirst)
-        .await
-        .unwrap();
-    a.client.sync().await.unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("b.db");
-    let store = Store::open(&path, schema()).unwrap();
+    let (server, _a, _dir, path, store) = seeded().await;
     let transport = Arc::new(ShutsDownDuringPull {
         inner: HttpTransport::new(&server.url()).unwrap(),
         client: Default::default(),

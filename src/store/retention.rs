@@ -156,6 +156,20 @@ fn complete(horizon: Option<&Horizon>, q: &Query, records: &[Record]) -> bool {
 }
 
 impl Writer<'_, '_> {
+    /// Runs a `DELETE … RETURNING id, column` bound to (`collection`, `n`).
+    fn delete_returning(
+        &self,
+        sql: &str,
+        collection: &str,
+        n: i64,
+    ) -> Result<Vec<(String, SqlValue)>> {
+        let mut stmt = self.tx.prepare(sql)?;
+        let rows = stmt.query_map(rusqlite::params![collection, n], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Prunes `c` by its retention policy (none: nothing); returns how many
     /// rows went. Their ids reach listeners as `pruned`.
     pub(crate) fn apply_retention(&mut self, c: &Collection) -> Result<u64> {
@@ -171,15 +185,9 @@ impl Writer<'_, '_> {
         let mut pruned: Vec<(String, SqlValue)> = Vec::new();
         if let Some(age) = r.max_age_ms {
             let cutoff = self.now.saturating_sub(age as i64);
-            let mut stmt = self.tx.prepare(&format!(
-                "DELETE FROM {t} WHERE {prunable} AND {col} < ?2 RETURNING id, {col}"
-            ))?;
-            let rows = stmt.query_map(rusqlite::params![c.name, cutoff], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?;
-            for row in rows {
-                pruned.push(row?);
-            }
+            let sql =
+                format!("DELETE FROM {t} WHERE {prunable} AND {col} < ?2 RETURNING id, {col}");
+            pruned.extend(self.delete_returning(&sql, &c.name, cutoff)?);
         }
         if let Some(max) = r.max_rows {
             let live: i64 = self.tx.query_row(
@@ -189,17 +197,12 @@ impl Writer<'_, '_> {
             )?;
             let excess = live - max as i64;
             if excess > 0 {
-                let mut stmt = self.tx.prepare(&format!(
+                let sql = format!(
                     "DELETE FROM {t} WHERE id IN
                        (SELECT id FROM {t} WHERE {prunable} ORDER BY {col}, id LIMIT ?2)
                      RETURNING id, {col}"
-                ))?;
-                let rows = stmt.query_map(rusqlite::params![c.name, excess], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
-                for row in rows {
-                    pruned.push(row?);
-                }
+                );
+                pruned.extend(self.delete_returning(&sql, &c.name, excess)?);
             }
         }
         let Some(top) = pruned.iter().map(|(_, v)| v.clone()).reduce(higher) else {
