@@ -243,6 +243,9 @@ test('logout stops sync, closes, and wipes the database', async () => {
   assert.equal(existsSync(path), false, 'the file is gone');
   assert.equal(existsSync(`${path}-ferry-stage`), false, 'its staging file too');
   assert.ok(heldHandles() < handlesBefore, 'listener handles released');
+  // Safe when called twice (a logout button tapped again, a retry after a crash).
+  await ferry.logout(d.client, d.db);
+  assert.equal(existsSync(path), false);
   const again = Database.open(path, (await import('./support')).SCHEMA);
   assert.equal(again.get('tasks', 'private'), null);
   again.close();
