@@ -27,6 +27,8 @@ type Result<T> = std::result::Result<T, FerryError>;
 const _: () = assert!(ferry_protocol::DEFAULT_MAX_PAGE_ROWS == 5000);
 const _: () = assert!(ferry_protocol::DEFAULT_PUSH_MUTATIONS == 1000);
 const _: () = assert!(crate::sync::client::DEFAULT_PUSH_DEBOUNCE.as_millis() == 300);
+const _: () = assert!(crate::sync::policy::DEFAULT_PAGE_TARGET_MS == 2000);
+const _: () = assert!(crate::sync::policy::DEFAULT_MIN_PAGE_ROWS == 100);
 
 /// Tuning of the sync client; every field has a default.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -43,6 +45,21 @@ pub struct SyncConfig {
     /// Selective sync: only these collections (null: every synced one).
     #[uniffi(default = None)]
     pub collections: Option<Vec<String>>,
+    /// Adaptive pull pages: the size starts at `page_size` and follows the
+    /// measured throughput so that a page takes about `target_ms` (null: fixed).
+    #[uniffi(default = None)]
+    pub page_sizing: Option<PageSizing>,
+}
+
+/// Bounds and time target of adaptive pull pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct PageSizing {
+    #[uniffi(default = 2000)]
+    pub target_ms: u64,
+    #[uniffi(default = 100)]
+    pub min_rows: u32,
+    #[uniffi(default = 5000)]
+    pub max_rows: u32,
 }
 
 /// How a write reaches the server (docs/architecture.md, "The three write modes share one store").
@@ -289,6 +306,11 @@ impl From<SyncConfig> for crate::sync::SyncConfig {
             push_batch: c.push_batch as usize,
             push_debounce: Duration::from_millis(c.push_debounce_ms),
             collections: c.collections,
+            page_sizing: c.page_sizing.map(|p| crate::sync::PageSizing {
+                target_ms: p.target_ms,
+                min_rows: p.min_rows,
+                max_rows: p.max_rows,
+            }),
             ..Default::default()
         }
     }
@@ -301,6 +323,11 @@ impl From<&crate::sync::SyncConfig> for SyncConfig {
             push_batch: c.push_batch as u32,
             push_debounce_ms: c.push_debounce.as_millis() as u64,
             collections: c.collections.clone(),
+            page_sizing: c.page_sizing.map(|p| PageSizing {
+                target_ms: p.target_ms,
+                min_rows: p.min_rows,
+                max_rows: p.max_rows,
+            }),
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::machine::{Action, Finished, Input, Machine};
-use super::policy;
+use super::policy::{self, PageSizer, PageSizing};
 use super::push::{self, PushReport};
 use super::rebase::with_merges;
 use super::resolver::{ConflictResolver, MergeRule};
@@ -74,6 +74,10 @@ pub struct SyncConfig {
     /// The merge of a conflict when no resolver is set, and whenever the app's
     /// resolver fails or returns fields that do not fit the schema.
     pub merge_rule: MergeRule,
+    /// Adaptive pull pages (`None`: every page asks for `page_size`): the size
+    /// starts at `page_size` and follows the measured throughput
+    /// ([`super::policy::PageSizer`]).
+    pub page_sizing: Option<PageSizing>,
 }
 
 /// Default [`SyncConfig::push_debounce`].
@@ -89,6 +93,7 @@ impl Default for SyncConfig {
             max_push_rounds: 1_000,
             seed: None,
             merge_rule: MergeRule::default(),
+            page_sizing: None,
         }
     }
 }
@@ -214,6 +219,8 @@ struct Inner {
     /// [`SyncClient::shutdown`] once `closed` is cancelled: every task is
     /// either handed over before shutdown waits for `work`, or refused.
     work_gate: RwLock<()>,
+    /// The adaptive page size, kept across syncs (see [`SyncConfig::page_sizing`]).
+    page_sizer: Mutex<Option<PageSizer>>,
 }
 
 impl Drop for Inner {
@@ -254,6 +261,9 @@ impl SyncClient {
         config: SyncConfig,
     ) -> Result<SyncClient> {
         push::reset_in_flight(&store)?;
+        let sizer = config
+            .page_sizing
+            .map(|sizing| PageSizer::new(sizing, config.page_size));
         let client = SyncClient {
             inner: Arc::new(Inner {
                 store,
@@ -277,6 +287,7 @@ impl SyncClient {
                 closed: CancellationToken::new(),
                 work: TaskTracker::new(),
                 work_gate: RwLock::new(()),
+                page_sizer: Mutex::new(sizer),
             }),
         };
         client.refresh_counts();
@@ -565,11 +576,17 @@ impl SyncClient {
         let mut report = SyncReport::default();
         let mut staging_task: Option<tokio::task::JoinHandle<Result<staging::StageReport>>> = None;
         let bytes_at_start = self.inner.transport.bytes_received();
+        let clock = store.clock().clone();
         loop {
+            let limit = match &*self.inner.page_sizer.lock() {
+                Some(sizer) => sizer.size(),
+                None => self.inner.config.page_size,
+            };
+            let asked_at = clock.now_ms();
             let req = PullRequest {
                 cursor: cursor.clone(),
                 client_id: Some(store.client_id().to_string()),
-                limit: Some(self.inner.config.page_size),
+                limit: Some(limit),
                 collections: self.inner.config.collections.clone(),
                 want_totals: cursor.is_none() || report.pages == 0,
             };
@@ -580,6 +597,19 @@ impl SyncClient {
                     async move { transport.pull(&t, &req).await }.boxed()
                 })
                 .await;
+            if let Some(sizer) = &mut *self.inner.page_sizer.lock() {
+                match &fetched {
+                    Ok(page) => sizer.on_page(
+                        page.changes.values().map(|c| c.len() as u64).sum(),
+                        clock.now_ms() - asked_at,
+                        page.has_more,
+                    ),
+                    // No answer, a timeout, or a server that could not answer.
+                    Err(Error::Offline(_)) => sizer.on_failure(),
+                    Err(Error::Server { status, .. }) if *status >= 500 => sizer.on_failure(),
+                    Err(_) => {}
+                }
+            }
             // The previous page is staged while this one downloads; stage in order.
             if let Some(t) = staging_task.take() {
                 let r = t.await.map_err(|e| Error::Internal(e.to_string()))??;

@@ -1,6 +1,6 @@
-//! Policy: how long to wait and how often to try. Pure functions and constants,
-//! so the machine and its tests decide the same way the driver does. Adaptive
-//! batching will live here too.
+//! Policy: how long to wait, how often to try, and how large a pull page to ask
+//! for. Pure functions, constants and state without I/O, so the machine and its
+//! tests decide the same way the driver does.
 
 /// The first retry waits about this long; each failure doubles it.
 pub const BACKOFF_BASE_MS: i64 = 1_000;
@@ -21,9 +21,153 @@ pub fn backoff_ms(attempts: u32, jitter: f64) -> i64 {
     half + (half as f64 * jitter.clamp(0.0, 1.0)).round() as i64
 }
 
+/// Adaptive pull pages: the page size follows the measured throughput so that
+/// a page takes about `target_ms`, within `min_rows..=max_rows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSizing {
+    pub target_ms: u64,
+    pub min_rows: u32,
+    pub max_rows: u32,
+}
+
+/// Default [`PageSizing::target_ms`].
+pub const DEFAULT_PAGE_TARGET_MS: u64 = 2_000;
+/// Default [`PageSizing::min_rows`].
+pub const DEFAULT_MIN_PAGE_ROWS: u32 = 100;
+
+impl Default for PageSizing {
+    fn default() -> Self {
+        PageSizing {
+            target_ms: DEFAULT_PAGE_TARGET_MS,
+            min_rows: DEFAULT_MIN_PAGE_ROWS,
+            max_rows: ferry_protocol::DEFAULT_MAX_PAGE_ROWS,
+        }
+    }
+}
+
+/// The page size of the next pull request: time-targeted, with AIMD around it.
+/// A page that came back grows the size at most additively (by a tenth of the
+/// range) toward what the measured rate says fits `target_ms`, and shrinks it
+/// to that at once when a page took longer; a failure (timeout, no answer,
+/// 5xx) halves it. The state outlives one sync: a retry starts where the last
+/// one ended, never from the configured start again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageSizer {
+    sizing: PageSizing,
+    size: u32,
+}
+
+impl PageSizer {
+    /// Starts at `initial`, within the bounds.
+    pub fn new(sizing: PageSizing, initial: u32) -> PageSizer {
+        let (lo, hi) = (
+            sizing.min_rows.max(1),
+            sizing.max_rows.max(sizing.min_rows.max(1)),
+        );
+        PageSizer {
+            sizing: PageSizing {
+                min_rows: lo,
+                max_rows: hi,
+                ..sizing
+            },
+            size: initial.clamp(lo, hi),
+        }
+    }
+
+    /// Rows to ask for next.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// A page of `rows` came back in `elapsed_ms`; `full` when it held as many
+    /// rows as asked (a short page says nothing about a larger one).
+    pub fn on_page(&mut self, rows: u64, elapsed_ms: i64, full: bool) {
+        let PageSizing {
+            target_ms,
+            min_rows,
+            max_rows,
+        } = self.sizing;
+        let elapsed = elapsed_ms.max(1) as f64;
+        if rows == 0 || (!full && elapsed <= target_ms as f64) {
+            return;
+        }
+        let fits = (rows as f64 * target_ms as f64 / elapsed).floor();
+        let step = ((max_rows - min_rows) / 10).max(1) as f64;
+        let next = if fits > self.size as f64 {
+            fits.min(self.size as f64 + step)
+        } else {
+            fits
+        };
+        self.size = (next as u32).clamp(min_rows, max_rows);
+    }
+
+    /// A request failed for want of an answer (timeout, drop, 5xx): halve.
+    pub fn on_failure(&mut self) {
+        self.size = (self.size / 2).max(self.sizing.min_rows);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SIZING: PageSizing = PageSizing {
+        target_ms: 1_000,
+        min_rows: 100,
+        max_rows: 10_100,
+    };
+
+    #[test]
+    fn page_size_grows_additively_toward_the_time_target() {
+        let mut s = PageSizer::new(SIZING, 1_000);
+        // 1,000 rows in 100 ms: 10,000 would fit; grow by a tenth of the range.
+        s.on_page(1_000, 100, true);
+        assert_eq!(s.size(), 2_000);
+        s.on_page(2_000, 200, true);
+        assert_eq!(s.size(), 3_000);
+        // Nearly on target: settle at what fits.
+        s.on_page(3_000, 1_000, true);
+        assert_eq!(s.size(), 3_000);
+        // Never past the bound.
+        for _ in 0..20 {
+            let n = s.size() as u64;
+            s.on_page(n, 1, true);
+        }
+        assert_eq!(s.size(), 10_100);
+    }
+
+    #[test]
+    fn a_slow_page_shrinks_to_what_fits_and_a_failure_halves_within_bounds() {
+        let mut s = PageSizer::new(SIZING, 5_000);
+        // 5,000 rows took 4 s: 1,250 fit in the target.
+        s.on_page(5_000, 4_000, true);
+        assert_eq!(s.size(), 1_250);
+        s.on_failure();
+        assert_eq!(s.size(), 625);
+        for _ in 0..10 {
+            s.on_failure();
+        }
+        assert_eq!(s.size(), 100, "not below the floor");
+        // A short, fast last page says nothing: no change.
+        s.on_page(10, 5, false);
+        assert_eq!(s.size(), 100);
+        // A short but slow page does: it took too long for its rows.
+        let mut t = PageSizer::new(SIZING, 5_000);
+        t.on_page(2_000, 4_000, false);
+        assert_eq!(t.size(), 500);
+    }
+
+    #[test]
+    fn bounds_hold_for_any_start() {
+        assert_eq!(PageSizer::new(SIZING, 0).size(), 100);
+        assert_eq!(PageSizer::new(SIZING, u32::MAX).size(), 10_100);
+        let odd = PageSizing {
+            target_ms: 10,
+            min_rows: 0,
+            max_rows: 0,
+        };
+        assert_eq!(PageSizer::new(odd, 50).size(), 1);
+    }
 
     #[test]
     fn backoff_doubles_from_half_a_second_to_five_minutes_and_jitter_spreads_it() {

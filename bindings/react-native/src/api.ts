@@ -127,6 +127,8 @@ export type SyncConfig = {
   pushBatch?: number;
   pushDebounceMs?: number;
   collections?: string[] | null;
+  /** Adaptive pull pages: start at `pageSize`, aim at `targetMs` per page, within the bounds. */
+  pageSizing?: { targetMs?: number; minRows?: number; maxRows?: number } | null;
 };
 
 /** The query language of the core (docs/architecture.md, queries). */
@@ -524,6 +526,14 @@ export function bindFerry(native: NativeFerry) {
         pushBatch: c.pushBatch ?? defaults.pushBatch,
         pushDebounceMs: c.pushDebounceMs === undefined ? defaults.pushDebounceMs : BigInt(c.pushDebounceMs),
         collections: c.collections ?? undefined,
+        // The core's defaults fill what the app leaves out.
+        pageSizing: c.pageSizing
+          ? native.PageSizing.create({
+              ...(c.pageSizing.targetMs === undefined ? {} : { targetMs: BigInt(c.pageSizing.targetMs) }),
+              ...(c.pageSizing.minRows === undefined ? {} : { minRows: c.pageSizing.minRows }),
+              ...(c.pageSizing.maxRows === undefined ? {} : { maxRows: c.pageSizing.maxRows }),
+            })
+          : undefined,
       };
       const tokens = {
         token: async (refresh: boolean): Promise<string> => {

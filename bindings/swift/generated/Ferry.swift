@@ -3053,6 +3053,67 @@ public func FfiConverterTypeCountResult_lower(_ value: CountResult) -> RustBuffe
 
 
 /**
+ * Bounds and time target of adaptive pull pages.
+ */
+public struct PageSizing: Equatable, Hashable {
+    public var targetMs: UInt64
+    public var minRows: UInt32
+    public var maxRows: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(targetMs: UInt64 = UInt64(2000), minRows: UInt32 = UInt32(100), maxRows: UInt32 = UInt32(5000)) {
+        self.targetMs = targetMs
+        self.minRows = minRows
+        self.maxRows = maxRows
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PageSizing: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePageSizing: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PageSizing {
+        return
+            try PageSizing(
+                targetMs: FfiConverterUInt64.read(from: &buf), 
+                minRows: FfiConverterUInt32.read(from: &buf), 
+                maxRows: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PageSizing, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.targetMs, into: &buf)
+        FfiConverterUInt32.write(value.minRows, into: &buf)
+        FfiConverterUInt32.write(value.maxRows, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePageSizing_lift(_ buf: RustBuffer) throws -> PageSizing {
+    return try FfiConverterTypePageSizing.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePageSizing_lower(_ value: PageSizing) -> RustBuffer {
+    return FfiConverterTypePageSizing.lower(value)
+}
+
+
+/**
  * Counts of the local database.
  */
 public struct StoreStatus: Equatable, Hashable {
@@ -3153,6 +3214,11 @@ public struct SyncConfig: Equatable, Hashable {
      * Selective sync: only these collections (null: every synced one).
      */
     public var collections: [String]?
+    /**
+     * Adaptive pull pages: the size starts at `page_size` and follows the
+     * measured throughput so that a page takes about `target_ms` (null: fixed).
+     */
+    public var pageSizing: PageSizing?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3168,11 +3234,16 @@ public struct SyncConfig: Equatable, Hashable {
          */pushDebounceMs: UInt64 = UInt64(300), 
         /**
          * Selective sync: only these collections (null: every synced one).
-         */collections: [String]? = nil) {
+         */collections: [String]? = nil, 
+        /**
+         * Adaptive pull pages: the size starts at `page_size` and follows the
+         * measured throughput so that a page takes about `target_ms` (null: fixed).
+         */pageSizing: PageSizing? = nil) {
         self.pageSize = pageSize
         self.pushBatch = pushBatch
         self.pushDebounceMs = pushDebounceMs
         self.collections = collections
+        self.pageSizing = pageSizing
     }
 
     
@@ -3194,7 +3265,8 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
                 pageSize: FfiConverterUInt32.read(from: &buf), 
                 pushBatch: FfiConverterUInt32.read(from: &buf), 
                 pushDebounceMs: FfiConverterUInt64.read(from: &buf), 
-                collections: FfiConverterOptionSequenceString.read(from: &buf)
+                collections: FfiConverterOptionSequenceString.read(from: &buf), 
+                pageSizing: FfiConverterOptionTypePageSizing.read(from: &buf)
         )
     }
 
@@ -3203,6 +3275,7 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.pushBatch, into: &buf)
         FfiConverterUInt64.write(value.pushDebounceMs, into: &buf)
         FfiConverterOptionSequenceString.write(value.collections, into: &buf)
+        FfiConverterOptionTypePageSizing.write(value.pageSizing, into: &buf)
     }
 }
 
@@ -4308,6 +4381,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypePageSizing: FfiConverterRustBuffer {
+    typealias SwiftType = PageSizing?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypePageSizing.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypePageSizing.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }

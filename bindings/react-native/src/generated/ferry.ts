@@ -257,6 +257,59 @@ const FfiConverterTypeCountResult = (() => {
 })();
 
 /**
+ * Bounds and time target of adaptive pull pages.
+ */
+export type PageSizing = {
+    targetMs: bigint,
+    minRows: number,
+    maxRows: number
+}
+
+/**
+ * Generated factory for {@link PageSizing} record objects.
+ */
+export const PageSizing = (() => {
+    const defaults = () => ({
+        targetMs: BigInt("2000"),
+        minRows: 100,
+        maxRows: 5000
+    });
+    const create = (() => {
+        return uniffiCreateRecord<PageSizing, ReturnType<typeof defaults>>(defaults);
+    })();
+    return Object.freeze({
+        create,
+        new: create,
+        defaults: () => Object.freeze(defaults()) as Partial<PageSizing>,
+    });
+})();
+
+const FfiConverterTypePageSizing = (() => {
+    type TypeName = PageSizing;
+    class FFIConverter extends AbstractFfiConverterByteArray<TypeName> {
+        readFromCursor(c: Cursor): TypeName {
+            return {
+                targetMs: FfiConverterUInt64.readFromCursor(c), 
+                minRows: FfiConverterUInt32.readFromCursor(c), 
+                maxRows: FfiConverterUInt32.readFromCursor(c)
+            };
+        }
+        writeIntoCursor(value: TypeName, c: Cursor): void {
+            FfiConverterUInt64.writeIntoCursor(value.targetMs, c);
+            FfiConverterUInt32.writeIntoCursor(value.minRows, c);
+            FfiConverterUInt32.writeIntoCursor(value.maxRows, c);
+        }
+        allocationSize(value: TypeName): number {
+            return FfiConverterUInt64.allocationSize(value.targetMs) +
+             FfiConverterUInt32.allocationSize(value.minRows) +
+             FfiConverterUInt32.allocationSize(value.maxRows);
+            
+        }
+    };
+    return new FFIConverter();
+})();
+
+/**
  * Counts of the local database.
  */
 export type StoreStatus = {
@@ -339,7 +392,12 @@ export type SyncConfig = {
     /**
      * Selective sync: only these collections (null: every synced one).
      */
-    collections?: Array<string>
+    collections?: Array<string>,
+    /**
+     * Adaptive pull pages: the size starts at `page_size` and follows the
+     * measured throughput so that a page takes about `target_ms` (null: fixed).
+     */
+    pageSizing?: PageSizing
 }
 
 /**
@@ -350,7 +408,8 @@ export const SyncConfig = (() => {
         pageSize: 5000,
         pushBatch: 1000,
         pushDebounceMs: BigInt("300"),
-        collections: undefined
+        collections: undefined,
+        pageSizing: undefined
     });
     const create = (() => {
         return uniffiCreateRecord<SyncConfig, ReturnType<typeof defaults>>(defaults);
@@ -370,7 +429,8 @@ const FfiConverterTypeSyncConfig = (() => {
                 pageSize: FfiConverterUInt32.readFromCursor(c), 
                 pushBatch: FfiConverterUInt32.readFromCursor(c), 
                 pushDebounceMs: FfiConverterUInt64.readFromCursor(c), 
-                collections: FfiConverterOptionalSequenceString.readFromCursor(c)
+                collections: FfiConverterOptionalSequenceString.readFromCursor(c), 
+                pageSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c)
             };
         }
         writeIntoCursor(value: TypeName, c: Cursor): void {
@@ -378,12 +438,14 @@ const FfiConverterTypeSyncConfig = (() => {
             FfiConverterUInt32.writeIntoCursor(value.pushBatch, c);
             FfiConverterUInt64.writeIntoCursor(value.pushDebounceMs, c);
             FfiConverterOptionalSequenceString.writeIntoCursor(value.collections, c);
+            FfiConverterOptionalTypePageSizing.writeIntoCursor(value.pageSizing, c);
         }
         allocationSize(value: TypeName): number {
             return FfiConverterUInt32.allocationSize(value.pageSize) +
              FfiConverterUInt32.allocationSize(value.pushBatch) +
              FfiConverterUInt64.allocationSize(value.pushDebounceMs) +
-             FfiConverterOptionalSequenceString.allocationSize(value.collections);
+             FfiConverterOptionalSequenceString.allocationSize(value.collections) +
+             FfiConverterOptionalTypePageSizing.allocationSize(value.pageSizing);
             
         }
     };
@@ -4428,6 +4490,9 @@ const FfiConverterSequenceString = new FfiConverterArray(FfiConverterString);
 // FfiConverter for Array<string> | undefined
 const FfiConverterOptionalSequenceString = new FfiConverterOptional(FfiConverterSequenceString);
 
+// FfiConverter for PageSizing | undefined
+const FfiConverterOptionalTypePageSizing = new FfiConverterOptional(FfiConverterTypePageSizing);
+
 // FfiConverter for string | undefined
 const FfiConverterOptionalString = new FfiConverterOptional(FfiConverterString);
 
@@ -4627,6 +4692,7 @@ export default Object.freeze({
     FfiConverterTypeLogLevel,
     FfiConverterTypeLogger,
     FfiConverterTypeOfflineBehavior,
+    FfiConverterTypePageSizing,
     FfiConverterTypeQueryListener,
     FfiConverterTypeStatusListener,
     FfiConverterTypeStoreStatus,

@@ -138,7 +138,8 @@ export function makeClient(
   return new SyncClient(db, {
     url,
     tokenProvider: async () => token,
-    config: { pushDebounceMs: 50 },
+    // Adaptive pages in every test client: the option crosses the FFI on each.
+    config: { pushDebounceMs: 50, pageSizing: { targetMs: 1000 } },
     resolver,
   });
 }

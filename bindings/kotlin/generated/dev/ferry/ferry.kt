@@ -5473,6 +5473,52 @@ public object FfiConverterTypeCountResult: FfiConverterRustBuffer<CountResult> {
 
 
 /**
+ * Bounds and time target of adaptive pull pages.
+ */
+data class PageSizing (
+    var `targetMs`: kotlin.ULong = 2000uL 
+    , 
+    var `minRows`: kotlin.UInt = 100u 
+    , 
+    var `maxRows`: kotlin.UInt = 5000u 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypePageSizing: FfiConverterRustBuffer<PageSizing> {
+    override fun read(buf: ByteBuffer): PageSizing {
+        return PageSizing(
+            FfiConverterULong.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: PageSizing) = (
+            FfiConverterULong.allocationSize(value.`targetMs`) +
+            FfiConverterUInt.allocationSize(value.`minRows`) +
+            FfiConverterUInt.allocationSize(value.`maxRows`)
+    )
+
+    override fun write(value: PageSizing, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`targetMs`, buf)
+            FfiConverterUInt.write(value.`minRows`, buf)
+            FfiConverterUInt.write(value.`maxRows`, buf)
+    }
+}
+
+
+
+/**
  * Counts of the local database.
  */
 data class StoreStatus (
@@ -5557,6 +5603,12 @@ data class SyncConfig (
      * Selective sync: only these collections (null: every synced one).
      */
     var `collections`: List<kotlin.String>? = null 
+    , 
+    /**
+     * Adaptive pull pages: the size starts at `page_size` and follows the
+     * measured throughput so that a page takes about `target_ms` (null: fixed).
+     */
+    var `pageSizing`: PageSizing? = null 
     
 ){
     
@@ -5577,6 +5629,7 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterUInt.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterOptionalSequenceString.read(buf),
+            FfiConverterOptionalTypePageSizing.read(buf),
         )
     }
 
@@ -5584,7 +5637,8 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterUInt.allocationSize(value.`pageSize`) +
             FfiConverterUInt.allocationSize(value.`pushBatch`) +
             FfiConverterULong.allocationSize(value.`pushDebounceMs`) +
-            FfiConverterOptionalSequenceString.allocationSize(value.`collections`)
+            FfiConverterOptionalSequenceString.allocationSize(value.`collections`) +
+            FfiConverterOptionalTypePageSizing.allocationSize(value.`pageSizing`)
     )
 
     override fun write(value: SyncConfig, buf: ByteBuffer) {
@@ -5592,6 +5646,7 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterUInt.write(value.`pushBatch`, buf)
             FfiConverterULong.write(value.`pushDebounceMs`, buf)
             FfiConverterOptionalSequenceString.write(value.`collections`, buf)
+            FfiConverterOptionalTypePageSizing.write(value.`pageSizing`, buf)
     }
 }
 
@@ -6766,6 +6821,38 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
         } else {
             buf.put(1)
             FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypePageSizing: FfiConverterRustBuffer<PageSizing?> {
+    override fun read(buf: ByteBuffer): PageSizing? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypePageSizing.read(buf)
+    }
+
+    override fun allocationSize(value: PageSizing?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypePageSizing.allocationSize(value)
+        }
+    }
+
+    override fun write(value: PageSizing?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypePageSizing.write(value, buf)
         }
     }
 }
