@@ -49,6 +49,7 @@ suite!(
     users_only_see_their_scopes_and_cannot_use_each_others_cursors,
     selecting_a_collection_later_gets_its_full_history,
     a_batch_that_touches_a_record_again_sees_its_own_writes,
+    names_and_values_cannot_inject_sql,
 );
 
 fn create(mid: &str, coll: &str, id: &str, f: serde_json::Value) -> Mutation {
@@ -759,4 +760,61 @@ async fn a_batch_that_touches_a_record_again_sees_its_own_writes(svc: SyncServic
     assert_eq!(tasks.upserts[0].id, "t2");
     assert_eq!(tasks.deletes, vec!["t1".to_string()]);
     assert_eq!(page.totals.unwrap()["tasks"], 1);
+}
+
+/// SQL injection through every name and value a push or pull carries: names are
+/// checked against the config before any statement, values are bound. Each
+/// attempt is rejected with its code or stored verbatim, and a full pull shows
+/// exactly what was applied.
+async fn names_and_values_cannot_inject_sql(svc: SyncService) {
+    let names = [
+        "tasks\"; DROP TABLE records; --",
+        "tasks' OR '1'='1",
+        "records",
+        "title); DELETE FROM changes; --",
+    ];
+    let mut ms = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        // As a collection, and as a field of a real collection.
+        ms.push(create(&format!("c{i}"), name, &format!("x{i}"), task("x")));
+        ms.push(create(
+            &format!("f{i}"),
+            "tasks",
+            &format!("y{i}"),
+            json!({"title": "t", "done": false, *name: 1}),
+        ));
+    }
+    // Ids with quotes break the protocol's id rule.
+    ms.push(create(
+        "q",
+        "tasks",
+        "a'); DROP TABLE records; --",
+        task("x"),
+    ));
+    // Values with quotes and SQL are data.
+    let odd = "it's \"quoted\"; DROP TABLE records; --";
+    ms.push(create("v", "tasks", "kept", task(odd)));
+    let outcomes = push(&svc, &alice(), "inj", ms).await;
+    let codes: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            MutationOutcome::Rejected { code, .. } => code.as_str().to_string(),
+            MutationOutcome::Applied { .. } => "applied".into(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    let mut want: Vec<&str> = names
+        .iter()
+        .flat_map(|_| ["unknown_collection", "invalid_record"])
+        .collect();
+    want.extend(["invalid_record", "applied"]);
+    assert_eq!(codes, want);
+    let rows: Vec<_> = pull_all(&svc, &alice(), req(None))
+        .await
+        .into_iter()
+        .flat_map(|p| p.changes.into_values().flat_map(|c| c.upserts))
+        .collect();
+    assert_eq!(rows.len(), 1, "only the applied row");
+    assert_eq!(rows[0].id, "kept");
+    assert_eq!(rows[0].fields["title"], json!(odd), "stored verbatim");
 }
