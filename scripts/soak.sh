@@ -4,6 +4,10 @@
 #
 #   scripts/soak.sh [CASES] [ROUNDS]
 #
+# Then each fuzz target (fuzz/, the bodies in fuzz-harness) runs for
+# FERRY_FUZZ_SECONDS (default 300) under libFuzzer, when a nightly toolchain
+# and cargo-fuzz (cargo install cargo-fuzz) are there; otherwise it says so.
+#
 # Each round runs CASES cases (default 50,000) with fresh random seeds, in an
 # optimised build; a failure stops the script, and proptest prints the smallest
 # failing case and records its seed in tests/sync_model.proptest-regressions
@@ -17,3 +21,13 @@ for round in $(seq 1 "$rounds"); do
   FERRY_MODEL_CASES="$cases" cargo test --release --test sync_model -- --nocapture
 done
 echo "soak: $((cases * rounds)) cases passed"
+
+fuzz_seconds=${FERRY_FUZZ_SECONDS:-300}
+if rustup run nightly cargo --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+  for target in $(cd fuzz && cargo +nightly fuzz list); do
+    echo "soak: fuzz $target for ${fuzz_seconds}s"
+    (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$fuzz_seconds")
+  done
+else
+  echo "soak: no nightly toolchain or no cargo-fuzz: the fuzz targets did not run (CI runs their bodies as property tests)"
+fi
