@@ -96,24 +96,33 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
-        if let Progress::Bar(pb) = self {
-            pb.finish_and_clear();
+    /// Ends the display with the sync's final status. Status reaches a
+    /// listener as its latest value, so a line per page may be skipped; this
+    /// last line always says what was pulled.
+    fn finish(&self, done: Option<&SyncStatus>) {
+        match (self, done) {
+            (Progress::Bar(pb), _) => pb.finish_and_clear(),
+            (Progress::Lines(_), Some(s)) => eprintln!("done: {}", pulled(s)),
+            (Progress::Lines(_), None) => {}
         }
     }
 }
 
-fn describe(s: &SyncStatus) -> String {
+fn pulled(s: &SyncStatus) -> String {
     let of = s
         .records_expected
         .map(|n| format!(" of {n}"))
         .unwrap_or_default();
-    let pulled = format!(
+    format!(
         "{} records{of}, {} in {} pages",
         s.records_done,
         HumanBytes(s.bytes_done),
         s.pages_done
-    );
+    )
+}
+
+fn describe(s: &SyncStatus) -> String {
+    let pulled = pulled(s);
     match s.phase {
         SyncPhase::Pulling => format!("pulling: {pulled}"),
         SyncPhase::Publishing => format!("publishing: {pulled}"),
@@ -129,7 +138,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<(), Failure> {
     let transport = HttpTransport::new(&args.server).map_err(ferry::Error::from)?;
     let rt = runtime()?;
     let progress = Progress::new(args.progress).map(Arc::new);
-    let report = rt.block_on(async {
+    let (report, last) = rt.block_on(async {
         let client = SyncClient::new(
             store.clone(),
             Arc::new(transport),
@@ -143,12 +152,13 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<(), Failure> {
             let p = p.clone();
             client.add_status_listener(Arc::new(move |s: &SyncStatus| p.show(s)));
         }
-        client.sync().await
-    });
+        let report = client.sync().await;
+        Ok::<_, ferry::Error>((report, client.status()))
+    })?;
     // Every status reached the listener before the result is printed.
     store.flush_events();
     if let Some(p) = &progress {
-        p.finish();
+        p.finish(report.is_ok().then_some(&last));
     }
     let report = report?;
     let status = store.status()?;
