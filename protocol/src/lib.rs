@@ -274,6 +274,8 @@ pub mod error_code {
     pub const INVALID_REQUEST: &str = "invalid_request";
     pub const UNKNOWN_COLLECTION: &str = "unknown_collection";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// A request body that is not declared as JSON (`415`).
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     pub const INVALID_CURSOR: &str = "invalid_cursor";
     pub const INTERNAL: &str = "internal";

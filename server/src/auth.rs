@@ -101,7 +101,19 @@ impl Authenticator {
             && let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, validation)
             && !data.claims.sub.is_empty()
         {
-            return Ok(Caller::new(&data.claims.sub, data.claims.scopes));
+            let Claims { sub, scopes } = data.claims;
+            // Owner scopes are not granted by claim: a token naming another
+            // user's `user:` scope would read and write that user's private
+            // records. A token that tries is refused whole, not trimmed.
+            let own = owner_scope(&sub);
+            if scopes
+                .iter()
+                .any(|s| s.starts_with(OWNER_SCOPE_PREFIX) && *s != own)
+            {
+                tracing::warn!("a token names another user's owner scope: refused");
+                return Err(ApiError::unauthorized("invalid or expired token"));
+            }
+            return Ok(Caller::new(&sub, scopes));
         }
         Err(ApiError::unauthorized("invalid or expired token"))
     }
@@ -179,6 +191,17 @@ mod tests {
         assert_eq!(early.unwrap_err().code, "unauthorized");
         let started = json!({"sub": "dave", "exp": exp, "iss": ISSUER, "nbf": now - 10});
         assert!(check(&auth, started).is_ok());
+    }
+
+    #[test]
+    fn a_token_may_not_claim_another_users_owner_scope() {
+        let auth = authenticator(None);
+        let exp = now() + 3600;
+        let grab = json!({"sub": "mallory", "exp": exp, "scopes": ["team", "user:alice"]});
+        assert_eq!(check(&auth, grab).unwrap_err().code, "unauthorized");
+        let own = json!({"sub": "mallory", "exp": exp, "scopes": ["team", "user:mallory"]});
+        let ok = check(&auth, own).unwrap();
+        assert!(ok.can_access("team") && !ok.can_access("user:alice"));
     }
 
     #[test]

@@ -260,6 +260,17 @@ impl ServerConfig {
             if u.id.is_empty() || !ids.insert(u.id.as_str()) {
                 return bad(format!("user id {:?} must be non-empty and unique", u.id));
             }
+            let own = crate::auth::owner_scope(&u.id);
+            if let Some(s) = u
+                .scopes
+                .iter()
+                .find(|s| s.starts_with(crate::auth::OWNER_SCOPE_PREFIX) && **s != own)
+            {
+                return bad(format!(
+                    "user {}: scope {s:?} is another user's owner scope",
+                    u.id
+                ));
+            }
         }
         let l = &self.limits;
         if l.max_body_bytes == 0
@@ -295,6 +306,14 @@ mod tests {
     fn a_scope_field_that_is_not_a_string_field_is_refused() {
         let mut c = ServerConfig::dev();
         c.collections.get_mut("tasks").unwrap().scope_field = Some("done".into());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_user_cannot_be_given_another_users_owner_scope() {
+        let mut c = ServerConfig::dev();
+        let victim = format!("user:{}", c.users[0].id);
+        c.users[1].scopes.push(victim);
         assert!(c.validate().is_err());
     }
 

@@ -143,6 +143,25 @@ fn scope_of(
     }
 }
 
+/// The answer to a mutation of a record in a scope the caller cannot access:
+/// the answer an unknown id gets, so that no answer tells a foreign record from a
+/// missing one (docs/protocol.md, "Foreign ids"). Only a create differs, because
+/// the id is taken: it gets the answer a create of one's own existing id gets.
+fn foreign(m: &PlannedMutation) -> Decision {
+    match (m.op, m.lenient) {
+        (Op::Delete, true) => Decision::NoWrite {
+            outcome: MutationOutcome::Applied { version: 0 },
+        },
+        (Op::Update | Op::Delete, false) => reject(RejectCode::NotFound, NOT_FOUND),
+        // A lenient update of a missing id creates it, so the id being taken
+        // is what stops this one.
+        (Op::Create, _) | (Op::Update, true) => reject(RejectCode::AlreadyExists, EXISTS),
+    }
+}
+
+const NOT_FOUND: &str = "no record with this id";
+const EXISTS: &str = "a record with this id already exists";
+
 fn precondition_holds(p: Precondition, cur: &CurrentRow) -> bool {
     match p {
         Precondition::None => true,
@@ -171,10 +190,7 @@ pub fn decide(
     if let Some(cur) = current
         && !caller.can_access(&cur.scope)
     {
-        return reject(
-            RejectCode::Forbidden,
-            "the record is in a scope you cannot access",
-        );
+        return foreign(m);
     }
     let op = match (m.op, current, m.lenient) {
         (Op::Create, Some(cur), true) if !cur.deleted => Op::Update,
@@ -187,10 +203,7 @@ pub fn decide(
                 return if m.lenient {
                     conflict(&m.record_id, cur)
                 } else {
-                    reject(
-                        RejectCode::AlreadyExists,
-                        "a record with this id already exists",
-                    )
+                    reject(RejectCode::AlreadyExists, EXISTS)
                 };
             }
             if let Err(e) = validate_fields(coll, &m.fields, true) {
@@ -204,7 +217,7 @@ pub fn decide(
         }
         Op::Update => {
             let Some(cur) = current else {
-                return reject(RejectCode::NotFound, "no record with this id");
+                return reject(RejectCode::NotFound, NOT_FOUND);
             };
             if cur.deleted || !precondition_holds(m.precondition, cur) {
                 return conflict(&m.record_id, cur);
@@ -220,7 +233,7 @@ pub fn decide(
             None if m.lenient => Decision::NoWrite {
                 outcome: MutationOutcome::Applied { version: 0 },
             },
-            None => reject(RejectCode::NotFound, "no record with this id"),
+            None => reject(RejectCode::NotFound, NOT_FOUND),
             Some(cur) if cur.deleted && m.lenient => Decision::NoWrite {
                 outcome: MutationOutcome::Applied {
                     version: cur.version,
@@ -249,6 +262,17 @@ fn write(
         return reject(
             RejectCode::Forbidden,
             format!("you cannot write to scope {scope:?}"),
+        );
+    }
+    // A shared record stays shared: moving it into a private scope would evict
+    // it from every other member, on the word of any one of them.
+    if let Some(cur) = current
+        && !cur.scope.starts_with(OWNER_SCOPE_PREFIX)
+        && scope.starts_with(OWNER_SCOPE_PREFIX)
+    {
+        return reject(
+            RejectCode::Forbidden,
+            "a shared record cannot be moved into a private scope",
         );
     }
     let synced = !deleted && in_view(coll, &fields);

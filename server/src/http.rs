@@ -143,6 +143,41 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         })
 }
 
+/// What a request body may be declared as.
+#[derive(Clone, Copy)]
+enum BodyType {
+    /// `application/json` (or a `+json` type), required for a non-empty body.
+    Json,
+    /// Also `text/plain` or no `Content-Type`: what WatermelonDB's documented
+    /// frontend sends (`fetch` with a string body), which its backends accept.
+    JsonOrText,
+}
+
+/// A body declared as anything else (a form, say) is refused with `415
+/// unsupported_media_type` before it is read.
+fn check_body_type(headers: &HeaderMap, allowed: BodyType) -> Result<(), ApiError> {
+    let declared = headers.get(header::CONTENT_TYPE);
+    let mime = declared
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok());
+    let json = mime.as_ref().is_some_and(|m| {
+        m.type_() == mime::APPLICATION
+            && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+    });
+    let text = match &mime {
+        None => declared.is_none(),
+        Some(m) => m.type_() == mime::TEXT && m.subtype() == mime::PLAIN,
+    };
+    if json || (text && matches!(allowed, BodyType::JsonOrText)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        error_code::UNSUPPORTED_MEDIA_TYPE,
+        "the request body must be sent as `Content-Type: application/json`",
+    ))
+}
+
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit)
         .await
@@ -166,6 +201,7 @@ async fn pull(
     let req: PullRequest = if body.is_empty() {
         PullRequest::default_request()
     } else {
+        check_body_type(&headers, BodyType::Json)?;
         parse_json(&body)?
     };
     let page = s.service.pull(&caller, &req).await?;
@@ -179,6 +215,7 @@ async fn push(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = s.caller(&headers)?;
+    check_body_type(&headers, BodyType::Json)?;
     let body = read_body(body, s.service.config().limits.max_body_bytes).await?;
     let req: PushRequest = parse_json(&body)?;
     let n = req.mutations.len() as u64;
@@ -237,6 +274,7 @@ async fn watermelon_push(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = s.caller(&headers)?;
+    check_body_type(&headers, BodyType::JsonOrText)?;
     let body = read_body(body, s.service.config().limits.max_body_bytes).await?;
     let mut value: serde_json::Value = parse_json(&body)?;
     // WatermelonDB's frontend example posts the changes object itself; accept a

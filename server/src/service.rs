@@ -404,9 +404,14 @@ impl SyncService {
             table.deleted.sort();
             table.deleted.dedup();
         }
+        // The next pull starts after the last change this caller can see, not
+        // at the global watermark: nothing in the caller's scopes lies between
+        // the two, and the watermark would show every user's write volume.
+        let seen = read.rows.iter().flatten().map(|r| r.position.0 + 1).max();
+        let next = seen.into_iter().chain(since).max().unwrap_or(0);
         Ok(watermelon::PullResponse {
             changes,
-            timestamp: read.watermark.0,
+            timestamp: next,
         })
     }
 

@@ -275,11 +275,17 @@ async fn push_outcomes_over_http_retry_conflict_rejection_forbidden() {
     let v = serde_json::to_value(&c.results[0]).unwrap();
     assert_eq!(v["status"], "conflict");
     assert_eq!(v["server_record"]["version"], 2);
-    // Bob cannot touch alice's record.
-    let f = h.push(BOB, json!({"client_id": "b", "mutations": [{"mutation_id": "x", "collection": "tasks", "record_id": "t1", "op": "delete", "base_version": 2}]})).await;
+    // Bob cannot touch alice's record, nor learn that it exists: the answer
+    // an unknown id gets.
+    let f = h.push(BOB, json!({"client_id": "b", "mutations": [
+        {"mutation_id": "x", "collection": "tasks", "record_id": "t1", "op": "delete", "base_version": 2},
+        {"mutation_id": "y", "collection": "tasks", "record_id": "no-such", "op": "delete", "base_version": 2},
+    ]})).await;
+    let f = serde_json::to_value(&f.results).unwrap();
+    assert_eq!(f[0]["code"], "not_found");
     assert_eq!(
-        serde_json::to_value(&f.results[0]).unwrap()["code"],
-        "forbidden"
+        (&f[0]["code"], &f[0]["message"]),
+        (&f[1]["code"], &f[1]["message"])
     );
     let pb = h.pull(BOB, json!({})).await;
     assert!(pb.changes.is_empty());
@@ -986,4 +992,322 @@ async fn client_strings_cannot_forge_log_lines() {
         "a forged line:\n{text}"
     );
     assert!(!text.contains('\u{1b}'), "a raw ESC in the log:\n{text:?}");
+}
+
+// ---- The decisions of docs/protocol.md, "Access decisions", one test each ----
+
+/// Another user's id gets the answer an unknown id gets, on both endpoints: a
+/// Ferry update or delete is `not_found`, a WatermelonDB delete is ignored, and
+/// a create of a taken id is `already_exists` whoever holds it.
+#[tokio::test]
+async fn a_foreign_id_is_answered_as_an_unknown_one() {
+    let h = harness().await;
+    h.push(
+        ALICE,
+        json!({"client_id": "a", "mutations": [
+            create("m1", "t1", json!({"title": "alice's", "done": false})),
+        ]}),
+    )
+    .await;
+    let before = h.pull(ALICE, json!({})).await.changes;
+    let carol = "carol-token";
+    let r = h.push(carol, json!({"client_id": "c", "mutations": [
+        {"mutation_id": "u1", "collection": "tasks", "record_id": "t1", "op": "update", "fields": {"title": "x"}},
+        {"mutation_id": "u2", "collection": "tasks", "record_id": "nope", "op": "update", "fields": {"title": "x"}},
+        {"mutation_id": "d1", "collection": "tasks", "record_id": "t1", "op": "delete"},
+        {"mutation_id": "d2", "collection": "tasks", "record_id": "nope", "op": "delete"},
+        create("c1", "t1", json!({"title": "squat", "done": false})),
+    ]}))
+    .await;
+    let r = serde_json::to_value(&r.results).unwrap();
+    let answer = |i: usize| {
+        (
+            r[i]["status"].clone(),
+            r[i]["code"].clone(),
+            r[i]["message"].clone(),
+        )
+    };
+    assert_eq!(answer(0), answer(1), "update: {r}");
+    assert_eq!(answer(2), answer(3), "delete: {r}");
+    assert_eq!(r[0]["code"], "not_found");
+    assert_eq!(r[4]["code"], "already_exists");
+    let own = h
+        .push(
+            ALICE,
+            json!({"client_id": "a", "mutations": [
+                create("m2", "t1", json!({"title": "again", "done": false})),
+            ]}),
+        )
+        .await;
+    let own = serde_json::to_value(&own.results).unwrap();
+    assert_eq!(
+        (&own[0]["code"], &own[0]["message"]),
+        (&r[4]["code"], &r[4]["message"]),
+        "a create of a taken id is answered alike, whoever holds it"
+    );
+    // WatermelonDB: deleting a foreign id is ignored, as deleting a missing one is.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/watermelon/sync?last_pulled_at=1",
+            Some(carol),
+            Some(json!({"tasks": {"created": [], "updated": [], "deleted": ["t1", "nope"]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v.get("experimentalRejectedIds").is_none(), "{v}");
+    assert_eq!(
+        h.pull(ALICE, json!({})).await.changes,
+        before,
+        "alice's record is untouched"
+    );
+    h.server.shutdown().await;
+}
+
+/// One member of a shared scope cannot take a shared record private (it would
+/// vanish for every other member); moving a private record into a shared scope
+/// the writer holds is fine.
+#[tokio::test]
+async fn a_shared_record_cannot_be_moved_into_a_private_scope() {
+    let h = harness().await;
+    let doc = |mid: &str, op: &str, fields: Value| json!({"client_id": "a", "mutations": [{"mutation_id": mid, "collection": "docs", "record_id": "d1", "op": op, "fields": fields}]});
+    h.push(
+        ALICE,
+        doc("m1", "create", json!({"title": "shared", "space": "team"})),
+    )
+    .await;
+    let bob_before = h.pull(BOB, json!({})).await.changes;
+    for (mid, space) in [("m2", Value::Null), ("m3", json!("user:alice"))] {
+        let r = h
+            .push(ALICE, doc(mid, "update", json!({"space": space})))
+            .await;
+        let r = serde_json::to_value(&r.results).unwrap();
+        assert_eq!(
+            (r[0]["status"].as_str(), r[0]["code"].as_str()),
+            (Some("rejected"), Some("forbidden")),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        h.pull(BOB, json!({})).await.changes,
+        bob_before,
+        "bob still has it"
+    );
+    // Private to shared: allowed.
+    let r = h.push(ALICE, json!({"client_id": "a", "mutations": [
+        {"mutation_id": "m4", "collection": "docs", "record_id": "d2", "op": "create", "fields": {"title": "mine"}},
+        {"mutation_id": "m5", "collection": "docs", "record_id": "d2", "op": "update", "fields": {"space": "team"}},
+    ]}))
+    .await;
+    let r = serde_json::to_value(&r.results).unwrap();
+    assert_eq!(
+        (r[0]["status"].as_str(), r[1]["status"].as_str()),
+        (Some("applied"), Some("applied")),
+        "{r}"
+    );
+    let bob = h.pull(BOB, json!({})).await;
+    assert!(bob.changes["docs"].upserts.iter().any(|d| d.id == "d2"));
+    h.server.shutdown().await;
+}
+
+/// A JWT whose `scopes` claim names another user's owner scope is refused as a
+/// whole (before the fix it read that user's private records).
+#[tokio::test]
+async fn a_jwt_naming_another_users_owner_scope_is_refused() {
+    let secret = "a-secret-of-at-least-32-bytes-long!";
+    let h = harness_with(|c| {
+        c.jwt = Some(ferry_server::config::JwtConfig {
+            hs256_secret: secret.into(),
+            issuer: None,
+        })
+    })
+    .await;
+    h.push(
+        ALICE,
+        json!({"client_id": "a", "mutations": [
+            create("m1", "t1", json!({"title": "private", "done": false})),
+        ]}),
+    )
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let jwt = |scopes: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "mallory", "exp": exp, "scopes": scopes}),
+            &key,
+        )
+        .unwrap()
+    };
+    let grab = jwt(json!(["team", "user:alice"]));
+    for path in ["/v1/pull", "/v1/push"] {
+        let body = if path == "/v1/pull" {
+            json!({})
+        } else {
+            json!({"client_id": "m", "mutations": [{"mutation_id": "x", "collection": "tasks", "record_id": "t1", "op": "delete"}]})
+        };
+        let (s, v) = h.call(Method::POST, path, Some(&grab), Some(body)).await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{path}"
+        );
+    }
+    let (s, _) = h
+        .call(
+            Method::GET,
+            "/watermelon/sync?last_pulled_at=null",
+            Some(&grab),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Its own owner scope may be named; it still sees nothing of alice's.
+    let own = jwt(json!(["user:mallory"]));
+    let (s, v) = h
+        .call(Method::POST, "/v1/pull", Some(&own), Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(!v.to_string().contains("private"), "{v}");
+    assert_eq!(
+        h.pull(ALICE, json!({})).await.changes["tasks"]
+            .upserts
+            .len(),
+        1
+    );
+    h.server.shutdown().await;
+}
+
+/// WatermelonDB's `timestamp` moves only when something the caller can see
+/// changes: another user's writes do not show in it.
+#[tokio::test]
+async fn the_watermelon_timestamp_does_not_show_other_users_writes() {
+    let h = harness().await;
+    h.push(
+        ALICE,
+        json!({"client_id": "a", "mutations": [
+            create("m1", "t1", json!({"title": "a", "done": false})),
+        ]}),
+    )
+    .await;
+    let timestamp = |since: Option<i64>| {
+        let path = match since {
+            Some(t) => format!("/watermelon/sync?last_pulled_at={t}"),
+            None => "/watermelon/sync?last_pulled_at=null".to_string(),
+        };
+        let h = &h;
+        async move {
+            let (s, v) = h.call(Method::GET, &path, Some(ALICE), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["timestamp"].as_i64().unwrap()
+        }
+    };
+    let t1 = timestamp(None).await;
+    // Carol writes 20 records in her own scope.
+    let mutations: Vec<Value> = (0..20)
+        .map(|i| {
+            create(
+                &format!("c{i}"),
+                &format!("carol-{i}"),
+                json!({"title": "c", "done": false}),
+            )
+        })
+        .collect();
+    h.push(
+        "carol-token",
+        json!({"client_id": "c", "mutations": mutations}),
+    )
+    .await;
+    assert_eq!(
+        timestamp(Some(t1)).await,
+        t1,
+        "carol's writes are not alice's news"
+    );
+    assert_eq!(timestamp(None).await, t1, "nor on a full pull");
+    // Alice's own change moves it.
+    h.push(ALICE, json!({"client_id": "a", "mutations": [
+        {"mutation_id": "m2", "collection": "tasks", "record_id": "t1", "op": "update", "fields": {"done": true}},
+    ]}))
+    .await;
+    let t2 = timestamp(Some(t1)).await;
+    assert!(t2 > t1);
+    h.server.shutdown().await;
+}
+
+/// A request body must be declared as JSON (WatermelonDB's push may also be
+/// `text/plain` or undeclared, as its documented frontend sends it): anything
+/// else is `415 unsupported_media_type`, and nothing is written.
+#[tokio::test]
+async fn a_body_not_declared_as_json_is_415() {
+    let h = harness().await;
+    let send = |path: &str, content_type: Option<&str>, body: Value| {
+        let mut req = h
+            .http
+            .post(format!("{}{path}", h.server.url()))
+            .bearer_auth(ALICE)
+            .body(body.to_string());
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let push = |id: &str| json!({"client_id": "a", "mutations": [create(id, id, json!({"title": "x", "done": false}))]});
+    let wm = |id: &str| json!({"tasks": {"created": [{"id": id, "title": "x", "done": false}], "updated": [], "deleted": []}});
+    for (path, ty, body) in [
+        ("/v1/push", None, push("p1")),
+        ("/v1/push", Some("text/plain"), push("p2")),
+        (
+            "/v1/push",
+            Some("application/x-www-form-urlencoded"),
+            push("p3"),
+        ),
+        (
+            "/v1/pull",
+            Some("multipart/form-data; boundary=x"),
+            json!({}),
+        ),
+        (
+            "/watermelon/sync?last_pulled_at=1",
+            Some("application/x-www-form-urlencoded"),
+            wm("w1"),
+        ),
+    ] {
+        let (s, v) = send(path, ty, body).await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{path} as {ty:?}"
+        );
+    }
+    assert!(
+        h.pull(ALICE, json!({})).await.changes.is_empty(),
+        "nothing was written"
+    );
+    for (path, ty, body) in [
+        (
+            "/v1/push",
+            Some("application/json; charset=utf-8"),
+            push("ok1"),
+        ),
+        (
+            "/watermelon/sync?last_pulled_at=1",
+            Some("text/plain;charset=UTF-8"),
+            wm("ok2"),
+        ),
+        ("/watermelon/sync?last_pulled_at=1", None, wm("ok3")),
+    ] {
+        let (s, v) = send(path, ty, body).await;
+        assert_eq!(s, StatusCode::OK, "{path} as {ty:?}: {v}");
+    }
+    let page = h.pull(ALICE, json!({})).await;
+    assert_eq!(page.changes["tasks"].upserts.len(), 3);
+    h.server.shutdown().await;
 }

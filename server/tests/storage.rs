@@ -429,7 +429,8 @@ async fn create_of_existing_id_and_update_of_missing_id_are_rejected(svc: SyncSe
     .await;
     assert_eq!(rejected_code(&out[0]), Some(RejectCode::AlreadyExists));
     assert_eq!(rejected_code(&out[1]), Some(RejectCode::NotFound));
-    // Another user's record: forbidden, never applied, existence not revealed.
+    // Another user's record: never applied, and answered as an unknown id is
+    // (docs/protocol.md, "Foreign ids"), so its existence is not revealed.
     let out = push(
         &svc,
         &carol(),
@@ -437,13 +438,14 @@ async fn create_of_existing_id_and_update_of_missing_id_are_rejected(svc: SyncSe
         vec![
             update("m4", "tasks", "t1", 1, json!({"title": "hijack"})),
             delete("m5", "tasks", "t1", 1),
+            update("m6", "tasks", "nope", 1, json!({"title": "hijack"})),
+            delete("m7", "tasks", "nope", 1),
         ],
     )
     .await;
-    assert_eq!(
-        out.iter().map(rejected_code).collect::<Vec<_>>(),
-        [Some(RejectCode::Forbidden); 2]
-    );
+    assert_eq!(out[0], out[2]);
+    assert_eq!(out[1], out[3]);
+    assert_eq!(rejected_code(&out[0]), Some(RejectCode::NotFound));
     let page = pull(&svc, &a, &req(None)).await.unwrap();
     assert_eq!(page.changes["tasks"].upserts[0].fields["title"], "one");
 }
@@ -502,24 +504,49 @@ async fn sync_rule_and_scope_change_evict_and_totals_follow(svc: SyncService) {
     let pa3 = pull(&svc, &a, &req(Some(&pa2.cursor))).await.unwrap();
     assert_eq!(pa3.changes["tasks"].upserts[0].version, 3);
 
-    // Moved from the shared scope to alice's owner scope: bob gets an eviction.
+    // A shared record cannot be taken private by one member: that would evict
+    // it from everyone else (docs/protocol.md, "Moving a record between scopes").
     let out = push(
         &svc,
         &a,
         "c1",
-        vec![update("m5", "docs", "d1", 1, json!({"space": null}))],
+        vec![
+            update("m5", "docs", "d1", 1, json!({"space": null})),
+            update("m6", "docs", "d1", 1, json!({"space": "user:alice"})),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.iter().map(rejected_code).collect::<Vec<_>>(),
+        [Some(RejectCode::Forbidden); 2]
+    );
+    let pb1 = pull(&svc, &b, &req(Some(&pb.cursor))).await.unwrap();
+    assert!(
+        pb1.changes.is_empty(),
+        "bob lost nothing: {:?}",
+        pb1.changes
+    );
+
+    // Moved from one shared scope to another that alice also holds: bob, who
+    // is not in the second, gets an eviction.
+    let a2 = Caller::new("alice", ["team".to_string(), "design".to_string()]);
+    let out = push(
+        &svc,
+        &a2,
+        "c1",
+        vec![update("m7", "docs", "d1", 1, json!({"space": "design"}))],
     )
     .await;
     assert_eq!(out[0], applied(2));
-    let pb2 = pull(&svc, &b, &req(Some(&pb.cursor))).await.unwrap();
+    let pb2 = pull(&svc, &b, &req(Some(&pb1.cursor))).await.unwrap();
     assert_eq!(pb2.changes["docs"].evictions, vec!["d1".to_string()]);
     assert_eq!(pb2.totals.as_ref().unwrap()["docs"], 0);
-    let pa4 = pull(&svc, &a, &req(Some(&pa3.cursor))).await.unwrap();
+    let pa4 = pull(&svc, &a2, &req(Some(&pa3.cursor))).await.unwrap();
     let docs = &pa4.changes["docs"];
     assert_eq!(
         docs.upserts.len(),
         1,
-        "alice still sees it in her owner scope"
+        "alice still sees it in the other scope"
     );
     assert!(
         docs.evictions.is_empty(),
