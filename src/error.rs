@@ -91,21 +91,21 @@ impl From<serde_json::Error> for Error {
     }
 }
 
+impl From<ferry_protocol::query::QueryError> for Error {
+    fn from(e: ferry_protocol::query::QueryError) -> Self {
+        match e {
+            ferry_protocol::query::QueryError::Malformed(m) => Error::MalformedJson(m),
+            ferry_protocol::query::QueryError::Invalid(m) => Error::InvalidQuery(m),
+        }
+    }
+}
+
 /// A JSON value's type, as named in error messages.
 pub(crate) struct JsonKind<'a>(pub &'a serde_json::Value);
 
 impl fmt::Display for JsonKind<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use serde_json::Value::*;
-        f.write_str(match self.0 {
-            Null => "null",
-            Bool(_) => "boolean",
-            Number(n) if n.is_i64() || n.is_u64() => "integer",
-            Number(_) => "number",
-            String(_) => "string",
-            Array(_) => "array",
-            Object(_) => "object",
-        })
+        f.write_str(ferry_protocol::json_kind(self.0))
     }
 }
 

@@ -11,6 +11,21 @@ use serde::{Deserialize, Serialize};
 
 mod limits;
 pub mod object;
+pub mod query;
+
+/// A JSON value's type, as named in error messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value::*;
+    match v {
+        Null => "null",
+        Bool(_) => "boolean",
+        Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Number(_) => "number",
+        String(_) => "string",
+        Array(_) => "array",
+        Object(_) => "object",
+    }
+}
 
 pub use limits::{
     ClientIdError, DEFAULT_MAX_PAGE_ROWS, DEFAULT_MAX_PUSH_MUTATIONS, DEFAULT_PAGE_ROWS,

@@ -100,6 +100,12 @@ impl FerryError {
     }
 }
 
+impl From<ferry_protocol::query::QueryError> for FerryError {
+    fn from(e: ferry_protocol::query::QueryError) -> Self {
+        Error::from(e).into()
+    }
+}
+
 impl From<Error> for FerryError {
     fn from(e: Error) -> Self {
         let detail = e.to_string();

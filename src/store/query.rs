@@ -13,180 +13,27 @@ use super::records::{ToSql, quote};
 use crate::error::{Error, JsonKind, Result};
 use crate::schema::{Collection, Column, ColumnType};
 
-/// A comparison operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Eq,
-    Ne,
-    Lt,
-    Lte,
-    Gt,
-    Gte,
-    In,
-    NotIn,
-    Like,
-    IsNull,
-    IsNotNull,
-}
-
-impl Op {
-    fn parse(s: &str) -> Result<Op> {
-        Ok(match s {
-            "eq" => Op::Eq,
-            "ne" => Op::Ne,
-            "lt" => Op::Lt,
-            "lte" => Op::Lte,
-            "gt" => Op::Gt,
-            "gte" => Op::Gte,
-            "in" => Op::In,
-            "not_in" => Op::NotIn,
-            "like" => Op::Like,
-            "is_null" => Op::IsNull,
-            "is_not_null" => Op::IsNotNull,
-            other => {
-                return Err(Error::InvalidQuery(format!(
-                    "unknown operator `{other}` (eq, ne, lt, lte, gt, gte, in, not_in, like, is_null, is_not_null)"
-                )));
-            }
-        })
-    }
-
-    fn sql(self) -> &'static str {
-        match self {
-            Op::Eq => "=",
-            Op::Ne => "<>",
-            Op::Lt => "<",
-            Op::Lte => "<=",
-            Op::Gt => ">",
-            Op::Gte => ">=",
-            Op::Like => "LIKE",
-            Op::In => "IN",
-            Op::NotIn => "NOT IN",
-            Op::IsNull => "IS NULL",
-            Op::IsNotNull => "IS NOT NULL",
-        }
-    }
-}
-
-/// A filter tree.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Filter {
-    And(Vec<Filter>),
-    Or(Vec<Filter>),
-    Cond {
-        column: String,
-        op: Op,
-        value: Value,
-    },
-}
-
-/// One sort key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sort {
-    pub column: String,
-    pub desc: bool,
-}
-
-/// A whole query: filter, sort and paging.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Query {
-    pub filter: Option<Filter>,
-    pub sort: Vec<Sort>,
-    pub limit: Option<u64>,
-    pub offset: Option<u64>,
-}
+pub use ferry_protocol::query::{Filter, Op, Query, Sort};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidQuery(msg.into())
 }
 
-impl Filter {
-    /// Parses `{"and":[..]}`, `{"or":[..]}` or `{"column":c,"op":o,"value":v}`.
-    pub fn from_value(v: &Value) -> Result<Filter> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| invalid(format!("a filter must be an object, got {}", JsonKind(v))))?;
-        let list = |key: &str, items: &Value| -> Result<Vec<Filter>> {
-            let arr = items
-                .as_array()
-                .ok_or_else(|| invalid(format!("`{key}` takes an array of filters")))?;
-            arr.iter().map(Filter::from_value).collect()
-        };
-        if let Some(items) = obj.get("and") {
-            return Ok(Filter::And(list("and", items)?));
-        }
-        if let Some(items) = obj.get("or") {
-            return Ok(Filter::Or(list("or", items)?));
-        }
-        for key in obj.keys() {
-            if !matches!(key.as_str(), "column" | "op" | "value") {
-                return Err(invalid(format!("unexpected key `{key}` in a filter")));
-            }
-        }
-        let column = obj
-            .get("column")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("a condition needs a `column` string"))?;
-        let op = Op::parse(
-            obj.get("op")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("a condition needs an `op` string"))?,
-        )?;
-        Ok(Filter::Cond {
-            column: column.to_string(),
-            op,
-            value: obj.get("value").cloned().unwrap_or(Value::Null),
-        })
+/// An operator's SQL.
+fn sql_of(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "=",
+        Op::Ne => "<>",
+        Op::Lt => "<",
+        Op::Lte => "<=",
+        Op::Gt => ">",
+        Op::Gte => ">=",
+        Op::Like => "LIKE",
+        Op::In => "IN",
+        Op::NotIn => "NOT IN",
+        Op::IsNull => "IS NULL",
+        Op::IsNotNull => "IS NOT NULL",
     }
-}
-
-impl Query {
-    /// Parses `{"where": filter, "sort": [{"column":c,"desc":bool}], "limit": n, "offset": n}`.
-    pub fn from_json(json: &str) -> Result<Query> {
-        let v: Value = serde_json::from_str(json)?;
-        Query::from_value(&v)
-    }
-
-    pub fn from_value(v: &Value) -> Result<Query> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| invalid("a query must be a JSON object"))?;
-        let mut q = Query::default();
-        for (k, val) in obj {
-            match k.as_str() {
-                "where" => q.filter = Some(Filter::from_value(val)?),
-                "sort" => {
-                    let arr = val
-                        .as_array()
-                        .ok_or_else(|| invalid("`sort` takes an array"))?;
-                    for s in arr {
-                        let column = s
-                            .get("column")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| invalid("a sort key needs a `column` string"))?;
-                        let desc = match s.get("desc") {
-                            None => false,
-                            Some(Value::Bool(b)) => *b,
-                            Some(_) => return Err(invalid("`desc` must be a boolean")),
-                        };
-                        q.sort.push(Sort {
-                            column: column.to_string(),
-                            desc,
-                        });
-                    }
-                }
-                "limit" => q.limit = Some(as_count("limit", val)?),
-                "offset" => q.offset = Some(as_count("offset", val)?),
-                other => return Err(invalid(format!("unknown query key `{other}`"))),
-            }
-        }
-        Ok(q)
-    }
-}
-
-fn as_count(key: &str, v: &Value) -> Result<u64> {
-    v.as_u64()
-        .ok_or_else(|| invalid(format!("`{key}` must be a non-negative integer")))
 }
 
 /// The columns a query may name besides the collection's own.
@@ -319,9 +166,9 @@ fn compile_cond(
     };
     if matches!(op, Op::IsNull | Op::IsNotNull) {
         if !value.is_null() {
-            return Err(invalid(format!("`{}` takes no value", op.sql())));
+            return Err(invalid(format!("`{}` takes no value", sql_of(op))));
         }
-        sql.push_str(&format!("{col_sql} {}", op.sql()));
+        sql.push_str(&format!("{col_sql} {}", sql_of(op)));
         return Ok(());
     }
     if ty == ColumnType::Json {
@@ -356,12 +203,12 @@ fn compile_cond(
         Op::In | Op::NotIn => {
             let arr = value
                 .as_array()
-                .ok_or_else(|| invalid(format!("`{}` takes an array value", op.sql())))?;
+                .ok_or_else(|| invalid(format!("`{}` takes an array value", sql_of(op))))?;
             if arr.is_empty() {
                 sql.push_str(if op == Op::In { "0" } else { "1" });
                 return Ok(());
             }
-            sql.push_str(&format!("{col_sql} {} (", op.sql()));
+            sql.push_str(&format!("{col_sql} {} (", sql_of(op)));
             for (i, v) in arr.iter().enumerate() {
                 if i > 0 {
                     sql.push(',');
@@ -382,7 +229,7 @@ fn compile_cond(
             params.push(check(value)?);
         }
         _ => {
-            sql.push_str(&format!("{col_sql} {} ?", op.sql()));
+            sql.push_str(&format!("{col_sql} {} ?", sql_of(op)));
             params.push(check(value)?);
         }
     }
