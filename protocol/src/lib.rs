@@ -145,6 +145,33 @@ pub struct ServerRecord<F = Fields> {
     pub fields: F,
 }
 
+/// Path of the read-through endpoint.
+pub const FETCH_PATH: &str = "/v1/fetch";
+
+/// Body of `POST /v1/fetch`: the records of one collection that match a query,
+/// read on the server (past what a device holds locally).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub collection: String,
+    /// A query of the filter language ([`query::Query`]): `where`, `sort`,
+    /// `limit` (capped by the server's page size) and `offset`.
+    #[serde(default = "empty_query")]
+    pub query: serde_json::Value,
+}
+
+fn empty_query() -> serde_json::Value {
+    serde_json::Value::Object(Fields::new())
+}
+
+/// Answer of `POST /v1/fetch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchResponse<F = Fields> {
+    /// The matching records, in the query's order (then by id).
+    pub records: Vec<ServerRecord<F>>,
+    /// More records match past `offset + records.len()`.
+    pub has_more: bool,
+}
+
 /// The operation of a mutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -186,7 +186,9 @@ impl Filter {
                     (Op::IsNull, f) => f.is_none(),
                     (Op::IsNotNull, f) => f.is_some(),
                     (_, None) => false,
-                    (Op::In, Some(f)) => list(value).any(|v| compare(f, v) == Some(Ordering::Equal)),
+                    (Op::In, Some(f)) => {
+                        list(value).any(|v| compare(f, v) == Some(Ordering::Equal))
+                    }
                     (Op::NotIn, Some(f)) => {
                         list(value).all(|v| compare(f, v).is_some_and(|o| o != Ordering::Equal))
                     }
@@ -324,16 +326,33 @@ mod tests {
     #[test]
     fn conditions_follow_sql_semantics() {
         let c = |op: &str, v: Value| json!({"column": "n", "op": op, "value": v});
-        assert!(matches(c("eq", json!(2)), json!({"n": 2.0})), "numbers as numbers");
+        assert!(
+            matches(c("eq", json!(2)), json!({"n": 2.0})),
+            "numbers as numbers"
+        );
         assert!(matches(c("lt", json!(3)), json!({"n": 2})));
-        assert!(!matches(c("lt", json!("3")), json!({"n": 2})), "no order across types");
-        assert!(!matches(c("ne", json!(1)), json!({"n": null})), "null is never compared");
-        assert!(!matches(c("ne", json!(1)), json!({})), "nor a missing field");
+        assert!(
+            !matches(c("lt", json!("3")), json!({"n": 2})),
+            "no order across types"
+        );
+        assert!(
+            !matches(c("ne", json!(1)), json!({"n": null})),
+            "null is never compared"
+        );
+        assert!(
+            !matches(c("ne", json!(1)), json!({})),
+            "nor a missing field"
+        );
         assert!(matches(c("is_null", Value::Null), json!({"n": null})));
         assert!(matches(c("in", json!([1, 2])), json!({"n": 2})));
         assert!(!matches(c("not_in", json!([1, 2])), json!({"n": 2})));
         assert!(matches(c("not_in", json!([1])), json!({"n": 2})));
-        let like = |p: &str, s: &str| matches(json!({"column": "t", "op": "like", "value": p}), json!({"t": s}));
+        let like = |p: &str, s: &str| {
+            matches(
+                json!({"column": "t", "op": "like", "value": p}),
+                json!({"t": s}),
+            )
+        };
         assert!(like("buy%", "Buy milk"), "case-insensitive");
         assert!(like("b_y milk", "buy milk"));
         assert!(!like("100\\%", "1000"), "an escaped % is a literal");
@@ -342,7 +361,10 @@ mod tests {
         assert!(matches(id, json!({})));
         let tree = json!({"or": [{"and": []}, c("eq", json!(9))]});
         assert!(matches(tree, json!({})), "an empty and is true");
-        assert!(!matches(json!({"or": []}), json!({})), "an empty or is false");
+        assert!(
+            !matches(json!({"or": []}), json!({})),
+            "an empty or is false"
+        );
     }
 
     #[test]
@@ -357,7 +379,10 @@ mod tests {
 
     #[test]
     fn bad_queries_are_typed_errors() {
-        assert!(matches!(Query::from_json("{"), Err(QueryError::Malformed(_))));
+        assert!(matches!(
+            Query::from_json("{"),
+            Err(QueryError::Malformed(_))
+        ));
         for bad in [
             json!([]),
             json!({"where": {"column": "x", "op": "near"}}),
@@ -365,7 +390,10 @@ mod tests {
             json!({"sort": [{"column": "x", "desc": "yes"}]}),
             json!({"nope": 1}),
         ] {
-            assert!(matches!(Query::from_value(&bad), Err(QueryError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(Query::from_value(&bad), Err(QueryError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -18,7 +18,8 @@ use axum::{Json, Router, middleware};
 use ferry_protocol::object::JsonObject;
 use ferry_protocol::watermelon::{Changes, TableChanges};
 use ferry_protocol::{
-    MutationOutcome, PROTOCOL_HEADER, PROTOCOL_VERSION, PullRequest, PushRequest, error_code,
+    FetchRequest, MutationOutcome, PROTOCOL_HEADER, PROTOCOL_VERSION, PullRequest, PushRequest,
+    error_code,
 };
 use serde::de::{DeserializeOwned, IgnoredAny};
 use tower_http::compression::CompressionLayer;
@@ -47,6 +48,7 @@ pub fn router(service: SyncService) -> Router {
     Router::new()
         .route(ferry_protocol::PULL_PATH, post(pull))
         .route(ferry_protocol::PUSH_PATH, post(push))
+        .route(ferry_protocol::FETCH_PATH, post(fetch))
         .route(
             ferry_protocol::watermelon::SYNC_PATH,
             get(watermelon_pull).post(watermelon_push),
@@ -226,6 +228,20 @@ async fn push(
         .filter(|r| matches!(r.outcome, MutationOutcome::Applied { .. }))
         .count();
     crate::metrics::pushed("ferry", n, applied as u64);
+    Ok(protocol_json(&resp))
+}
+
+async fn fetch(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = s.caller(&headers)?;
+    check_body_type(&headers, BodyType::Json)?;
+    let body = read_body(body, s.service.config().limits.max_body_bytes).await?;
+    let req: FetchRequest = parse_json(&body)?;
+    let resp = s.service.fetch(&caller, &req).await?;
+    crate::metrics::pulled("fetch", resp.records.len() as u64);
     Ok(protocol_json(&resp))
 }
 

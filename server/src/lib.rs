@@ -14,6 +14,7 @@ pub mod config;
 pub mod cursor;
 pub mod engine;
 pub mod error;
+mod fetch;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -114,7 +114,10 @@ impl SyncService {
     /// Reads; when committed changes are withheld behind the watermark (an older
     /// transaction is still running on PostgreSQL), waits briefly for it so a pull
     /// right after a push sees that push. Never returns withheld changes.
-    async fn read_settled(&self, req: ReadRequest) -> Result<storage::ReadResult, ServerError> {
+    pub(crate) async fn read_settled(
+        &self,
+        req: ReadRequest,
+    ) -> Result<storage::ReadResult, ServerError> {
         let mut delay = Duration::from_millis(2);
         let mut waited = Duration::ZERO;
         loop {

@@ -1311,3 +1311,63 @@ async fn a_body_not_declared_as_json_is_415() {
     assert_eq!(page.changes["tasks"].upserts.len(), 3);
     h.server.shutdown().await;
 }
+
+/// `POST /v1/fetch` over HTTP: the records that match, auth like every other
+/// endpoint, and typed 4xx errors for bad bodies.
+#[tokio::test]
+async fn fetch_answers_a_query_over_http_with_typed_errors() {
+    let h = harness().await;
+    h.push(
+        ALICE,
+        json!({"client_id": "a", "mutations": [
+            create("m1", "t1", json!({"title": "buy milk", "done": false})),
+            create("m2", "t2", json!({"title": "walk", "done": true})),
+        ]}),
+    )
+    .await;
+    let q = json!({"collection": "tasks", "query": {"where": {"column": "title", "op": "like", "value": "BUY%"}}});
+    let (s, v) = h
+        .call(Method::POST, "/v1/fetch", Some(ALICE), Some(q.clone()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["records"][0]["id"], "t1");
+    assert_eq!(v["records"][0]["fields"]["title"], "buy milk");
+    assert_eq!(v["records"].as_array().unwrap().len(), 1);
+    assert_eq!(v["has_more"], false);
+    let (s, v) = h
+        .call(Method::POST, "/v1/fetch", Some(BOB), Some(q.clone()))
+        .await;
+    assert_eq!(
+        (s, v["records"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "not bob's"
+    );
+    let (s, v) = h.call(Method::POST, "/v1/fetch", None, Some(q)).await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    for (body, status, code) in [
+        ("{", StatusCode::BAD_REQUEST, "malformed_json"),
+        ("[\"tasks\"]", StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            "{\"query\": {}}",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "{\"collection\": \"nope\"}",
+            StatusCode::BAD_REQUEST,
+            "unknown_collection",
+        ),
+        (
+            "{\"collection\": \"tasks\", \"query\": {\"where\": {\"column\": \"x\", \"op\": \"eq\", \"value\": 1}}}",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (s, v) = h.raw("/v1/fetch", ALICE, body).await;
+        assert_eq!((s, error_code(&v).as_str()), (status, code), "{body}");
+    }
+    h.server.shutdown().await;
+}

@@ -50,6 +50,8 @@ suite!(
     selecting_a_collection_later_gets_its_full_history,
     a_batch_that_touches_a_record_again_sees_its_own_writes,
     names_and_values_cannot_inject_sql,
+    fetch_reads_the_callers_scopes_under_the_sync_rules,
+    fetch_refuses_queries_outside_the_collection_config,
 );
 
 fn create(mid: &str, coll: &str, id: &str, f: serde_json::Value) -> Mutation {
@@ -844,4 +846,172 @@ async fn names_and_values_cannot_inject_sql(svc: SyncService) {
     assert_eq!(rows.len(), 1, "only the applied row");
     assert_eq!(rows[0].id, "kept");
     assert_eq!(rows[0].fields["title"], json!(odd), "stored verbatim");
+}
+
+/// A read-through fetch: the records as parsed JSON, in the answer's order.
+async fn fetch(
+    svc: &SyncService,
+    who: &Caller,
+    collection: &str,
+    query: serde_json::Value,
+) -> Result<(Vec<ferry_protocol::ServerRecord>, bool), ApiError> {
+    let resp = svc
+        .fetch(
+            who,
+            &ferry_protocol::FetchRequest {
+                collection: collection.into(),
+                query,
+            },
+        )
+        .await?;
+    let wire = serde_json::to_string(&resp).expect("serializes");
+    let resp: ferry_protocol::FetchResponse = serde_json::from_str(&wire).expect("protocol JSON");
+    Ok((resp.records, resp.has_more))
+}
+
+fn ids(records: &[ferry_protocol::ServerRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.id.as_str()).collect()
+}
+
+async fn fetch_reads_the_callers_scopes_under_the_sync_rules(svc: SyncService) {
+    let a = alice();
+    // More rows than one scan chunk, so the fetch walks several.
+    let mut ms: Vec<Mutation> = (0..1100)
+        .map(|i| {
+            create(
+                &format!("m{i}"),
+                "tasks",
+                &format!("t{i:04}"),
+                json!({"title": format!("task {i}"), "done": i % 2 == 0, "priority": i % 7}),
+            )
+        })
+        .collect();
+    ms.push(create(
+        "m-arch",
+        "tasks",
+        "archived",
+        json!({"title": "task archived", "done": true, "priority": 6, "archived": true}),
+    ));
+    ms.push(create("m-del", "tasks", "gone", task("task gone")));
+    ms.push(create(
+        "m-doc",
+        "docs",
+        "d1",
+        json!({"title": "team doc", "space": "team"}),
+    ));
+    push(&svc, &a, "c1", ms).await;
+    push(&svc, &a, "c1", vec![delete("m-del2", "tasks", "gone", 1)]).await;
+    push(
+        &svc,
+        &carol(),
+        "c9",
+        vec![create(
+            "c1",
+            "tasks",
+            "carol-1",
+            json!({"title": "task c", "done": true, "priority": 6}),
+        )],
+    )
+    .await;
+
+    // Filter, sort, limit and offset, as the core would run them locally.
+    let q = json!({
+        "where": {"and": [
+            {"column": "done", "op": "eq", "value": true},
+            {"column": "priority", "op": "gte", "value": 6},
+        ]},
+        "sort": [{"column": "title", "desc": true}],
+        "limit": 3,
+    });
+    let (first, more) = fetch(&svc, &a, "tasks", q.clone()).await.unwrap();
+    let expected: Vec<String> = {
+        let mut all: Vec<(String, String)> = (0..1100)
+            .filter(|i| i % 2 == 0 && i % 7 == 6)
+            .map(|i| (format!("task {i}"), format!("t{i:04}")))
+            .collect();
+        all.sort();
+        all.reverse();
+        all.into_iter().map(|(_, id)| id).collect()
+    };
+    assert_eq!(
+        ids(&first),
+        expected[..3].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(more);
+    // The rest, page by page: a limit past the server's page size is capped.
+    let mut rest = Vec::new();
+    let mut q2 = q.clone();
+    q2["limit"] = json!(1000);
+    loop {
+        q2["offset"] = json!(3 + rest.len());
+        let (page, more) = fetch(&svc, &a, "tasks", q2.clone()).await.unwrap();
+        assert!(page.len() <= 50, "capped by max_page_rows");
+        rest.extend(page);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(
+        ids(&rest),
+        expected[3..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(
+        !ids(&first).contains(&"archived") && !ids(&rest).contains(&"archived"),
+        "a row a sync rule excludes is never fetched"
+    );
+    let (gone, _) = fetch(
+        &svc,
+        &a,
+        "tasks",
+        json!({"where": {"column": "id", "op": "in", "value": ["gone", "t0001"]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&gone), ["t0001"], "a deleted record is not fetched");
+    assert_eq!(gone[0].fields["title"], "task 1");
+    assert_eq!(gone[0].version, 1);
+
+    // Two other users: carol sees only hers, bob the shared doc and none of
+    // alice's private tasks.
+    let all = json!({"limit": 5000});
+    let (c, _) = fetch(&svc, &carol(), "tasks", all.clone()).await.unwrap();
+    assert_eq!(ids(&c), ["carol-1"]);
+    let (b, _) = fetch(&svc, &bob(), "tasks", all.clone()).await.unwrap();
+    assert!(b.is_empty());
+    let (bd, _) = fetch(&svc, &bob(), "docs", all.clone()).await.unwrap();
+    assert_eq!(ids(&bd), ["d1"]);
+    let (cd, _) = fetch(&svc, &carol(), "docs", all).await.unwrap();
+    assert!(cd.is_empty(), "carol is not in team");
+}
+
+async fn fetch_refuses_queries_outside_the_collection_config(svc: SyncService) {
+    let a = alice();
+    let code = |r: Result<(Vec<ferry_protocol::ServerRecord>, bool), ApiError>| r.unwrap_err().code;
+    assert_eq!(
+        code(fetch(&svc, &a, "nope", json!({})).await),
+        "unknown_collection"
+    );
+    for q in [
+        json!({"where": {"column": "secret", "op": "eq", "value": 1}}),
+        json!({"where": {"column": "_status", "op": "eq", "value": "pending"}}),
+        json!({"where": {"column": "done", "op": "eq", "value": "yes"}}),
+        json!({"where": {"column": "priority", "op": "in", "value": 3}}),
+        json!({"where": {"column": "done", "op": "like", "value": "t%"}}),
+        json!({"where": {"column": "meta", "op": "eq", "value": 1}}),
+        json!({"sort": [{"column": "nope"}]}),
+        json!({"where": {"column": "title", "op": "near", "value": 1}}),
+        json!({"limit": -1}),
+        json!([]),
+    ] {
+        let coll = if q.to_string().contains("meta") {
+            "docs"
+        } else {
+            "tasks"
+        };
+        assert_eq!(
+            code(fetch(&svc, &a, coll, q.clone()).await),
+            "invalid_request",
+            "{q}"
+        );
+    }
 }
