@@ -15,6 +15,7 @@
 mod anchors;
 mod conn;
 mod ddl;
+mod fetched;
 mod layout;
 pub mod outbox;
 pub mod query;

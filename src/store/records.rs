@@ -271,6 +271,18 @@ pub(crate) fn normalise(c: &Collection, fields: &mut Fields) {
     }
 }
 
+/// A server row's fields as this app's schema holds them: the fields the schema
+/// does not know (from a newer server) left out, absent ones from defaults.
+/// Fails when the row does not fit the schema.
+pub(crate) fn server_fields(c: &Collection, id: &str, mut fields: Fields) -> Result<Fields> {
+    crate::schema::validate_id(id)?;
+    fields.retain(|k, _| c.column(k).is_some());
+    check_fields(c, &fields)?;
+    complete_for_create(c, &mut fields)?;
+    normalise(c, &mut fields);
+    Ok(fields)
+}
+
 /// Takes a JSON object out of a value, or says what it was instead.
 pub(crate) fn into_object(v: Value, what: &str) -> Result<Fields> {
     match v {

@@ -33,9 +33,7 @@ use ferry_protocol::ServerRecord;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction, params_from_iter};
 
-use super::records::{
-    self, BOOKKEEPING, Fields, Record, ToSql, check_fields, complete_for_create, normalise, quote,
-};
+use super::records::{self, BOOKKEEPING, Record, ToSql, quote};
 use super::retention::{Horizon, horizon, number_literal};
 use super::{Store, Writer, anchors, meta_get, meta_set};
 use crate::error::{Error, Result};
@@ -394,12 +392,7 @@ impl Stage<'_> {
     /// not fit the schema.
     pub fn upsert(&mut self, r: ServerRecord) -> Result<()> {
         let c = self.c;
-        crate::schema::validate_id(&r.id)?;
-        let mut fields: Fields = r.fields;
-        fields.retain(|k, _| c.column(k).is_some());
-        check_fields(c, &fields)?;
-        complete_for_create(c, &mut fields)?;
-        normalise(c, &mut fields);
+        let fields = records::server_fields(c, &r.id, r.fields)?;
         let mut vals: Vec<SqlValue> = Vec::with_capacity(c.columns.len() + 2);
         self.order.push(&r.id);
         vals.push(SqlValue::Text(r.id));

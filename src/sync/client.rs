@@ -840,6 +840,58 @@ impl SyncClient {
         Ok(resp)
     }
 
+    /// Read-through: the records of `collection` that match `query` (the
+    /// filter language of [`crate::store::Query`], as JSON), read on the server,
+    /// for rows this device does not hold (past a retention horizon, say). The
+    /// query is checked against the local schema first, and may not name the
+    /// local bookkeeping columns. A row with local changes not yet pushed shows
+    /// its local state. With `cache`, the rows are also stored as synced rows
+    /// (see [`Store::take_fetched`]); the horizon does not move.
+    ///
+    /// Offline (the host said so, or the server cannot be reached) it fails with
+    /// [`Error::Offline`], so the app can say "not available offline".
+    pub async fn fetch_remote(
+        &self,
+        collection: &str,
+        query: serde_json::Value,
+        cache: bool,
+    ) -> Result<Vec<Record>> {
+        let c = self.inner.store.collection(collection)?;
+        let parsed = crate::store::Query::from_value(&query)?;
+        crate::store::query::compile(c, &parsed)?;
+        let local_only = ["_status", "_created_at", "_updated_at"];
+        let named = parsed
+            .filter
+            .iter()
+            .flat_map(|f| f.conditions())
+            .map(|(column, _, _)| column)
+            .chain(parsed.sort.iter().map(|s| s.column.as_str()));
+        if let Some(column) = named.into_iter().find(|n| local_only.contains(n)) {
+            return Err(Error::InvalidQuery(format!(
+                "`{column}` is local bookkeeping: a remote query cannot name it"
+            )));
+        }
+        if !self.is_online() {
+            return Err(Error::Offline(
+                "not available offline: the device is offline".into(),
+            ));
+        }
+        let req = Arc::new(ferry_protocol::FetchRequest {
+            collection: collection.to_string(),
+            query,
+        });
+        let transport = self.inner.transport.clone();
+        let resp = self
+            .authed(move |token| {
+                let (transport, req) = (transport.clone(), req.clone());
+                Box::pin(async move { transport.fetch(&token, &req).await })
+            })
+            .await?;
+        let (store, collection) = (self.inner.store.clone(), collection.to_string());
+        self.blocking(move || store.take_fetched(&collection, resp.records, cache))
+            .await
+    }
+
     /// Writes in the chosen mode; see [`WriteMode`].
     pub async fn write(
         &self,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_protocol::{
-    ErrorBody, PROTOCOL_HEADER, PROTOCOL_VERSION, PULL_PATH, PUSH_PATH, PullPage, PullRequest,
-    PushRequest, PushResponse, RawFields,
+    ErrorBody, FETCH_PATH, FetchRequest, FetchResponse, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    PULL_PATH, PUSH_PATH, PullPage, PullRequest, PushRequest, PushResponse, RawFields,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -118,6 +118,14 @@ impl Transport for HttpTransport {
         req: &PushRequest<RawFields>,
     ) -> Result<PushResponse, TransportError> {
         self.post(PUSH_PATH, token, req).await
+    }
+
+    async fn fetch(
+        &self,
+        token: &str,
+        req: &FetchRequest,
+    ) -> Result<FetchResponse, TransportError> {
+        self.post(FETCH_PATH, token, req).await
     }
 
     fn bytes_received(&self) -> u64 {

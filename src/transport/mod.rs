@@ -13,7 +13,9 @@ pub use http::HttpTransport;
 pub use watermelon::WatermelonTransport;
 
 use async_trait::async_trait;
-use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse, RawFields};
+use ferry_protocol::{
+    FetchRequest, FetchResponse, PullPage, PullRequest, PushRequest, PushResponse, RawFields,
+};
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -80,6 +82,20 @@ pub trait Transport: Send + Sync {
         token: &str,
         req: &PushRequest<RawFields>,
     ) -> Result<PushResponse, TransportError>;
+    /// Read-through (`POST /v1/fetch`): records that match a query, read on the
+    /// server. A backend without the endpoint answers 404, as this default does.
+    async fn fetch(
+        &self,
+        token: &str,
+        req: &FetchRequest,
+    ) -> Result<FetchResponse, TransportError> {
+        let _ = (token, req);
+        Err(TransportError::Server {
+            status: 404,
+            code: "not_found".into(),
+            message: "this backend has no read-through endpoint".into(),
+        })
+    }
     /// Response bytes received so far (for progress); 0 if the transport can't tell.
     fn bytes_received(&self) -> u64 {
         0

@@ -172,6 +172,17 @@ impl Transport for Faulty {
         Ok(resp)
     }
 
+    async fn fetch(
+        &self,
+        token: &str,
+        req: &ferry_protocol::FetchRequest,
+    ) -> Result<ferry_protocol::FetchResponse, TransportError> {
+        if self.offline.load(Ordering::SeqCst) {
+            return Err(TransportError::Offline("test: offline".into()));
+        }
+        self.inner.fetch(token, req).await
+    }
+
     fn bytes_received(&self) -> u64 {
         self.inner.bytes_received()
     }
