@@ -371,7 +371,7 @@ mod tests {
     fn order_sorts_by_keys_then_id_with_nulls_first() {
         let q = Query::from_value(&json!({"sort": [{"column": "n", "desc": true}]})).unwrap();
         let (a, b, c) = (rec(json!({"n": 1})), rec(json!({"n": 2})), rec(json!({})));
-        let mut rows = vec![("a", &a), ("b", &b), ("c", &c), ("d", &b)];
+        let mut rows = [("a", &a), ("b", &b), ("c", &c), ("d", &b)];
         rows.sort_by(|x, y| q.order(*x, *y));
         let ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
         assert_eq!(ids, ["b", "d", "a", "c"]);

@@ -88,7 +88,7 @@ pub fn query(ctx: &Ctx, args: QueryArgs) -> Result<(), Failure> {
         None => None,
         Some(json) => {
             let v: Value = serde_json::from_str(json).map_err(Error::from)?;
-            Some(Filter::from_value(&v)?)
+            Some(Filter::from_value(&v).map_err(Error::from)?)
         }
     };
     let sort = args
