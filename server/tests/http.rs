@@ -687,6 +687,7 @@ async fn made_up_methods_and_paths_do_not_grow_metrics() {
     let routes = [
         "/v1/pull",
         "/v1/push",
+        "/v1/fetch",
         "/watermelon/sync",
         "/health",
         "/metrics",

@@ -200,6 +200,25 @@ impl FerrySyncClient {
             .map(|r| r.applied)
     }
 
+    /// Reads `query_json` (the `FerryDatabase.query` language) from the server,
+    /// past the local horizon, under the same auth and sync rules as a pull;
+    /// returns the rows as a JSON array, local pending edits laid over them.
+    /// With `cache`, the rows are stored as synced without moving the horizon
+    /// (the next retention run prunes them again). Offline, or with the server
+    /// unreachable, it fails with `Offline`: "not available offline".
+    pub async fn fetch_remote(
+        &self,
+        collection: String,
+        query_json: String,
+        cache: bool,
+    ) -> Result<String> {
+        let query: serde_json::Value = serde_json::from_str(&query_json)
+            .map_err(crate::Error::from)?;
+        self.call(move |c| async move { c.fetch_remote(&collection, query, cache).await }.boxed())
+            .await
+            .map(|rows| ops::rows(&rows))
+    }
+
     pub fn status(&self) -> SyncStatus {
         match &*self.client.read() {
             Slot::Open(c) => c.status(),
