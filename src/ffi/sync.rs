@@ -212,8 +212,8 @@ impl FerrySyncClient {
         query_json: String,
         cache: bool,
     ) -> Result<String> {
-        let query: serde_json::Value = serde_json::from_str(&query_json)
-            .map_err(crate::Error::from)?;
+        let query: serde_json::Value =
+            serde_json::from_str(&query_json).map_err(crate::Error::from)?;
         self.call(move |c| async move { c.fetch_remote(&collection, query, cache).await }.boxed())
             .await
             .map(|rows| ops::rows(&rows))

@@ -205,4 +205,43 @@ class SyncTest {
             }
         }
     }
+
+    @Test
+    fun fetchRemoteReadsTheCallersRowsCachesOnRequestAndSaysOffline() = runBlocking<Unit> {
+        val tag = uid("fetch")
+        openTasks("fetch-bob").use { db ->
+            client(db, Fixtures.BOB).use { c ->
+                c.write("[${create("$tag-1", tag)},${create("$tag-2", tag)}]", WriteMode.OfflineFirst)
+                c.sync()
+            }
+        }
+        openTasks("fetch-alice").use { db ->
+            client(db).use { c ->
+                c.write("[${create("$tag-alice", tag)}]", WriteMode.OfflineFirst)
+                c.sync()
+            }
+        }
+        val query = """{"where":{"column":"title","op":"eq","value":"$tag"},"sort":[{"column":"id","desc":true}]}"""
+        openTasks("fetch-reader").use { db ->
+            client(db, Fixtures.BOB).use { c ->
+                val rows = c.fetchRemote("tasks", query, false)
+                assertTrue(rows, rows.indexOf("\"id\":\"$tag-2\"") in 0 until rows.indexOf("\"id\":\"$tag-1\""))
+                assertFalse("never another user's row: $rows", rows.contains("$tag-alice"))
+                assertNull("not cached", db.get("tasks", "$tag-1"))
+                c.fetchRemote("tasks", query, true)
+                assertTrue(db.get("tasks", "$tag-1")!!.contains("\"_status\":\"synced\""))
+                assertThrows(FerryException.UnknownColumn::class.java) {
+                    runBlocking { c.fetchRemote("tasks", """{"where":{"column":"nope","op":"eq","value":1}}""", false) }
+                }
+                assertThrows(FerryException.MalformedJson::class.java) {
+                    runBlocking { c.fetchRemote("tasks", "{not json", false) }
+                }
+                c.setOnline(false)
+                assertThrows(FerryException.Offline::class.java) { runBlocking { c.fetchRemote("tasks", query, false) } }
+            }
+            FerrySyncClient(db, "http://127.0.0.1:9", StaticTokens(Fixtures.BOB), SyncConfig()).use { c ->
+                assertThrows(FerryException.Offline::class.java) { runBlocking { c.fetchRemote("tasks", query, false) } }
+            }
+        }
+    }
 }

@@ -133,12 +133,21 @@ export type SyncConfig = {
 
 /** The query language of the core (docs/architecture.md, queries). */
 export type Query = {
-  where?: Json;
-  order_by?: Json;
+  where?: Filter;
+  sort?: Array<{ column: string; desc?: boolean }>;
   limit?: number;
   offset?: number;
-  [key: string]: Json | undefined;
 };
+
+/** A condition, or `and`/`or` of filters (docs/protocol.md, the filter language). */
+export type Filter =
+  | {
+      column: string;
+      op: 'eq' | 'ne' | 'lt' | 'lte' | 'gt' | 'gte' | 'in' | 'not_in' | 'like' | 'is_null' | 'is_not_null';
+      value?: Json;
+    }
+  | { and: Filter[] }
+  | { or: Filter[] };
 
 // --- errors -------------------------------------------------------------------
 
@@ -569,6 +578,21 @@ export function bindFerry(native: NativeFerry) {
 
     async pushAll(): Promise<number> {
       return num(await callAsync(native, () => this.raw.pushAll()));
+    }
+
+    /**
+     * Reads `query` from the server, past the local horizon, under the same
+     * auth and sync rules as a pull; local pending edits are laid over the rows.
+     * With `cache`, the rows are kept as synced rows (the horizon does not move;
+     * the next retention run prunes them again). Offline, or with the server
+     * unreachable, it rejects with a `FerryError` of kind `Offline`: show "not
+     * available offline".
+     */
+    async fetchRemote(collection: string, query: Query = {}, options: { cache?: boolean } = {}): Promise<Row[]> {
+      const json = await callAsync(native, () =>
+        this.raw.fetchRemote(collection, JSON.stringify(query), options.cache ?? false),
+      );
+      return JSON.parse(json);
     }
 
     status(): SyncStatus {

@@ -1575,6 +1575,16 @@ public protocol FerrySyncClientProtocol: AnyObject, Sendable {
     func addStatusListener(listener: StatusListener)  -> ListenerHandle
     
     /**
+     * Reads `query_json` (the `FerryDatabase.query` language) from the server,
+     * past the local horizon, under the same auth and sync rules as a pull;
+     * returns the rows as a JSON array, local pending edits laid over them.
+     * With `cache`, the rows are stored as synced without moving the horizon
+     * (the next retention run prunes them again). Offline, or with the server
+     * unreachable, it fails with `Offline`: "not available offline".
+     */
+    func fetchRemote(collection: String, queryJson: String, cache: Bool) async throws  -> String
+    
+    /**
      * Pushes every ready outbox entry; returns how many the server applied.
      */
     func pushAll() async throws  -> UInt64
@@ -1718,6 +1728,31 @@ open func addStatusListener(listener: StatusListener) -> ListenerHandle  {
         FfiConverterTypeStatusListener_lower(listener),$0
     )
 })
+}
+    
+    /**
+     * Reads `query_json` (the `FerryDatabase.query` language) from the server,
+     * past the local horizon, under the same auth and sync rules as a pull;
+     * returns the rows as a JSON array, local pending edits laid over them.
+     * With `cache`, the rows are stored as synced without moving the horizon
+     * (the next retention run prunes them again). Offline, or with the server
+     * unreachable, it fails with `Offline`: "not available offline".
+     */
+open func fetchRemote(collection: String, queryJson: String, cache: Bool)async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(
+                    self.uniffiCloneHandle(),
+                    FfiConverterString.lower(collection),FfiConverterString.lower(queryJson),FfiConverterBool.lower(cache)
+                )
+            },
+            pollFunc: ffi_ferry_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
 }
     
     /**
@@ -4811,6 +4846,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 7324) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote() != 53725) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {

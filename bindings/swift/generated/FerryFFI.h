@@ -643,6 +643,11 @@ uint64_t uniffi_ferry_fn_constructor_ferrysyncclient_with_resolver(uint64_t db, 
 uint64_t uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_FETCH_REMOTE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_FETCH_REMOTE
+uint64_t uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(uint64_t ptr, RustBuffer collection, RustBuffer query_json, int8_t cache
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_PUSH_ALL
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_PUSH_ALL
 uint64_t uniffi_ferry_fn_method_ferrysyncclient_push_all(uint64_t ptr
@@ -1183,6 +1188,12 @@ uint16_t uniffi_ferry_checksum_method_logger_log(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_ADD_STATUS_LISTENER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_ADD_STATUS_LISTENER
 uint16_t uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_FETCH_REMOTE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_FETCH_REMOTE
+uint16_t uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(void
     
 );
 #endif

@@ -479,6 +479,12 @@ extern "C" {
         /*handle*/ uint64_t listener, 
         RustCallStatus *uniffi_out_err
     );
+    /*handle*/ uint64_t uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(
+        /*handle*/ uint64_t ptr, 
+        RustBuffer collection, 
+        RustBuffer query_json, 
+        int8_t cache
+    );
     /*handle*/ uint64_t uniffi_ferry_fn_method_ferrysyncclient_push_all(
         /*handle*/ uint64_t ptr
     );
@@ -796,6 +802,8 @@ extern "C" {
     uint16_t uniffi_ferry_checksum_method_logger_log(
     );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(
     );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_push_all(
     );
@@ -5301,6 +5309,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote"),
+        4,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_push_all"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrysyncclient_push_all"),
@@ -6075,6 +6091,14 @@ NativeFerry::NativeFerry(
         0,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all"] = jsi::Function::createFromHostFunction(
@@ -7164,6 +7188,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_add_status_li
         
         return uniffi_jsi::Bridging</*handle*/ uint64_t>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[2]), uniffi_jsi::Bridging<int8_t>::fromJs(rt, callInvoker, args[3])
+        );
+
+        
+        return uniffi_jsi::Bridging</*handle*/ uint64_t>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_fn_method_ferrysyncclient_push_all(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0])
         );
@@ -7899,6 +7930,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_logger_log(jsi::Runtime
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(
         );
 
         

@@ -83,6 +83,7 @@ class NativeFerry : public jsi::HostObject {
     jsi::Value cpp_uniffi_ferry_fn_constructor_ferrysyncclient_new(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_constructor_ferrysyncclient_with_resolver(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_set_online(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
@@ -180,6 +181,7 @@ class NativeFerry : public jsi::HostObject {
     jsi::Value cpp_uniffi_ferry_checksum_method_tokenprovider_token(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_logger_log(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_online(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);

@@ -126,6 +126,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_constructor_ferrysyncclient_new(db: bigint, serverUrl: Uint8Array, tokenProvider: bigint, config: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_constructor_ferrysyncclient_with_resolver(db: bigint, serverUrl: Uint8Array, tokenProvider: bigint, config: Uint8Array, resolver: bigint, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(uniffiSelf: bigint, listener: bigint, uniffi_out_err: UniffiRustCallStatus): bigint;
+    ubrn_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, cache: number): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_push_all(uniffiSelf: bigint): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(uniffiSelf: bigint, foreground: number, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_online(uniffiSelf: bigint, online: number, uniffi_out_err: UniffiRustCallStatus): void;
@@ -177,6 +178,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_constructor_ferrysyncclient_new(): number;
     ubrn_uniffi_ferry_checksum_constructor_ferrysyncclient_with_resolver(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_online(): number;

@@ -3692,6 +3692,15 @@ export interface FerrySyncClientLike {
  */
     addStatusListener(listener: StatusListener): ListenerHandleLike;
 /**
+ * Reads `query_json` (the `FerryDatabase.query` language) from the server,
+ * past the local horizon, under the same auth and sync rules as a pull;
+ * returns the rows as a JSON array, local pending edits laid over them.
+ * With `cache`, the rows are stored as synced without moving the horizon
+ * (the next retention run prunes them again). Offline, or with the server
+ * unreachable, it fails with `Offline`: "not available offline".
+ */
+    fetchRemote(collection: string, queryJson: string, cache: boolean, asyncOpts_?: { signal: AbortSignal }) /*throws*/: Promise<string>;
+/**
  * Pushes every ready outbox entry; returns how many the server applied.
  */
     pushAll(asyncOpts_?: { signal: AbortSignal }) /*throws*/: Promise<bigint>;
@@ -3802,6 +3811,55 @@ export class FerrySyncClient extends UniffiAbstractObject implements FerrySyncCl
             },
             /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
     ));
+    }
+    
+/**
+ * Reads `query_json` (the `FerryDatabase.query` language) from the server,
+ * past the local horizon, under the same auth and sync rules as a pull;
+ * returns the rows as a JSON array, local pending edits laid over them.
+ * With `cache`, the rows are stored as synced without moving the horizon
+ * (the next retention run prunes them again). Offline, or with the server
+ * unreachable, it fails with `Offline`: "not available offline".
+ */
+    async fetchRemote(collection: string, queryJson: string, cache: boolean, asyncOpts_?: { signal: AbortSignal }): Promise<string> /*throws*/ {
+    const __stack = uniffiIsDebug ? new Error().stack : undefined;
+    try {
+        return await uniffiRustCallAsync(
+            /*rustCaller:*/ uniffiCaller,
+            /*rustFutureFunc:*/ () => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(
+                    uniffiTypeFerrySyncClientObjectFactory.clonePointer(this),FfiConverterString.lower(collection, nativeModule().rustbuffer_alloc),FfiConverterString.lower(queryJson, nativeModule().rustbuffer_alloc),FfiConverterBool.lower(cache, nativeModule().rustbuffer_alloc)
+                );
+            },
+            /*pollFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_poll_rust_buffer,
+            /*cancelFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_cancel_rust_buffer,
+            /*completeFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_complete_rust_buffer,
+            /*freeFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_free_rust_buffer,
+            // Async returns always go through the JS-side converter: the
+            // FFI symbol returns the future handle (u64), and the user-level
+            // RustBuffer comes back via the shared `rust_future_complete_*`
+            // export. The bytes the runtime hands back must be deserialized
+            // here using the per-callable return-type converter.
+            // Borrowed view over foreign memory: the call site owns the free,
+            // as on the sync paths. Unconditional — a no-op where buffers are
+            // already JS-owned.
+            /*liftFunc:*/ (__rb) => {
+                try {
+                    return FfiConverterString.lift(__rb);
+                } finally {
+                    nativeModule().rustbuffer_free(__rb);
+                }
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+            /*asyncOpts:*/ asyncOpts_,
+            /*errorHandler:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError)
+        );
+    } catch (__error: any) {
+        if (uniffiIsDebug && __error instanceof Error) {
+            __error.stack = __stack;
+        }
+        throw __error;
+    }
     }
     
 /**
@@ -4622,6 +4680,9 @@ function uniffiEnsureInitialized() {
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() !== 7324) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote() !== 53725) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all() !== 38455) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_push_all");

@@ -228,6 +228,26 @@ export function createFerryRedux<Rows extends { [collection: string]: Row } = { 
     }
   });
 
+  /**
+   * Reads past the local horizon from the server (`SyncClient.fetchRemote`).
+   * Resolves with the rows; with `cache` they are also stored as synced rows,
+   * and so reach the entity state through `changesApplied` like any other.
+   * Rejects with the error as a plain value: `kind: 'Offline'` is "not
+   * available offline".
+   */
+  const fetchRemote = createAsyncThunk<
+    Row[],
+    { collection: string; query?: Query; cache?: boolean },
+    { rejectValue: FerryErrorInfo | { kind: 'Unknown'; detail: string } }
+  >('ferry/fetchRemote', async ({ collection, query, cache }, api) => {
+    try {
+      if (!client) throw new Error('createFerryRedux: no sync client');
+      return await client.fetchRemote(collection, query ?? {}, { cache });
+    } catch (e) {
+      return api.rejectWithValue(plainError(e));
+    }
+  });
+
   const sync = createAsyncThunk('ferry/sync', async () => {
     if (!client) throw new Error('createFerryRedux: no sync client');
     return client.sync();
@@ -280,7 +300,7 @@ export function createFerryRedux<Rows extends { [collection: string]: Row } = { 
     reducer,
     middleware,
     detach,
-    thunks: { write, hydrate, sync },
+    thunks: { write, hydrate, sync, fetchRemote },
     selectors,
     /** The quarantined mutations, read from the database (not kept in Redux). */
     quarantine: () => db.quarantine(),

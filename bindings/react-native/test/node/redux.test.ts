@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { combineReducers, configureStore, findNonSerializableValue, type UnknownAction } from '@reduxjs/toolkit';
 
 import { changesApplied, createFerryRedux } from '../../src/redux/index';
-import { FerryError, heldHandles, type Row } from '../../src/api';
+import { FerryError, heldHandles, type Query, type Row } from '../../src/api';
 import {
   ALICE,
   BOB,
@@ -337,4 +337,68 @@ test('rows pruned by retention leave the Redux state, and queries say they are i
   for (const p of [4, 5]) assert.equal(task(rs.getState(), `${tag}-${p}`), undefined, `${tag}-${p} left the state`);
   g.detach();
   tight.close();
+});
+
+test('fetchRemote reads past the horizon under the caller\'s rules, can cache into the state, and says Offline', async () => {
+  const url = serverOf().url;
+  const tag = uid('fetch');
+  const day = 86_400_000;
+  const old = Date.now() - 10 * day;
+  const writer = device(url, BOB);
+  await writer.client.write(
+    [1, 2, 3].map((p) => ({ op: 'create' as const, collection: 'tasks', fields: { id: `${tag}-${p}`, title: tag, priority: old + p } })),
+  );
+  await writer.client.sync();
+  const alice = device(url, ALICE);
+  await alice.client.write([{ op: 'create', collection: 'tasks', fields: { id: `${tag}-alice`, title: tag, priority: old } }]);
+  await alice.client.sync();
+
+  const b = device(url, BOB, { schema: retainedSchema({ max_age_ms: day }) });
+  const { f, store, actions } = reduxOver(b);
+  await b.client.sync();
+  await b.db.flushEvents();
+  const byTag: Query = { where: { column: 'title', op: 'eq', value: tag }, sort: [{ column: 'priority', desc: true }] };
+  assert.deepEqual(b.db.query('tasks', byTag), [], 'the rows are past the horizon here');
+  const horizon = () => b.db.anchors().find((x) => x.collection === 'tasks')?.horizon;
+  const before = horizon();
+  assert.notEqual(before, null);
+
+  const mine = [3, 2, 1].map((p) => `${tag}-${p}`);
+  const fetched = await store.dispatch(f.thunks.fetchRemote({ collection: 'tasks', query: byTag })).unwrap();
+  assert.deepEqual(fetched.map((r) => r.id), mine, "Bob's rows in the query's order, never Alice's");
+  await b.db.flushEvents();
+  assert.equal(task(store.getState(), mine[0]!), undefined, 'not cached: not in the state');
+  assert.deepEqual(b.db.query('tasks', byTag), [], 'not cached: not in the database');
+
+  const cached = await store.dispatch(f.thunks.fetchRemote({ collection: 'tasks', query: byTag, cache: true })).unwrap();
+  await b.db.flushEvents();
+  assert.deepEqual(cached.map((r) => r.id), mine);
+  for (const id of mine) assert.equal(task(store.getState(), id)?._status, 'synced', `${id} cached into the state`);
+  assert.equal(horizon(), before, 'caching does not move the horizon');
+  assert.equal(b.db.queryResult('tasks', byTag).complete, false, 'and the local data stays incomplete below it');
+  assert.equal(b.db.runRetention().tasks, 3, 'the next retention run prunes the cached rows again');
+  await b.db.flushEvents();
+  assert.equal(task(store.getState(), mine[0]!), undefined);
+
+  // Bad queries are typed errors, refused before any request.
+  const bad = await store.dispatch(
+    f.thunks.fetchRemote({ collection: 'tasks', query: { where: { column: 'no_such_column', op: 'eq', value: 1 } } }),
+  );
+  assert.equal((bad.payload as { kind: string }).kind, 'UnknownColumn', JSON.stringify(bad.payload));
+  await assert.rejects(b.client.fetchRemote('no_such_collection'), (e) => e instanceof FerryError && e.kind === 'UnknownCollection');
+
+  // Offline, as the host says, and with the server unreachable: "not available offline".
+  b.client.setOnline(false);
+  const offline = await store.dispatch(f.thunks.fetchRemote({ collection: 'tasks', query: byTag }));
+  assert.equal(offline.type, 'ferry/fetchRemote/rejected');
+  assert.equal((offline.payload as { kind: string }).kind, 'Offline', JSON.stringify(offline.payload));
+  assert.ok(actions.some((a) => a.type === 'ferry/fetchRemote/rejected'));
+  const gone = device('http://127.0.0.1:1', BOB);
+  await assert.rejects(gone.client.fetchRemote('tasks', byTag), (e) => e instanceof FerryError && e.kind === 'Offline');
+
+  f.detach();
+  for (const d of [writer, alice, b, gone]) {
+    await d.client.close();
+    d.db.close();
+  }
 });

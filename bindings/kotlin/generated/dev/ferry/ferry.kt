@@ -847,6 +847,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_push_all(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(
@@ -1020,6 +1022,8 @@ external fun uniffi_ferry_fn_constructor_ferrysyncclient_new(`db`: Long,`serverU
 external fun uniffi_ferry_fn_constructor_ferrysyncclient_with_resolver(`db`: Long,`serverUrl`: RustBuffer.ByValue,`tokenProvider`: Long,`config`: RustBuffer.ByValue,`resolver`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
 external fun uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Long
+external fun uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,`cache`: Byte,
 ): Long
 external fun uniffi_ferry_fn_method_ferrysyncclient_push_all(`ptr`: Long,
 ): Long
@@ -1272,6 +1276,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener() != 7324) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote() != 53725) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {
@@ -3386,6 +3393,16 @@ public interface FerrySyncClientInterface {
     fun `addStatusListener`(`listener`: StatusListener): ListenerHandle
     
     /**
+     * Reads `query_json` (the `FerryDatabase.query` language) from the server,
+     * past the local horizon, under the same auth and sync rules as a pull;
+     * returns the rows as a JSON array, local pending edits laid over them.
+     * With `cache`, the rows are stored as synced without moving the horizon
+     * (the next retention run prunes them again). Offline, or with the server
+     * unreachable, it fails with `Offline`: "not available offline".
+     */
+    suspend fun `fetchRemote`(`collection`: kotlin.String, `queryJson`: kotlin.String, `cache`: kotlin.Boolean): kotlin.String
+    
+    /**
      * Pushes every ready outbox entry; returns how many the server applied.
      */
     suspend fun `pushAll`(): kotlin.ULong
@@ -3561,6 +3578,35 @@ open class FerrySyncClient: Disposable, AutoCloseable, FerrySyncClientInterface
     )
     }
     
+
+    
+    /**
+     * Reads `query_json` (the `FerryDatabase.query` language) from the server,
+     * past the local horizon, under the same auth and sync rules as a pull;
+     * returns the rows as a JSON array, local pending edits laid over them.
+     * With `cache`, the rows are stored as synced without moving the horizon
+     * (the next retention run prunes them again). Offline, or with the server
+     * unreachable, it fails with `Offline`: "not available offline".
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `fetchRemote`(`collection`: kotlin.String, `queryJson`: kotlin.String, `cache`: kotlin.Boolean) : kotlin.String {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(
+                uniffiHandle,
+                FfiConverterString.lower(`collection`),FfiConverterString.lower(`queryJson`),FfiConverterBoolean.lower(`cache`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
 
     
     /**
