@@ -119,11 +119,15 @@ fn server() -> &'static Server {
 }
 
 fn call(method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    call_as("alice-dev-token", method, path, body)
+}
+
+fn call_as(token: &str, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
     let s = server();
     let req = Request::builder()
         .method(method)
         .uri(path)
-        .header("authorization", "Bearer alice-dev-token")
+        .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .body(Body::from(body))
         .unwrap();
@@ -152,13 +156,16 @@ fn snapshot() -> Vec<u8> {
 /// A request body on each route, in process through the router: never a 5xx,
 /// and a refused push (4xx) writes nothing.
 pub fn server_request(route: u8, body: &[u8]) {
-    let (method, path) = match route % 4 {
+    let (method, path) = match route % 5 {
         0 => (Method::POST, ferry_protocol::PULL_PATH),
         1 => (Method::POST, ferry_protocol::PUSH_PATH),
         2 => (Method::POST, ferry_protocol::watermelon::SYNC_PATH),
-        _ => (Method::GET, ferry_protocol::watermelon::SYNC_PATH),
+        3 => (Method::GET, ferry_protocol::watermelon::SYNC_PATH),
+        _ => (Method::POST, ferry_protocol::FETCH_PATH),
     };
-    let writes = method == Method::POST && path != ferry_protocol::PULL_PATH;
+    let writes = method == Method::POST
+        && path != ferry_protocol::PULL_PATH
+        && path != ferry_protocol::FETCH_PATH;
     let before = writes.then(snapshot);
     let (status, _) = call(method, path, body.to_vec());
     assert!(
@@ -171,4 +178,104 @@ pub fn server_request(route: u8, body: &[u8]) {
     {
         assert_eq!(snapshot(), before, "a refused request wrote something");
     }
+}
+
+/// Collections a read-through request may name: the configured ones and some
+/// that are not.
+const FETCH_COLLECTIONS: [&str; 4] = ["tasks", "projects", "nope", ""];
+
+/// A read-through request, `{"collection", "query"}` with `query` taken from
+/// `query` when it is JSON (else sent as a string): never a 5xx, a refusal is a
+/// typed error body, an answer is a well-formed page within the query's limit
+/// and the server's, sorted as asked, and it writes nothing.
+pub fn fetch_request(collection: u8, query: &[u8]) {
+    let query_value = serde_json::from_slice::<serde_json::Value>(query)
+        .unwrap_or_else(|_| String::from_utf8_lossy(query).into_owned().into());
+    let collection = FETCH_COLLECTIONS[collection as usize % FETCH_COLLECTIONS.len()];
+    let body = serde_json::json!({"collection": collection, "query": query_value});
+    seed_fetch_rows();
+    let before = snapshot();
+    let (status, answer) = call(
+        Method::POST,
+        ferry_protocol::FETCH_PATH,
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert!(!status.is_server_error(), "{status} for fetch {body}");
+    if status.is_success() {
+        let page: ferry_protocol::FetchResponse<RawFields> = serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("fetch answer does not decode ({e}): {body}"));
+        let parsed = ferry_protocol::query::Query::from_value(&query_value)
+            .expect("the server took this query");
+        let cap = ferry_server::ServerConfig::dev().limits.max_page_rows as usize;
+        let limit = parsed.limit.map_or(cap, |l| (l as usize).clamp(1, cap));
+        assert!(page.records.len() <= limit, "over the limit: {body}");
+        let rows: Vec<(String, ferry_protocol::Fields)> = page
+            .records
+            .iter()
+            .map(|r| (r.id.clone(), serde_json::from_str(r.fields.get()).unwrap()))
+            .collect();
+        for pair in rows.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert_ne!(
+                parsed.order((&a.0, &a.1), (&b.0, &b.1)),
+                std::cmp::Ordering::Greater,
+                "out of order: {body}"
+            );
+        }
+        for (id, fields) in &rows {
+            assert!(
+                !id.starts_with("bob-"),
+                "bob's record {id} reached alice: {body}"
+            );
+            assert_ne!(
+                fields.get("archived"),
+                Some(&serde_json::Value::Bool(true)),
+                "archived {id} was fetched: {body}"
+            );
+        }
+        if let Some(filter) = &parsed.filter {
+            for (id, fields) in &rows {
+                assert!(filter.matches(id, fields), "{id} does not match: {body}");
+            }
+        }
+    } else {
+        let err: ferry_protocol::ErrorBody = serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("{status} without an error body ({e}): {body}"));
+        assert!(!err.error.code.is_empty());
+    }
+    assert_eq!(snapshot(), before, "a fetch wrote something");
+}
+
+/// Rows for read-through to find: alice's tasks (some archived, which a sync
+/// rule keeps from clients) and bob's private ones, which alice must never get.
+fn seed_fetch_rows() {
+    static SEEDED: OnceLock<()> = OnceLock::new();
+    SEEDED.get_or_init(|| {
+        for (token, prefix, n) in [("alice-dev-token", "seed-", 24), ("bob-dev-token", "bob-", 8)] {
+            let mutations: Vec<serde_json::Value> = (0..n)
+                .map(|i| {
+                    serde_json::json!({
+                        "mutation_id": format!("{prefix}m{i}"),
+                        "collection": "tasks",
+                        "record_id": format!("{prefix}{i}"),
+                        "op": "create",
+                        "fields": {
+                            "title": format!("task {}", i % 7),
+                            "done": i % 2 == 0,
+                            "priority": if i % 5 == 0 { serde_json::Value::Null } else { (i % 4).into() },
+                            "archived": i % 6 == 0,
+                        },
+                    })
+                })
+                .collect();
+            let push = serde_json::json!({"client_id": "fuzz-seed", "mutations": mutations});
+            let (status, _) = call_as(
+                token,
+                Method::POST,
+                ferry_protocol::PUSH_PATH,
+                serde_json::to_vec(&push).unwrap(),
+            );
+            assert_eq!(status, StatusCode::OK);
+        }
+    });
 }

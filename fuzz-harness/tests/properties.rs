@@ -115,6 +115,76 @@ fn query_json() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// Read-through queries over `tasks` that the server mostly accepts: typed
+/// values for real columns, so answers carry rows the checks can look at.
+fn fetch_query_json() -> impl Strategy<Value = Vec<u8>> {
+    let typed = prop_oneof![
+        (
+            Just("title"),
+            (0..8u8).prop_map(|i| json!(format!("task {i}")))
+        ),
+        (Just("title"), Just(json!("task%"))),
+        (Just("done"), any::<bool>().prop_map(|b| json!(b))),
+        (Just("archived"), any::<bool>().prop_map(|b| json!(b))),
+        (Just("priority"), (0..5i64).prop_map(|i| json!(i))),
+        (
+            Just("id"),
+            (0..30u8).prop_map(|i| json!(format!("seed-{i}")))
+        ),
+        (Just("id"), (0..8u8).prop_map(|i| json!(format!("bob-{i}")))),
+    ];
+    let op = prop_oneof![
+        Just("eq"),
+        Just("ne"),
+        Just("lt"),
+        Just("gte"),
+        Just("in"),
+        Just("not_in"),
+        Just("like"),
+        Just("is_null"),
+        Just("is_not_null"),
+    ];
+    let cond = (typed, op).prop_map(|((c, v), o)| {
+        let v = match o {
+            "in" | "not_in" => json!([v]),
+            "is_null" | "is_not_null" => Value::Null,
+            _ => v,
+        };
+        json!({"column": c, "op": o, "value": v})
+    });
+    let filter = cond.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 1..3).prop_map(|fs| json!({"and": fs})),
+            prop::collection::vec(inner, 1..3).prop_map(|fs| json!({"or": fs})),
+        ]
+    });
+    let sort = prop::collection::vec(
+        (
+            prop_oneof![Just("title"), Just("priority"), Just("done"), Just("id")],
+            any::<bool>(),
+        ),
+        0..3,
+    )
+    .prop_map(|ks| {
+        ks.into_iter()
+            .map(|(c, d)| json!({"column": c, "desc": d}))
+            .collect::<Vec<_>>()
+    });
+    (
+        prop::option::of(filter),
+        sort,
+        prop::option::of(1u64..10),
+        prop::option::of(0u64..4),
+    )
+        .prop_map(|(f, s, l, o)| {
+            let mut q = json!({"sort": s, "limit": l, "offset": o});
+            if let Some(f) = f {
+                q["where"] = f;
+            }
+            serde_json::to_vec(&q).unwrap()
+        })
+}
+
 fn input() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..256),
@@ -145,5 +215,13 @@ proptest! {
     #[test]
     fn server_request_handlers(route in any::<u8>(), data in input()) {
         h::server_request(route, &data)
+    }
+
+    #[test]
+    fn fetch_requests(
+        collection in any::<u8>(),
+        query in prop_oneof![1 => input(), 1 => query_json(), 4 => fetch_query_json()],
+    ) {
+        h::fetch_request(collection, &query)
     }
 }
