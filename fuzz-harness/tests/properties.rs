@@ -89,6 +89,17 @@ fn query_json() -> impl Strategy<Value = Vec<u8>> {
             prop::collection::vec(inner, 0..4).prop_map(|fs| json!({"or": fs})),
         ]
     });
+    query_of(filter, column, 0u64..20, 0u64..5)
+}
+
+/// A query's JSON: an optional `where` from `filter`, up to two sort keys on
+/// `column`, and an optional `limit` and `offset` from their ranges.
+fn query_of(
+    filter: impl Strategy<Value = Value>,
+    column: impl Strategy<Value = &'static str>,
+    limit: std::ops::Range<u64>,
+    offset: std::ops::Range<u64>,
+) -> impl Strategy<Value = Vec<u8>> {
     let sort = prop::collection::vec((column, any::<bool>()), 0..3).prop_map(|ks| {
         ks.into_iter()
             .map(|(c, d)| json!({"column": c, "desc": d}))
@@ -97,8 +108,8 @@ fn query_json() -> impl Strategy<Value = Vec<u8>> {
     (
         prop::option::of(filter),
         sort,
-        prop::option::of(0u64..20),
-        prop::option::of(0u64..5),
+        prop::option::of(limit),
+        prop::option::of(offset),
     )
         .prop_map(|(f, s, l, o)| {
             let mut q = json!({"sort": s});
@@ -158,31 +169,8 @@ fn fetch_query_json() -> impl Strategy<Value = Vec<u8>> {
             prop::collection::vec(inner, 1..3).prop_map(|fs| json!({"or": fs})),
         ]
     });
-    let sort = prop::collection::vec(
-        (
-            prop_oneof![Just("title"), Just("priority"), Just("done"), Just("id")],
-            any::<bool>(),
-        ),
-        0..3,
-    )
-    .prop_map(|ks| {
-        ks.into_iter()
-            .map(|(c, d)| json!({"column": c, "desc": d}))
-            .collect::<Vec<_>>()
-    });
-    (
-        prop::option::of(filter),
-        sort,
-        prop::option::of(1u64..10),
-        prop::option::of(0u64..4),
-    )
-        .prop_map(|(f, s, l, o)| {
-            let mut q = json!({"sort": s, "limit": l, "offset": o});
-            if let Some(f) = f {
-                q["where"] = f;
-            }
-            serde_json::to_vec(&q).unwrap()
-        })
+    let sort_column = prop_oneof![Just("title"), Just("priority"), Just("done"), Just("id")];
+    query_of(filter, sort_column, 1u64..10, 0u64..4)
 }
 
 fn input() -> impl Strategy<Value = Vec<u8>> {
