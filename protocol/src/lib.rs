@@ -68,6 +68,24 @@ pub struct PullRequest {
     /// Ask for per-collection totals (anchors) in the page.
     #[serde(default)]
     pub want_totals: bool,
+    /// Sync subscriptions: what this client syncs, as a union of these. `None`
+    /// means every record of the pulled collections. When present it names the
+    /// pulled collections itself, and `collections` must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<Vec<Subscription>>,
+}
+
+/// One sync subscription: the records of `collection`, in `scope` when it is
+/// set (a scope the caller does not hold gives nothing), that match `filter`
+/// (the query language's `where`) when it is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub collection: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<serde_json::Value>,
 }
 
 /// One page of a pull. The client must stage pages and publish them only once a

@@ -28,26 +28,53 @@ impl Position {
     pub const MAX: Position = Position(i64::MAX, i64::MAX);
 }
 
-/// Key of one change stream: a scope and a collection.
+/// Key of one change stream: a scope, a collection and, for a subscription with
+/// a filter, the filter's key (empty for every record of the collection).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamKey {
     pub scope: String,
     pub collection: String,
+    pub filter: String,
 }
 
 impl StreamKey {
     pub fn new(scope: &str, collection: &str) -> Self {
+        StreamKey::filtered(scope, collection, "")
+    }
+    pub fn filtered(scope: &str, collection: &str, filter: &str) -> Self {
         StreamKey {
             scope: scope.to_string(),
             collection: collection.to_string(),
+            filter: filter.to_string(),
         }
     }
+    /// The same scope and collection with no filter.
+    pub fn unfiltered(&self) -> StreamKey {
+        StreamKey::new(&self.scope, &self.collection)
+    }
+    /// Whether both keys scan the same change-index rows.
+    pub fn same_rows(&self, other: &StreamKey) -> bool {
+        self.scope == other.scope && self.collection == other.collection
+    }
     fn encode(&self) -> String {
-        format!("{}\u{1f}{}", self.collection, self.scope)
+        if self.filter.is_empty() {
+            format!("{}\u{1f}{}", self.collection, self.scope)
+        } else {
+            format!(
+                "{}\u{1f}{}\u{1f}{}",
+                self.collection, self.scope, self.filter
+            )
+        }
     }
     fn decode(s: &str) -> Option<StreamKey> {
-        let (collection, scope) = s.split_once('\u{1f}')?;
-        Some(StreamKey::new(scope, collection))
+        let mut parts = s.splitn(3, '\u{1f}');
+        let collection = parts.next()?;
+        let scope = parts.next()?;
+        Some(StreamKey::filtered(
+            scope,
+            collection,
+            parts.next().unwrap_or(""),
+        ))
     }
 }
 
@@ -58,6 +85,9 @@ pub struct Cursor {
     pub streams: BTreeMap<StreamKey, Position>,
     /// Streams of scopes the user lost, being evicted: progress so far.
     pub revoking: BTreeMap<StreamKey, Position>,
+    /// For each filtered stream, the watermark of the read it first appeared in:
+    /// below it, the stream never sent an earlier version of any record.
+    pub created: BTreeMap<StreamKey, Position>,
     /// Every change below this position (in the pulled collections) has been
     /// delivered: set when a pull completes (`has_more == false`).
     pub watermark: Position,
@@ -72,6 +102,8 @@ struct Wire {
     s: BTreeMap<String, Position>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     r: BTreeMap<String, Position>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    c: BTreeMap<String, Position>,
 }
 
 /// Signs and verifies cursors and write checkpoints.
@@ -96,6 +128,7 @@ impl CursorCodec {
             w: c.watermark,
             s: map(&c.streams),
             r: map(&c.revoking),
+            c: map(&c.created),
         };
         let json = serde_json::to_vec(&wire).expect("cursor serializes");
         let tag = hmac::sign(&self.key, &json);
@@ -126,6 +159,7 @@ impl CursorCodec {
         Ok(Cursor {
             streams: map(wire.s)?,
             revoking: map(wire.r)?,
+            created: map(wire.c)?,
             watermark: wire.w,
         })
     }
@@ -144,6 +178,9 @@ mod tests {
         };
         c.streams
             .insert(StreamKey::new("user:alice", "tasks"), Position(5, 2));
+        let filtered = StreamKey::filtered("team:x", "tasks", "0123abcd");
+        c.streams.insert(filtered.clone(), Position(6, 0));
+        c.created.insert(filtered, Position(4, 0));
         let s = codec.encode("alice", &c);
         assert_eq!(codec.decode("alice", &s).unwrap(), c);
         assert!(codec.decode("bob", &s).is_err());

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_protocol::query::{Op, Query};
+use ferry_protocol::query::{Filter, Op, Query};
 use ferry_protocol::{FetchRequest, FetchResponse, Fields, RawFields, ServerRecord, error_code};
 use serde_json::Value;
 
@@ -139,28 +139,37 @@ fn settle(query: &Query, best: &mut Vec<Match>, keep: usize) {
 /// has the field's type: what the core checks against its schema before it
 /// compiles the same query.
 fn check_query(coll: &CollectionConfig, q: &Query) -> Result<(), ApiError> {
-    let bad = |m: String| Err(ApiError::bad_request(error_code::INVALID_REQUEST, m));
-    let type_of = |column: &str| -> Result<FieldType, ApiError> {
-        if column == "id" {
-            return Ok(FieldType::String);
-        }
-        coll.fields.get(column).map(|f| f.ty).ok_or_else(|| {
-            ApiError::bad_request(
-                error_code::INVALID_REQUEST,
-                format!("unknown field {column:?}"),
-            )
-        })
-    };
     for s in &q.sort {
-        if type_of(&s.column)? == FieldType::Json {
-            return bad(format!("cannot sort by json field {:?}", s.column));
+        if column_type(coll, &s.column)? == FieldType::Json {
+            return Err(invalid(format!("cannot sort by json field {:?}", s.column)));
         }
     }
-    let Some(filter) = &q.filter else {
-        return Ok(());
-    };
+    match &q.filter {
+        Some(filter) => check_filter(coll, filter),
+        None => Ok(()),
+    }
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::bad_request(error_code::INVALID_REQUEST, message)
+}
+
+fn column_type(coll: &CollectionConfig, column: &str) -> Result<FieldType, ApiError> {
+    if column == "id" {
+        return Ok(FieldType::String);
+    }
+    coll.fields
+        .get(column)
+        .map(|f| f.ty)
+        .ok_or_else(|| invalid(format!("unknown field {column:?}")))
+}
+
+/// A filter (of a query or a sync subscription) names only the id and
+/// configured fields, and compares each with a value of its type.
+pub(crate) fn check_filter(coll: &CollectionConfig, filter: &Filter) -> Result<(), ApiError> {
+    let bad = |m: String| Err(invalid(m));
     for (column, op, value) in filter.conditions() {
-        let ty = type_of(column)?;
+        let ty = column_type(coll, column)?;
         if matches!(op, Op::IsNull | Op::IsNotNull) {
             if !value.is_null() {
                 return bad(format!("`{}` takes no value", op.name()));

@@ -363,6 +363,7 @@ trait DefaultRequest {
 impl DefaultRequest for PullRequest {
     fn default_request() -> Self {
         PullRequest {
+            subscriptions: None,
             cursor: None,
             client_id: None,
             limit: None,

@@ -21,6 +21,7 @@ pub mod metrics;
 mod serve;
 pub mod service;
 pub mod storage;
+mod subscriptions;
 pub mod testing;
 
 use std::net::SocketAddr;

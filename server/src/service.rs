@@ -25,6 +25,7 @@ use crate::storage::{
     self, ChangeKind, ChangeRow, PlannedMutation, Precondition, ReadRequest, Scan, Storage,
     WriteBatch,
 };
+use crate::subscriptions::{self, Verdict};
 
 /// Longest a pull waits for older transactions to finish (see [`SyncService::read_settled`]).
 const SETTLE_BUDGET: Duration = Duration::from_millis(250);
@@ -95,22 +96,6 @@ impl SyncService {
         &self.storage
     }
 
-    fn collections(&self, wanted: Option<&[String]>) -> Result<Vec<String>, ApiError> {
-        match wanted {
-            None => Ok(self.config.collections.keys().cloned().collect()),
-            Some(list) => {
-                let mut out = BTreeSet::new();
-                for c in list {
-                    if !self.config.collections.contains_key(c) {
-                        return Err(ApiError::unknown_collection(c));
-                    }
-                    out.insert(c.clone());
-                }
-                Ok(out.into_iter().collect())
-            }
-        }
-    }
-
     /// Reads; when committed changes are withheld behind the watermark (an older
     /// transaction is still running on PostgreSQL), waits briefly for it so a pull
     /// right after a push sees that push. Never returns withheld changes.
@@ -146,12 +131,14 @@ impl SyncService {
             .limit
             .unwrap_or(limits.default_page_rows)
             .clamp(1, limits.max_page_rows) as usize;
-        let collections = self.collections(req.collections.as_deref())?;
+        let plan = subscriptions::plan(&self.config, caller, req)?;
+        let collections = plan.collections;
         let mut cursor = match &req.cursor {
             Some(s) => self.codec.decode(&caller.user_id, s)?,
             None => Cursor::default(),
         };
-        // Streams of scopes the caller lost start being evicted; regained ones stop.
+        // Streams of scopes the caller lost start being evicted (once per scope
+        // and collection, whatever their filters); regained ones stop.
         let lost: Vec<StreamKey> = cursor
             .streams
             .keys()
@@ -160,24 +147,32 @@ impl SyncService {
             .collect();
         for k in lost {
             cursor.streams.remove(&k);
-            cursor.revoking.insert(k, Position::ZERO);
+            cursor.created.remove(&k);
+            cursor.revoking.insert(k.unfiltered(), Position::ZERO);
         }
         cursor.revoking.retain(|k, _| !caller.can_access(&k.scope));
-
-        let mut scans = Vec::new();
-        for scope in &caller.scopes {
-            for c in &collections {
-                let key = StreamKey::new(scope, c);
-                let after = cursor.streams.get(&key).copied().unwrap_or(Position::ZERO);
-                scans.push(Scan {
-                    key,
-                    after,
-                    upto: None,
-                    limit: limit + 1,
-                });
-            }
+        if plan.subscribed {
+            // A stream no subscription names any more is forgotten: the client
+            // evicts it locally, and subscribing again starts it afresh.
+            let live: BTreeSet<&StreamKey> = plan.streams.iter().map(|s| &s.key).collect();
+            cursor.streams.retain(|k, _| live.contains(k));
+            cursor.created.retain(|k, _| live.contains(k));
         }
-        let live = scans.len();
+
+        let mut scans: Vec<Scan> = plan
+            .streams
+            .iter()
+            .map(|s| Scan {
+                key: s.key.clone(),
+                after: cursor
+                    .streams
+                    .get(&s.key)
+                    .copied()
+                    .unwrap_or(Position::ZERO),
+                upto: None,
+                limit: limit + 1,
+            })
+            .collect();
         for (key, after) in &cursor.revoking {
             if collections.contains(&key.collection) {
                 scans.push(Scan {
@@ -188,6 +183,7 @@ impl SyncService {
                 });
             }
         }
+        let live = plan.streams.len();
         let totals = req.want_totals.then(|| {
             (
                 caller.scopes.iter().cloned().collect::<Vec<_>>(),
@@ -200,6 +196,12 @@ impl SyncService {
                 totals,
             })
             .await?;
+        for s in plan.streams.iter().filter(|s| s.filter.is_some()) {
+            cursor
+                .created
+                .entry(s.key.clone())
+                .or_insert(read.watermark);
+        }
 
         // Merge every stream in global position order and take the first `limit`.
         let mut merged: Vec<(Position, usize, &ChangeRow)> = read
@@ -224,13 +226,20 @@ impl SyncService {
                 continue;
             }
             cursor.streams.insert(key.clone(), *pos);
-            let echo = row.kind != ChangeKind::Evict
+            let kind = match &plan.streams[*i].filter {
+                None => row.kind,
+                Some(_) => match subscriptions::verdict(&plan.streams, *i, &cursor, *pos, row)? {
+                    Verdict::Skip => continue,
+                    Verdict::Send(kind) => kind,
+                },
+            };
+            let echo = kind != ChangeKind::Evict
                 && req.client_id.is_some()
                 && row.client_id == req.client_id;
             if echo {
                 continue;
             }
-            match (row.kind, &row.record) {
+            match (kind, &row.record) {
                 (ChangeKind::Upsert, Some(rec)) => page.upserts.push(ServerRecord {
                     id: row.record_id.clone(),
                     version: rec.version,

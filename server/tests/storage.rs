@@ -52,6 +52,9 @@ suite!(
     names_and_values_cannot_inject_sql,
     fetch_reads_the_callers_scopes_under_the_sync_rules,
     fetch_refuses_queries_outside_the_collection_config,
+    subscriptions_widen_by_backfill_only_and_evict_rows_that_stop_matching,
+    a_subscription_to_a_scope_gets_that_scope_only,
+    subscriptions_outside_the_collection_config_are_refused,
 );
 
 fn create(mid: &str, coll: &str, id: &str, f: serde_json::Value) -> Mutation {
@@ -107,6 +110,7 @@ async fn push(
 
 fn req(cursor: Option<&str>) -> PullRequest {
     PullRequest {
+        subscriptions: None,
         cursor: cursor.map(String::from),
         client_id: None,
         limit: None,
@@ -221,6 +225,7 @@ async fn pull_pages_carry_has_more_and_deliver_every_row_once(svc: SyncService) 
         .collect();
     push(&svc, &a, "c1", ms).await;
     let r = PullRequest {
+        subscriptions: None,
         limit: Some(1_000_000),
         ..req(None)
     };
@@ -628,6 +633,7 @@ async fn own_writes_are_not_echoed_but_the_cursor_advances(svc: SyncService) {
     )
     .await;
     let r = PullRequest {
+        subscriptions: None,
         client_id: Some("phone".into()),
         ..req(Some(&start.cursor))
     };
@@ -642,6 +648,7 @@ async fn own_writes_are_not_echoed_but_the_cursor_advances(svc: SyncService) {
         &svc,
         &a,
         &PullRequest {
+            subscriptions: None,
             cursor: Some(page.cursor.clone()),
             ..r.clone()
         },
@@ -657,6 +664,7 @@ async fn own_writes_are_not_echoed_but_the_cursor_advances(svc: SyncService) {
         &svc,
         &a,
         &PullRequest {
+            subscriptions: None,
             client_id: Some("laptop".into()),
             ..req(Some(&start.cursor))
         },
@@ -711,6 +719,7 @@ async fn users_only_see_their_scopes_and_cannot_use_each_others_cursors(svc: Syn
         &svc,
         &bob(),
         &PullRequest {
+            subscriptions: None,
             collections: Some(vec!["nope".into()]),
             ..req(None)
         },
@@ -733,6 +742,7 @@ async fn selecting_a_collection_later_gets_its_full_history(svc: SyncService) {
     )
     .await;
     let only_tasks = PullRequest {
+        subscriptions: None,
         collections: Some(vec!["tasks".into()]),
         ..req(None)
     };
@@ -1014,4 +1024,238 @@ async fn fetch_refuses_queries_outside_the_collection_config(svc: SyncService) {
             "{q}"
         );
     }
+}
+
+fn sub(
+    collection: &str,
+    scope: Option<&str>,
+    filter: Option<serde_json::Value>,
+) -> ferry_protocol::Subscription {
+    ferry_protocol::Subscription {
+        collection: collection.into(),
+        scope: scope.map(String::from),
+        filter,
+    }
+}
+
+fn priority_is(p: i64) -> serde_json::Value {
+    json!({"column": "priority", "op": "eq", "value": p})
+}
+
+fn subscribed(cursor: Option<&str>, subs: Vec<ferry_protocol::Subscription>) -> PullRequest {
+    PullRequest {
+        subscriptions: Some(subs),
+        limit: Some(3),
+        ..req(cursor)
+    }
+}
+
+/// What a whole pull sent: upserted, deleted and evicted ids of `collection`,
+/// and its last cursor.
+async fn pulled(
+    svc: &SyncService,
+    who: &Caller,
+    r: PullRequest,
+    collection: &str,
+) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>, String) {
+    let pages = pull_all(svc, who, r).await;
+    let (mut up, mut del, mut ev) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for p in &pages {
+        if let Some(c) = p.changes.get(collection) {
+            up.extend(c.upserts.iter().map(|r| r.id.clone()));
+            del.extend(c.deletes.iter().cloned());
+            ev.extend(c.evictions.iter().cloned());
+        }
+    }
+    (up, del, ev, pages.last().unwrap().cursor.clone())
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+async fn subscriptions_widen_by_backfill_only_and_evict_rows_that_stop_matching(svc: SyncService) {
+    let a = alice();
+    let pri = |i: usize| if i <= 5 { 1 } else { 2 };
+    let creates = (1..=10)
+        .map(|i| {
+            create(
+                &format!("m{i}"),
+                "tasks",
+                &format!("t{i}"),
+                json!({"title": format!("task {i}"), "done": false, "priority": pri(i)}),
+            )
+        })
+        .collect();
+    push(&svc, &a, "writer", creates).await;
+    let ones = sub("tasks", None, Some(priority_is(1)));
+    let twos = sub("tasks", None, Some(priority_is(2)));
+
+    // Narrow: only priority 1, and nothing of what does not match.
+    let (up, del, ev, cursor) =
+        pulled(&svc, &a, subscribed(None, vec![ones.clone()]), "tasks").await;
+    assert_eq!(up, set(&["t1", "t2", "t3", "t4", "t5"]));
+    assert!(del.is_empty() && ev.is_empty(), "{del:?} {ev:?}");
+
+    // t2 stops matching: an eviction, not a delete. t7 starts matching: it arrives.
+    push(
+        &svc,
+        &a,
+        "writer",
+        vec![
+            update("m11", "tasks", "t2", 1, json!({"priority": 2})),
+            update("m12", "tasks", "t7", 1, json!({"priority": 1})),
+        ],
+    )
+    .await;
+    let (up, del, ev, cursor) = pulled(
+        &svc,
+        &a,
+        subscribed(Some(&cursor), vec![ones.clone()]),
+        "tasks",
+    )
+    .await;
+    assert_eq!(up, set(&["t7"]));
+    assert_eq!(ev, set(&["t2"]));
+    assert!(del.is_empty());
+
+    // Widen: priority 2 too. Only what it adds arrives, rows last written long
+    // ago included; nothing priority 1 already sent comes again.
+    let (up, del, ev, cursor) = pulled(
+        &svc,
+        &a,
+        subscribed(Some(&cursor), vec![ones.clone(), twos.clone()]),
+        "tasks",
+    )
+    .await;
+    assert_eq!(up, set(&["t2", "t6", "t8", "t9", "t10"]));
+    assert!(del.is_empty() && ev.is_empty(), "{del:?} {ev:?}");
+
+    // Widen with one that overlaps both: everything it matches was sent already.
+    let open = sub(
+        "tasks",
+        None,
+        Some(json!({"column": "done", "op": "eq", "value": false})),
+    );
+    let (up, _, ev, _) = pulled(
+        &svc,
+        &a,
+        subscribed(Some(&cursor), vec![ones.clone(), twos.clone(), open]),
+        "tasks",
+    )
+    .await;
+    assert!(up.is_empty() && ev.is_empty(), "{up:?} {ev:?}");
+
+    // A row that moves from one subscription to another is not evicted.
+    push(
+        &svc,
+        &a,
+        "writer",
+        vec![update("m13", "tasks", "t1", 1, json!({"priority": 2}))],
+    )
+    .await;
+    let (up, _, ev, cursor) = pulled(
+        &svc,
+        &a,
+        subscribed(Some(&cursor), vec![ones.clone(), twos.clone()]),
+        "tasks",
+    )
+    .await;
+    assert_eq!(up, set(&["t1"]));
+    assert!(ev.is_empty(), "{ev:?}");
+
+    // Narrow to priority 2, then subscribe to priority 1 again: it starts afresh.
+    let (up, _, ev, cursor) = pulled(
+        &svc,
+        &a,
+        subscribed(Some(&cursor), vec![twos.clone()]),
+        "tasks",
+    )
+    .await;
+    assert!(up.is_empty() && ev.is_empty(), "{up:?} {ev:?}");
+    let (up, _, _, _) = pulled(
+        &svc,
+        &a,
+        subscribed(Some(&cursor), vec![twos, ones]),
+        "tasks",
+    )
+    .await;
+    assert_eq!(up, set(&["t3", "t4", "t5", "t7"]));
+}
+
+async fn a_subscription_to_a_scope_gets_that_scope_only(svc: SyncService) {
+    let a = alice();
+    push(
+        &svc,
+        &a,
+        "writer",
+        vec![
+            create(
+                "m1",
+                "docs",
+                "shared",
+                json!({"title": "s", "space": "team"}),
+            ),
+            create("m2", "docs", "mine", json!({"title": "m"})),
+        ],
+    )
+    .await;
+    let (up, _, _, _) = pulled(
+        &svc,
+        &a,
+        subscribed(None, vec![sub("docs", Some("team"), None)]),
+        "docs",
+    )
+    .await;
+    assert_eq!(up, set(&["shared"]));
+    let (up, _, _, _) = pulled(
+        &svc,
+        &a,
+        subscribed(None, vec![sub("docs", Some("user:alice"), None)]),
+        "docs",
+    )
+    .await;
+    assert_eq!(up, set(&["mine"]));
+    // A scope the caller does not hold gives nothing, and is not an error.
+    let (up, del, ev, _) = pulled(
+        &svc,
+        &a,
+        subscribed(None, vec![sub("docs", Some("user:bob"), None)]),
+        "docs",
+    )
+    .await;
+    assert!(up.is_empty() && del.is_empty() && ev.is_empty());
+}
+
+async fn subscriptions_outside_the_collection_config_are_refused(svc: SyncService) {
+    let a = alice();
+    let code = |r: Result<PullPage, ApiError>| r.unwrap_err().code;
+    assert_eq!(
+        code(pull(&svc, &a, &subscribed(None, vec![sub("nope", None, None)])).await),
+        "unknown_collection"
+    );
+    for f in [
+        json!({"column": "secret", "op": "eq", "value": 1}),
+        json!({"column": "done", "op": "eq", "value": "yes"}),
+        json!({"column": "title", "op": "near", "value": 1}),
+        json!([]),
+    ] {
+        assert_eq!(
+            code(
+                pull(
+                    &svc,
+                    &a,
+                    &subscribed(None, vec![sub("tasks", None, Some(f.clone()))])
+                )
+                .await
+            ),
+            "invalid_request",
+            "{f}"
+        );
+    }
+    let both = PullRequest {
+        collections: Some(vec!["tasks".into()]),
+        ..subscribed(None, vec![sub("tasks", None, None)])
+    };
+    assert_eq!(code(pull(&svc, &a, &both).await), "invalid_request");
 }

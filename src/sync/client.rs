@@ -584,6 +584,7 @@ impl SyncClient {
             };
             let asked_at = clock.now_ms();
             let req = PullRequest {
+                subscriptions: None,
                 cursor: cursor.clone(),
                 client_id: Some(store.client_id().to_string()),
                 limit: Some(limit),
