@@ -33,6 +33,9 @@ pub enum ChangeSource {
     Rollback,
     /// Local retention pruned rows (they stay on the server).
     Retention,
+    /// The app changed its sync subscriptions: rows they no longer cover were
+    /// evicted (or kept, with pending changes).
+    Subscriptions,
 }
 
 /// The changes of one collection within an event.
@@ -51,6 +54,12 @@ pub struct CollectionChange {
     /// still on the server and in this device's view, beyond the horizon.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pruned: Vec<String>,
+    /// Still here although it left what this device syncs (a server eviction,
+    /// or a narrowed subscription): it has pending or quarantined local changes,
+    /// kept with them. Its push goes ahead; once answered, the record is evicted
+    /// if it is still outside what the device syncs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
     /// Too many rows changed to list (more than [`MAX_EVENT_ROWS`]): `upserted`,
     /// `deleted`, `evicted` and `pruned` are empty and listeners should re-read the collection.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -94,6 +103,7 @@ enum Slot {
     Deleted,
     Evicted,
     Pruned,
+    Kept,
 }
 
 #[derive(Default)]
@@ -124,6 +134,10 @@ impl EventBuilder {
 
     pub fn prune(&mut self, collection: &str, id: &str) {
         self.put(collection, id, Slot::Pruned);
+    }
+
+    pub fn keep(&mut self, collection: &str, id: &str) {
+        self.put(collection, id, Slot::Kept);
     }
 
     fn put(&mut self, collection: &str, id: &str, row: Slot) {
@@ -169,6 +183,7 @@ impl EventBuilder {
                     deleted: Vec::new(),
                     evicted: Vec::new(),
                     pruned: Vec::new(),
+                    kept: Vec::new(),
                     reload: p.reload,
                 };
                 for (id, row) in p.rows {
@@ -177,6 +192,7 @@ impl EventBuilder {
                         Slot::Deleted => change.deleted.push(id),
                         Slot::Evicted => change.evicted.push(id),
                         Slot::Pruned => change.pruned.push(id),
+                        Slot::Kept => change.kept.push(id),
                     }
                 }
                 change

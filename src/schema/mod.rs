@@ -116,6 +116,12 @@ pub struct Collection {
     /// "Retention and the horizon"); none: everything synced stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// The `string` column that holds a record's scope, as the server's
+    /// `scope_field` (null: the owner's own scope, `user:<id>`). Needed for a
+    /// sync subscription to a scope of this collection, so that narrowing it
+    /// can tell locally which rows it covered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_column: Option<String>,
 }
 
 /// A collection's local retention: synced rows past these limits are pruned
@@ -266,9 +272,29 @@ impl Schema {
             if let Some(r) = &c.retention {
                 validate_retention(c, r)?;
             }
+            if let Some(sc) = &c.scope_column {
+                validate_scope_column(c, sc)?;
+            }
         }
         Ok(())
     }
+}
+
+fn validate_scope_column(c: &Collection, name: &str) -> Result<()> {
+    let col = c.column(name).ok_or_else(|| c.unknown_column(name))?;
+    if c.is_local_only() || col.ty != ColumnType::String {
+        return Err(Error::InvalidSchema(format!(
+            "the scope column of `{}` must be a string column of a synced collection (`{name}` is a {} column{})",
+            c.name,
+            col.ty.as_str(),
+            if c.is_local_only() {
+                " of a local-only collection"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
 }
 
 fn validate_retention(c: &Collection, r: &Retention) -> Result<()> {

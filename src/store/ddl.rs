@@ -59,6 +59,7 @@ pub(crate) fn prepare(
     };
     meta_set(&tx, "schema", &schema.to_json())?;
     super::anchors::create(&tx)?;
+    tx.execute_batch(super::subscriptions::DDL)?;
     super::staging::prepare(&tx, &schema)?;
     let client_id = match meta_get(&tx, "client_id")? {
         Some(id) => id,

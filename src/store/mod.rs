@@ -23,6 +23,7 @@ pub mod records;
 mod retention;
 mod shadow;
 pub(crate) mod staging;
+mod subscriptions;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -45,6 +46,7 @@ pub use outbox::{EntryState, OutboxEntry};
 pub use query::{Filter, Query, Sort};
 pub use records::{Fields, Record, RecordStatus};
 pub use retention::{CountResult, QueryResult, RetentionReport};
+pub use subscriptions::{ActiveSubscription, MAX_SUBSCRIPTIONS, Subscription};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};

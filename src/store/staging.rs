@@ -271,28 +271,28 @@ impl Store {
             tx.commit()?;
         } else if stage_generation(&conn)?.is_some() {
             let tx = conn.unchecked_transaction()?;
-            for c in self
-                .inner
-                .schema
-                .collections
-                .iter()
-                .filter(|c| !c.is_local_only())
-            {
-                tx.execute_batch(&format!(
-                    "DELETE FROM {}; DELETE FROM {};",
-                    up_table(c),
-                    removed_table(c)
-                ))?;
-            }
-            tx.execute(
-                "DELETE FROM ferry_stage.meta WHERE key IN ('generation', 'cursor', 'pages')
-                 OR key LIKE 'order\\_%' ESCAPE '\\'",
-                [],
-            )?;
+            empty(&tx, &self.inner.schema)?;
             tx.commit()?;
         }
         Ok(())
     }
+}
+
+/// Deletes every staged page (the staging's tables stay).
+fn empty(conn: &Connection, schema: &Schema) -> Result<()> {
+    for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
+        conn.execute_batch(&format!(
+            "DELETE FROM {}; DELETE FROM {};",
+            up_table(c),
+            removed_table(c)
+        ))?;
+    }
+    conn.execute(
+        "DELETE FROM ferry_stage.meta WHERE key IN ('generation', 'cursor', 'pages')
+         OR key LIKE 'order\\_%' ESCAPE '\\'",
+        [],
+    )?;
+    Ok(())
 }
 
 /// A staged removal: a delete or an eviction (stored as `delete` / `evict`).
@@ -525,6 +525,16 @@ impl Writer<'_, '_> {
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         stage_meta_set(tx, "pages", &(pages + 1).to_string())
+    }
+
+    /// Drops every staged page: the next pull starts from the published
+    /// cursor. (Should the staging file's commit be lost in a crash, its
+    /// generation counts as published, so the next open discards it too.)
+    pub(crate) fn drop_staged(&self) -> Result<()> {
+        if let Some(generation) = stage_generation(self.tx)? {
+            meta_set(self.tx, PUBLISHED_GENERATION, &generation)?;
+        }
+        empty(self.tx, self.schema)
     }
 
     /// The cursor the staged pages reach, if any are staged and unpublished.

@@ -23,7 +23,7 @@ pub(crate) fn obj(v: Value) -> Fields {
 }
 
 /// Marks a record as synced at `version`, as a push result would.
-fn mark_synced(store: &Store, collection: &str, id: &str, version: u64) {
+pub(crate) fn mark_synced(store: &Store, collection: &str, id: &str, version: u64) {
     store
         .write_tx(ChangeSource::Remote, |w| {
             let c = w.schema.collection(collection)?;

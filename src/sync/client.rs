@@ -81,6 +81,9 @@ pub struct SyncConfig {
 }
 
 /// Default [`SyncConfig::push_debounce`].
+/// How many times a pull starts over when the subscriptions change under it.
+const PULL_RESTARTS: usize = 3;
+
 pub const DEFAULT_PUSH_DEBOUNCE: Duration = Duration::from_millis(300);
 
 impl Default for SyncConfig {
@@ -558,7 +561,28 @@ impl SyncClient {
     }
 
     async fn pull(&self) -> Result<SyncReport> {
+        // A change of the subscriptions during a pull drops what it staged; it
+        // starts over with the new set (a few times at most: the app is changing
+        // them faster than a pull completes).
+        for _ in 0..PULL_RESTARTS {
+            if let Some(report) = self.pull_once().await? {
+                return Ok(report);
+            }
+            tracing::info!("the sync subscriptions changed during the pull; it starts over");
+        }
+        Err(Error::Internal(format!(
+            "the sync subscriptions changed during each of {PULL_RESTARTS} pulls in a row"
+        )))
+    }
+
+    /// One pull; `None` when the subscriptions changed meanwhile.
+    async fn pull_once(&self) -> Result<Option<SyncReport>> {
         let store = self.inner.store.clone();
+        let subs = {
+            let s = store.clone();
+            self.blocking(move || s.pull_subscriptions()).await?
+        };
+        let generation = subs.generation;
         let start = {
             let s = store.clone();
             self.blocking(move || s.pull_start()).await?
@@ -574,7 +598,9 @@ impl SyncClient {
         });
         let from_scratch = start.cursor.is_none();
         let mut report = SyncReport::default();
-        let mut staging_task: Option<tokio::task::JoinHandle<Result<staging::StageReport>>> = None;
+        let mut staging_task: Option<
+            tokio::task::JoinHandle<Result<Option<staging::StageReport>>>,
+        > = None;
         let bytes_at_start = self.inner.transport.bytes_received();
         let clock = store.clock().clone();
         loop {
@@ -584,11 +610,15 @@ impl SyncClient {
             };
             let asked_at = clock.now_ms();
             let req = PullRequest {
-                subscriptions: None,
+                subscriptions: subs.subscriptions.clone(),
                 cursor: cursor.clone(),
                 client_id: Some(store.client_id().to_string()),
                 limit: Some(limit),
-                collections: self.inner.config.collections.clone(),
+                // Subscriptions say which collections themselves.
+                collections: match subs.subscriptions {
+                    Some(_) => None,
+                    None => self.inner.config.collections.clone(),
+                },
                 want_totals: cursor.is_none() || report.pages == 0,
             };
             let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
@@ -613,7 +643,9 @@ impl SyncClient {
             }
             // The previous page is staged while this one downloads; stage in order.
             if let Some(t) = staging_task.take() {
-                let r = t.await.map_err(|e| Error::Internal(e.to_string()))??;
+                let Some(r) = t.await.map_err(|e| Error::Internal(e.to_string()))?? else {
+                    return Ok(None);
+                };
                 report.pulled += r.rows;
                 report.skipped += r.skipped;
             }
@@ -621,7 +653,7 @@ impl SyncClient {
             if report.pages == 0 && start.nothing_new(&page) {
                 // Nothing to stage or publish: no transaction at all.
                 report.pages = 1;
-                return Ok(report);
+                return Ok(Some(report));
             }
             let has_more = page.has_more;
             cursor = Some(page.cursor.clone());
@@ -645,27 +677,34 @@ impl SyncClient {
                 }
             });
             let s = store.clone();
-            staging_task = Some(self.spawn_work(move || staging::stage_page(&s, page))?);
+            staging_task =
+                Some(self.spawn_work(move || staging::stage_page(&s, page, generation))?);
             if !has_more {
                 break;
             }
         }
         if let Some(t) = staging_task.take() {
-            let r = t.await.map_err(|e| Error::Internal(e.to_string()))??;
+            let Some(r) = t.await.map_err(|e| Error::Internal(e.to_string()))?? else {
+                return Ok(None);
+            };
             report.pulled += r.rows;
             report.skipped += r.skipped;
         }
         self.update_status(|s| s.phase = SyncPhase::Publishing);
         let (s, resolver) = (store.clone(), self.inner.resolver.lock().clone());
         let rule = self.inner.config.merge_rule;
-        report.published = self
+        let Some(published) = self
             .blocking(move || {
                 with_merges(&s, &resolver, rule, staging::publish_candidates, |m| {
-                    staging::publish(&s, m)
+                    staging::publish(&s, m, generation)
                 })
             })
-            .await?;
-        Ok(report)
+            .await?
+        else {
+            return Ok(None);
+        };
+        report.published = published;
+        Ok(Some(report))
     }
 
     /// Pushes ready outbox entries in batches until none is left.

@@ -259,6 +259,19 @@ impl<'a> Applying<'a> {
                 }
             }
         }
+        // A record synced now that the subscriptions do not cover (kept while it
+        // was pending, or written outside them) is not held.
+        let mut by_collection: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for e in batch {
+            by_collection
+                .entry(&e.collection)
+                .or_default()
+                .push(&e.record_id);
+        }
+        for (name, ids) in by_collection {
+            let c = w.schema().collection(name)?;
+            w.evict_uncovered(c, Some(&ids))?;
+        }
         Ok(())
     }
 

@@ -53,9 +53,18 @@ pub struct StageReport {
     pub skipped: u64,
 }
 
-/// Stages one page and records the cursor it reached, in one transaction.
-pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
+/// Stages one page and records the cursor it reached, in one transaction;
+/// `None` when the subscriptions changed since the pull, of generation
+/// `generation`, started (it stages nothing and must start over).
+pub(crate) fn stage_page(
+    store: &Store,
+    page: PullPage,
+    generation: u64,
+) -> Result<Option<StageReport>> {
     store.write_tx(ChangeSource::Remote, |w| {
+        if w.subscriptions_generation()? != generation {
+            return Ok(None);
+        }
         let mut report = StageReport::default();
         for (name, changes) in page.changes {
             let Ok(c) = w.schema().collection(&name) else {
@@ -97,7 +106,7 @@ pub(crate) fn stage_page(store: &Store, page: PullPage) -> Result<StageReport> {
             w.set_server_totals(totals)?;
         }
         w.staged_page(&page.cursor)?;
-        Ok(report)
+        Ok(Some(report))
     })
 }
 
@@ -113,12 +122,21 @@ pub struct PublishReport {
 }
 
 /// Applies everything staged in one transaction, prunes by each collection's
-/// retention and advances the cursor; then empties the staging file.
-pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
+/// retention and advances the cursor; then empties the staging file. `None`
+/// when the subscriptions changed since the pull, of generation
+/// `generation`, started (what it staged is dropped already).
+pub(crate) fn publish(
+    store: &Store,
+    merger: &Merger,
+    generation: u64,
+) -> Result<Option<PublishReport>> {
     let report = store.write_tx(ChangeSource::Remote, |w| {
+        if w.subscriptions_generation()? != generation {
+            return Ok(None);
+        }
         let mut report = PublishReport::default();
         let Some(cursor) = w.staged_cursor()? else {
-            return Ok(report);
+            return Ok(Some(report));
         };
         let schema = w.schema();
         for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
@@ -142,7 +160,7 @@ pub(crate) fn publish(store: &Store, merger: &Merger) -> Result<PublishReport> {
             }
         }
         w.set_published_cursor(&cursor)?;
-        Ok(report)
+        Ok(Some(report))
     })?;
     if let Err(e) = store.clear_staging() {
         // Published already: the next open discards the staged pages.
@@ -203,8 +221,9 @@ fn rebase_pending(w: &mut Writer<'_, '_>, c: &Collection, merger: &Merger) -> Re
             // was deleted): keep it, its push decides; but the server holds no
             // row to roll back to any more (a rejection removes the record).
             Staged::Removal(Removal::Delete) => w.remove_shadow(&c.name, id)?,
-            // Evicted: keep the local record; its push decides.
-            Staged::Removal(Removal::Eviction) => {}
+            // Evicted: keep the local record with its changes, and say so; its
+            // push goes ahead, and its answer evicts it if still uncovered.
+            Staged::Removal(Removal::Eviction) => w.events().keep(&c.name, id),
         }
     }
     Ok(n)
