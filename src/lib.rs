@@ -22,8 +22,9 @@ pub use events::{
 };
 pub use schema::{Collection, Column, ColumnType, Retention, Schema, SyncMode};
 pub use store::{
-    Anchor, CountResult, EntryState, Fields, Filter, OutboxEntry, Query, QueryResult, Record,
-    RecordStatus, RetentionReport, Sort, Store, StoreStatus, WeakStore, WriteOp,
+    ActiveSubscription, Anchor, CountResult, EntryState, Fields, Filter, OutboxEntry, Query,
+    QueryResult, Record, RecordStatus, RetentionReport, Sort, Store, StoreStatus, Subscription,
+    WeakStore, WriteOp,
 };
 
 #[cfg(feature = "ffi")]
