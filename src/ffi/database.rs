@@ -57,6 +57,27 @@ pub struct Anchor {
     pub pruned: u64,
 }
 
+/// A sync subscription: the records of `collection`, in `scope` when it is
+/// set, that match `filter_json` (a query's `where`, as JSON) when it is set.
+/// With `ttl_ms`, it expires that long after it was last subscribed.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncSubscription {
+    pub name: String,
+    pub collection: String,
+    pub scope: Option<String>,
+    pub filter_json: Option<String>,
+    pub ttl_ms: Option<u64>,
+}
+
+/// A live sync subscription, as stored.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ActiveSyncSubscription {
+    pub subscription: SyncSubscription,
+    /// When it expires (ms since the epoch); `None`: never.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
 #[uniffi::export]
 impl FerryDatabase {
     /// Opens (creating or migrating) the database at `path` with a JSON schema.
@@ -191,6 +212,51 @@ impl FerryDatabase {
         Ok(self.store.run_retention()?.pruned.into_iter().collect())
     }
 
+    /// Adds a sync subscription, or replaces the one of its name (renewing its
+    /// TTL). From the first one on, the device syncs only what its
+    /// subscriptions cover: rows this uncovers are evicted now (those with
+    /// pending changes are kept until their push is answered, and listed as
+    /// `kept` in the event), and the next sync backfills only what it adds.
+    pub fn subscribe(&self, subscription: SyncSubscription) -> Result<ActiveSyncSubscription> {
+        let filter = subscription
+            .filter_json
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| {
+                crate::Error::InvalidInput(format!("subscription: the filter is not JSON: {e}"))
+            })?;
+        let active = self.store.subscribe(crate::Subscription {
+            name: subscription.name,
+            collection: subscription.collection,
+            scope: subscription.scope,
+            filter,
+            ttl_ms: subscription.ttl_ms,
+        })?;
+        Ok(active.into())
+    }
+
+    /// Removes the sync subscription `name`, evicting what only it covered;
+    /// returns whether it existed.
+    pub fn unsubscribe(&self, name: String) -> Result<bool> {
+        Ok(self.store.unsubscribe(&name)?)
+    }
+
+    /// Removes every sync subscription: the device syncs every collection in
+    /// full again (the next sync backfills what they left out).
+    pub fn clear_subscriptions(&self) -> Result<()> {
+        Ok(self.store.clear_subscriptions()?)
+    }
+
+    /// The live sync subscriptions by name; `None` while the device syncs
+    /// every collection in full.
+    pub fn subscriptions(&self) -> Result<Option<Vec<ActiveSyncSubscription>>> {
+        Ok(self
+            .store
+            .subscriptions()?
+            .map(|subs| subs.into_iter().map(Into::into).collect()))
+    }
+
     /// How many rows match a JSON query (ignoring its limit and offset).
     pub fn count(&self, collection: String, query_json: String) -> Result<u64> {
         Ok(self
@@ -306,6 +372,23 @@ impl From<crate::store::Anchor> for Anchor {
             updated_at: a.updated_at,
             horizon: a.horizon.as_ref().and_then(serde_json::Value::as_f64),
             pruned: a.pruned,
+        }
+    }
+}
+
+impl From<crate::ActiveSubscription> for ActiveSyncSubscription {
+    fn from(a: crate::ActiveSubscription) -> Self {
+        let s = a.subscription;
+        ActiveSyncSubscription {
+            subscription: SyncSubscription {
+                name: s.name,
+                collection: s.collection,
+                scope: s.scope,
+                filter_json: s.filter.as_ref().map(serde_json::Value::to_string),
+                ttl_ms: s.ttl_ms,
+            },
+            expires_at: a.expires_at,
+            created_at: a.created_at,
         }
     }
 }

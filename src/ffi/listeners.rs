@@ -22,10 +22,12 @@ use crate::transport::TransportError;
 
 /// Receives every committed change, in bursts: one call per burst of commits (those
 /// made while the previous burst was being delivered), as a JSON array of events
-/// in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
-/// "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
-/// "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
-/// the server. Called on the core's event thread, never under a store lock.
+/// in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback"|
+/// "retention"|"subscriptions", "changes":[{"collection","upserted":[rows],
+/// "deleted":[ids],"evicted"?:[ids],"pruned"?:[ids],"kept"?:[ids],"reload"?}]}, ...]`.
+/// `evicted` ids left this device's view but still exist on the server; `kept`
+/// ids left it too but have pending local changes, kept until their push is
+/// answered. Called on the core's event thread, never under a store lock.
 #[uniffi::export(with_foreign)]
 pub trait ChangeListener: Send + Sync {
     fn on_changes(&self, events_json: String);

@@ -705,44 +705,4 @@ mod tests {
         assert_eq!(s.subscriptions().unwrap(), None);
         assert_eq!(s.pull_subscriptions().unwrap().subscriptions, None);
     }
-
-    #[test]
-    fn a_change_of_the_set_drops_staged_pages_and_stops_a_running_pull() {
-        let (_d, s) = open(Arc::new(ManualClock::new(0)));
-        let generation = s.pull_subscriptions().unwrap().generation;
-        let page = |cursor: &str| ferry_protocol::PullPage {
-            cursor: cursor.into(),
-            has_more: true,
-            changes: [(
-                "tasks".to_string(),
-                ferry_protocol::CollectionChanges {
-                    upserts: vec![ferry_protocol::ServerRecord {
-                        id: cursor.into(),
-                        version: 1,
-                        fields: obj(json!({"title": "x", "done": false})),
-                    }],
-                    ..Default::default()
-                },
-            )]
-            .into(),
-            totals: None,
-        };
-        let staged = crate::sync::staging::stage_page(&s, page("c1"), generation).unwrap();
-        assert!(staged.is_some());
-        assert_eq!(s.pull_start().unwrap().cursor.as_deref(), Some("c1"));
-
-        s.subscribe(sub("p1", "tasks", project_is("p1"))).unwrap();
-        let start = s.pull_start().unwrap();
-        assert!(!start.resumed && start.cursor.is_none(), "staging dropped");
-        assert!(
-            crate::sync::staging::stage_page(&s, page("c2"), generation)
-                .unwrap()
-                .is_none(),
-            "a page of the old set is refused"
-        );
-        assert!(
-            ids(&s, "tasks").is_empty(),
-            "nothing of the old set published"
-        );
-    }
 }

@@ -251,3 +251,59 @@ fn collect_events(w: &mut Writer<'_, '_>, c: &Collection) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::tests::obj;
+
+    #[test]
+    fn a_change_of_the_set_drops_staged_pages_and_stops_a_running_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("t.db"), crate::store::tests::schema()).unwrap();
+        let generation = s.pull_subscriptions().unwrap().generation;
+        let page = |cursor: &str| ferry_protocol::PullPage {
+            cursor: cursor.into(),
+            has_more: true,
+            changes: [(
+                "tasks".to_string(),
+                ferry_protocol::CollectionChanges {
+                    upserts: vec![ferry_protocol::ServerRecord {
+                        id: cursor.into(),
+                        version: 1,
+                        fields: obj(json!({"title": "x", "done": false})),
+                    }],
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            totals: None,
+        };
+        let staged = stage_page(&s, page("c1"), generation).unwrap();
+        assert!(staged.is_some());
+        assert_eq!(s.pull_start().unwrap().cursor.as_deref(), Some("c1"));
+
+        s.subscribe(crate::store::Subscription {
+            name: "p1".into(),
+            collection: "tasks".into(),
+            scope: None,
+            filter: Some(json!({"column": "project", "op": "eq", "value": "p1"})),
+            ttl_ms: None,
+        })
+        .unwrap();
+        let start = s.pull_start().unwrap();
+        assert!(!start.resumed && start.cursor.is_none(), "staging dropped");
+        assert!(
+            stage_page(&s, page("c2"), generation).unwrap().is_none(),
+            "a page of the old set is refused"
+        );
+        assert!(
+            s.query("tasks", &crate::store::Query::default())
+                .unwrap()
+                .is_empty(),
+            "nothing of the old set published"
+        );
+    }
+}

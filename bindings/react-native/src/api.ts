@@ -44,7 +44,7 @@ export type WriteMode =
   | { kind: 'optimistic' }
   | { kind: 'online'; whenOffline: 'queue' | 'fail' };
 
-export type ChangeSource = 'local' | 'remote' | 'rollback' | 'retention';
+export type ChangeSource = 'local' | 'remote' | 'rollback' | 'retention' | 'subscriptions';
 
 export type CollectionChange = {
   collection: string;
@@ -55,6 +55,12 @@ export type CollectionChange = {
   evicted: string[];
   /** Gone from this device only, by its retention policy: still on the server, beyond the horizon. */
   pruned: string[];
+  /**
+   * Still here although it left what this device syncs (a server eviction or a
+   * narrowed subscription): it has pending local changes, kept with them until
+   * its push is answered; then it is evicted if still outside.
+   */
+  kept: string[];
   /** Too many rows to list: re-read the views of this collection. */
   reload: boolean;
 };
@@ -100,6 +106,26 @@ export type StoreStatus = {
 };
 
 /** What exists on the server beyond what this device holds, for one collection. */
+/**
+ * A sync subscription: the records of `collection`, in `scope` when set, that
+ * match `where` (a query's filter) when set. With `ttlMs`, it expires that long
+ * after it was last subscribed.
+ */
+export type SyncSubscription = {
+  name: string;
+  collection: string;
+  scope?: string;
+  where?: Filter;
+  ttlMs?: number;
+};
+
+/** A live sync subscription, as stored. */
+export type ActiveSyncSubscription = SyncSubscription & {
+  /** When it expires (ms since the epoch); null: never. */
+  expiresAt: number | null;
+  createdAt: number;
+};
+
 export type Anchor = {
   collection: string;
   /** The server's total at the last pull that reported it. */
@@ -264,6 +290,19 @@ function writeMode(native: NativeFerry, m: WriteMode): Gen.WriteMode {
   }
 }
 
+function fromActive(a: Gen.ActiveSyncSubscription): ActiveSyncSubscription {
+  const s = a.subscription;
+  return {
+    name: s.name,
+    collection: s.collection,
+    ...(s.scope === undefined ? {} : { scope: s.scope }),
+    ...(s.filterJson === undefined ? {} : { where: JSON.parse(s.filterJson) as Filter }),
+    ...(s.ttlMs === undefined ? {} : { ttlMs: num(s.ttlMs) }),
+    expiresAt: optNum(a.expiresAt),
+    createdAt: num(a.createdAt),
+  };
+}
+
 function parseEvents(json: string): ChangeEvent[] {
   const events = JSON.parse(json) as Array<Omit<ChangeEvent, 'changes'> & { changes: Array<Partial<CollectionChange>> }>;
   return events.map((e) => ({
@@ -274,6 +313,7 @@ function parseEvents(json: string): ChangeEvent[] {
       deleted: c.deleted ?? [],
       evicted: c.evicted ?? [],
       pruned: c.pruned ?? [],
+      kept: c.kept ?? [],
       reload: c.reload ?? false,
     })),
   }));
@@ -451,6 +491,44 @@ export function bindFerry(native: NativeFerry) {
     runRetention(): Record<string, number> {
       const pruned = call(native, () => this.raw.runRetention());
       return Object.fromEntries([...pruned].map(([c, n]) => [c, num(n)]));
+    }
+
+    /**
+     * Adds a sync subscription, or replaces the one of its name (renewing its
+     * TTL). From the first one on, the device syncs only what its subscriptions
+     * cover: rows this uncovers are evicted now (those with pending changes are
+     * `kept` until their push is answered), and the next sync backfills only
+     * what it adds.
+     */
+    subscribe(subscription: SyncSubscription): ActiveSyncSubscription {
+      const s = subscription;
+      return fromActive(
+        call(native, () =>
+          this.raw.subscribe({
+            name: s.name,
+            collection: s.collection,
+            scope: s.scope,
+            filterJson: s.where === undefined ? undefined : JSON.stringify(s.where),
+            ttlMs: s.ttlMs === undefined ? undefined : BigInt(s.ttlMs),
+          }),
+        ),
+      );
+    }
+
+    /** Removes a sync subscription, evicting what only it covered; whether it existed. */
+    unsubscribe(name: string): boolean {
+      return call(native, () => this.raw.unsubscribe(name));
+    }
+
+    /** Removes every sync subscription: the device syncs every collection in full again. */
+    clearSubscriptions(): void {
+      call(native, () => this.raw.clearSubscriptions());
+    }
+
+    /** The live sync subscriptions by name; null while the device syncs everything. */
+    subscriptions(): ActiveSyncSubscription[] | null {
+      const subs = call(native, () => this.raw.subscriptions());
+      return subs === undefined ? null : subs.map(fromActive);
     }
 
     outbox(): OutboxEntry[] {

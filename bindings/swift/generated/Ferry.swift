@@ -578,10 +578,12 @@ fileprivate struct FfiConverterString: FfiConverter {
 /**
  * Receives every committed change, in bursts: one call per burst of commits (those
  * made while the previous burst was being delivered), as a JSON array of events
- * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
- * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
- * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
- * the server. Called on the core's event thread, never under a store lock.
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback"|
+ * "retention"|"subscriptions", "changes":[{"collection","upserted":[rows],
+ * "deleted":[ids],"evicted"?:[ids],"pruned"?:[ids],"kept"?:[ids],"reload"?}]}, ...]`.
+ * `evicted` ids left this device's view but still exist on the server; `kept`
+ * ids left it too but have pending local changes, kept until their push is
+ * answered. Called on the core's event thread, never under a store lock.
  */
 public protocol ChangeListener: AnyObject, Sendable {
     
@@ -591,10 +593,12 @@ public protocol ChangeListener: AnyObject, Sendable {
 /**
  * Receives every committed change, in bursts: one call per burst of commits (those
  * made while the previous burst was being delivered), as a JSON array of events
- * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
- * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
- * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
- * the server. Called on the core's event thread, never under a store lock.
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback"|
+ * "retention"|"subscriptions", "changes":[{"collection","upserted":[rows],
+ * "deleted":[ids],"evicted"?:[ids],"pruned"?:[ids],"kept"?:[ids],"reload"?}]}, ...]`.
+ * `evicted` ids left this device's view but still exist on the server; `kept`
+ * ids left it too but have pending local changes, kept until their push is
+ * answered. Called on the core's event thread, never under a store lock.
  */
 open class ChangeListenerImpl: ChangeListener, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1022,6 +1026,12 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     
     func anchors() throws  -> [Anchor]
     
+    /**
+     * Removes every sync subscription: the device syncs every collection in
+     * full again (the next sync backfills what they left out).
+     */
+    func clearSubscriptions() throws 
+    
     func clientId()  -> String
     
     /**
@@ -1117,6 +1127,27 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     func schemaJson()  -> String
     
     func status() throws  -> StoreStatus
+    
+    /**
+     * Adds a sync subscription, or replaces the one of its name (renewing its
+     * TTL). From the first one on, the device syncs only what its
+     * subscriptions cover: rows this uncovers are evicted now (those with
+     * pending changes are kept until their push is answered, and listed as
+     * `kept` in the event), and the next sync backfills only what it adds.
+     */
+    func subscribe(subscription: SyncSubscription) throws  -> ActiveSyncSubscription
+    
+    /**
+     * The live sync subscriptions by name; `None` while the device syncs
+     * every collection in full.
+     */
+    func subscriptions() throws  -> [ActiveSyncSubscription]?
+    
+    /**
+     * Removes the sync subscription `name`, evicting what only it covered;
+     * returns whether it existed.
+     */
+    func unsubscribe(name: String) throws  -> Bool
     
     /**
      * Updates records; each object carries its `id` and the fields to change.
@@ -1244,6 +1275,17 @@ open func anchors()throws  -> [Anchor]  {
             self.uniffiCloneHandle(),$0
     )
 })
+}
+    
+    /**
+     * Removes every sync subscription: the device syncs every collection in
+     * full again (the next sync backfills what they left out).
+     */
+open func clearSubscriptions()throws   {try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(
+            self.uniffiCloneHandle(),$0
+    )
+}
 }
     
 open func clientId() -> String  {
@@ -1483,6 +1525,47 @@ open func status()throws  -> StoreStatus  {
     return try  FfiConverterTypeStoreStatus_lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
     uniffi_ferry_fn_method_ferrydatabase_status(
             self.uniffiCloneHandle(),$0
+    )
+})
+}
+    
+    /**
+     * Adds a sync subscription, or replaces the one of its name (renewing its
+     * TTL). From the first one on, the device syncs only what its
+     * subscriptions cover: rows this uncovers are evicted now (those with
+     * pending changes are kept until their push is answered, and listed as
+     * `kept` in the event), and the next sync backfills only what it adds.
+     */
+open func subscribe(subscription: SyncSubscription)throws  -> ActiveSyncSubscription  {
+    return try  FfiConverterTypeActiveSyncSubscription_lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_subscribe(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSyncSubscription_lower(subscription),$0
+    )
+})
+}
+    
+    /**
+     * The live sync subscriptions by name; `None` while the device syncs
+     * every collection in full.
+     */
+open func subscriptions()throws  -> [ActiveSyncSubscription]?  {
+    return try  FfiConverterOptionSequenceTypeActiveSyncSubscription.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_subscriptions(
+            self.uniffiCloneHandle(),$0
+    )
+})
+}
+    
+    /**
+     * Removes the sync subscription `name`, evicting what only it covered;
+     * returns whether it existed.
+     */
+open func unsubscribe(name: String)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_unsubscribe(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(name),$0
     )
 })
 }
@@ -2933,6 +3016,73 @@ public func FfiConverterTypeTokenProvider_lower(_ value: TokenProvider) -> UInt6
 
 
 /**
+ * A live sync subscription, as stored.
+ */
+public struct ActiveSyncSubscription: Equatable, Hashable {
+    public var subscription: SyncSubscription
+    /**
+     * When it expires (ms since the epoch); `None`: never.
+     */
+    public var expiresAt: Int64?
+    public var createdAt: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(subscription: SyncSubscription, 
+        /**
+         * When it expires (ms since the epoch); `None`: never.
+         */expiresAt: Int64?, createdAt: Int64) {
+        self.subscription = subscription
+        self.expiresAt = expiresAt
+        self.createdAt = createdAt
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ActiveSyncSubscription: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeActiveSyncSubscription: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ActiveSyncSubscription {
+        return
+            try ActiveSyncSubscription(
+                subscription: FfiConverterTypeSyncSubscription.read(from: &buf), 
+                expiresAt: FfiConverterOptionInt64.read(from: &buf), 
+                createdAt: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ActiveSyncSubscription, into buf: inout [UInt8]) {
+        FfiConverterTypeSyncSubscription.write(value.subscription, into: &buf)
+        FfiConverterOptionInt64.write(value.expiresAt, into: &buf)
+        FfiConverterInt64.write(value.createdAt, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeActiveSyncSubscription_lift(_ buf: RustBuffer) throws -> ActiveSyncSubscription {
+    return try FfiConverterTypeActiveSyncSubscription.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeActiveSyncSubscription_lower(_ value: ActiveSyncSubscription) -> RustBuffer {
+    return FfiConverterTypeActiveSyncSubscription.lower(value)
+}
+
+
+/**
  * What exists on the server beyond what this device holds, for one
  * collection: the server's total, and the horizon retention moved.
  */
@@ -3547,6 +3697,77 @@ public func FfiConverterTypeSyncStatus_lift(_ buf: RustBuffer) throws -> SyncSta
 #endif
 public func FfiConverterTypeSyncStatus_lower(_ value: SyncStatus) -> RustBuffer {
     return FfiConverterTypeSyncStatus.lower(value)
+}
+
+
+/**
+ * A sync subscription: the records of `collection`, in `scope` when it is
+ * set, that match `filter_json` (a query's `where`, as JSON) when it is set.
+ * With `ttl_ms`, it expires that long after it was last subscribed.
+ */
+public struct SyncSubscription: Equatable, Hashable {
+    public var name: String
+    public var collection: String
+    public var scope: String?
+    public var filterJson: String?
+    public var ttlMs: UInt64?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(name: String, collection: String, scope: String?, filterJson: String?, ttlMs: UInt64?) {
+        self.name = name
+        self.collection = collection
+        self.scope = scope
+        self.filterJson = filterJson
+        self.ttlMs = ttlMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SyncSubscription: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSyncSubscription: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncSubscription {
+        return
+            try SyncSubscription(
+                name: FfiConverterString.read(from: &buf), 
+                collection: FfiConverterString.read(from: &buf), 
+                scope: FfiConverterOptionString.read(from: &buf), 
+                filterJson: FfiConverterOptionString.read(from: &buf), 
+                ttlMs: FfiConverterOptionUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SyncSubscription, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.collection, into: &buf)
+        FfiConverterOptionString.write(value.scope, into: &buf)
+        FfiConverterOptionString.write(value.filterJson, into: &buf)
+        FfiConverterOptionUInt64.write(value.ttlMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncSubscription_lift(_ buf: RustBuffer) throws -> SyncSubscription {
+    return try FfiConverterTypeSyncSubscription.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncSubscription_lower(_ value: SyncSubscription) -> RustBuffer {
+    return FfiConverterTypeSyncSubscription.lower(value)
 }
 
 
@@ -4472,6 +4693,30 @@ fileprivate struct FfiConverterOptionSequenceString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionSequenceTypeActiveSyncSubscription: FfiConverterRustBuffer {
+    typealias SwiftType = [ActiveSyncSubscription]?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterSequenceTypeActiveSyncSubscription.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterSequenceTypeActiveSyncSubscription.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]
 
@@ -4489,6 +4734,31 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeActiveSyncSubscription: FfiConverterRustBuffer {
+    typealias SwiftType = [ActiveSyncSubscription]
+
+    public static func write(_ value: [ActiveSyncSubscription], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeActiveSyncSubscription.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ActiveSyncSubscription] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ActiveSyncSubscription]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeActiveSyncSubscription.read(from: &buf))
         }
         return seq
     }
@@ -4758,6 +5028,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrydatabase_anchors() != 56544) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions() != 27198) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_checksum_method_ferrydatabase_client_id() != 41403) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4813,6 +5086,15 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_status() != 6670) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrydatabase_subscribe() != 63664) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrydatabase_subscriptions() != 58388) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrydatabase_unsubscribe() != 7051) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_update() != 60792) {

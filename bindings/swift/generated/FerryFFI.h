@@ -373,6 +373,11 @@ uint64_t uniffi_ferry_fn_method_ferrydatabase_add_change_listener(uint64_t ptr, 
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_anchors(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_CLEAR_SUBSCRIPTIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_CLEAR_SUBSCRIPTIONS
+void uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_CLIENT_ID
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_CLIENT_ID
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_client_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -466,6 +471,21 @@ RustBuffer uniffi_ferry_fn_method_ferrydatabase_schema_json(uint64_t ptr, RustCa
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_STATUS
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_status(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_SUBSCRIBE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_SUBSCRIBE
+RustBuffer uniffi_ferry_fn_method_ferrydatabase_subscribe(uint64_t ptr, RustBuffer subscription, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_SUBSCRIPTIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_SUBSCRIPTIONS
+RustBuffer uniffi_ferry_fn_method_ferrydatabase_subscriptions(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_UNSUBSCRIBE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_UNSUBSCRIBE
+int8_t uniffi_ferry_fn_method_ferrydatabase_unsubscribe(uint64_t ptr, RustBuffer name, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_UPDATE
@@ -1011,6 +1031,12 @@ uint16_t uniffi_ferry_checksum_method_ferrydatabase_anchors(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_CLEAR_SUBSCRIPTIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_CLEAR_SUBSCRIPTIONS
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_CLIENT_ID
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_CLIENT_ID
 uint16_t uniffi_ferry_checksum_method_ferrydatabase_client_id(void
@@ -1122,6 +1148,24 @@ uint16_t uniffi_ferry_checksum_method_ferrydatabase_schema_json(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_STATUS
 uint16_t uniffi_ferry_checksum_method_ferrydatabase_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_SUBSCRIBE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_SUBSCRIBE
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_subscribe(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_SUBSCRIPTIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_SUBSCRIPTIONS
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_subscriptions(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_UNSUBSCRIBE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_UNSUBSCRIBE
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_unsubscribe(void
     
 );
 #endif

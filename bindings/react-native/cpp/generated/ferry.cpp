@@ -227,6 +227,10 @@ extern "C" {
         /*handle*/ uint64_t ptr, 
         RustCallStatus *uniffi_out_err
     );
+    void uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(
+        /*handle*/ uint64_t ptr, 
+        RustCallStatus *uniffi_out_err
+    );
     RustBuffer uniffi_ferry_fn_method_ferrydatabase_client_id(
         /*handle*/ uint64_t ptr, 
         RustCallStatus *uniffi_out_err
@@ -323,6 +327,20 @@ extern "C" {
     );
     RustBuffer uniffi_ferry_fn_method_ferrydatabase_status(
         /*handle*/ uint64_t ptr, 
+        RustCallStatus *uniffi_out_err
+    );
+    RustBuffer uniffi_ferry_fn_method_ferrydatabase_subscribe(
+        /*handle*/ uint64_t ptr, 
+        RustBuffer subscription, 
+        RustCallStatus *uniffi_out_err
+    );
+    RustBuffer uniffi_ferry_fn_method_ferrydatabase_subscriptions(
+        /*handle*/ uint64_t ptr, 
+        RustCallStatus *uniffi_out_err
+    );
+    int8_t uniffi_ferry_fn_method_ferrydatabase_unsubscribe(
+        /*handle*/ uint64_t ptr, 
+        RustBuffer name, 
         RustCallStatus *uniffi_out_err
     );
     RustBuffer uniffi_ferry_fn_method_ferrydatabase_update(
@@ -743,6 +761,8 @@ extern "C" {
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_anchors(
     );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions(
+    );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_client_id(
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_count(
@@ -780,6 +800,12 @@ extern "C" {
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_schema_json(
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_status(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_subscribe(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_subscriptions(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_unsubscribe(
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_update(
     );
@@ -4877,6 +4903,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_method_ferrydatabase_anchors(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions"),
+        1,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrydatabase_client_id"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_client_id"),
@@ -5027,6 +5061,30 @@ NativeFerry::NativeFerry(
         1,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_fn_method_ferrydatabase_status(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_subscribe"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_subscribe"),
+        2,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_subscribe(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_subscriptions"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_subscriptions"),
+        1,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_subscriptions(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_unsubscribe"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_unsubscribe"),
+        2,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_unsubscribe(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_fn_method_ferrydatabase_update"] = jsi::Function::createFromHostFunction(
@@ -5853,6 +5911,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_anchors(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_client_id"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_client_id"),
@@ -6003,6 +6069,30 @@ NativeFerry::NativeFerry(
         0,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_status(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscribe"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscribe"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_subscribe(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscriptions"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscriptions"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_subscriptions(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_unsubscribe"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_unsubscribe"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_unsubscribe(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_update"] = jsi::Function::createFromHostFunction(
@@ -6612,6 +6702,16 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_anchors(jsi::Ru
         
         return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return jsi::Value::undefined();
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_client_id(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         auto value = uniffi_ferry_fn_method_ferrydatabase_client_id(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
@@ -6798,6 +6898,36 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_status(jsi::Run
 
         
         return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_subscribe(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrydatabase_subscribe(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_subscriptions(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrydatabase_subscriptions(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_unsubscribe(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrydatabase_unsubscribe(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi_jsi::Bridging<int8_t>::toJs(rt, callInvoker, value);
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_update(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
@@ -7725,6 +7855,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_anchors(j
         
         return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_client_id(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrydatabase_client_id(
         );
@@ -7853,6 +7990,27 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_schema_js
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_status(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrydatabase_status(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_subscribe(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_subscribe(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_subscriptions(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_subscriptions(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_unsubscribe(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_unsubscribe(
         );
 
         

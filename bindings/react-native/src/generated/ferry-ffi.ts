@@ -102,6 +102,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_constructor_ferrydatabase_open_for_installation(path: Uint8Array, schemaJson: Uint8Array, installationId: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_add_change_listener(uniffiSelf: bigint, listener: bigint, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_anchors(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_client_id(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_count(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_count_result(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
@@ -121,6 +122,9 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_method_ferrydatabase_run_retention(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_schema_json(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_status(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_subscribe(uniffiSelf: bigint, subscription: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_subscriptions(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_unsubscribe(uniffiSelf: bigint, name: Uint8Array, uniffi_out_err: UniffiRustCallStatus): number;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_update(uniffiSelf: bigint, collection: Uint8Array, recordsJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_write(uniffiSelf: bigint, opsJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_constructor_ferrysyncclient_new(db: bigint, serverUrl: Uint8Array, tokenProvider: bigint, config: Uint8Array, uniffi_out_err: UniffiRustCallStatus): bigint;
@@ -154,6 +158,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_constructor_ferrydatabase_open_for_installation(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_add_change_listener(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_anchors(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_client_id(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_count(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_count_result(): number;
@@ -173,6 +178,9 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_run_retention(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_schema_json(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_status(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscribe(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscriptions(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_unsubscribe(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_update(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_write(): number;
     ubrn_uniffi_ferry_checksum_constructor_ferrysyncclient_new(): number;

@@ -134,6 +134,119 @@ const stringConverter = (() => {
 const FfiConverterString = uniffiCreateFfiConverterString(stringConverter);
 
 /**
+ * A sync subscription: the records of `collection`, in `scope` when it is
+ * set, that match `filter_json` (a query's `where`, as JSON) when it is set.
+ * With `ttl_ms`, it expires that long after it was last subscribed.
+ */
+export type SyncSubscription = {
+    name: string,
+    collection: string,
+    scope?: string,
+    filterJson?: string,
+    ttlMs?: bigint
+}
+
+/**
+ * Generated factory for {@link SyncSubscription} record objects.
+ */
+export const SyncSubscription = (() => {
+    const defaults = () => ({
+    });
+    const create = (() => {
+        return uniffiCreateRecord<SyncSubscription, ReturnType<typeof defaults>>(defaults);
+    })();
+    return Object.freeze({
+        create,
+        new: create,
+        defaults: () => Object.freeze(defaults()) as Partial<SyncSubscription>,
+    });
+})();
+
+const FfiConverterTypeSyncSubscription = (() => {
+    type TypeName = SyncSubscription;
+    class FFIConverter extends AbstractFfiConverterByteArray<TypeName> {
+        readFromCursor(c: Cursor): TypeName {
+            return {
+                name: FfiConverterString.readFromCursor(c), 
+                collection: FfiConverterString.readFromCursor(c), 
+                scope: FfiConverterOptionalString.readFromCursor(c), 
+                filterJson: FfiConverterOptionalString.readFromCursor(c), 
+                ttlMs: FfiConverterOptionalUInt64.readFromCursor(c)
+            };
+        }
+        writeIntoCursor(value: TypeName, c: Cursor): void {
+            FfiConverterString.writeIntoCursor(value.name, c);
+            FfiConverterString.writeIntoCursor(value.collection, c);
+            FfiConverterOptionalString.writeIntoCursor(value.scope, c);
+            FfiConverterOptionalString.writeIntoCursor(value.filterJson, c);
+            FfiConverterOptionalUInt64.writeIntoCursor(value.ttlMs, c);
+        }
+        allocationSize(value: TypeName): number {
+            return FfiConverterString.allocationSize(value.name) +
+             FfiConverterString.allocationSize(value.collection) +
+             FfiConverterOptionalString.allocationSize(value.scope) +
+             FfiConverterOptionalString.allocationSize(value.filterJson) +
+             FfiConverterOptionalUInt64.allocationSize(value.ttlMs);
+            
+        }
+    };
+    return new FFIConverter();
+})();
+
+/**
+ * A live sync subscription, as stored.
+ */
+export type ActiveSyncSubscription = {
+    subscription: SyncSubscription,
+    /**
+     * When it expires (ms since the epoch); `None`: never.
+     */
+    expiresAt?: bigint,
+    createdAt: bigint
+}
+
+/**
+ * Generated factory for {@link ActiveSyncSubscription} record objects.
+ */
+export const ActiveSyncSubscription = (() => {
+    const defaults = () => ({
+    });
+    const create = (() => {
+        return uniffiCreateRecord<ActiveSyncSubscription, ReturnType<typeof defaults>>(defaults);
+    })();
+    return Object.freeze({
+        create,
+        new: create,
+        defaults: () => Object.freeze(defaults()) as Partial<ActiveSyncSubscription>,
+    });
+})();
+
+const FfiConverterTypeActiveSyncSubscription = (() => {
+    type TypeName = ActiveSyncSubscription;
+    class FFIConverter extends AbstractFfiConverterByteArray<TypeName> {
+        readFromCursor(c: Cursor): TypeName {
+            return {
+                subscription: FfiConverterTypeSyncSubscription.readFromCursor(c), 
+                expiresAt: FfiConverterOptionalInt64.readFromCursor(c), 
+                createdAt: FfiConverterInt64.readFromCursor(c)
+            };
+        }
+        writeIntoCursor(value: TypeName, c: Cursor): void {
+            FfiConverterTypeSyncSubscription.writeIntoCursor(value.subscription, c);
+            FfiConverterOptionalInt64.writeIntoCursor(value.expiresAt, c);
+            FfiConverterInt64.writeIntoCursor(value.createdAt, c);
+        }
+        allocationSize(value: TypeName): number {
+            return FfiConverterTypeSyncSubscription.allocationSize(value.subscription) +
+             FfiConverterOptionalInt64.allocationSize(value.expiresAt) +
+             FfiConverterInt64.allocationSize(value.createdAt);
+            
+        }
+    };
+    return new FFIConverter();
+})();
+
+/**
  * What exists on the server beyond what this device holds, for one
  * collection: the server's total, and the horizon retention moved.
  */
@@ -2198,10 +2311,12 @@ const FfiConverterTypeWriteMode = (() => {
 /**
  * Receives every committed change, in bursts: one call per burst of commits (those
  * made while the previous burst was being delivered), as a JSON array of events
- * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
- * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
- * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
- * the server. Called on the core's event thread, never under a store lock.
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback"|
+ * "retention"|"subscriptions", "changes":[{"collection","upserted":[rows],
+ * "deleted":[ids],"evicted"?:[ids],"pruned"?:[ids],"kept"?:[ids],"reload"?}]}, ...]`.
+ * `evicted` ids left this device's view but still exist on the server; `kept`
+ * ids left it too but have pending local changes, kept until their push is
+ * answered. Called on the core's event thread, never under a store lock.
  */
 export interface ChangeListener {
     
@@ -2212,10 +2327,12 @@ export interface ChangeListener {
 /**
  * Receives every committed change, in bursts: one call per burst of commits (those
  * made while the previous burst was being delivered), as a JSON array of events
- * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
- * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
- * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
- * the server. Called on the core's event thread, never under a store lock.
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback"|
+ * "retention"|"subscriptions", "changes":[{"collection","upserted":[rows],
+ * "deleted":[ids],"evicted"?:[ids],"pruned"?:[ids],"kept"?:[ids],"reload"?}]}, ...]`.
+ * `evicted` ids left this device's view but still exist on the server; `kept`
+ * ids left it too but have pending local changes, kept until their push is
+ * answered. Called on the core's event thread, never under a store lock.
  */
 export class ChangeListenerImpl extends UniffiAbstractObject implements ChangeListener {
 
@@ -2831,6 +2948,11 @@ export interface FerryDatabaseLike {
  */
     addChangeListener(listener: ChangeListener): ListenerHandleLike;
     anchors() /*throws*/: Array<Anchor>;
+/**
+ * Removes every sync subscription: the device syncs every collection in
+ * full again (the next sync backfills what they left out).
+ */
+    clearSubscriptions() /*throws*/: void;
     clientId(): string;
 /**
  * How many rows match a JSON query (ignoring its limit and offset).
@@ -2908,6 +3030,24 @@ export interface FerryDatabaseLike {
  */
     schemaJson(): string;
     status() /*throws*/: StoreStatus;
+/**
+ * Adds a sync subscription, or replaces the one of its name (renewing its
+ * TTL). From the first one on, the device syncs only what its
+ * subscriptions cover: rows this uncovers are evicted now (those with
+ * pending changes are kept until their push is answered, and listed as
+ * `kept` in the event), and the next sync backfills only what it adds.
+ */
+    subscribe(subscription: SyncSubscription) /*throws*/: ActiveSyncSubscription;
+/**
+ * The live sync subscriptions by name; `None` while the device syncs
+ * every collection in full.
+ */
+    subscriptions() /*throws*/: Array<ActiveSyncSubscription> | undefined;
+/**
+ * Removes the sync subscription `name`, evicting what only it covered;
+ * returns whether it existed.
+ */
+    unsubscribe(name: string) /*throws*/: boolean;
 /**
  * Updates records; each object carries its `id` and the fields to change.
  */
@@ -3024,6 +3164,20 @@ private constructor(pointer: UniffiHandle) {
     } finally {
         nativeModule().rustbuffer_free(__rb);
     }
+    }
+    
+/**
+ * Removes every sync subscription: the device syncs every collection in
+ * full again (the next sync backfills what they left out).
+ */
+    clearSubscriptions(): void /*throws*/ {uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => { nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
     }
     
     clientId(): string {
@@ -3412,6 +3566,69 @@ private constructor(pointer: UniffiHandle) {
     } finally {
         nativeModule().rustbuffer_free(__rb);
     }
+    }
+    
+/**
+ * Adds a sync subscription, or replaces the one of its name (renewing its
+ * TTL). From the first one on, the device syncs only what its
+ * subscriptions cover: rows this uncovers are evicted now (those with
+ * pending changes are kept until their push is answered, and listed as
+ * `kept` in the event), and the next sync backfills only what it adds.
+ */
+    subscribe(subscription: SyncSubscription): ActiveSyncSubscription /*throws*/ {
+    const __rb: Uint8Array = uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_subscribe(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+        FfiConverterTypeSyncSubscription.lower(subscription, nativeModule().rustbuffer_alloc),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    try {
+        return FfiConverterTypeActiveSyncSubscription.lift(__rb);
+    } finally {
+        nativeModule().rustbuffer_free(__rb);
+    }
+    }
+    
+/**
+ * The live sync subscriptions by name; `None` while the device syncs
+ * every collection in full.
+ */
+    subscriptions(): Array<ActiveSyncSubscription> | undefined /*throws*/ {
+    const __rb: Uint8Array = uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_subscriptions(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    try {
+        return FfiConverterOptionalSequenceTypeActiveSyncSubscription.lift(__rb);
+    } finally {
+        nativeModule().rustbuffer_free(__rb);
+    }
+    }
+    
+/**
+ * Removes the sync subscription `name`, evicting what only it covered;
+ * returns whether it existed.
+ */
+    unsubscribe(name: string): boolean /*throws*/ {
+    return FfiConverterBool.lift(uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_unsubscribe(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+        FfiConverterString.lower(name, nativeModule().rustbuffer_alloc),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    ));
     }
     
 /**
@@ -4530,6 +4747,9 @@ const uniffiCallbackInterfaceTokenProvider: { vtable: any; register: () => void;
     },
 };
 
+// FfiConverter for string | undefined
+const FfiConverterOptionalString = new FfiConverterOptional(FfiConverterString);
+
 // FfiConverter for bigint | undefined
 const FfiConverterOptionalUInt64 = new FfiConverterOptional(FfiConverterUInt64);
 
@@ -4551,11 +4771,14 @@ const FfiConverterOptionalSequenceString = new FfiConverterOptional(FfiConverter
 // FfiConverter for PageSizing | undefined
 const FfiConverterOptionalTypePageSizing = new FfiConverterOptional(FfiConverterTypePageSizing);
 
-// FfiConverter for string | undefined
-const FfiConverterOptionalString = new FfiConverterOptional(FfiConverterString);
-
 // FfiConverter for Array<Anchor>
 const FfiConverterSequenceTypeAnchor = new FfiConverterArray(FfiConverterTypeAnchor);
+
+// FfiConverter for Array<ActiveSyncSubscription>
+const FfiConverterSequenceTypeActiveSyncSubscription = new FfiConverterArray(FfiConverterTypeActiveSyncSubscription);
+
+// FfiConverter for Array<ActiveSyncSubscription> | undefined
+const FfiConverterOptionalSequenceTypeActiveSyncSubscription = new FfiConverterOptional(FfiConverterSequenceTypeActiveSyncSubscription);
 
 
 /**
@@ -4608,6 +4831,9 @@ function uniffiEnsureInitialized() {
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_anchors() !== 56544) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_anchors");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions() !== 27198) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_client_id() !== 41403) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_client_id");
@@ -4665,6 +4891,15 @@ function uniffiEnsureInitialized() {
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_status() !== 6670) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_status");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscribe() !== 63664) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_subscribe");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_subscriptions() !== 58388) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_subscriptions");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_unsubscribe() !== 7051) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_unsubscribe");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_update() !== 60792) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_update");
@@ -4741,6 +4976,7 @@ function uniffiEnsureInitialized() {
 export default Object.freeze({
   initialize: uniffiEnsureInitialized,
   converters: {
+    FfiConverterTypeActiveSyncSubscription,
     FfiConverterTypeAnchor,
     FfiConverterTypeChangeListener,
     FfiConverterTypeConflictResolver,
@@ -4761,6 +4997,7 @@ export default Object.freeze({
     FfiConverterTypeSyncPhase,
     FfiConverterTypeSyncReport,
     FfiConverterTypeSyncStatus,
+    FfiConverterTypeSyncSubscription,
     FfiConverterTypeTokenProvider,
     FfiConverterTypeWriteMode,
   }

@@ -402,3 +402,60 @@ test('fetchRemote reads past the horizon under the caller\'s rules, can cache in
     d.db.close();
   }
 });
+
+test('sync subscriptions narrow and widen what syncs; evicted rows leave the state, and the types are plain', async () => {
+  const url = serverOf().url;
+  const tag = uid('subs');
+  const a = device(url, BOB);
+  const t = (id: string, project: string) => ({ op: 'create' as const, collection: 'tasks', fields: { id: `${tag}-${id}`, title: id, project } });
+  await a.client.write([t('x1', `${tag}-x`), t('x2', `${tag}-x`), t('y1', `${tag}-y`)]);
+  await a.client.sync();
+
+  const b = device(url, BOB);
+  assert.equal(b.db.subscriptions(), null, 'everything syncs until the first subscribe');
+  const inProject = (name: string, p: string, ttlMs?: number) =>
+    b.db.subscribe({ name, collection: 'tasks', where: { column: 'project', op: 'eq', value: `${tag}-${p}` }, ttlMs });
+  const x = inProject('x', 'x', 60_000);
+  assert.equal(typeof x.createdAt, 'number');
+  assert.equal(x.expiresAt, x.createdAt + 60_000);
+  assert.deepEqual(x.where, { column: 'project', op: 'eq', value: `${tag}-x` });
+  assert.equal(findNonSerializableValue(x), false, 'plain data');
+  const { f, store, actions } = reduxOver(b);
+  await store.dispatch(f.thunks.hydrate());
+  await b.client.sync();
+  await b.db.flushEvents();
+  const ids = () => Object.keys(store.getState().ferry.collections.tasks?.entities ?? {}).filter((id) => id.startsWith(tag)).sort();
+  assert.deepEqual(ids(), [`${tag}-x1`, `${tag}-x2`]);
+
+  inProject('y', 'y');
+  await b.client.sync();
+  await b.db.flushEvents();
+  assert.deepEqual(ids(), [`${tag}-x1`, `${tag}-x2`, `${tag}-y1`], 'widened: backfilled');
+
+  assert.equal(b.db.unsubscribe('x'), true);
+  assert.equal(b.db.unsubscribe('x'), false);
+  await b.db.flushEvents();
+  assert.deepEqual(ids(), [`${tag}-y1`], 'narrowed: evicted from the state');
+  const evicted = actions
+    .filter((x) => x.type === 'ferry/changesApplied')
+    .flatMap((x) => (x as ReturnType<typeof changesApplied>).payload.events)
+    .filter((e) => e.source === 'subscriptions')
+    .flatMap((e) => e.changes.flatMap((c) => c.evicted));
+  assert.deepEqual(evicted.sort(), [`${tag}-x1`, `${tag}-x2`]);
+  assert.deepEqual(b.db.subscriptions()?.map((s) => s.name), ['y']);
+
+  assert.throws(
+    () => b.db.subscribe({ name: 'bad', collection: 'tasks', where: { column: 'nope', op: 'eq', value: 1 } }),
+    (e: unknown) => e instanceof FerryError && e.kind === 'UnknownColumn',
+  );
+  b.db.clearSubscriptions();
+  assert.equal(b.db.subscriptions(), null);
+  await b.client.sync();
+  await b.db.flushEvents();
+  assert.deepEqual(ids(), [`${tag}-x1`, `${tag}-x2`, `${tag}-y1`], 'everything again');
+  f.detach();
+  for (const d of [a, b]) {
+    await d.client.close();
+    d.db.close();
+  }
+});

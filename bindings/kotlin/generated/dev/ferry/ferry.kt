@@ -787,6 +787,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_anchors(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_client_id(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_count(
@@ -824,6 +826,12 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_ferry_checksum_method_ferrydatabase_schema_json(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_status(
+    ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_subscribe(
+    ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_subscriptions(
+    ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_unsubscribe(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_update(
     ): Int
@@ -915,6 +923,8 @@ external fun uniffi_ferry_fn_method_ferrydatabase_add_change_listener(`ptr`: Lon
 ): Long
 external fun uniffi_ferry_fn_method_ferrydatabase_anchors(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
 external fun uniffi_ferry_fn_method_ferrydatabase_client_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_count(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -953,6 +963,12 @@ external fun uniffi_ferry_fn_method_ferrydatabase_schema_json(`ptr`: Long,uniffi
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_ferrydatabase_subscribe(`ptr`: Long,`subscription`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_ferrydatabase_subscriptions(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_ferrydatabase_unsubscribe(`ptr`: Long,`name`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Byte
 external fun uniffi_ferry_fn_method_ferrydatabase_update(`ptr`: Long,`collection`: RustBuffer.ByValue,`recordsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_write(`ptr`: Long,`opsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1188,6 +1204,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_anchors() != 56544) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_clear_subscriptions() != 27198) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_client_id() != 41403) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1243,6 +1262,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_status() != 6670) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_subscribe() != 63664) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_subscriptions() != 58388) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_unsubscribe() != 7051) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_update() != 60792) {
@@ -1938,10 +1966,12 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
 /**
  * Receives every committed change, in bursts: one call per burst of commits (those
  * made while the previous burst was being delivered), as a JSON array of events
- * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
- * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
- * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
- * the server. Called on the core's event thread, never under a store lock.
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback"|
+ * "retention"|"subscriptions", "changes":[{"collection","upserted":[rows],
+ * "deleted":[ids],"evicted"?:[ids],"pruned"?:[ids],"kept"?:[ids],"reload"?}]}, ...]`.
+ * `evicted` ids left this device's view but still exist on the server; `kept`
+ * ids left it too but have pending local changes, kept until their push is
+ * answered. Called on the core's event thread, never under a store lock.
  */
 public interface ChangeListener {
     
@@ -1953,10 +1983,12 @@ public interface ChangeListener {
 /**
  * Receives every committed change, in bursts: one call per burst of commits (those
  * made while the previous burst was being delivered), as a JSON array of events
- * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback",
- * "changes":[{"collection","upserted":[rows],"deleted":[ids],"evicted"?:[ids],
- * "reload"?}]}, ...]`. `evicted` ids left this device's view but still exist on
- * the server. Called on the core's event thread, never under a store lock.
+ * in commit order, one per transaction: `[{"source":"local"|"remote"|"rollback"|
+ * "retention"|"subscriptions", "changes":[{"collection","upserted":[rows],
+ * "deleted":[ids],"evicted"?:[ids],"pruned"?:[ids],"kept"?:[ids],"reload"?}]}, ...]`.
+ * `evicted` ids left this device's view but still exist on the server; `kept`
+ * ids left it too but have pending local changes, kept until their push is
+ * answered. Called on the core's event thread, never under a store lock.
  */
 open class ChangeListenerImpl: Disposable, AutoCloseable, ChangeListener
 {
@@ -2599,6 +2631,12 @@ public interface FerryDatabaseInterface {
     
     fun `anchors`(): List<Anchor>
     
+    /**
+     * Removes every sync subscription: the device syncs every collection in
+     * full again (the next sync backfills what they left out).
+     */
+    fun `clearSubscriptions`()
+    
     fun `clientId`(): kotlin.String
     
     /**
@@ -2694,6 +2732,27 @@ public interface FerryDatabaseInterface {
     fun `schemaJson`(): kotlin.String
     
     fun `status`(): StoreStatus
+    
+    /**
+     * Adds a sync subscription, or replaces the one of its name (renewing its
+     * TTL). From the first one on, the device syncs only what its
+     * subscriptions cover: rows this uncovers are evicted now (those with
+     * pending changes are kept until their push is answered, and listed as
+     * `kept` in the event), and the next sync backfills only what it adds.
+     */
+    fun `subscribe`(`subscription`: SyncSubscription): ActiveSyncSubscription
+    
+    /**
+     * The live sync subscriptions by name; `None` while the device syncs
+     * every collection in full.
+     */
+    fun `subscriptions`(): List<ActiveSyncSubscription>?
+    
+    /**
+     * Removes the sync subscription `name`, evicting what only it covered;
+     * returns whether it existed.
+     */
+    fun `unsubscribe`(`name`: kotlin.String): kotlin.Boolean
     
     /**
      * Updates records; each object carries its `id` and the fields to change.
@@ -2837,6 +2896,23 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Removes every sync subscription: the device syncs every collection in
+     * full again (the next sync backfills what they left out).
+     */
+    @Throws(FerryException::class)override fun `clearSubscriptions`()
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_clear_subscriptions(
+        it,
+        _status)
+}
+    }
+    
     
 
     override fun `clientId`(): kotlin.String {
@@ -3160,6 +3236,63 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
     UniffiLib.uniffi_ferry_fn_method_ferrydatabase_status(
         it,
         _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Adds a sync subscription, or replaces the one of its name (renewing its
+     * TTL). From the first one on, the device syncs only what its
+     * subscriptions cover: rows this uncovers are evicted now (those with
+     * pending changes are kept until their push is answered, and listed as
+     * `kept` in the event), and the next sync backfills only what it adds.
+     */
+    @Throws(FerryException::class)override fun `subscribe`(`subscription`: SyncSubscription): ActiveSyncSubscription {
+            return FfiConverterTypeActiveSyncSubscription.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_subscribe(
+        it,
+        FfiConverterTypeSyncSubscription.lower(`subscription`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The live sync subscriptions by name; `None` while the device syncs
+     * every collection in full.
+     */
+    @Throws(FerryException::class)override fun `subscriptions`(): List<ActiveSyncSubscription>? {
+            return FfiConverterOptionalSequenceTypeActiveSyncSubscription.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_subscriptions(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Removes the sync subscription `name`, evicting what only it covered;
+     * returns whether it existed.
+     */
+    @Throws(FerryException::class)override fun `unsubscribe`(`name`: kotlin.String): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_unsubscribe(
+        it,
+        FfiConverterString.lower(`name`),_status)
 }
     }
     )
@@ -5401,6 +5534,55 @@ public object FfiConverterTypeTokenProvider: FfiConverter<TokenProvider, Long> {
 
 
 /**
+ * A live sync subscription, as stored.
+ */
+data class ActiveSyncSubscription (
+    var `subscription`: SyncSubscription
+    , 
+    /**
+     * When it expires (ms since the epoch); `None`: never.
+     */
+    var `expiresAt`: kotlin.Long?
+    , 
+    var `createdAt`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeActiveSyncSubscription: FfiConverterRustBuffer<ActiveSyncSubscription> {
+    override fun read(buf: ByteBuffer): ActiveSyncSubscription {
+        return ActiveSyncSubscription(
+            FfiConverterTypeSyncSubscription.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ActiveSyncSubscription) = (
+            FfiConverterTypeSyncSubscription.allocationSize(value.`subscription`) +
+            FfiConverterOptionalLong.allocationSize(value.`expiresAt`) +
+            FfiConverterLong.allocationSize(value.`createdAt`)
+    )
+
+    override fun write(value: ActiveSyncSubscription, buf: ByteBuffer) {
+            FfiConverterTypeSyncSubscription.write(value.`subscription`, buf)
+            FfiConverterOptionalLong.write(value.`expiresAt`, buf)
+            FfiConverterLong.write(value.`createdAt`, buf)
+    }
+}
+
+
+
+/**
  * What exists on the server beyond what this device holds, for one
  * collection: the server's total, and the horizon retention moved.
  */
@@ -5876,6 +6058,64 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterBoolean.write(value.`authFailed`, buf)
             FfiConverterOptionalLong.write(value.`lastSyncCompletedAt`, buf)
             FfiConverterBoolean.write(value.`online`, buf)
+    }
+}
+
+
+
+/**
+ * A sync subscription: the records of `collection`, in `scope` when it is
+ * set, that match `filter_json` (a query's `where`, as JSON) when it is set.
+ * With `ttl_ms`, it expires that long after it was last subscribed.
+ */
+data class SyncSubscription (
+    var `name`: kotlin.String
+    , 
+    var `collection`: kotlin.String
+    , 
+    var `scope`: kotlin.String?
+    , 
+    var `filterJson`: kotlin.String?
+    , 
+    var `ttlMs`: kotlin.ULong?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSyncSubscription: FfiConverterRustBuffer<SyncSubscription> {
+    override fun read(buf: ByteBuffer): SyncSubscription {
+        return SyncSubscription(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SyncSubscription) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`collection`) +
+            FfiConverterOptionalString.allocationSize(value.`scope`) +
+            FfiConverterOptionalString.allocationSize(value.`filterJson`) +
+            FfiConverterOptionalULong.allocationSize(value.`ttlMs`)
+    )
+
+    override fun write(value: SyncSubscription, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`collection`, buf)
+            FfiConverterOptionalString.write(value.`scope`, buf)
+            FfiConverterOptionalString.write(value.`filterJson`, buf)
+            FfiConverterOptionalULong.write(value.`ttlMs`, buf)
     }
 }
 
@@ -6941,6 +7181,38 @@ public object FfiConverterOptionalSequenceString: FfiConverterRustBuffer<List<ko
 /**
  * @suppress
  */
+public object FfiConverterOptionalSequenceTypeActiveSyncSubscription: FfiConverterRustBuffer<List<ActiveSyncSubscription>?> {
+    override fun read(buf: ByteBuffer): List<ActiveSyncSubscription>? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterSequenceTypeActiveSyncSubscription.read(buf)
+    }
+
+    override fun allocationSize(value: List<ActiveSyncSubscription>?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterSequenceTypeActiveSyncSubscription.allocationSize(value)
+        }
+    }
+
+    override fun write(value: List<ActiveSyncSubscription>?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterSequenceTypeActiveSyncSubscription.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.String>> {
     override fun read(buf: ByteBuffer): List<kotlin.String> {
         val len = buf.getInt()
@@ -6959,6 +7231,34 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterString.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeActiveSyncSubscription: FfiConverterRustBuffer<List<ActiveSyncSubscription>> {
+    override fun read(buf: ByteBuffer): List<ActiveSyncSubscription> {
+        val len = buf.getInt()
+        return List<ActiveSyncSubscription>(len) {
+            FfiConverterTypeActiveSyncSubscription.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ActiveSyncSubscription>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeActiveSyncSubscription.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ActiveSyncSubscription>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeActiveSyncSubscription.write(it, buf)
         }
     }
 }
