@@ -985,6 +985,7 @@ async fn child_pull_only(url: &str) -> Value {
     let start = Instant::now();
     loop {
         let req = PullRequest {
+            priorities: None,
             subscriptions: None,
             cursor: cursor.clone(),
             client_id: Some("bench-pull-only".into()),

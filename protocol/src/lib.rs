@@ -73,7 +73,15 @@ pub struct PullRequest {
     /// pulled collections itself, and `collections` must be absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriptions: Option<Vec<Subscription>>,
+    /// Priorities per collection, 0 (first) to [`LOWEST_PRIORITY`] (the default
+    /// for a collection left out): the pull sends the changes of a higher
+    /// priority first, and says when they are complete (`complete_priority`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priorities: Option<BTreeMap<String, u8>>,
 }
+
+/// The lowest priority, and every collection's unless the pull says otherwise.
+pub const LOWEST_PRIORITY: u8 = 3;
 
 /// One sync subscription: the records of `collection`, in `scope` when it is
 /// set (a scope the caller does not hold gives nothing), that match `filter`
@@ -106,6 +114,12 @@ pub struct PullPage<F = Fields> {
     /// Per-collection totals of rows in the caller's scopes (anchors), when asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<BTreeMap<String, u64>>,
+    /// A checkpoint of a pull with `priorities`: after this page, everything of
+    /// this priority and the higher ones is complete and consistent, at this
+    /// page's cursor, while more (of lower priorities) follows (`has_more`). A
+    /// client may publish what it staged here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_priority: Option<u8>,
 }
 
 /// Changes of one collection within a page.
@@ -127,6 +141,7 @@ pub struct CollectionChanges<F = Fields> {
 impl<F> Default for PullPage<F> {
     fn default() -> Self {
         PullPage {
+            complete_priority: None,
             cursor: String::new(),
             has_more: false,
             changes: BTreeMap::new(),

@@ -144,6 +144,7 @@ async fn main() {
 
     // Cursor at head.
     let mut req = PullRequest {
+        priorities: None,
         subscriptions: None,
         cursor: None,
         client_id: None,

@@ -369,6 +369,7 @@ impl DefaultRequest for PullRequest {
             limit: None,
             collections: None,
             want_totals: false,
+            priorities: None,
         }
     }
 }

@@ -132,6 +132,7 @@ impl SyncService {
             .unwrap_or(limits.default_page_rows)
             .clamp(1, limits.max_page_rows) as usize;
         let plan = subscriptions::plan(&self.config, caller, req)?;
+        let priorities = subscriptions::Priorities::of_request(&self.config, req)?;
         let collections = plan.collections;
         let mut cursor = match &req.cursor {
             Some(s) => self.codec.decode(&caller.user_id, s)?,
@@ -203,16 +204,29 @@ impl SyncService {
                 .or_insert(read.watermark);
         }
 
-        // Merge every stream in global position order and take the first `limit`.
-        let mut merged: Vec<(Position, usize, &ChangeRow)> = read
+        // Merge every stream in (priority, global position) order and take the
+        // first `limit`, of one priority only: the page that takes the last
+        // changes of a priority, with lower ones left, is its checkpoint.
+        let priority = |i: usize| priorities.of(&scans[i].key.collection);
+        let mut merged: Vec<(u8, Position, usize, &ChangeRow)> = read
             .rows
             .iter()
             .enumerate()
-            .flat_map(|(i, rows)| rows.iter().map(move |r| (r.position, i, r)))
+            .flat_map(|(i, rows)| rows.iter().map(move |r| (priority(i), r.position, i, r)))
             .collect();
-        merged.sort_by_key(|(p, i, _)| (*p, *i));
-        let has_more = merged.len() > limit;
-        merged.truncate(limit);
+        merged.sort_by_key(|(prio, p, i, _)| (*prio, *p, *i));
+        let top = merged.first().map(|m| m.0);
+        let of_top = merged.iter().take_while(|m| Some(m.0) == top).count();
+        let page_len = of_top.min(limit);
+        let has_more = merged.len() > page_len;
+        // Every stream of `top` returned less than `limit + 1` rows when all
+        // of them fit: `top` is complete at this read.
+        let complete_priority = top.filter(|_| has_more && of_top <= limit);
+        let merged: Vec<(Position, usize, &ChangeRow)> = merged
+            .into_iter()
+            .take(page_len)
+            .map(|(_, p, i, r)| (p, i, r))
+            .collect();
 
         let mut taken = vec![0usize; scans.len()];
         let mut changes: BTreeMap<String, CollectionChanges<RawFields>> = BTreeMap::new();
@@ -276,6 +290,7 @@ impl SyncService {
             cursor.watermark = read.watermark;
         }
         Ok(PullPage {
+            complete_priority,
             cursor: self.codec.encode(&caller.user_id, &cursor),
             has_more,
             changes,

@@ -10,10 +10,10 @@
 //! already sent ([`Verdict`]). Must never produce a stream of a scope the
 //! caller does not hold.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_protocol::query::Filter;
-use ferry_protocol::{Fields, PullRequest, error_code};
+use ferry_protocol::{Fields, LOWEST_PRIORITY, PullRequest, error_code};
 use ring::digest;
 use serde_json::Value;
 
@@ -166,6 +166,37 @@ pub(crate) fn verdict(
     } else {
         Verdict::Send(ChangeKind::Evict)
     })
+}
+
+/// The priority of each collection in a pull (docs/protocol.md, pull rule 12).
+pub(crate) struct Priorities(BTreeMap<String, u8>);
+
+impl Priorities {
+    /// The request's priorities, checked: known collections, levels
+    /// 0..=[`LOWEST_PRIORITY`].
+    pub(crate) fn of_request(config: &ServerConfig, req: &PullRequest) -> Result<Self, ApiError> {
+        let Some(map) = &req.priorities else {
+            return Ok(Priorities(BTreeMap::new()));
+        };
+        for (c, p) in map {
+            if !config.collections.contains_key(c) {
+                return Err(ApiError::unknown_collection(c));
+            }
+            if *p > LOWEST_PRIORITY {
+                return Err(ApiError::bad_request(
+                    error_code::INVALID_REQUEST,
+                    format!(
+                        "the priority of `{c}` is {p}; priorities go from 0 (first) to {LOWEST_PRIORITY}"
+                    ),
+                ));
+            }
+        }
+        Ok(Priorities(map.clone()))
+    }
+
+    pub(crate) fn of(&self, collection: &str) -> u8 {
+        self.0.get(collection).copied().unwrap_or(LOWEST_PRIORITY)
+    }
 }
 
 fn selected(config: &ServerConfig, wanted: Option<&[String]>) -> Result<Vec<String>, ApiError> {

@@ -36,6 +36,7 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
             loop {
                 let stopping = stop_rx.try_recv().is_ok();
                 let req = PullRequest {
+                    priorities: None,
                     subscriptions: None,
                     cursor: cursor.clone(),
                     client_id: None,
@@ -233,6 +234,7 @@ async fn a_create_that_loses_a_race_for_its_id_is_retried_and_rejected() {
                 limit: None,
                 collections: None,
                 want_totals: true,
+                priorities: None,
             },
         )
         .await

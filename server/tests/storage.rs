@@ -55,6 +55,7 @@ suite!(
     subscriptions_widen_by_backfill_only_and_evict_rows_that_stop_matching,
     a_subscription_to_a_scope_gets_that_scope_only,
     subscriptions_outside_the_collection_config_are_refused,
+    a_higher_priority_comes_first_and_its_last_page_is_a_checkpoint,
 );
 
 fn create(mid: &str, coll: &str, id: &str, f: serde_json::Value) -> Mutation {
@@ -116,6 +117,7 @@ fn req(cursor: Option<&str>) -> PullRequest {
         limit: None,
         collections: None,
         want_totals: true,
+        priorities: None,
     }
 }
 
@@ -1258,4 +1260,101 @@ async fn subscriptions_outside_the_collection_config_are_refused(svc: SyncServic
         ..subscribed(None, vec![sub("tasks", None, None)])
     };
     assert_eq!(code(pull(&svc, &a, &both).await), "invalid_request");
+}
+
+async fn a_higher_priority_comes_first_and_its_last_page_is_a_checkpoint(svc: SyncService) {
+    let a = alice();
+    let project = |n: &str| json!({"name": n});
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m1", "tasks", "t1", task("t1")),
+            create("m2", "projects", "p1", project("p1")),
+            create("m3", "tasks", "t2", task("t2")),
+            create("m4", "projects", "p2", project("p2")),
+            create("m5", "tasks", "t3", task("t3")),
+        ],
+    )
+    .await;
+    let ranked = |cursor: Option<&str>, limit: u32| PullRequest {
+        limit: Some(limit),
+        priorities: Some([("projects".to_string(), 0)].into()),
+        ..req(cursor)
+    };
+    let ids = |p: &PullPage, c: &str| -> Vec<String> {
+        p.changes
+            .get(c)
+            .map(|c| c.upserts.iter().map(|r| r.id.clone()).collect())
+            .unwrap_or_default()
+    };
+    // Projects first, on their own page: the checkpoint of priority 0.
+    let first = pull(&svc, &a, &ranked(None, 100)).await.unwrap();
+    assert_eq!(ids(&first, "projects"), ["p1", "p2"]);
+    assert!(ids(&first, "tasks").is_empty(), "not mixed with priority 3");
+    assert!(first.has_more);
+    assert_eq!(first.complete_priority, Some(0));
+    let second = pull(&svc, &a, &ranked(Some(&first.cursor), 100))
+        .await
+        .unwrap();
+    assert_eq!(ids(&second, "tasks"), ["t1", "t2", "t3"]);
+    assert!(!second.has_more);
+    assert_eq!(
+        second.complete_priority, None,
+        "the end of the pull says it all"
+    );
+
+    // Pages smaller than a priority: only the one that completes it says so.
+    let p1 = pull(&svc, &a, &ranked(None, 1)).await.unwrap();
+    assert_eq!(
+        (ids(&p1, "projects"), p1.complete_priority),
+        (vec!["p1".to_string()], None)
+    );
+    let p2 = pull(&svc, &a, &ranked(Some(&p1.cursor), 1)).await.unwrap();
+    assert_eq!(
+        (ids(&p2, "projects"), p2.complete_priority),
+        (vec!["p2".to_string()], Some(0))
+    );
+
+    // Later changes of a higher priority still go first.
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m6", "tasks", "t4", task("t4")),
+            create("m7", "projects", "p3", project("p3")),
+        ],
+    )
+    .await;
+    let next = pull(&svc, &a, &ranked(Some(&second.cursor), 100))
+        .await
+        .unwrap();
+    assert_eq!(ids(&next, "projects"), ["p3"]);
+    assert_eq!(next.complete_priority, Some(0));
+    let last = pull(&svc, &a, &ranked(Some(&next.cursor), 100))
+        .await
+        .unwrap();
+    assert_eq!(ids(&last, "tasks"), ["t4"]);
+
+    // Without priorities, one page in position order, as before.
+    let plain = pull(&svc, &a, &req(None)).await.unwrap();
+    assert_eq!(ids(&plain, "tasks").len(), 4);
+    assert_eq!(ids(&plain, "projects").len(), 3);
+    assert_eq!(plain.complete_priority, None);
+
+    let code = |r: Result<PullPage, ApiError>| r.unwrap_err().code;
+    let bad = |c: &str, p: u8| PullRequest {
+        priorities: Some([(c.to_string(), p)].into()),
+        ..req(None)
+    };
+    assert_eq!(
+        code(pull(&svc, &a, &bad("nope", 0)).await),
+        "unknown_collection"
+    );
+    assert_eq!(
+        code(pull(&svc, &a, &bad("tasks", 4)).await),
+        "invalid_request"
+    );
 }

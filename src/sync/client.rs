@@ -610,6 +610,7 @@ impl SyncClient {
             };
             let asked_at = clock.now_ms();
             let req = PullRequest {
+                priorities: None,
                 subscriptions: subs.subscriptions.clone(),
                 cursor: cursor.clone(),
                 client_id: Some(store.client_id().to_string()),

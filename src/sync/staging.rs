@@ -280,6 +280,7 @@ mod tests {
             )]
             .into(),
             totals: None,
+            complete_priority: None,
         };
         let staged = stage_page(&s, page("c1"), generation).unwrap();
         assert!(staged.is_some());

@@ -117,6 +117,7 @@ impl Transport for WatermelonTransport {
         }
         self.last_pulled_at.store(body.timestamp, Ordering::SeqCst);
         Ok(PullPage {
+            complete_priority: None,
             cursor: body.timestamp.to_string(),
             has_more: false,
             changes,

@@ -71,6 +71,7 @@ impl InProcessServer {
         let mut cursor = None;
         loop {
             let req = PullRequest {
+                priorities: None,
                 subscriptions: None,
                 cursor: cursor.take(),
                 client_id: None,
