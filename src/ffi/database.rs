@@ -257,6 +257,14 @@ impl FerryDatabase {
             .map(|subs| subs.into_iter().map(Into::into).collect()))
     }
 
+    /// When each priority (0 first, to 3) was last published complete (ms
+    /// since the epoch): at its own checkpoint during a pull, or at the end of
+    /// one. A priority never synced is absent, so an app can open once the
+    /// priorities it needs are here, before the bulk has arrived.
+    pub fn priorities_synced(&self) -> Result<HashMap<u8, i64>> {
+        Ok(self.store.priorities_synced()?.into_iter().collect())
+    }
+
     /// How many rows match a JSON query (ignoring its limit and offset).
     pub fn count(&self, collection: String, query_json: String) -> Result<u64> {
         Ok(self

@@ -122,6 +122,11 @@ pub struct Collection {
     /// can tell locally which rows it covered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope_column: Option<String>,
+    /// When a pull publishes this collection: 0 first, to 3 (the default). A
+    /// first sync publishes each priority as its own checkpoint, highest first
+    /// (docs/architecture.md, "Priorities").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 /// A collection's local retention: synced rows past these limits are pruned
@@ -275,6 +280,15 @@ impl Schema {
             if let Some(sc) = &c.scope_column {
                 validate_scope_column(c, sc)?;
             }
+            if let Some(p) = c.priority
+                && (p > ferry_protocol::LOWEST_PRIORITY || c.is_local_only())
+            {
+                return Err(Error::InvalidSchema(format!(
+                    "the priority of `{}` is {p}: a synced collection takes 0 (first) to {}",
+                    c.name,
+                    ferry_protocol::LOWEST_PRIORITY
+                )));
+            }
         }
         Ok(())
     }
@@ -410,6 +424,35 @@ mod tests {
             json!({"version":1,"collections":[{"name":"t","columns":[],"indexes":[{"columns":["nope"]}]}]}),
         );
         assert!(matches!(r, Err(Error::UnknownColumn { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_bad_priority_or_scope_column_is_refused() {
+        let one = |extra: Value, sync: &str| {
+            let mut c = json!({"name":"t","sync":sync,"columns":[
+                {"name":"team","type":"string","nullable":true},{"name":"n","type":"integer"}]});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            schema(json!({"version":1,"collections":[c]}))
+        };
+        assert!(one(json!({"priority": 0, "scope_column": "team"}), "synced").is_ok());
+        for (extra, sync) in [
+            (json!({"priority": 4}), "synced"),
+            (json!({"priority": 0}), "local_only"),
+            (json!({"scope_column": "n"}), "synced"),
+            (json!({"scope_column": "team"}), "local_only"),
+        ] {
+            let r = one(extra.clone(), sync);
+            assert!(
+                matches!(r, Err(Error::InvalidSchema(_))),
+                "{extra} {sync}: {r:?}"
+            );
+        }
+        assert!(matches!(
+            one(json!({"scope_column": "nope"}), "synced"),
+            Err(Error::UnknownColumn { .. })
+        ));
     }
 
     #[test]

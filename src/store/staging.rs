@@ -41,6 +41,8 @@ use crate::schema::{Collection, Schema};
 
 /// Meta key (database): the cursor everything published so far is complete up to.
 const PUBLISHED_CURSOR: &str = "cursor";
+/// Meta key prefix (database): when a publish last completed priority `<n>`.
+const PRIORITY_SYNCED: &str = "priority_synced_";
 /// Meta key (database): the staging generation the last publish applied.
 const PUBLISHED_GENERATION: &str = "published_generation";
 
@@ -237,6 +239,24 @@ fn staged_cursor(conn: &Connection) -> Result<Option<String>> {
 }
 
 impl Store {
+    /// When each priority (0 first, to 3) was last published complete: at a
+    /// checkpoint of its own, or at the end of a pull (which completes them
+    /// all). A priority never synced is absent: a first sync that published
+    /// priority 0 and was then cut off has `{0: t}`.
+    pub fn priorities_synced(&self) -> Result<BTreeMap<u8, i64>> {
+        self.read_snapshot(|conn| {
+            let mut out = BTreeMap::new();
+            for p in 0..=ferry_protocol::LOWEST_PRIORITY {
+                if let Some(t) =
+                    meta_get(conn, &format!("{PRIORITY_SYNCED}{p}"))?.and_then(|t| t.parse().ok())
+                {
+                    out.insert(p, t);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Where the next pull starts: the staged cursor, or the published one.
     pub(crate) fn pull_start(&self) -> Result<PullStart> {
         let conn = self.inner.writer.lock();
@@ -548,6 +568,16 @@ impl Writer<'_, '_> {
         meta_set(self.tx, PUBLISHED_CURSOR, cursor)?;
         if let Some(generation) = stage_generation(self.tx)? {
             meta_set(self.tx, PUBLISHED_GENERATION, &generation)?;
+        }
+        Ok(())
+    }
+
+    /// A publish completed every priority up to `level` (0 first): each of
+    /// them is synced as of now.
+    pub(crate) fn set_priorities_synced(&self, level: u8) -> Result<()> {
+        let now = self.now.to_string();
+        for p in 0..=level {
+            meta_set(self.tx, &format!("{PRIORITY_SYNCED}{p}"), &now)?;
         }
         Ok(())
     }

@@ -525,7 +525,7 @@ fn a_panicking_listener_does_not_stop_others_or_the_store() {
 }
 
 #[test]
-fn dropping_a_subscription_unsubscribes() {
+fn dropping_a_listener_handle_unregisters_it() {
     let (_d, s) = open();
     let count = Arc::new(Mutex::new(0));
     let c2 = count.clone();

@@ -583,6 +583,7 @@ impl SyncClient {
             self.blocking(move || s.pull_subscriptions()).await?
         };
         let generation = subs.generation;
+        let priorities = self.priorities(subs.subscriptions.as_deref());
         let start = {
             let s = store.clone();
             self.blocking(move || s.pull_start()).await?
@@ -610,7 +611,6 @@ impl SyncClient {
             };
             let asked_at = clock.now_ms();
             let req = PullRequest {
-                priorities: None,
                 subscriptions: subs.subscriptions.clone(),
                 cursor: cursor.clone(),
                 client_id: Some(store.client_id().to_string()),
@@ -620,6 +620,7 @@ impl SyncClient {
                     Some(_) => None,
                     None => self.inner.config.collections.clone(),
                 },
+                priorities: priorities.clone(),
                 want_totals: cursor.is_none() || report.pages == 0,
             };
             let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
@@ -643,12 +644,8 @@ impl SyncClient {
                 }
             }
             // The previous page is staged while this one downloads; stage in order.
-            if let Some(t) = staging_task.take() {
-                let Some(r) = t.await.map_err(|e| Error::Internal(e.to_string()))?? else {
-                    return Ok(None);
-                };
-                report.pulled += r.rows;
-                report.skipped += r.skipped;
+            if !Self::staged(&mut staging_task, &mut report).await? {
+                return Ok(None);
             }
             let page = fetched?;
             if report.pages == 0 && start.nothing_new(&page) {
@@ -677,35 +674,88 @@ impl SyncClient {
                     }
                 }
             });
+            let checkpoint = page.complete_priority.filter(|_| has_more);
             let s = store.clone();
             staging_task =
                 Some(self.spawn_work(move || staging::stage_page(&s, page, generation))?);
+            if let Some(level) = checkpoint {
+                // What is staged is complete up to `level`: the app gets it now.
+                if !Self::staged(&mut staging_task, &mut report).await? {
+                    return Ok(None);
+                }
+                let Some(published) = self.publish_staged(generation, level).await? else {
+                    return Ok(None);
+                };
+                report.published.add(&published);
+                self.update_status(|s| s.phase = SyncPhase::Pulling);
+            }
             if !has_more {
                 break;
             }
         }
-        if let Some(t) = staging_task.take() {
-            let Some(r) = t.await.map_err(|e| Error::Internal(e.to_string()))?? else {
-                return Ok(None);
-            };
-            report.pulled += r.rows;
-            report.skipped += r.skipped;
+        if !Self::staged(&mut staging_task, &mut report).await? {
+            return Ok(None);
         }
-        self.update_status(|s| s.phase = SyncPhase::Publishing);
-        let (s, resolver) = (store.clone(), self.inner.resolver.lock().clone());
-        let rule = self.inner.config.merge_rule;
         let Some(published) = self
-            .blocking(move || {
-                with_merges(&s, &resolver, rule, staging::publish_candidates, |m| {
-                    staging::publish(&s, m, generation)
-                })
-            })
+            .publish_staged(generation, ferry_protocol::LOWEST_PRIORITY)
             .await?
         else {
             return Ok(None);
         };
-        report.published = published;
+        report.published.add(&published);
         Ok(Some(report))
+    }
+
+    /// The priorities of the collections this pull covers, when any is set.
+    fn priorities(
+        &self,
+        subscriptions: Option<&[ferry_protocol::Subscription]>,
+    ) -> Option<std::collections::BTreeMap<String, u8>> {
+        let named = |c: &str| match (subscriptions, &self.inner.config.collections) {
+            (Some(subs), _) => subs.iter().any(|s| s.collection == c),
+            (None, Some(list)) => list.iter().any(|n| n == c),
+            (None, None) => true,
+        };
+        let map: std::collections::BTreeMap<String, u8> = self
+            .inner
+            .store
+            .schema()
+            .collections
+            .iter()
+            .filter(|c| !c.is_local_only() && named(&c.name))
+            .filter_map(|c| Some((c.name.clone(), c.priority?)))
+            .collect();
+        (!map.is_empty()).then_some(map)
+    }
+
+    /// Waits for the page being staged, if any; false when the subscriptions
+    /// changed under it.
+    async fn staged(
+        task: &mut Option<tokio::task::JoinHandle<Result<Option<staging::StageReport>>>>,
+        report: &mut SyncReport,
+    ) -> Result<bool> {
+        let Some(t) = task.take() else {
+            return Ok(true);
+        };
+        let Some(r) = t.await.map_err(|e| Error::Internal(e.to_string()))?? else {
+            return Ok(false);
+        };
+        report.pulled += r.rows;
+        report.skipped += r.skipped;
+        Ok(true)
+    }
+
+    /// Publishes what is staged, complete up to priority `level`.
+    async fn publish_staged(&self, generation: u64, level: u8) -> Result<Option<PublishReport>> {
+        self.update_status(|s| s.phase = SyncPhase::Publishing);
+        let (s, resolver) = (self.inner.store.clone(), self.inner.resolver.lock().clone());
+        let rule = self.inner.config.merge_rule;
+        self.blocking(move || {
+            with_merges(&s, &resolver, rule, staging::publish_candidates, |m| {
+                staging::publish(&s, m, generation, level)
+            })
+        })
+        .await
     }
 
     /// Pushes ready outbox entries in batches until none is left.

@@ -121,14 +121,32 @@ pub struct PublishReport {
     pub pruned: BTreeMap<String, u64>,
 }
 
+impl PublishReport {
+    /// Adds what another publish of the same pull applied.
+    pub fn add(&mut self, o: &PublishReport) {
+        for (mine, theirs) in [
+            (&mut self.upserted, &o.upserted),
+            (&mut self.removed, &o.removed),
+            (&mut self.pruned, &o.pruned),
+        ] {
+            for (c, n) in theirs {
+                *mine.entry(c.clone()).or_default() += n;
+            }
+        }
+        self.rebased += o.rebased;
+    }
+}
+
 /// Applies everything staged in one transaction, prunes by each collection's
-/// retention and advances the cursor; then empties the staging file. `None`
-/// when the subscriptions changed since the pull, of generation
-/// `generation`, started (what it staged is dropped already).
+/// retention and advances the cursor; then empties the staging file. The
+/// priorities up to `level` are complete with it (a checkpoint's, or all at
+/// the end of a pull). `None` when the subscriptions changed since the pull,
+/// of generation `generation`, started (what it staged is dropped already).
 pub(crate) fn publish(
     store: &Store,
     merger: &Merger,
     generation: u64,
+    level: u8,
 ) -> Result<Option<PublishReport>> {
     let report = store.write_tx(ChangeSource::Remote, |w| {
         if w.subscriptions_generation()? != generation {
@@ -160,6 +178,7 @@ pub(crate) fn publish(
             }
         }
         w.set_published_cursor(&cursor)?;
+        w.set_priorities_synced(level)?;
         Ok(Some(report))
     })?;
     if let Err(e) = store.clear_staging() {

@@ -531,6 +531,16 @@ export function bindFerry(native: NativeFerry) {
       return subs === undefined ? null : subs.map(fromActive);
     }
 
+    /**
+     * When each priority (0 first, to 3) was last published complete (ms since
+     * the epoch): at its own checkpoint during a pull, or at the end of one. A
+     * priority never synced is absent: open a screen once its priority is here.
+     */
+    prioritiesSynced(): Record<number, number> {
+      const m = call(native, () => this.raw.prioritiesSynced());
+      return Object.fromEntries([...m].map(([p, t]) => [p, num(t)]));
+    }
+
     outbox(): OutboxEntry[] {
       return JSON.parse(call(native, () => this.raw.outbox()));
     }

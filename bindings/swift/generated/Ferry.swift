@@ -425,6 +425,22 @@ private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterUInt8: FfiConverterPrimitive {
+    typealias FfiType = UInt8
+    typealias SwiftType = UInt8
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt8 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: UInt8, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterUInt16: FfiConverterPrimitive {
     typealias FfiType = UInt16
     typealias SwiftType = UInt16
@@ -1089,6 +1105,14 @@ public protocol FerryDatabaseProtocol: AnyObject, Sendable {
     func outbox() throws  -> String
     
     /**
+     * When each priority (0 first, to 3) was last published complete (ms
+     * since the epoch): at its own checkpoint during a pull, or at the end of
+     * one. A priority never synced is absent, so an app can open once the
+     * priorities it needs are here, before the bulk has arrived.
+     */
+    func prioritiesSynced() throws  -> [UInt8: Int64]
+    
+    /**
      * Creates or updates records by `id`; returns the rows.
      */
     func put(collection: String, recordsJson: String) throws  -> String
@@ -1429,6 +1453,20 @@ open func observe(collection: String, queryJson: String, listener: QueryListener
 open func outbox()throws  -> String  {
     return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
     uniffi_ferry_fn_method_ferrydatabase_outbox(
+            self.uniffiCloneHandle(),$0
+    )
+})
+}
+    
+    /**
+     * When each priority (0 first, to 3) was last published complete (ms
+     * since the epoch): at its own checkpoint during a pull, or at the end of
+     * one. A priority never synced is absent, so an app can open once the
+     * priorities it needs are here, before the bulk has arrived.
+     */
+open func prioritiesSynced()throws  -> [UInt8: Int64]  {
+    return try  FfiConverterDictionaryUInt8Int64.lift(try rustCallWithError(FfiConverterTypeFerryError_lift) {
+    uniffi_ferry_fn_method_ferrydatabase_priorities_synced(
             self.uniffiCloneHandle(),$0
     )
 })
@@ -4792,6 +4830,32 @@ fileprivate struct FfiConverterSequenceTypeAnchor: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterDictionaryUInt8Int64: FfiConverterRustBuffer {
+    public static func write(_ value: [UInt8: Int64], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for (key, value) in value {
+            FfiConverterUInt8.write(key, into: &buf)
+            FfiConverterInt64.write(value, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [UInt8: Int64] {
+        let len: Int32 = try readInt(&buf)
+        var dict = [UInt8: Int64]()
+        dict.reserveCapacity(Int(len))
+        for _ in 0..<len {
+            let key = try FfiConverterUInt8.read(from: &buf)
+            let value = try FfiConverterInt64.read(from: &buf)
+            dict[key] = value
+        }
+        return dict
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterDictionaryStringUInt64: FfiConverterRustBuffer {
     public static func write(_ value: [String: UInt64], into buf: inout [UInt8]) {
         let len = Int32(value.count)
@@ -5062,6 +5126,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_outbox() != 65211) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrydatabase_priorities_synced() != 65082) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrydatabase_put() != 34723) {

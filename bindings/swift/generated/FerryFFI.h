@@ -433,6 +433,11 @@ uint64_t uniffi_ferry_fn_method_ferrydatabase_observe(uint64_t ptr, RustBuffer c
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_outbox(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_PRIORITIES_SYNCED
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_PRIORITIES_SYNCED
+RustBuffer uniffi_ferry_fn_method_ferrydatabase_priorities_synced(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_PUT
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYDATABASE_PUT
 RustBuffer uniffi_ferry_fn_method_ferrydatabase_put(uint64_t ptr, RustBuffer collection, RustBuffer records_json, RustCallStatus *_Nonnull out_status
@@ -1100,6 +1105,12 @@ uint16_t uniffi_ferry_checksum_method_ferrydatabase_observe(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_OUTBOX
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_OUTBOX
 uint16_t uniffi_ferry_checksum_method_ferrydatabase_outbox(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_PRIORITIES_SYNCED
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYDATABASE_PRIORITIES_SYNCED
+uint16_t uniffi_ferry_checksum_method_ferrydatabase_priorities_synced(void
     
 );
 #endif

@@ -290,6 +290,10 @@ extern "C" {
         /*handle*/ uint64_t ptr, 
         RustCallStatus *uniffi_out_err
     );
+    RustBuffer uniffi_ferry_fn_method_ferrydatabase_priorities_synced(
+        /*handle*/ uint64_t ptr, 
+        RustCallStatus *uniffi_out_err
+    );
     RustBuffer uniffi_ferry_fn_method_ferrydatabase_put(
         /*handle*/ uint64_t ptr, 
         RustBuffer collection, 
@@ -784,6 +788,8 @@ extern "C" {
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_observe(
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_outbox(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrydatabase_priorities_synced(
     );
     uint16_t uniffi_ferry_checksum_method_ferrydatabase_put(
     );
@@ -4999,6 +5005,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_method_ferrydatabase_outbox(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_method_ferrydatabase_priorities_synced"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_priorities_synced"),
+        1,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrydatabase_priorities_synced(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrydatabase_put"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrydatabase_put"),
@@ -6007,6 +6021,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_outbox(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_priorities_synced"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_priorities_synced"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrydatabase_priorities_synced(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_checksum_method_ferrydatabase_put"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrydatabase_put"),
@@ -6812,6 +6834,16 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_observe(jsi::Ru
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_outbox(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         auto value = uniffi_ferry_fn_method_ferrydatabase_outbox(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrydatabase_priorities_synced(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrydatabase_priorities_synced(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
             &status
         );
         uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
@@ -7934,6 +7966,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_observe(j
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_outbox(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrydatabase_outbox(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrydatabase_priorities_synced(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrydatabase_priorities_synced(
         );
 
         

@@ -114,6 +114,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_method_ferrydatabase_get_many(uniffiSelf: bigint, collection: Uint8Array, ids: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_observe(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, listener: bigint, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_outbox(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
+    ubrn_uniffi_ferry_fn_method_ferrydatabase_priorities_synced(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_put(uniffiSelf: bigint, collection: Uint8Array, recordsJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_quarantine(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrydatabase_query(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
@@ -170,6 +171,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_get_many(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_observe(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_outbox(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrydatabase_priorities_synced(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_put(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_quarantine(): number;
     ubrn_uniffi_ferry_checksum_method_ferrydatabase_query(): number;

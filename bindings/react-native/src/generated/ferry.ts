@@ -2999,6 +2999,13 @@ export interface FerryDatabaseLike {
  */
     outbox() /*throws*/: string;
 /**
+ * When each priority (0 first, to 3) was last published complete (ms
+ * since the epoch): at its own checkpoint during a pull, or at the end of
+ * one. A priority never synced is absent, so an app can open once the
+ * priorities it needs are here, before the bulk has arrived.
+ */
+    prioritiesSynced() /*throws*/: Map<number, bigint>;
+/**
  * Creates or updates records by `id`; returns the rows.
  */
     put(collection: string, recordsJson: string) /*throws*/: string;
@@ -3397,6 +3404,29 @@ private constructor(pointer: UniffiHandle) {
     );
     try {
         return FfiConverterString.lift(__rb);
+    } finally {
+        nativeModule().rustbuffer_free(__rb);
+    }
+    }
+    
+/**
+ * When each priority (0 first, to 3) was last published complete (ms
+ * since the epoch): at its own checkpoint during a pull, or at the end of
+ * one. A priority never synced is absent, so an app can open once the
+ * priorities it needs are here, before the bulk has arrived.
+ */
+    prioritiesSynced(): Map<number, bigint> /*throws*/ {
+    const __rb: Uint8Array = uniffiCaller.rustCallWithError(
+            /*liftError:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError),
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrydatabase_priorities_synced(
+                uniffiTypeFerryDatabaseObjectFactory.clonePointer(this),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    try {
+        return FfiConverterMapUInt8Int64.lift(__rb);
     } finally {
         nativeModule().rustbuffer_free(__rb);
     }
@@ -4774,6 +4804,9 @@ const FfiConverterOptionalTypePageSizing = new FfiConverterOptional(FfiConverter
 // FfiConverter for Array<Anchor>
 const FfiConverterSequenceTypeAnchor = new FfiConverterArray(FfiConverterTypeAnchor);
 
+// FfiConverter for Map<number, bigint>
+const FfiConverterMapUInt8Int64 = new FfiConverterMap(FfiConverterUInt8, FfiConverterInt64);
+
 // FfiConverter for Array<ActiveSyncSubscription>
 const FfiConverterSequenceTypeActiveSyncSubscription = new FfiConverterArray(FfiConverterTypeActiveSyncSubscription);
 
@@ -4867,6 +4900,9 @@ function uniffiEnsureInitialized() {
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_outbox() !== 65211) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_outbox");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_priorities_synced() !== 65082) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_priorities_synced");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrydatabase_put() !== 34723) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrydatabase_put");

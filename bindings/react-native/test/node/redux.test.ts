@@ -459,3 +459,35 @@ test('sync subscriptions narrow and widen what syncs; evicted rows leave the sta
     d.db.close();
   }
 });
+
+test('a collection of a higher priority is published at its own checkpoint; prioritiesSynced says when', async () => {
+  const url = serverOf().url;
+  const tag = uid('prio');
+  const a = device(url, BOB);
+  await a.client.write([
+    { op: 'create', collection: 'tasks', fields: { id: `${tag}-t`, title: tag } },
+    { op: 'create', collection: 'projects', fields: { id: `${tag}-p`, name: tag } },
+  ]);
+  await a.client.sync();
+  const schema = { ...SCHEMA, collections: (SCHEMA.collections as Array<{ name: string }>).map((c) => (c.name === 'projects' ? { ...c, priority: 0 } : c)) };
+  const b = device(url, BOB, { schema });
+  assert.deepEqual(b.db.prioritiesSynced(), {}, 'nothing synced yet');
+  const { f, actions } = reduxOver(b, ['tasks', 'projects']);
+  await b.client.sync();
+  await b.db.flushEvents();
+  const synced = b.db.prioritiesSynced();
+  assert.deepEqual(Object.keys(synced).sort(), ['0', '1', '2', '3']);
+  assert.ok(Object.values(synced).every((t) => typeof t === 'number' && t > 0));
+  // Two publishes: the projects' checkpoint, then the rest.
+  const published = actions
+    .filter((x) => x.type === 'ferry/changesApplied')
+    .flatMap((x) => (x as ReturnType<typeof changesApplied>).payload.events)
+    .filter((e) => e.source === 'remote')
+    .map((e) => e.changes.map((c) => c.collection).sort().join(','));
+  assert.deepEqual(published.slice(0, 2), ['projects', 'tasks']);
+  f.detach();
+  for (const d of [a, b]) {
+    await d.client.close();
+    d.db.close();
+  }
+});

@@ -811,6 +811,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_outbox(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrydatabase_priorities_synced(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_put(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrydatabase_quarantine(
@@ -946,6 +948,8 @@ external fun uniffi_ferry_fn_method_ferrydatabase_get_many(`ptr`: Long,`collecti
 external fun uniffi_ferry_fn_method_ferrydatabase_observe(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): Long
 external fun uniffi_ferry_fn_method_ferrydatabase_outbox(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+external fun uniffi_ferry_fn_method_ferrydatabase_priorities_synced(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrydatabase_put(`ptr`: Long,`collection`: RustBuffer.ByValue,`recordsJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
@@ -1238,6 +1242,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_outbox() != 65211) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrydatabase_priorities_synced() != 65082) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrydatabase_put() != 34723) {
@@ -1666,6 +1673,33 @@ private class JavaLangRefCleanable(
     val cleanable: java.lang.ref.Cleaner.Cleanable
 ) : UniffiCleaner.Cleanable {
     override fun clean() = cleanable.clean()
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterUByte: FfiConverter<UByte, Byte> {
+    override fun lift(value: Byte): UByte {
+        return value.toUByte()
+    }
+
+    fun lift(value: Int): UByte {
+        return value.toUByte()
+    }
+
+    override fun read(buf: ByteBuffer): UByte {
+        return lift(buf.get())
+    }
+
+    override fun lower(value: UByte): Byte {
+        return value.toByte()
+    }
+
+    override fun allocationSize(value: UByte) = 1UL
+
+    override fun write(value: UByte, buf: ByteBuffer) {
+        buf.put(value.toByte())
+    }
 }
 
 /**
@@ -2694,6 +2728,14 @@ public interface FerryDatabaseInterface {
     fun `outbox`(): kotlin.String
     
     /**
+     * When each priority (0 first, to 3) was last published complete (ms
+     * since the epoch): at its own checkpoint during a pull, or at the end of
+     * one. A priority never synced is absent, so an app can open once the
+     * priorities it needs are here, before the bulk has arrived.
+     */
+    fun `prioritiesSynced`(): Map<kotlin.UByte, kotlin.Long>
+    
+    /**
      * Creates or updates records by `id`; returns the rows.
      */
     fun `put`(`collection`: kotlin.String, `recordsJson`: kotlin.String): kotlin.String
@@ -3099,6 +3141,26 @@ open class FerryDatabase: Disposable, AutoCloseable, FerryDatabaseInterface
     callWithHandle {
     uniffiRustCallWithError(FerryException) { _status ->
     UniffiLib.uniffi_ferry_fn_method_ferrydatabase_outbox(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * When each priority (0 first, to 3) was last published complete (ms
+     * since the epoch): at its own checkpoint during a pull, or at the end of
+     * one. A priority never synced is absent, so an app can open once the
+     * priorities it needs are here, before the bulk has arrived.
+     */
+    @Throws(FerryException::class)override fun `prioritiesSynced`(): Map<kotlin.UByte, kotlin.Long> {
+            return FfiConverterMapUByteLong.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FerryException) { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrydatabase_priorities_synced(
         it,
         _status)
 }
@@ -7287,6 +7349,45 @@ public object FfiConverterSequenceTypeAnchor: FfiConverterRustBuffer<List<Anchor
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeAnchor.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterMapUByteLong: FfiConverterRustBuffer<Map<kotlin.UByte, kotlin.Long>> {
+    override fun read(buf: ByteBuffer): Map<kotlin.UByte, kotlin.Long> {
+        val len = buf.getInt()
+        return buildMap<kotlin.UByte, kotlin.Long>(len) {
+            repeat(len) {
+                val k = FfiConverterUByte.read(buf)
+                val v = FfiConverterLong.read(buf)
+                this[k] = v
+            }
+        }
+    }
+
+    override fun allocationSize(value: Map<kotlin.UByte, kotlin.Long>): ULong {
+        val spaceForMapSize = 4UL
+        val spaceForChildren = value.map { (k, v) ->
+            FfiConverterUByte.allocationSize(k) +
+            FfiConverterLong.allocationSize(v)
+        }.sum()
+        return spaceForMapSize + spaceForChildren
+    }
+
+    override fun write(value: Map<kotlin.UByte, kotlin.Long>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        // The parens on `(k, v)` here ensure we're calling the right method,
+        // which is important for compatibility with older android devices.
+        // Ref https://blog.danlew.net/2017/03/16/kotlin-puzzler-whose-line-is-it-anyways/
+        value.forEach { (k, v) ->
+            FfiConverterUByte.write(k, buf)
+            FfiConverterLong.write(v, buf)
         }
     }
 }
