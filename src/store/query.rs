@@ -205,7 +205,12 @@ fn compile_cond(
                 .as_array()
                 .ok_or_else(|| invalid(format!("`{}` takes an array value", sql_of(op))))?;
             if arr.is_empty() {
-                sql.push_str(if op == Op::In { "0" } else { "1" });
+                // Nothing is in an empty list; everything but null is outside it
+                // (a condition on null is false, as in `Filter::matches`).
+                match op {
+                    Op::In => sql.push('0'),
+                    _ => sql.push_str(&format!("{col_sql} IS NOT NULL")),
+                }
                 return Ok(());
             }
             sql.push_str(&format!("{col_sql} {} (", sql_of(op)));
