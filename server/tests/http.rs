@@ -1,5 +1,5 @@
 //! Request-level suite: every endpoint and every bad input over real HTTP against an
-//! in-process server (SQLite).
+//! in-process server (SQLite; the isolation test runs on PostgreSQL too).
 
 mod common;
 
@@ -22,7 +22,10 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
-    let db = sqlite_db();
+    harness_on(sqlite_db(), adjust).await
+}
+
+async fn harness_on(db: TestDb, adjust: impl FnOnce(&mut ServerConfig)) -> Harness {
     let mut config = test_config();
     adjust(&mut config);
     let server = start(ServerOptions {
@@ -1371,4 +1374,244 @@ async fn fetch_answers_a_query_over_http_with_typed_errors() {
         assert_eq!((s, error_code(&v).as_str()), (status, code), "{body}");
     }
     h.server.shutdown().await;
+}
+
+/// Every credential that is not a valid one, on every endpoint that needs one.
+#[tokio::test]
+async fn every_endpoint_refuses_every_bad_credential_and_writes_nothing() {
+    let secret = "a-secret-of-at-least-32-bytes-long!";
+    let issuer = "https://auth.example.test";
+    let h = harness_with(|c| {
+        c.jwt = Some(ferry_server::config::JwtConfig {
+            hs256_secret: secret.into(),
+            issuer: Some(issuer.into()),
+        })
+    })
+    .await;
+    h.push(
+        ALICE,
+        json!({"client_id": "a", "mutations": [
+            create("m1", "t1", json!({"title": "kept", "done": false})),
+        ]}),
+    )
+    .await;
+    let before = h.pull(ALICE, json!({})).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |claims: Value, key: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let good = json!({"sub": "alice", "exp": now + 3600, "iss": issuer});
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let mut without_iss = good.clone();
+    without_iss.as_object_mut().unwrap().remove("iss");
+    let mut without_sub = good.clone();
+    without_sub.as_object_mut().unwrap().remove("sub");
+    // The valid JWT works: the matrix below fails for the credential alone.
+    let valid = sign(good.clone(), secret);
+    let (s, v) = h
+        .call(Method::POST, "/v1/pull", Some(&valid), Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let bad: Vec<(&str, Option<String>)> = vec![
+        ("no header", None),
+        ("an empty bearer", Some(String::new())),
+        ("an unknown static token", Some("alice-dev-token-x".into())),
+        (
+            "a JWT signed with another key",
+            Some(sign(good.clone(), "another-secret-of-32-bytes-or-more")),
+        ),
+        (
+            "an expired JWT",
+            Some(sign(with("exp", json!(now - 3600)), secret)),
+        ),
+        (
+            "a JWT not valid yet",
+            Some(sign(with("nbf", json!(now + 3600)), secret)),
+        ),
+        (
+            "a JWT of another issuer",
+            Some(sign(with("iss", json!("https://evil.test")), secret)),
+        ),
+        ("a JWT without an issuer", Some(sign(without_iss, secret))),
+        ("a JWT without a subject", Some(sign(without_sub, secret))),
+        (
+            "a JWT with no expiry",
+            Some(sign(json!({"sub": "alice", "iss": issuer}), secret)),
+        ),
+        (
+            "a JWT cut short",
+            Some(valid[..valid.len() - 5].to_string()),
+        ),
+        ("not a JWT", Some("a.b.c".into())),
+    ];
+    let push = json!({"client_id": "m", "mutations": [
+        create("x1", "evil", json!({"title": "written", "done": false})),
+        {"mutation_id": "x2", "collection": "tasks", "record_id": "t1", "op": "delete"},
+    ]});
+    let watermelon_push =
+        json!({"changes": {"tasks": {"created": [], "updated": [], "deleted": ["t1"]}}});
+    let routes: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::POST, "/v1/pull", Some(json!({}))),
+        (Method::POST, "/v1/push", Some(push)),
+        (
+            Method::POST,
+            "/v1/fetch",
+            Some(json!({"collection": "tasks"})),
+        ),
+        (Method::GET, "/watermelon/sync?last_pulled_at=null", None),
+        (
+            Method::POST,
+            "/watermelon/sync?last_pulled_at=0",
+            Some(watermelon_push),
+        ),
+    ];
+    for (what, token) in &bad {
+        for (method, path, body) in &routes {
+            let (s, v) = h
+                .call(method.clone(), path, token.as_deref(), body.clone())
+                .await;
+            assert_eq!(
+                (s, error_code(&v).as_str()),
+                (StatusCode::UNAUTHORIZED, "unauthorized"),
+                "{what} on {method} {path}: {v}"
+            );
+        }
+    }
+    // A header that is not a bearer at all.
+    let resp = h
+        .http
+        .post(format!("{}/v1/pull", h.server.url()))
+        .header("authorization", format!("Basic {ALICE}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let after = h.pull(ALICE, json!({})).await;
+    assert_eq!(after.changes, before.changes, "nothing was written");
+    h.server.shutdown().await;
+}
+
+/// Two users over real HTTP, on both backends: neither reads, changes or
+/// learns of the other's private records, through any endpoint.
+async fn two_users_are_isolated(db: TestDb) {
+    let h = harness_on(db, |_| {}).await;
+    h.push(
+        ALICE,
+        json!({"client_id": "a", "mutations": [
+            create("m1", "a-private", json!({"title": "alice only", "done": false})),
+        ]}),
+    )
+    .await;
+    h.push(
+        BOB,
+        json!({"client_id": "b", "mutations": [
+            create("m1", "b-private", json!({"title": "bob only", "done": false})),
+        ]}),
+    )
+    .await;
+    let sees = |v: &Value, what: &str| v.to_string().contains(what);
+    // Reads: pull, fetch (by id too), WatermelonDB pull.
+    let (_, pull) = h
+        .call(Method::POST, "/v1/pull", Some(BOB), Some(json!({})))
+        .await;
+    let (_, fetch) = h
+        .call(
+            Method::POST,
+            "/v1/fetch",
+            Some(BOB),
+            Some(json!({"collection": "tasks", "query": {"where": {"column": "id", "op": "eq", "value": "a-private"}}})),
+        )
+        .await;
+    let (_, wm) = h
+        .call(
+            Method::GET,
+            "/watermelon/sync?last_pulled_at=null",
+            Some(BOB),
+            None,
+        )
+        .await;
+    for (route, v) in [("pull", &pull), ("fetch", &fetch), ("watermelon", &wm)] {
+        assert!(
+            !sees(v, "alice only") && !sees(v, "a-private"),
+            "{route}: {v}"
+        );
+        assert!(
+            route == "fetch" || sees(v, "bob only"),
+            "{route} shows bob his own: {v}"
+        );
+    }
+    // Writes: an update and a delete of alice's record fail for bob, the same
+    // way as for an id that does not exist.
+    let attempt = |mid: &str, id: &str, op: &str| {
+        json!({"client_id": "b", "mutations": [
+            {"mutation_id": mid, "collection": "tasks", "record_id": id, "op": op,
+             "fields": {"title": "bob was here"}, "base_version": 1},
+        ]})
+    };
+    for op in ["update", "delete"] {
+        let foreign = h
+            .push(BOB, attempt(&format!("f-{op}"), "a-private", op))
+            .await;
+        let unknown = h.push(BOB, attempt(&format!("u-{op}"), "nobody", op)).await;
+        assert_eq!(
+            serde_json::to_value(&foreign.results[0].outcome).unwrap(),
+            serde_json::to_value(&unknown.results[0].outcome).unwrap(),
+            "{op}: a foreign id answers as an unknown one"
+        );
+    }
+    // A create of alice's id does not overwrite it.
+    h.push(
+        BOB,
+        json!({"client_id": "b", "mutations": [
+            create("c1", "a-private", json!({"title": "bob was here", "done": false})),
+        ]}),
+    )
+    .await;
+    let mine = h.pull(ALICE, json!({})).await;
+    let rec = mine.changes["tasks"]
+        .upserts
+        .iter()
+        .find(|r| r.id == "a-private")
+        .expect("alice still has it");
+    assert_eq!(rec.fields["title"], "alice only");
+    assert_eq!(rec.version, 1);
+    // Bob's cursor is no key to alice's view.
+    let bobs: PullPage = serde_json::from_value(pull).unwrap();
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/pull",
+            Some(ALICE),
+            Some(json!({"cursor": bobs.cursor})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_cursor")
+    );
+    h.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_are_isolated_over_http_on_sqlite() {
+    two_users_are_isolated(sqlite_db()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_are_isolated_over_http_on_postgres() {
+    let Some(db) = pg_db().await else { return };
+    two_users_are_isolated(db).await;
 }
