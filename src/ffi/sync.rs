@@ -49,9 +49,14 @@ pub struct SyncConfig {
     /// measured throughput so that a page takes about `target_ms` (null: fixed).
     #[uniffi(default = None)]
     pub page_sizing: Option<PageSizing>,
+    /// Adaptive push batches: the same sizing in mutations, starting at
+    /// `push_batch` (null: fixed).
+    #[uniffi(default = None)]
+    pub push_sizing: Option<PageSizing>,
 }
 
-/// Bounds and time target of adaptive pull pages.
+/// Bounds and time target of adaptive pull pages (rows) or push batches
+/// (mutations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
 pub struct PageSizing {
     #[uniffi(default = 2000)]
@@ -325,11 +330,8 @@ impl From<SyncConfig> for crate::sync::SyncConfig {
             push_batch: c.push_batch as usize,
             push_debounce: Duration::from_millis(c.push_debounce_ms),
             collections: c.collections,
-            page_sizing: c.page_sizing.map(|p| crate::sync::PageSizing {
-                target_ms: p.target_ms,
-                min_rows: p.min_rows,
-                max_rows: p.max_rows,
-            }),
+            page_sizing: c.page_sizing.map(Into::into),
+            push_sizing: c.push_sizing.map(Into::into),
             ..Default::default()
         }
     }
@@ -342,11 +344,28 @@ impl From<&crate::sync::SyncConfig> for SyncConfig {
             push_batch: c.push_batch as u32,
             push_debounce_ms: c.push_debounce.as_millis() as u64,
             collections: c.collections.clone(),
-            page_sizing: c.page_sizing.map(|p| PageSizing {
-                target_ms: p.target_ms,
-                min_rows: p.min_rows,
-                max_rows: p.max_rows,
-            }),
+            page_sizing: c.page_sizing.map(Into::into),
+            push_sizing: c.push_sizing.map(Into::into),
+        }
+    }
+}
+
+impl From<PageSizing> for crate::sync::PageSizing {
+    fn from(p: PageSizing) -> Self {
+        crate::sync::PageSizing {
+            target_ms: p.target_ms,
+            min_rows: p.min_rows,
+            max_rows: p.max_rows,
+        }
+    }
+}
+
+impl From<crate::sync::PageSizing> for PageSizing {
+    fn from(p: crate::sync::PageSizing) -> Self {
+        PageSizing {
+            target_ms: p.target_ms,
+            min_rows: p.min_rows,
+            max_rows: p.max_rows,
         }
     }
 }

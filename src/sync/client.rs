@@ -78,12 +78,15 @@ pub struct SyncConfig {
     /// starts at `page_size` and follows the measured throughput
     /// ([`super::policy::PageSizer`]).
     pub page_sizing: Option<PageSizing>,
+    /// Adaptive push batches (`None`: every batch holds up to `push_batch`):
+    /// the same sizing, in mutations, starting at `push_batch`.
+    pub push_sizing: Option<PageSizing>,
 }
 
-/// Default [`SyncConfig::push_debounce`].
 /// How many times a pull starts over when the subscriptions change under it.
 const PULL_RESTARTS: usize = 3;
 
+/// Default [`SyncConfig::push_debounce`].
 pub const DEFAULT_PUSH_DEBOUNCE: Duration = Duration::from_millis(300);
 
 impl Default for SyncConfig {
@@ -97,7 +100,24 @@ impl Default for SyncConfig {
             seed: None,
             merge_rule: MergeRule::default(),
             page_sizing: None,
+            push_sizing: None,
         }
+    }
+}
+
+/// Feeds one request's outcome to an adaptive size, if there is one: the
+/// entries it carried and whether it was full, or its error, and how long it
+/// took. Only a missing answer (offline, a timeout) or a 5xx counts as a
+/// failure; a refusal says nothing about the link.
+fn measured(sizer: &Mutex<Option<PageSizer>>, outcome: Result<(u64, bool), &Error>, elapsed: i64) {
+    let Some(sizer) = &mut *sizer.lock() else {
+        return;
+    };
+    match outcome {
+        Ok((entries, full)) => sizer.on_page(entries, elapsed, full),
+        Err(Error::Offline(_)) => sizer.on_failure(),
+        Err(Error::Server { status, .. }) if *status >= 500 => sizer.on_failure(),
+        Err(_) => {}
     }
 }
 
@@ -224,6 +244,7 @@ struct Inner {
     work_gate: RwLock<()>,
     /// The adaptive page size, kept across syncs (see [`SyncConfig::page_sizing`]).
     page_sizer: Mutex<Option<PageSizer>>,
+    push_sizer: Mutex<Option<PageSizer>>,
 }
 
 impl Drop for Inner {
@@ -267,6 +288,9 @@ impl SyncClient {
         let sizer = config
             .page_sizing
             .map(|sizing| PageSizer::new(sizing, config.page_size));
+        let push_sizer = config
+            .push_sizing
+            .map(|sizing| PageSizer::new(sizing, config.push_batch as u32));
         let client = SyncClient {
             inner: Arc::new(Inner {
                 store,
@@ -291,6 +315,7 @@ impl SyncClient {
                 work: TaskTracker::new(),
                 work_gate: RwLock::new(()),
                 page_sizer: Mutex::new(sizer),
+                push_sizer: Mutex::new(push_sizer),
             }),
         };
         client.refresh_counts();
@@ -630,19 +655,14 @@ impl SyncClient {
                     async move { transport.pull(&t, &req).await }.boxed()
                 })
                 .await;
-            if let Some(sizer) = &mut *self.inner.page_sizer.lock() {
-                match &fetched {
-                    Ok(page) => sizer.on_page(
-                        page.changes.values().map(|c| c.len() as u64).sum(),
-                        clock.now_ms() - asked_at,
-                        page.has_more,
-                    ),
-                    // No answer, a timeout, or a server that could not answer.
-                    Err(Error::Offline(_)) => sizer.on_failure(),
-                    Err(Error::Server { status, .. }) if *status >= 500 => sizer.on_failure(),
-                    Err(_) => {}
-                }
-            }
+            measured(
+                &self.inner.page_sizer,
+                fetched.as_ref().map(|page| {
+                    let rows = page.changes.values().map(|c| c.len() as u64).sum();
+                    (rows, page.has_more)
+                }),
+                clock.now_ms() - asked_at,
+            );
             // The previous page is staged while this one downloads; stage in order.
             if !Self::staged(&mut staging_task, &mut report).await? {
                 return Ok(None);
@@ -839,13 +859,21 @@ impl SyncClient {
         Ok(total)
     }
 
+    /// Mutations the next push batch holds at most.
+    fn push_size(&self) -> usize {
+        match &*self.inner.push_sizer.lock() {
+            Some(sizer) => sizer.size() as usize,
+            None => self.inner.config.push_batch,
+        }
+    }
+
     /// Picks the next batch and marks it in flight.
     async fn prepare_batch(
         &self,
         only: Option<HashSet<(String, String)>>,
     ) -> Result<Option<push::Prepared>> {
         let s = self.inner.store.clone();
-        let max = self.inner.config.push_batch;
+        let max = self.push_size();
         self.blocking(move || push::prepare(&s, s.client_id(), max, only.as_ref()))
             .await
     }
@@ -858,7 +886,7 @@ impl SyncClient {
         prepare_next: bool,
     ) -> Result<(PushReport, Option<push::Prepared>)> {
         let (s, resolver) = (self.inner.store.clone(), self.inner.resolver.lock().clone());
-        let (max, rule) = (self.inner.config.push_batch, self.inner.config.merge_rule);
+        let (max, rule) = (self.push_size(), self.inner.config.merge_rule);
         let done = {
             let b = batch.clone();
             self.blocking(move || {
@@ -914,13 +942,22 @@ impl SyncClient {
 
     async fn send_push(&self, req: PushRequest<RawFields>) -> Result<PushResponse> {
         let sent = req.mutations.len();
+        let full = sent >= self.push_size();
         let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
+        let clock = self.inner.store.clock().clone();
+        let asked_at = clock.now_ms();
         let resp = self
             .authed(move |t| {
                 let (transport, req) = (transport.clone(), req.clone());
                 async move { transport.push(&t, &req).await }.boxed()
             })
-            .await?;
+            .await;
+        measured(
+            &self.inner.push_sizer,
+            resp.as_ref().map(|_| (sent as u64, full)),
+            clock.now_ms() - asked_at,
+        );
+        let resp = resp?;
         if resp.results.len() != sent {
             tracing::warn!(
                 sent,

@@ -154,8 +154,13 @@ export type SyncConfig = {
   pushDebounceMs?: number;
   collections?: string[] | null;
   /** Adaptive pull pages: start at `pageSize`, aim at `targetMs` per page, within the bounds. */
-  pageSizing?: { targetMs?: number; minRows?: number; maxRows?: number } | null;
+  pageSizing?: Sizing | null;
+  /** Adaptive push batches: the same, in mutations, starting at `pushBatch`. */
+  pushSizing?: Sizing | null;
 };
+
+/** Bounds and time target of an adaptive size (rows of a pull page, or mutations of a push batch). */
+export type Sizing = { targetMs?: number; minRows?: number; maxRows?: number };
 
 /** The query language of the core (docs/architecture.md, queries). */
 export type Query = {
@@ -288,6 +293,16 @@ function writeMode(native: NativeFerry, m: WriteMode): Gen.WriteMode {
         whenOffline: m.whenOffline === 'queue' ? native.OfflineBehavior.Queue : native.OfflineBehavior.Fail,
       });
   }
+}
+
+function toSizing(native: NativeFerry, s: Sizing | null | undefined): Gen.PageSizing | undefined {
+  return s
+    ? native.PageSizing.create({
+        ...(s.targetMs === undefined ? {} : { targetMs: BigInt(s.targetMs) }),
+        ...(s.minRows === undefined ? {} : { minRows: s.minRows }),
+        ...(s.maxRows === undefined ? {} : { maxRows: s.maxRows }),
+      })
+    : undefined;
 }
 
 function fromActive(a: Gen.ActiveSyncSubscription): ActiveSyncSubscription {
@@ -624,13 +639,8 @@ export function bindFerry(native: NativeFerry) {
         pushDebounceMs: c.pushDebounceMs === undefined ? defaults.pushDebounceMs : BigInt(c.pushDebounceMs),
         collections: c.collections ?? undefined,
         // The core's defaults fill what the app leaves out.
-        pageSizing: c.pageSizing
-          ? native.PageSizing.create({
-              ...(c.pageSizing.targetMs === undefined ? {} : { targetMs: BigInt(c.pageSizing.targetMs) }),
-              ...(c.pageSizing.minRows === undefined ? {} : { minRows: c.pageSizing.minRows }),
-              ...(c.pageSizing.maxRows === undefined ? {} : { maxRows: c.pageSizing.maxRows }),
-            })
-          : undefined,
+        pageSizing: toSizing(native, c.pageSizing),
+        pushSizing: toSizing(native, c.pushSizing),
       };
       const tokens = {
         token: async (refresh: boolean): Promise<string> => {

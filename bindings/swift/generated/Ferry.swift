@@ -3276,7 +3276,8 @@ public func FfiConverterTypeCountResult_lower(_ value: CountResult) -> RustBuffe
 
 
 /**
- * Bounds and time target of adaptive pull pages.
+ * Bounds and time target of adaptive pull pages (rows) or push batches
+ * (mutations).
  */
 public struct PageSizing: Equatable, Hashable {
     public var targetMs: UInt64
@@ -3442,6 +3443,11 @@ public struct SyncConfig: Equatable, Hashable {
      * measured throughput so that a page takes about `target_ms` (null: fixed).
      */
     public var pageSizing: PageSizing?
+    /**
+     * Adaptive push batches: the same sizing in mutations, starting at
+     * `push_batch` (null: fixed).
+     */
+    public var pushSizing: PageSizing?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3461,12 +3467,17 @@ public struct SyncConfig: Equatable, Hashable {
         /**
          * Adaptive pull pages: the size starts at `page_size` and follows the
          * measured throughput so that a page takes about `target_ms` (null: fixed).
-         */pageSizing: PageSizing? = nil) {
+         */pageSizing: PageSizing? = nil, 
+        /**
+         * Adaptive push batches: the same sizing in mutations, starting at
+         * `push_batch` (null: fixed).
+         */pushSizing: PageSizing? = nil) {
         self.pageSize = pageSize
         self.pushBatch = pushBatch
         self.pushDebounceMs = pushDebounceMs
         self.collections = collections
         self.pageSizing = pageSizing
+        self.pushSizing = pushSizing
     }
 
     
@@ -3489,7 +3500,8 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
                 pushBatch: FfiConverterUInt32.read(from: &buf), 
                 pushDebounceMs: FfiConverterUInt64.read(from: &buf), 
                 collections: FfiConverterOptionSequenceString.read(from: &buf), 
-                pageSizing: FfiConverterOptionTypePageSizing.read(from: &buf)
+                pageSizing: FfiConverterOptionTypePageSizing.read(from: &buf), 
+                pushSizing: FfiConverterOptionTypePageSizing.read(from: &buf)
         )
     }
 
@@ -3499,6 +3511,7 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.pushDebounceMs, into: &buf)
         FfiConverterOptionSequenceString.write(value.collections, into: &buf)
         FfiConverterOptionTypePageSizing.write(value.pageSizing, into: &buf)
+        FfiConverterOptionTypePageSizing.write(value.pushSizing, into: &buf)
     }
 }
 

@@ -370,7 +370,8 @@ const FfiConverterTypeCountResult = (() => {
 })();
 
 /**
- * Bounds and time target of adaptive pull pages.
+ * Bounds and time target of adaptive pull pages (rows) or push batches
+ * (mutations).
  */
 export type PageSizing = {
     targetMs: bigint,
@@ -510,7 +511,12 @@ export type SyncConfig = {
      * Adaptive pull pages: the size starts at `page_size` and follows the
      * measured throughput so that a page takes about `target_ms` (null: fixed).
      */
-    pageSizing?: PageSizing
+    pageSizing?: PageSizing,
+    /**
+     * Adaptive push batches: the same sizing in mutations, starting at
+     * `push_batch` (null: fixed).
+     */
+    pushSizing?: PageSizing
 }
 
 /**
@@ -522,7 +528,8 @@ export const SyncConfig = (() => {
         pushBatch: 1000,
         pushDebounceMs: BigInt("300"),
         collections: undefined,
-        pageSizing: undefined
+        pageSizing: undefined,
+        pushSizing: undefined
     });
     const create = (() => {
         return uniffiCreateRecord<SyncConfig, ReturnType<typeof defaults>>(defaults);
@@ -543,7 +550,8 @@ const FfiConverterTypeSyncConfig = (() => {
                 pushBatch: FfiConverterUInt32.readFromCursor(c), 
                 pushDebounceMs: FfiConverterUInt64.readFromCursor(c), 
                 collections: FfiConverterOptionalSequenceString.readFromCursor(c), 
-                pageSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c)
+                pageSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c), 
+                pushSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c)
             };
         }
         writeIntoCursor(value: TypeName, c: Cursor): void {
@@ -552,13 +560,15 @@ const FfiConverterTypeSyncConfig = (() => {
             FfiConverterUInt64.writeIntoCursor(value.pushDebounceMs, c);
             FfiConverterOptionalSequenceString.writeIntoCursor(value.collections, c);
             FfiConverterOptionalTypePageSizing.writeIntoCursor(value.pageSizing, c);
+            FfiConverterOptionalTypePageSizing.writeIntoCursor(value.pushSizing, c);
         }
         allocationSize(value: TypeName): number {
             return FfiConverterUInt32.allocationSize(value.pageSize) +
              FfiConverterUInt32.allocationSize(value.pushBatch) +
              FfiConverterUInt64.allocationSize(value.pushDebounceMs) +
              FfiConverterOptionalSequenceString.allocationSize(value.collections) +
-             FfiConverterOptionalTypePageSizing.allocationSize(value.pageSizing);
+             FfiConverterOptionalTypePageSizing.allocationSize(value.pageSizing) +
+             FfiConverterOptionalTypePageSizing.allocationSize(value.pushSizing);
             
         }
     };

@@ -139,7 +139,7 @@ export function makeClient(
     url,
     tokenProvider: async () => token,
     // Adaptive pages in every test client: the option crosses the FFI on each.
-    config: { pushDebounceMs: 50, pageSizing: { targetMs: 1000 } },
+    config: { pushDebounceMs: 50, pageSizing: { targetMs: 1000 }, pushSizing: { targetMs: 1000 } },
     resolver,
   });
 }

@@ -5763,7 +5763,8 @@ public object FfiConverterTypeCountResult: FfiConverterRustBuffer<CountResult> {
 
 
 /**
- * Bounds and time target of adaptive pull pages.
+ * Bounds and time target of adaptive pull pages (rows) or push batches
+ * (mutations).
  */
 data class PageSizing (
     var `targetMs`: kotlin.ULong = 2000uL 
@@ -5899,6 +5900,12 @@ data class SyncConfig (
      * measured throughput so that a page takes about `target_ms` (null: fixed).
      */
     var `pageSizing`: PageSizing? = null 
+    , 
+    /**
+     * Adaptive push batches: the same sizing in mutations, starting at
+     * `push_batch` (null: fixed).
+     */
+    var `pushSizing`: PageSizing? = null 
     
 ){
     
@@ -5920,6 +5927,7 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterULong.read(buf),
             FfiConverterOptionalSequenceString.read(buf),
             FfiConverterOptionalTypePageSizing.read(buf),
+            FfiConverterOptionalTypePageSizing.read(buf),
         )
     }
 
@@ -5928,7 +5936,8 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterUInt.allocationSize(value.`pushBatch`) +
             FfiConverterULong.allocationSize(value.`pushDebounceMs`) +
             FfiConverterOptionalSequenceString.allocationSize(value.`collections`) +
-            FfiConverterOptionalTypePageSizing.allocationSize(value.`pageSizing`)
+            FfiConverterOptionalTypePageSizing.allocationSize(value.`pageSizing`) +
+            FfiConverterOptionalTypePageSizing.allocationSize(value.`pushSizing`)
     )
 
     override fun write(value: SyncConfig, buf: ByteBuffer) {
@@ -5937,6 +5946,7 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterULong.write(value.`pushDebounceMs`, buf)
             FfiConverterOptionalSequenceString.write(value.`collections`, buf)
             FfiConverterOptionalTypePageSizing.write(value.`pageSizing`, buf)
+            FfiConverterOptionalTypePageSizing.write(value.`pushSizing`, buf)
     }
 }
 
