@@ -120,6 +120,13 @@ async fn widening_backfills_only_what_it_adds_and_narrowing_evicts_locally() {
     a.client.sync().await.unwrap();
     assert_eq!(local_ids(&a, "tasks").len(), 5);
 
+    // No subscription left: nothing syncs, and nothing is held.
+    assert!(b.store.unsubscribe("p2").unwrap());
+    assert!(local_ids(&b, "tasks").is_empty());
+    b.client.sync().await.unwrap();
+    assert!(local_ids(&b, "tasks").is_empty());
+    assert_eq!(b.store.subscriptions().unwrap(), Some(vec![]));
+
     // Back to everything: what the subscriptions left out is backfilled.
     b.store.clear_subscriptions().unwrap();
     b.client.sync().await.unwrap();
