@@ -253,8 +253,11 @@ impl Writer<'_, '_> {
             .into_iter()
             .filter(|s| s.subscription.collection == c.name)
             .collect();
-        let (cover, mut params) = cover_sql(c, &subs)?;
+        let (cover, cover_params) = cover_sql(c, &subs)?;
         let t = quote(&c.name);
+        // In statement order: the outbox's collection, the cover, the ids.
+        let mut params = vec![SqlValue::Text(c.name.clone())];
+        params.extend(cover_params);
         let mut only = String::new();
         if let Some(ids) = ids {
             if ids.is_empty() {
@@ -264,20 +267,12 @@ impl Writer<'_, '_> {
             params.extend(ids.iter().map(|id| SqlValue::Text(id.to_string())));
         }
         let outbox = format!(
-            "EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = {} AND o.record_id = {t}.id)",
-            quote_literal(&c.name)
+            "EXISTS (SELECT 1 FROM _ferry_outbox o WHERE o.collection = ? AND o.record_id = {t}.id)"
         );
         let evicted: Vec<String> = self
             .tx
             .prepare(&format!(
                 "DELETE FROM {t} WHERE _status = 'synced' AND NOT {outbox} AND NOT {cover}{only} RETURNING id"
-            ))?
-            .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let kept: Vec<String> = self
-            .tx
-            .prepare(&format!(
-                "SELECT id FROM {t} WHERE _status <> 'deleted' AND {outbox} AND NOT {cover}{only}"
             ))?
             .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -287,17 +282,19 @@ impl Writer<'_, '_> {
         // Only on a change of the set: after a push answer, a kept row still
         // pending stays kept, and says nothing new.
         if ids.is_none() {
+            let kept: Vec<String> = self
+                .tx
+                .prepare(&format!(
+                    "SELECT id FROM {t} WHERE _status <> 'deleted' AND {outbox} AND NOT {cover}"
+                ))?
+                .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             for id in &kept {
                 self.events().keep(&c.name, id);
             }
         }
         Ok(evicted.len() as u64)
     }
-}
-
-/// `s` as an SQL string literal.
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 impl Store {
