@@ -207,12 +207,18 @@ impl SyncService {
         // Merge every stream in (priority, global position) order and take the
         // first `limit`, of one priority only: the page that takes the last
         // changes of a priority, with lower ones left, is its checkpoint.
-        let priority = |i: usize| priorities.of(&scans[i].key.collection);
+        let priority: Vec<u8> = scans
+            .iter()
+            .map(|s| priorities.of(&s.key.collection))
+            .collect();
         let mut merged: Vec<(u8, Position, usize, &ChangeRow)> = read
             .rows
             .iter()
             .enumerate()
-            .flat_map(|(i, rows)| rows.iter().map(move |r| (priority(i), r.position, i, r)))
+            .flat_map(|(i, rows)| {
+                let p = priority[i];
+                rows.iter().map(move |r| (p, r.position, i, r))
+            })
             .collect();
         merged.sort_by_key(|(prio, p, i, _)| (*prio, *p, *i));
         let top = merged.first().map(|m| m.0);
