@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry::clock::ManualClock;
-use ferry::sync::{PageSizing, SyncClient, SyncConfig, WriteMode};
+use ferry::sync::{PageSizing, SyncClient, SyncConfig};
 use ferry::transport::{HttpTransport, StaticToken, Transport, TransportError};
 use ferry::{Error, Store, WriteOp};
 use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse, RawFields};
@@ -92,20 +92,25 @@ impl Transport for Link {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_follow_the_time_target_halve_on_a_failure_and_resume_without_pulling_twice() {
-    let server = start_server().await;
-    let a = device(&server.url(), ALICE);
+/// 3,000 local creates `<prefix>00000`.., in batches of 1,000.
+fn write_tasks(store: &Store, prefix: &str) {
     for chunk in (0..3_000).collect::<Vec<_>>().chunks(1_000) {
         let ops = chunk
             .iter()
             .map(|i| WriteOp::Create {
                 collection: "tasks".into(),
-                fields: obj(json!({"id": format!("r{i:05}"), "title": "x"})),
+                fields: obj(json!({"id": format!("{prefix}{i:05}"), "title": "x"})),
             })
             .collect();
-        a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
+        store.write(ops).unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_follow_the_time_target_halve_on_a_failure_and_resume_without_pulling_twice() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    write_tasks(&a.store, "r");
     a.client.sync().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -154,16 +159,7 @@ async fn push_batches_follow_the_time_target_halve_on_a_lost_answer_and_apply_no
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
     let store = Store::open_with(&dir.path().join("b.db"), Some(schema()), clock.clone()).unwrap();
-    for chunk in (0..3_000).collect::<Vec<_>>().chunks(1_000) {
-        let ops = chunk
-            .iter()
-            .map(|i| WriteOp::Create {
-                collection: "tasks".into(),
-                fields: obj(json!({"id": format!("w{i:05}"), "title": "x"})),
-            })
-            .collect();
-        store.write(ops).unwrap();
-    }
+    write_tasks(&store, "w");
     let link = Link::new(&server.url(), clock.clone(), usize::MAX, 2);
     let client = SyncClient::new(
         store.clone(),
