@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry::clock::ManualClock;
-use ferry::sync::{PageSizing, SyncClient, SyncConfig};
+use ferry::sync::{NetworkHints, NetworkKind, PageSizing, SyncClient, SyncConfig};
 use ferry::transport::{HttpTransport, StaticToken, Transport, TransportError};
 use ferry::{Error, Store, WriteOp};
 use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse, RawFields};
@@ -215,4 +215,55 @@ async fn push_batches_follow_the_time_target_halve_on_a_lost_answer_and_apply_no
         got.iter().all(|r| r.version == Some(1)),
         "the resent batch applied nothing twice"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_kind_of_network_restarts_the_sizes_and_a_long_round_trip_raises_the_target() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    write_tasks(&a.store, "r");
+    a.client.sync().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = Store::open_with(&dir.path().join("b.db"), Some(schema()), clock.clone()).unwrap();
+    let link = Link::new(&server.url(), clock.clone(), usize::MAX, usize::MAX);
+    let client = SyncClient::new(
+        store.clone(),
+        link.clone(),
+        Arc::new(StaticToken(ALICE.into())),
+        SyncConfig {
+            page_size: 500,
+            page_sizing: Some(PageSizing {
+                target_ms: 1_000,
+                min_rows: 100,
+                max_rows: 2_100,
+            }),
+            ..SyncConfig::default()
+        },
+    )
+    .unwrap();
+    client.set_network(NetworkHints {
+        kind: NetworkKind::Wifi,
+        ..NetworkHints::default()
+    });
+    client.sync().await.unwrap();
+    let asked: Vec<u32> = link.pages.lock().drain(..).map(|p| p.0).collect();
+    // 500 rows in 600 ms, 700 in 800 ms, 875 in 975 ms: it settles near the
+    // 1 s target.
+    assert_eq!(&asked[..4], &[500, 700, 875, 897], "{asked:?}");
+
+    // Cellular, 300 ms round trips: back to 500, and a page may take 3 s, so
+    // the size keeps growing past what fitted 1 s.
+    write_tasks(&a.store, "s");
+    a.client.sync().await.unwrap();
+    client.set_network(NetworkHints {
+        kind: NetworkKind::Cellular,
+        metered: false,
+        rtt_ms: Some(300),
+    });
+    client.sync().await.unwrap();
+    let asked: Vec<u32> = link.pages.lock().drain(..).map(|p| p.0).collect();
+    assert_eq!(&asked[..4], &[500, 700, 900, 1_100], "{asked:?}");
+    assert_eq!(contents(&store, "tasks").len(), 6_000);
 }

@@ -5,9 +5,10 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use ferry::events::ChangeEvent;
-use ferry::sync::{SyncConfig, WriteMode};
+use ferry::sync::{NetworkHints, NetworkKind, SyncConfig, WriteMode};
 use ferry::transport::StaticToken;
 use ferry::{Schema, WriteOp};
 use parking_lot::Mutex;
@@ -95,4 +96,92 @@ async fn a_first_sync_publishes_the_high_priority_first_as_its_own_checkpoint() 
     assert!(c.client.sync().await.is_err());
     assert!(contents(&c.store, "projects").is_empty() && contents(&c.store, "tasks").is_empty());
     assert!(c.store.priorities_synced().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_metered_network_a_pull_stops_at_the_cap_and_the_rest_follows_off_it() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    a.client
+        .write(
+            vec![
+                create("tasks", "t1"),
+                create("projects", "p1"),
+                create("tasks", "t2"),
+                create("projects", "p2"),
+            ],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+
+    let b = device_with(
+        &server.url(),
+        Arc::new(StaticToken(ALICE.into())),
+        projects_first(),
+        SyncConfig {
+            metered_priority: Some(0),
+            push_debounce: std::time::Duration::ZERO,
+            ..SyncConfig::default()
+        },
+    );
+    let cellular = NetworkHints {
+        kind: NetworkKind::Cellular,
+        metered: true,
+        rtt_ms: Some(120),
+    };
+    b.client.set_network(cellular);
+    assert_eq!(b.client.network(), cellular);
+
+    // A first sync on cellular: the projects' checkpoint, and not one page more.
+    let report = b.client.sync().await.unwrap();
+    assert_eq!(report.deferred_after, Some(0));
+    assert_eq!(report.pulled, 2);
+    assert_eq!(b.transport.pulls.load(Ordering::SeqCst), 1);
+    assert_eq!(contents(&b.store, "projects").len(), 2);
+    assert!(contents(&b.store, "tasks").is_empty());
+
+    // New projects still come on cellular (they are pulled first); the tasks
+    // behind them wait.
+    a.client
+        .write(
+            vec![create("projects", "p3"), create("tasks", "t3")],
+            WriteMode::OfflineFirst,
+        )
+        .await
+        .unwrap();
+    a.client.sync().await.unwrap();
+    let report = b.client.sync().await.unwrap();
+    assert_eq!(report.deferred_after, Some(0));
+    assert_eq!(contents(&b.store, "projects").len(), 3);
+    assert!(contents(&b.store, "tasks").is_empty());
+    // Nothing of priority 0 is new: the first page is the tasks', and it is
+    // left unstaged.
+    let report = b.client.sync().await.unwrap();
+    assert_eq!((report.deferred_after, report.pulled), (Some(0), 0));
+    assert!(contents(&b.store, "tasks").is_empty());
+
+    // Wifi: background sync brings the rest by itself.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _h = b
+        .store
+        .add_change_listener(Arc::new(move |e: &ChangeEvent| {
+            if e.collection("tasks").is_some() {
+                let _ = tx.send(());
+            }
+        }));
+    b.client.start();
+    b.client.set_network(NetworkHints {
+        kind: NetworkKind::Wifi,
+        metered: false,
+        rtt_ms: Some(20),
+    });
+    rx.recv().await.unwrap();
+    assert_eq!(contents(&b.store, "tasks").len(), 3);
+    // (The first call may join the background sync, which pulled the tasks.)
+    let report = b.client.sync().await.unwrap();
+    assert_eq!(report.deferred_after, None);
+    let report = b.client.sync().await.unwrap();
+    assert_eq!((report.deferred_after, report.pulled), (None, 0));
 }

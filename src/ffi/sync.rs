@@ -53,6 +53,11 @@ pub struct SyncConfig {
     /// `push_batch` (null: fixed).
     #[uniffi(default = None)]
     pub push_sizing: Option<PageSizing>,
+    /// On a metered network (`set_network`), a pull stops at the priority
+    /// checkpoint after which nothing of this priority or a higher one is
+    /// left; the rest follows on an unmetered network (null: no cap).
+    #[uniffi(default = None)]
+    pub metered_priority: Option<u8>,
 }
 
 /// Bounds and time target of adaptive pull pages (rows) or push batches
@@ -89,7 +94,7 @@ pub enum OfflineBehavior {
 }
 
 // The status types are the core's own, exported as they are.
-pub use crate::sync::{SyncPhase, SyncStatus};
+pub use crate::sync::{NetworkHints, NetworkKind, SyncPhase, SyncStatus};
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -101,6 +106,8 @@ pub struct SyncReport {
     pub pushed_conflicts: u64,
     pub pushed_rejected: u64,
     pub pushed_retried: u64,
+    /// The pull stopped after this priority's checkpoint on a metered network.
+    pub deferred_after: Option<u8>,
     /// The full report (publish counts per collection included) as JSON.
     pub detail_json: String,
 }
@@ -253,6 +260,21 @@ impl FerrySyncClient {
         }
     }
 
+    /// The host says what network the device is on: its kind, whether it is
+    /// metered, its round trip. A change of kind starts adaptive sizes over, a
+    /// round trip raises their time target, and leaving a metered network
+    /// syncs what `metered_priority` deferred.
+    pub fn set_network(&self, hints: NetworkHints) {
+        if let Some(c) = self.open() {
+            c.set_network(hints)
+        }
+    }
+
+    /// What the host last said of the network (the default after `shutdown`).
+    pub fn network(&self) -> NetworkHints {
+        self.open().map(|c| c.network()).unwrap_or_default()
+    }
+
     /// The host says whether the app is in the foreground (no background sync
     /// in the background; explicit `sync()` still runs).
     pub fn set_foreground(&self, foreground: bool) {
@@ -332,6 +354,7 @@ impl From<SyncConfig> for crate::sync::SyncConfig {
             collections: c.collections,
             page_sizing: c.page_sizing.map(Into::into),
             push_sizing: c.push_sizing.map(Into::into),
+            metered_priority: c.metered_priority,
             ..Default::default()
         }
     }
@@ -346,6 +369,7 @@ impl From<&crate::sync::SyncConfig> for SyncConfig {
             collections: c.collections.clone(),
             page_sizing: c.page_sizing.map(Into::into),
             push_sizing: c.push_sizing.map(Into::into),
+            metered_priority: c.metered_priority,
         }
     }
 }
@@ -395,6 +419,7 @@ impl From<crate::sync::SyncReport> for SyncReport {
             pushed_conflicts: r.pushed.conflicts,
             pushed_rejected: r.pushed.rejected,
             pushed_retried: r.pushed.retried,
+            deferred_after: r.deferred_after,
             detail_json: super::to_json(&r),
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use ferry_protocol::{PullRequest, PushRequest, PushResponse, RawFields};
+use ferry_protocol::{PullPage, PullRequest, PushRequest, PushResponse, RawFields};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
 use parking_lot::{Mutex, RwLock};
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::machine::{Action, Finished, Input, Machine};
-use super::policy::{self, PageSizer, PageSizing};
+use super::policy::{self, NetworkHints, PageSizer, PageSizing};
 use super::push::{self, PushReport};
 use super::rebase::with_merges;
 use super::resolver::{ConflictResolver, MergeRule};
@@ -81,6 +81,13 @@ pub struct SyncConfig {
     /// Adaptive push batches (`None`: every batch holds up to `push_batch`):
     /// the same sizing, in mutations, starting at `push_batch`.
     pub push_sizing: Option<PageSizing>,
+    /// On a metered network ([`NetworkHints::metered`]), a pull stops at the
+    /// priority checkpoint after which nothing of this priority or a higher
+    /// one is left, and the rest waits until the network is not metered (or
+    /// an explicit [`SyncClient::sync`] on an unmetered one). `None`: metered
+    /// or not, a pull runs to the end. A pull that meets no checkpoint
+    /// (nothing of a higher priority changed) runs to the end too.
+    pub metered_priority: Option<u8>,
 }
 
 /// How many times a pull starts over when the subscriptions change under it.
@@ -101,6 +108,7 @@ impl Default for SyncConfig {
             merge_rule: MergeRule::default(),
             page_sizing: None,
             push_sizing: None,
+            metered_priority: None,
         }
     }
 }
@@ -180,6 +188,11 @@ pub struct SyncReport {
     pub skipped: u64,
     pub published: PublishReport,
     pub pushed: PushReport,
+    /// The pull stopped once everything of this priority and the higher ones
+    /// was synced, because the network is metered
+    /// ([`SyncConfig::metered_priority`]); the rest follows on an unmetered
+    /// network.
+    pub deferred_after: Option<u8>,
 }
 
 type SharedSync = Shared<BoxFuture<'static, Result<SyncReport>>>;
@@ -245,6 +258,8 @@ struct Inner {
     /// The adaptive page size, kept across syncs (see [`SyncConfig::page_sizing`]).
     page_sizer: Mutex<Option<PageSizer>>,
     push_sizer: Mutex<Option<PageSizer>>,
+    /// What the host last said of the network ([`SyncClient::set_network`]).
+    network: Mutex<NetworkHints>,
 }
 
 impl Drop for Inner {
@@ -316,6 +331,7 @@ impl SyncClient {
                 work_gate: RwLock::new(()),
                 page_sizer: Mutex::new(sizer),
                 push_sizer: Mutex::new(push_sizer),
+                network: Mutex::new(NetworkHints::default()),
             }),
         };
         client.refresh_counts();
@@ -474,6 +490,32 @@ impl SyncClient {
         self.inner.schedule.subscribe()
     }
 
+    /// The host says what network the device is on. A change between two known
+    /// kinds (wifi to cellular) starts the adaptive sizes over from their start;
+    /// a reported round trip raises their time target to
+    /// [`policy::RTTS_PER_PAGE`] round trips; leaving a metered network syncs
+    /// what [`SyncConfig::metered_priority`] deferred. Reachability stays
+    /// [`Self::set_online`]'s.
+    pub fn set_network(&self, hints: NetworkHints) {
+        let before = std::mem::replace(&mut *self.inner.network.lock(), hints);
+        for sizer in [&self.inner.page_sizer, &self.inner.push_sizer] {
+            if let Some(sizer) = &mut *sizer.lock() {
+                if before.other_link(&hints) {
+                    sizer.restart();
+                }
+                sizer.set_rtt(hints.rtt_ms);
+            }
+        }
+        if before.metered && !hints.metered && self.inner.config.metered_priority.is_some() {
+            self.tell(Input::Network(self.is_online()));
+        }
+    }
+
+    /// What the host last said of the network.
+    pub fn network(&self) -> NetworkHints {
+        *self.inner.network.lock()
+    }
+
     /// The host says whether the app is in the foreground. Background: no
     /// automatic sync (explicit [`Self::sync`] calls still run).
     pub fn set_foreground(&self, foreground: bool) {
@@ -608,7 +650,16 @@ impl SyncClient {
             self.blocking(move || s.pull_subscriptions()).await?
         };
         let generation = subs.generation;
-        let priorities = self.priorities(subs.subscriptions.as_deref());
+        let levels = self.levels(subs.subscriptions.as_deref());
+        let priorities = levels
+            .iter()
+            .any(|(_, explicit)| explicit.is_some())
+            .then(|| {
+                levels
+                    .iter()
+                    .filter_map(|(c, explicit)| Some((c.clone(), (*explicit)?)))
+                    .collect()
+            });
         let start = {
             let s = store.clone();
             self.blocking(move || s.pull_start()).await?
@@ -673,6 +724,16 @@ impl SyncClient {
                 report.pages = 1;
                 return Ok(Some(report));
             }
+            if let Some(cap) = self.beyond_metered_cap(&page, &levels) {
+                // Everything within the cap is synced (pages come in priority
+                // order); this page is left for an unmetered network.
+                tracing::info!(
+                    priority = cap,
+                    "metered network: the rest of the pull waits"
+                );
+                report.deferred_after = Some(cap);
+                return Ok(Some(report));
+            }
             let has_more = page.has_more;
             cursor = Some(page.cursor.clone());
             report.pages += 1;
@@ -707,6 +768,14 @@ impl SyncClient {
                     return Ok(None);
                 };
                 report.published.add(&published);
+                if let Some(cap) = self.defers_after(level, &levels) {
+                    tracing::info!(
+                        priority = cap,
+                        "metered network: the rest of the pull waits"
+                    );
+                    report.deferred_after = Some(cap);
+                    return Ok(Some(report));
+                }
                 self.update_status(|s| s.phase = SyncPhase::Pulling);
             }
             if !has_more {
@@ -726,26 +795,59 @@ impl SyncClient {
         Ok(Some(report))
     }
 
-    /// The priorities of the collections this pull covers, when any is set.
-    fn priorities(
+    /// The cap of [`SyncConfig::metered_priority`], while the network is
+    /// metered.
+    fn metered_cap(&self) -> Option<u8> {
+        let cap = self.inner.config.metered_priority?;
+        self.inner.network.lock().metered.then_some(cap)
+    }
+
+    /// The cap, if a pull that just completed priority `level` stops there:
+    /// the network is metered and no collection the pull covers has a
+    /// priority after `level` and within the cap.
+    fn defers_after(&self, level: u8, levels: &[(String, Option<u8>)]) -> Option<u8> {
+        let cap = self.metered_cap()?;
+        let more = levels
+            .iter()
+            .map(|(_, p)| p.unwrap_or(ferry_protocol::LOWEST_PRIORITY))
+            .any(|p| p > level && p <= cap);
+        (!more).then_some(cap)
+    }
+
+    /// The cap, if `page` (of one priority) holds a collection of a priority
+    /// past it on a metered network: a pull that resumes after its checkpoint,
+    /// or one with nothing of a higher priority to bring.
+    fn beyond_metered_cap<F>(
+        &self,
+        page: &PullPage<F>,
+        levels: &[(String, Option<u8>)],
+    ) -> Option<u8> {
+        let cap = self.metered_cap()?;
+        let beyond = levels.iter().any(|(c, p)| {
+            p.unwrap_or(ferry_protocol::LOWEST_PRIORITY) > cap && page.changes.contains_key(c)
+        });
+        beyond.then_some(cap)
+    }
+
+    /// The collections this pull covers, each with its priority if the schema
+    /// sets one.
+    fn levels(
         &self,
         subscriptions: Option<&[ferry_protocol::Subscription]>,
-    ) -> Option<std::collections::BTreeMap<String, u8>> {
+    ) -> Vec<(String, Option<u8>)> {
         let named = |c: &str| match (subscriptions, &self.inner.config.collections) {
             (Some(subs), _) => subs.iter().any(|s| s.collection == c),
             (None, Some(list)) => list.iter().any(|n| n == c),
             (None, None) => true,
         };
-        let map: std::collections::BTreeMap<String, u8> = self
-            .inner
+        self.inner
             .store
             .schema()
             .collections
             .iter()
             .filter(|c| !c.is_local_only() && named(&c.name))
-            .filter_map(|c| Some((c.name.clone(), c.priority?)))
-            .collect();
-        (!map.is_empty()).then_some(map)
+            .map(|c| (c.name.clone(), c.priority))
+            .collect()
     }
 
     /// Waits for the page being staged, if any; false when the subscriptions

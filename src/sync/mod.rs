@@ -19,7 +19,7 @@ pub use client::{
     OfflineBehavior, SyncClient, SyncConfig, SyncPhase, SyncReport, SyncStatus, WeakSyncClient,
     WriteMode,
 };
-pub use policy::{PageSizer, PageSizing};
+pub use policy::{NetworkHints, NetworkKind, PageSizer, PageSizing};
 pub use push::PushReport;
 pub use rebase::MAX_RESOLVE_ROUNDS;
 pub use resolver::{ConflictResolver, MergeRule};

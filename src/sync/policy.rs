@@ -2,6 +2,8 @@
 //! for. Pure functions, constants and state without I/O, so the machine and its
 //! tests decide the same way the driver does.
 
+use serde::Serialize;
+
 /// The first retry waits about this long; each failure doubles it.
 pub const BACKOFF_BASE_MS: i64 = 1_000;
 /// No retry waits longer than this.
@@ -55,6 +57,50 @@ impl Default for PageSizing {
 pub struct PageSizer {
     sizing: PageSizing,
     size: u32,
+    /// Where it started, for [`Self::restart`].
+    initial: u32,
+    /// The round trip the host reported, if any ([`Self::set_rtt`]).
+    rtt_ms: Option<u32>,
+}
+
+/// A page should spend at most a tenth of its time on the round trip: with a
+/// known RTT the time target is at least this many round trips.
+pub const RTTS_PER_PAGE: u64 = 10;
+
+/// What kind of network the host says the device is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkKind {
+    #[default]
+    Unknown,
+    Wifi,
+    Cellular,
+    Ethernet,
+    Other,
+}
+
+/// What the host knows of the network (`SyncClient::set_network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
+pub struct NetworkHints {
+    pub kind: NetworkKind,
+    /// The user pays by the byte (cellular, a hotspot); see
+    /// `SyncConfig::metered_priority`.
+    pub metered: bool,
+    /// The round trip the platform measured or estimates, in ms.
+    pub rtt_ms: Option<u32>,
+}
+
+impl NetworkHints {
+    /// Whether going from `self` to `next` changes the link so much that what
+    /// the sizers measured no longer holds: a change between two known kinds
+    /// (wifi to cellular, say). Learning the kind for the first time is not.
+    pub fn other_link(&self, next: &NetworkHints) -> bool {
+        self.kind != NetworkKind::Unknown
+            && next.kind != NetworkKind::Unknown
+            && self.kind != next.kind
+    }
 }
 
 impl PageSizer {
@@ -71,7 +117,27 @@ impl PageSizer {
                 ..sizing
             },
             size: initial.clamp(lo, hi),
+            initial: initial.clamp(lo, hi),
+            rtt_ms: None,
         }
+    }
+
+    /// The time a page should take: the configured target, raised to
+    /// [`RTTS_PER_PAGE`] round trips when the host reported a longer RTT.
+    pub fn target_ms(&self) -> u64 {
+        let floor = self.rtt_ms.map_or(0, |rtt| rtt as u64 * RTTS_PER_PAGE);
+        self.sizing.target_ms.max(floor)
+    }
+
+    /// The host reported the round trip (`None`: it no longer knows).
+    pub fn set_rtt(&mut self, rtt_ms: Option<u32>) {
+        self.rtt_ms = rtt_ms;
+    }
+
+    /// Back to the start size: the link changed, and what was measured on
+    /// the old one says nothing about the new one.
+    pub fn restart(&mut self) {
+        self.size = self.initial;
     }
 
     /// Rows to ask for next.
@@ -83,10 +149,9 @@ impl PageSizer {
     /// rows as asked (a short page says nothing about a larger one).
     pub fn on_page(&mut self, rows: u64, elapsed_ms: i64, full: bool) {
         let PageSizing {
-            target_ms,
-            min_rows,
-            max_rows,
+            min_rows, max_rows, ..
         } = self.sizing;
+        let target_ms = self.target_ms();
         let elapsed = elapsed_ms.max(1) as f64;
         if rows == 0 || (!full && elapsed <= target_ms as f64) {
             return;
@@ -155,6 +220,50 @@ mod tests {
         let mut t = PageSizer::new(SIZING, 5_000);
         t.on_page(2_000, 4_000, false);
         assert_eq!(t.size(), 500);
+    }
+
+    #[test]
+    fn a_long_round_trip_raises_the_target_and_a_new_link_restarts() {
+        let mut s = PageSizer::new(SIZING, 1_000);
+        assert_eq!(s.target_ms(), 1_000);
+        // 300 ms round trips: a page should take 3 s, not 1 s.
+        s.set_rtt(Some(300));
+        assert_eq!(s.target_ms(), 3_000);
+        // 1,000 rows in 1.5 s: 2,000 fit in 3 s (without the RTT, 666).
+        s.on_page(1_000, 1_500, true);
+        assert_eq!(s.size(), 2_000);
+        // A short round trip never lowers the configured target.
+        s.set_rtt(Some(20));
+        assert_eq!(s.target_ms(), 1_000);
+        s.set_rtt(None);
+        assert_eq!(s.target_ms(), 1_000);
+        s.restart();
+        assert_eq!(s.size(), 1_000);
+    }
+
+    #[test]
+    fn only_a_change_between_two_known_kinds_is_another_link() {
+        let hints = |kind| NetworkHints {
+            kind,
+            ..NetworkHints::default()
+        };
+        let (unknown, wifi, cell) = (
+            hints(NetworkKind::Unknown),
+            hints(NetworkKind::Wifi),
+            hints(NetworkKind::Cellular),
+        );
+        assert!(wifi.other_link(&cell));
+        assert!(
+            !unknown.other_link(&wifi),
+            "learning the kind is not a change"
+        );
+        assert!(!wifi.other_link(&unknown));
+        let measured = NetworkHints {
+            rtt_ms: Some(40),
+            metered: true,
+            ..wifi
+        };
+        assert!(!wifi.other_link(&measured), "the same kind");
     }
 
     #[test]

@@ -95,7 +95,24 @@ export type SyncReport = {
   pushedConflicts: number;
   pushedRejected: number;
   pushedRetried: number;
+  /**
+   * The pull stopped once everything of this priority and the higher ones was
+   * synced, because the network is metered (`meteredPriority`); the rest
+   * follows on an unmetered network. Null: it ran to the end.
+   */
+  deferredAfter: number | null;
 };
+
+/** What kind of network the device is on. */
+export type NetworkKind = 'unknown' | 'wifi' | 'cellular' | 'ethernet' | 'other';
+
+/**
+ * What the host knows of the network (`SyncClient.setNetwork`; `connectNetInfo`
+ * passes NetInfo's). A change between two known kinds starts adaptive sizes
+ * over; a round trip raises their time target to ten round trips; `metered`
+ * holds back what `meteredPriority` defers.
+ */
+export type NetworkHints = { kind?: NetworkKind; metered?: boolean; rttMs?: number | null };
 
 export type StoreStatus = {
   schemaVersion: number;
@@ -157,6 +174,12 @@ export type SyncConfig = {
   pageSizing?: Sizing | null;
   /** Adaptive push batches: the same, in mutations, starting at `pushBatch`. */
   pushSizing?: Sizing | null;
+  /**
+   * On a metered network, a pull stops once everything of this priority and
+   * the higher ones is synced (priorities are the schema's, 0 first); the rest
+   * waits for an unmetered one. Null: no cap.
+   */
+  meteredPriority?: number | null;
 };
 
 /** Bounds and time target of an adaptive size (rows of a pull page, or mutations of a push batch). */
@@ -279,6 +302,7 @@ function syncReport(r: Gen.SyncReport): SyncReport {
     pushedConflicts: num(r.pushedConflicts),
     pushedRejected: num(r.pushedRejected),
     pushedRetried: num(r.pushedRetried),
+    deferredAfter: r.deferredAfter ?? null,
   };
 }
 
@@ -641,6 +665,7 @@ export function bindFerry(native: NativeFerry) {
         // The core's defaults fill what the app leaves out.
         pageSizing: toSizing(native, c.pageSizing),
         pushSizing: toSizing(native, c.pushSizing),
+        meteredPriority: c.meteredPriority ?? undefined,
       };
       const tokens = {
         token: async (refresh: boolean): Promise<string> => {
@@ -711,6 +736,33 @@ export function bindFerry(native: NativeFerry) {
 
     setForeground(foreground: boolean): void {
       this.raw.setForeground(foreground);
+    }
+
+    /** What the host last said of the network. */
+    network(): Required<NetworkHints> {
+      const h = this.raw.network();
+      const kind = (native.NetworkKind[h.kind] as string | undefined)?.toLowerCase() as NetworkKind | undefined;
+      return { kind: kind ?? 'unknown', metered: h.metered, rttMs: h.rttMs ?? null };
+    }
+
+    /** What network the device is on (reachability stays `setOnline`'s). */
+    setNetwork(hints: NetworkHints): void {
+      const kinds: Record<NetworkKind, Gen.NetworkKind> = {
+        unknown: native.NetworkKind.Unknown,
+        wifi: native.NetworkKind.Wifi,
+        cellular: native.NetworkKind.Cellular,
+        ethernet: native.NetworkKind.Ethernet,
+        other: native.NetworkKind.Other,
+      };
+      const rtt = hints.rttMs;
+      if (rtt != null && !(Number.isInteger(rtt) && rtt >= 0 && rtt <= 0xffffffff)) {
+        throw new RangeError(`rttMs must be a whole number of ms, not ${rtt}`);
+      }
+      this.raw.setNetwork({
+        kind: kinds[hints.kind ?? 'unknown'] ?? native.NetworkKind.Unknown,
+        metered: hints.metered ?? false,
+        rttMs: rtt ?? undefined,
+      });
     }
 
     /** Background sync: debounced pushes, a sync on reconnect and on foreground. */

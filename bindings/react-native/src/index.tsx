@@ -6,7 +6,14 @@ import * as native from './native';
 import { bindFerry, type NativeFerry } from './api';
 
 export * from './api';
-export { connectAppState, connectNetInfo, type AppStateLike, type NetInfoLike } from './lifecycle';
+export {
+  connectAppState,
+  connectNetInfo,
+  networkKind,
+  type AppStateLike,
+  type NetInfoLike,
+  type NetInfoStateLike,
+} from './lifecycle';
 
 const ferry = bindFerry(native as unknown as NativeFerry);
 

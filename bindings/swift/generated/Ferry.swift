@@ -1706,6 +1706,11 @@ public protocol FerrySyncClientProtocol: AnyObject, Sendable {
     func fetchRemote(collection: String, queryJson: String, cache: Bool) async throws  -> String
     
     /**
+     * What the host last said of the network (the default after `shutdown`).
+     */
+    func network()  -> NetworkHints
+    
+    /**
      * Pushes every ready outbox entry; returns how many the server applied.
      */
     func pushAll() async throws  -> UInt64
@@ -1715,6 +1720,14 @@ public protocol FerrySyncClientProtocol: AnyObject, Sendable {
      * in the background; explicit `sync()` still runs).
      */
     func setForeground(foreground: Bool) 
+    
+    /**
+     * The host says what network the device is on: its kind, whether it is
+     * metered, its round trip. A change of kind starts adaptive sizes over, a
+     * round trip raises their time target, and leaving a metered network
+     * syncs what `metered_priority` deferred.
+     */
+    func setNetwork(hints: NetworkHints) 
     
     /**
      * The host says whether the network is reachable. Going online syncs.
@@ -1877,6 +1890,17 @@ open func fetchRemote(collection: String, queryJson: String, cache: Bool)async t
 }
     
     /**
+     * What the host last said of the network (the default after `shutdown`).
+     */
+open func network() -> NetworkHints  {
+    return try!  FfiConverterTypeNetworkHints_lift(try! rustCall() {
+    uniffi_ferry_fn_method_ferrysyncclient_network(
+            self.uniffiCloneHandle(),$0
+    )
+})
+}
+    
+    /**
      * Pushes every ready outbox entry; returns how many the server applied.
      */
 open func pushAll()async throws  -> UInt64  {
@@ -1904,6 +1928,20 @@ open func setForeground(foreground: Bool)  {try! rustCall() {
     uniffi_ferry_fn_method_ferrysyncclient_set_foreground(
             self.uniffiCloneHandle(),
         FfiConverterBool.lower(foreground),$0
+    )
+}
+}
+    
+    /**
+     * The host says what network the device is on: its kind, whether it is
+     * metered, its round trip. A change of kind starts adaptive sizes over, a
+     * round trip raises their time target, and leaving a metered network
+     * syncs what `metered_priority` deferred.
+     */
+open func setNetwork(hints: NetworkHints)  {try! rustCall() {
+    uniffi_ferry_fn_method_ferrysyncclient_set_network(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeNetworkHints_lower(hints),$0
     )
 }
 }
@@ -3276,6 +3314,81 @@ public func FfiConverterTypeCountResult_lower(_ value: CountResult) -> RustBuffe
 
 
 /**
+ * What the host knows of the network (`SyncClient::set_network`).
+ */
+public struct NetworkHints: Equatable, Hashable {
+    public var kind: NetworkKind
+    /**
+     * The user pays by the byte (cellular, a hotspot); see
+     * `SyncConfig::metered_priority`.
+     */
+    public var metered: Bool
+    /**
+     * The round trip the platform measured or estimates, in ms.
+     */
+    public var rttMs: UInt32?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(kind: NetworkKind, 
+        /**
+         * The user pays by the byte (cellular, a hotspot); see
+         * `SyncConfig::metered_priority`.
+         */metered: Bool, 
+        /**
+         * The round trip the platform measured or estimates, in ms.
+         */rttMs: UInt32?) {
+        self.kind = kind
+        self.metered = metered
+        self.rttMs = rttMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NetworkHints: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNetworkHints: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NetworkHints {
+        return
+            try NetworkHints(
+                kind: FfiConverterTypeNetworkKind.read(from: &buf), 
+                metered: FfiConverterBool.read(from: &buf), 
+                rttMs: FfiConverterOptionUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NetworkHints, into buf: inout [UInt8]) {
+        FfiConverterTypeNetworkKind.write(value.kind, into: &buf)
+        FfiConverterBool.write(value.metered, into: &buf)
+        FfiConverterOptionUInt32.write(value.rttMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkHints_lift(_ buf: RustBuffer) throws -> NetworkHints {
+    return try FfiConverterTypeNetworkHints.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkHints_lower(_ value: NetworkHints) -> RustBuffer {
+    return FfiConverterTypeNetworkHints.lower(value)
+}
+
+
+/**
  * Bounds and time target of adaptive pull pages (rows) or push batches
  * (mutations).
  */
@@ -3448,6 +3561,12 @@ public struct SyncConfig: Equatable, Hashable {
      * `push_batch` (null: fixed).
      */
     public var pushSizing: PageSizing?
+    /**
+     * On a metered network (`set_network`), a pull stops at the priority
+     * checkpoint after which nothing of this priority or a higher one is
+     * left; the rest follows on an unmetered network (null: no cap).
+     */
+    public var meteredPriority: UInt8?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3471,13 +3590,19 @@ public struct SyncConfig: Equatable, Hashable {
         /**
          * Adaptive push batches: the same sizing in mutations, starting at
          * `push_batch` (null: fixed).
-         */pushSizing: PageSizing? = nil) {
+         */pushSizing: PageSizing? = nil, 
+        /**
+         * On a metered network (`set_network`), a pull stops at the priority
+         * checkpoint after which nothing of this priority or a higher one is
+         * left; the rest follows on an unmetered network (null: no cap).
+         */meteredPriority: UInt8? = nil) {
         self.pageSize = pageSize
         self.pushBatch = pushBatch
         self.pushDebounceMs = pushDebounceMs
         self.collections = collections
         self.pageSizing = pageSizing
         self.pushSizing = pushSizing
+        self.meteredPriority = meteredPriority
     }
 
     
@@ -3501,7 +3626,8 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
                 pushDebounceMs: FfiConverterUInt64.read(from: &buf), 
                 collections: FfiConverterOptionSequenceString.read(from: &buf), 
                 pageSizing: FfiConverterOptionTypePageSizing.read(from: &buf), 
-                pushSizing: FfiConverterOptionTypePageSizing.read(from: &buf)
+                pushSizing: FfiConverterOptionTypePageSizing.read(from: &buf), 
+                meteredPriority: FfiConverterOptionUInt8.read(from: &buf)
         )
     }
 
@@ -3512,6 +3638,7 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
         FfiConverterOptionSequenceString.write(value.collections, into: &buf)
         FfiConverterOptionTypePageSizing.write(value.pageSizing, into: &buf)
         FfiConverterOptionTypePageSizing.write(value.pushSizing, into: &buf)
+        FfiConverterOptionUInt8.write(value.meteredPriority, into: &buf)
     }
 }
 
@@ -3543,6 +3670,10 @@ public struct SyncReport: Equatable, Hashable {
     public var pushedRejected: UInt64
     public var pushedRetried: UInt64
     /**
+     * The pull stopped after this priority's checkpoint on a metered network.
+     */
+    public var deferredAfter: UInt8?
+    /**
      * The full report (publish counts per collection included) as JSON.
      */
     public var detailJson: String
@@ -3550,6 +3681,9 @@ public struct SyncReport: Equatable, Hashable {
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(pages: UInt64, pulled: UInt64, skipped: UInt64, pushedApplied: UInt64, pushedConflicts: UInt64, pushedRejected: UInt64, pushedRetried: UInt64, 
+        /**
+         * The pull stopped after this priority's checkpoint on a metered network.
+         */deferredAfter: UInt8?, 
         /**
          * The full report (publish counts per collection included) as JSON.
          */detailJson: String) {
@@ -3560,6 +3694,7 @@ public struct SyncReport: Equatable, Hashable {
         self.pushedConflicts = pushedConflicts
         self.pushedRejected = pushedRejected
         self.pushedRetried = pushedRetried
+        self.deferredAfter = deferredAfter
         self.detailJson = detailJson
     }
 
@@ -3586,6 +3721,7 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 pushedConflicts: FfiConverterUInt64.read(from: &buf), 
                 pushedRejected: FfiConverterUInt64.read(from: &buf), 
                 pushedRetried: FfiConverterUInt64.read(from: &buf), 
+                deferredAfter: FfiConverterOptionUInt8.read(from: &buf), 
                 detailJson: FfiConverterString.read(from: &buf)
         )
     }
@@ -3598,6 +3734,7 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.pushedConflicts, into: &buf)
         FfiConverterUInt64.write(value.pushedRejected, into: &buf)
         FfiConverterUInt64.write(value.pushedRetried, into: &buf)
+        FfiConverterOptionUInt8.write(value.deferredAfter, into: &buf)
         FfiConverterString.write(value.detailJson, into: &buf)
     }
 }
@@ -4336,6 +4473,97 @@ public func FfiConverterTypeLogLevel_lower(_ value: LogLevel) -> RustBuffer {
 // Note that we don't yet support `indirect` for enums.
 // See https://github.com/mozilla/uniffi-rs/issues/396 for further discussion.
 /**
+ * What kind of network the host says the device is on.
+ */
+
+public enum NetworkKind: Equatable, Hashable {
+    
+    case unknown
+    case wifi
+    case cellular
+    case ethernet
+    case other
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension NetworkKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNetworkKind: FfiConverterRustBuffer {
+    typealias SwiftType = NetworkKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NetworkKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .unknown
+        
+        case 2: return .wifi
+        
+        case 3: return .cellular
+        
+        case 4: return .ethernet
+        
+        case 5: return .other
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: NetworkKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .unknown:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .wifi:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .cellular:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .ethernet:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .other:
+            writeInt(&buf, Int32(5))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkKind_lift(_ buf: RustBuffer) throws -> NetworkKind {
+    return try FfiConverterTypeNetworkKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkKind_lower(_ value: NetworkKind) -> RustBuffer {
+    return FfiConverterTypeNetworkKind.lower(value)
+}
+
+
+// Note that we don't yet support `indirect` for enums.
+// See https://github.com/mozilla/uniffi-rs/issues/396 for further discussion.
+/**
  * What an online write does when the server cannot be reached.
  */
 
@@ -4596,6 +4824,54 @@ public func FfiConverterTypeWriteMode_lower(_ value: WriteMode) -> RustBuffer {
     return FfiConverterTypeWriteMode.lower(value)
 }
 
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionUInt8: FfiConverterRustBuffer {
+    typealias SwiftType = UInt8?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt8.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt8.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = UInt32?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt32.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt32.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -5213,10 +5489,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote() != 53725) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_checksum_method_ferrysyncclient_network() != 56510) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_set_foreground() != 32661) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_method_ferrysyncclient_set_network() != 47943) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_method_ferrysyncclient_set_online() != 40680) {

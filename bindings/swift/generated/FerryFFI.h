@@ -673,6 +673,11 @@ uint64_t uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(uint64_t ptr
 uint64_t uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(uint64_t ptr, RustBuffer collection, RustBuffer query_json, int8_t cache
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_NETWORK
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_NETWORK
+RustBuffer uniffi_ferry_fn_method_ferrysyncclient_network(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_PUSH_ALL
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_PUSH_ALL
 uint64_t uniffi_ferry_fn_method_ferrysyncclient_push_all(uint64_t ptr
@@ -681,6 +686,11 @@ uint64_t uniffi_ferry_fn_method_ferrysyncclient_push_all(uint64_t ptr
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_SET_FOREGROUND
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_SET_FOREGROUND
 void uniffi_ferry_fn_method_ferrysyncclient_set_foreground(uint64_t ptr, int8_t foreground, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_SET_NETWORK
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_SET_NETWORK
+void uniffi_ferry_fn_method_ferrysyncclient_set_network(uint64_t ptr, RustBuffer hints, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_METHOD_FERRYSYNCCLIENT_SET_ONLINE
@@ -1252,6 +1262,12 @@ uint16_t uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_NETWORK
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_NETWORK
+uint16_t uniffi_ferry_checksum_method_ferrysyncclient_network(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_PUSH_ALL
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_PUSH_ALL
 uint16_t uniffi_ferry_checksum_method_ferrysyncclient_push_all(void
@@ -1261,6 +1277,12 @@ uint16_t uniffi_ferry_checksum_method_ferrysyncclient_push_all(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SET_FOREGROUND
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SET_FOREGROUND
 uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SET_NETWORK
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_METHOD_FERRYSYNCCLIENT_SET_NETWORK
+uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_network(void
     
 );
 #endif

@@ -507,12 +507,21 @@ extern "C" {
         RustBuffer query_json, 
         int8_t cache
     );
+    RustBuffer uniffi_ferry_fn_method_ferrysyncclient_network(
+        /*handle*/ uint64_t ptr, 
+        RustCallStatus *uniffi_out_err
+    );
     /*handle*/ uint64_t uniffi_ferry_fn_method_ferrysyncclient_push_all(
         /*handle*/ uint64_t ptr
     );
     void uniffi_ferry_fn_method_ferrysyncclient_set_foreground(
         /*handle*/ uint64_t ptr, 
         int8_t foreground, 
+        RustCallStatus *uniffi_out_err
+    );
+    void uniffi_ferry_fn_method_ferrysyncclient_set_network(
+        /*handle*/ uint64_t ptr, 
+        RustBuffer hints, 
         RustCallStatus *uniffi_out_err
     );
     void uniffi_ferry_fn_method_ferrysyncclient_set_online(
@@ -837,9 +846,13 @@ extern "C" {
     );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(
     );
+    uint16_t uniffi_ferry_checksum_method_ferrysyncclient_network(
+    );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_push_all(
     );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(
+    );
+    uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_network(
     );
     uint16_t uniffi_ferry_checksum_method_ferrysyncclient_set_online(
     );
@@ -5389,6 +5402,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_network"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrysyncclient_network"),
+        1,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_network(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_push_all"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrysyncclient_push_all"),
@@ -5403,6 +5424,14 @@ NativeFerry::NativeFerry(
         2,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_network"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_network"),
+        2,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_method_ferrysyncclient_set_network(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_online"] = jsi::Function::createFromHostFunction(
@@ -6213,6 +6242,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_network"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrysyncclient_network"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_network(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all"),
@@ -6227,6 +6264,14 @@ NativeFerry::NativeFerry(
         0,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_network"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_network"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_network(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_online"] = jsi::Function::createFromHostFunction(
@@ -7357,6 +7402,16 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(
         
         return uniffi_jsi::Bridging</*handle*/ uint64_t>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        auto value = uniffi_ferry_fn_method_ferrysyncclient_network(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return uniffi::ferry::Bridging<RustBuffer>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_fn_method_ferrysyncclient_push_all(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0])
         );
@@ -7367,6 +7422,16 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_push_all(jsi:
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         uniffi_ferry_fn_method_ferrysyncclient_set_foreground(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi_jsi::Bridging<int8_t>::fromJs(rt, callInvoker, args[1]), 
+            &status
+        );
+        uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
+
+        
+        return jsi::Value::undefined();
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_method_ferrysyncclient_set_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
+        uniffi_ferry_fn_method_ferrysyncclient_set_network(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), 
             &status
         );
         uniffi::ferry::Bridging<RustCallStatus>::copyIntoJs(rt, callInvoker, status, args[count - 1]);
@@ -8139,6 +8204,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_fetch_r
         
         return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrysyncclient_network(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrysyncclient_push_all(
         );
@@ -8148,6 +8220,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_push_al
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_method_ferrysyncclient_set_network(
         );
 
         

@@ -89,8 +89,10 @@ class NativeFerry : public jsi::HostObject {
     jsi::Value cpp_uniffi_ferry_fn_constructor_ferrysyncclient_with_resolver(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_set_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_set_online(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_shutdown(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_fn_method_ferrysyncclient_start(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
@@ -192,8 +194,10 @@ class NativeFerry : public jsi::HostObject {
     jsi::Value cpp_uniffi_ferry_checksum_method_logger_log(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_push_all(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
+    jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_network(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_set_online(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_shutdown(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);
     jsi::Value cpp_uniffi_ferry_checksum_method_ferrysyncclient_start(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count);

@@ -132,8 +132,10 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_constructor_ferrysyncclient_with_resolver(db: bigint, serverUrl: Uint8Array, tokenProvider: bigint, config: Uint8Array, resolver: bigint, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(uniffiSelf: bigint, listener: bigint, uniffi_out_err: UniffiRustCallStatus): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(uniffiSelf: bigint, collection: Uint8Array, queryJson: Uint8Array, cache: number): bigint;
+    ubrn_uniffi_ferry_fn_method_ferrysyncclient_network(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_push_all(uniffiSelf: bigint): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(uniffiSelf: bigint, foreground: number, uniffi_out_err: UniffiRustCallStatus): void;
+    ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_network(uniffiSelf: bigint, hints: Uint8Array, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_online(uniffiSelf: bigint, online: number, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_shutdown(uniffiSelf: bigint): bigint;
     ubrn_uniffi_ferry_fn_method_ferrysyncclient_start(uniffiSelf: bigint, uniffi_out_err: UniffiRustCallStatus): void;
@@ -189,8 +191,10 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_checksum_constructor_ferrysyncclient_with_resolver(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_add_status_listener(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrysyncclient_network(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(): number;
+    ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_network(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_online(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_shutdown(): number;
     ubrn_uniffi_ferry_checksum_method_ferrysyncclient_start(): number;

@@ -370,6 +370,103 @@ const FfiConverterTypeCountResult = (() => {
 })();
 
 /**
+ * What kind of network the host says the device is on.
+ */
+export enum NetworkKind {
+    Unknown,
+    Wifi,
+    Cellular,
+    Ethernet,
+    Other
+}
+
+const FfiConverterTypeNetworkKind = (() => {
+    type TypeName = NetworkKind;
+    class FFIConverter extends AbstractFfiConverterByteArray<TypeName> {
+        readFromCursor(c: Cursor): TypeName {
+            switch (c.readI32()) {
+                case 1: return NetworkKind.Unknown;
+                case 2: return NetworkKind.Wifi;
+                case 3: return NetworkKind.Cellular;
+                case 4: return NetworkKind.Ethernet;
+                case 5: return NetworkKind.Other;
+                default: throw new UniffiInternalError.UnexpectedEnumCase();
+            }
+        }
+        writeIntoCursor(value: TypeName, c: Cursor): void {
+            switch (value) {
+                case NetworkKind.Unknown: return c.writeI32(1);
+                case NetworkKind.Wifi: return c.writeI32(2);
+                case NetworkKind.Cellular: return c.writeI32(3);
+                case NetworkKind.Ethernet: return c.writeI32(4);
+                case NetworkKind.Other: return c.writeI32(5);
+            }
+        }
+        allocationSize(value: TypeName): number {
+            return 4;
+        }
+    }
+    return new FFIConverter();
+})();
+
+/**
+ * What the host knows of the network (`SyncClient::set_network`).
+ */
+export type NetworkHints = {
+    kind: NetworkKind,
+    /**
+     * The user pays by the byte (cellular, a hotspot); see
+     * `SyncConfig::metered_priority`.
+     */
+    metered: boolean,
+    /**
+     * The round trip the platform measured or estimates, in ms.
+     */
+    rttMs?: number
+}
+
+/**
+ * Generated factory for {@link NetworkHints} record objects.
+ */
+export const NetworkHints = (() => {
+    const defaults = () => ({
+    });
+    const create = (() => {
+        return uniffiCreateRecord<NetworkHints, ReturnType<typeof defaults>>(defaults);
+    })();
+    return Object.freeze({
+        create,
+        new: create,
+        defaults: () => Object.freeze(defaults()) as Partial<NetworkHints>,
+    });
+})();
+
+const FfiConverterTypeNetworkHints = (() => {
+    type TypeName = NetworkHints;
+    class FFIConverter extends AbstractFfiConverterByteArray<TypeName> {
+        readFromCursor(c: Cursor): TypeName {
+            return {
+                kind: FfiConverterTypeNetworkKind.readFromCursor(c), 
+                metered: FfiConverterBool.readFromCursor(c), 
+                rttMs: FfiConverterOptionalUInt32.readFromCursor(c)
+            };
+        }
+        writeIntoCursor(value: TypeName, c: Cursor): void {
+            FfiConverterTypeNetworkKind.writeIntoCursor(value.kind, c);
+            FfiConverterBool.writeIntoCursor(value.metered, c);
+            FfiConverterOptionalUInt32.writeIntoCursor(value.rttMs, c);
+        }
+        allocationSize(value: TypeName): number {
+            return FfiConverterTypeNetworkKind.allocationSize(value.kind) +
+             FfiConverterBool.allocationSize(value.metered) +
+             FfiConverterOptionalUInt32.allocationSize(value.rttMs);
+            
+        }
+    };
+    return new FFIConverter();
+})();
+
+/**
  * Bounds and time target of adaptive pull pages (rows) or push batches
  * (mutations).
  */
@@ -516,7 +613,13 @@ export type SyncConfig = {
      * Adaptive push batches: the same sizing in mutations, starting at
      * `push_batch` (null: fixed).
      */
-    pushSizing?: PageSizing
+    pushSizing?: PageSizing,
+    /**
+     * On a metered network (`set_network`), a pull stops at the priority
+     * checkpoint after which nothing of this priority or a higher one is
+     * left; the rest follows on an unmetered network (null: no cap).
+     */
+    meteredPriority?: number
 }
 
 /**
@@ -529,7 +632,8 @@ export const SyncConfig = (() => {
         pushDebounceMs: BigInt("300"),
         collections: undefined,
         pageSizing: undefined,
-        pushSizing: undefined
+        pushSizing: undefined,
+        meteredPriority: undefined
     });
     const create = (() => {
         return uniffiCreateRecord<SyncConfig, ReturnType<typeof defaults>>(defaults);
@@ -551,7 +655,8 @@ const FfiConverterTypeSyncConfig = (() => {
                 pushDebounceMs: FfiConverterUInt64.readFromCursor(c), 
                 collections: FfiConverterOptionalSequenceString.readFromCursor(c), 
                 pageSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c), 
-                pushSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c)
+                pushSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c), 
+                meteredPriority: FfiConverterOptionalUInt8.readFromCursor(c)
             };
         }
         writeIntoCursor(value: TypeName, c: Cursor): void {
@@ -561,6 +666,7 @@ const FfiConverterTypeSyncConfig = (() => {
             FfiConverterOptionalSequenceString.writeIntoCursor(value.collections, c);
             FfiConverterOptionalTypePageSizing.writeIntoCursor(value.pageSizing, c);
             FfiConverterOptionalTypePageSizing.writeIntoCursor(value.pushSizing, c);
+            FfiConverterOptionalUInt8.writeIntoCursor(value.meteredPriority, c);
         }
         allocationSize(value: TypeName): number {
             return FfiConverterUInt32.allocationSize(value.pageSize) +
@@ -568,7 +674,8 @@ const FfiConverterTypeSyncConfig = (() => {
              FfiConverterUInt64.allocationSize(value.pushDebounceMs) +
              FfiConverterOptionalSequenceString.allocationSize(value.collections) +
              FfiConverterOptionalTypePageSizing.allocationSize(value.pageSizing) +
-             FfiConverterOptionalTypePageSizing.allocationSize(value.pushSizing);
+             FfiConverterOptionalTypePageSizing.allocationSize(value.pushSizing) +
+             FfiConverterOptionalUInt8.allocationSize(value.meteredPriority);
             
         }
     };
@@ -586,6 +693,10 @@ export type SyncReport = {
     pushedConflicts: bigint,
     pushedRejected: bigint,
     pushedRetried: bigint,
+    /**
+     * The pull stopped after this priority's checkpoint on a metered network.
+     */
+    deferredAfter?: number,
     /**
      * The full report (publish counts per collection included) as JSON.
      */
@@ -620,6 +731,7 @@ const FfiConverterTypeSyncReport = (() => {
                 pushedConflicts: FfiConverterUInt64.readFromCursor(c), 
                 pushedRejected: FfiConverterUInt64.readFromCursor(c), 
                 pushedRetried: FfiConverterUInt64.readFromCursor(c), 
+                deferredAfter: FfiConverterOptionalUInt8.readFromCursor(c), 
                 detailJson: FfiConverterString.readFromCursor(c)
             };
         }
@@ -631,6 +743,7 @@ const FfiConverterTypeSyncReport = (() => {
             FfiConverterUInt64.writeIntoCursor(value.pushedConflicts, c);
             FfiConverterUInt64.writeIntoCursor(value.pushedRejected, c);
             FfiConverterUInt64.writeIntoCursor(value.pushedRetried, c);
+            FfiConverterOptionalUInt8.writeIntoCursor(value.deferredAfter, c);
             FfiConverterString.writeIntoCursor(value.detailJson, c);
         }
         allocationSize(value: TypeName): number {
@@ -641,6 +754,7 @@ const FfiConverterTypeSyncReport = (() => {
              FfiConverterUInt64.allocationSize(value.pushedConflicts) +
              FfiConverterUInt64.allocationSize(value.pushedRejected) +
              FfiConverterUInt64.allocationSize(value.pushedRetried) +
+             FfiConverterOptionalUInt8.allocationSize(value.deferredAfter) +
              FfiConverterString.allocationSize(value.detailJson);
             
         }
@@ -3958,6 +4072,10 @@ export interface FerrySyncClientLike {
  */
     fetchRemote(collection: string, queryJson: string, cache: boolean, asyncOpts_?: { signal: AbortSignal }) /*throws*/: Promise<string>;
 /**
+ * What the host last said of the network (the default after `shutdown`).
+ */
+    network(): NetworkHints;
+/**
  * Pushes every ready outbox entry; returns how many the server applied.
  */
     pushAll(asyncOpts_?: { signal: AbortSignal }) /*throws*/: Promise<bigint>;
@@ -3966,6 +4084,13 @@ export interface FerrySyncClientLike {
  * in the background; explicit `sync()` still runs).
  */
     setForeground(foreground: boolean): void;
+/**
+ * The host says what network the device is on: its kind, whether it is
+ * metered, its round trip. A change of kind starts adaptive sizes over, a
+ * round trip raises their time target, and leaving a metered network
+ * syncs what `metered_priority` deferred.
+ */
+    setNetwork(hints: NetworkHints): void;
 /**
  * The host says whether the network is reachable. Going online syncs.
  */
@@ -4120,6 +4245,25 @@ export class FerrySyncClient extends UniffiAbstractObject implements FerrySyncCl
     }
     
 /**
+ * What the host last said of the network (the default after `shutdown`).
+ */
+    network(): NetworkHints {
+    const __rb: Uint8Array = uniffiCaller.rustCall(
+            /*caller:*/ (callStatus) => {
+                return nativeModule().ubrn_uniffi_ferry_fn_method_ferrysyncclient_network(
+                uniffiTypeFerrySyncClientObjectFactory.clonePointer(this),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    try {
+        return FfiConverterTypeNetworkHints.lift(__rb);
+    } finally {
+        nativeModule().rustbuffer_free(__rb);
+    }
+    }
+    
+/**
  * Pushes every ready outbox entry; returns how many the server applied.
  */
     async pushAll(asyncOpts_?: { signal: AbortSignal }): Promise<bigint> /*throws*/ {
@@ -4162,6 +4306,22 @@ export class FerrySyncClient extends UniffiAbstractObject implements FerrySyncCl
             /*caller:*/ (callStatus) => { nativeModule().ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_foreground(
                 uniffiTypeFerrySyncClientObjectFactory.clonePointer(this),
         FfiConverterBool.lower(foreground, nativeModule().rustbuffer_alloc),
+                callStatus);
+            },
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+    );
+    }
+    
+/**
+ * The host says what network the device is on: its kind, whether it is
+ * metered, its round trip. A change of kind starts adaptive sizes over, a
+ * round trip raises their time target, and leaving a metered network
+ * syncs what `metered_priority` deferred.
+ */
+    setNetwork(hints: NetworkHints): void {uniffiCaller.rustCall(
+            /*caller:*/ (callStatus) => { nativeModule().ubrn_uniffi_ferry_fn_method_ferrysyncclient_set_network(
+                uniffiTypeFerrySyncClientObjectFactory.clonePointer(this),
+        FfiConverterTypeNetworkHints.lower(hints, nativeModule().rustbuffer_alloc),
                 callStatus);
             },
             /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
@@ -4799,6 +4959,9 @@ const FfiConverterOptionalInt64 = new FfiConverterOptional(FfiConverterInt64);
 // FfiConverter for number | undefined
 const FfiConverterOptionalFloat64 = new FfiConverterOptional(FfiConverterFloat64);
 
+// FfiConverter for number | undefined
+const FfiConverterOptionalUInt32 = new FfiConverterOptional(FfiConverterUInt32);
+
 // FfiConverter for Map<string, bigint>
 const FfiConverterMapStringUInt64 = new FfiConverterMap(FfiConverterString, FfiConverterUInt64);
 
@@ -4810,6 +4973,9 @@ const FfiConverterOptionalSequenceString = new FfiConverterOptional(FfiConverter
 
 // FfiConverter for PageSizing | undefined
 const FfiConverterOptionalTypePageSizing = new FfiConverterOptional(FfiConverterTypePageSizing);
+
+// FfiConverter for number | undefined
+const FfiConverterOptionalUInt8 = new FfiConverterOptional(FfiConverterUInt8);
 
 // FfiConverter for Array<Anchor>
 const FfiConverterSequenceTypeAnchor = new FfiConverterArray(FfiConverterTypeAnchor);
@@ -4965,11 +5131,17 @@ function uniffiEnsureInitialized() {
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote() !== 53725) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote");
     }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_network() !== 56510) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_network");
+    }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_push_all() !== 38455) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_push_all");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_foreground() !== 32661) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_set_foreground");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_network() !== 47943) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_set_network");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_method_ferrysyncclient_set_online() !== 40680) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_method_ferrysyncclient_set_online");
@@ -5034,6 +5206,8 @@ export default Object.freeze({
     FfiConverterTypeListenerHandle,
     FfiConverterTypeLogLevel,
     FfiConverterTypeLogger,
+    FfiConverterTypeNetworkHints,
+    FfiConverterTypeNetworkKind,
     FfiConverterTypeOfflineBehavior,
     FfiConverterTypePageSizing,
     FfiConverterTypeQueryListener,

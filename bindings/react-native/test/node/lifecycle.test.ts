@@ -3,17 +3,17 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { connectAppState, connectNetInfo } from '../../src/lifecycle';
+import { connectAppState, connectNetInfo, type NetInfoStateLike } from '../../src/lifecycle';
 import { heldHandles, type SyncClient } from '../../src/api';
 import { copyFileSync } from 'node:fs';
 
-import { Database, SCHEMA, dbPath, device, ferry, useServer } from './support';
+import { BOB, Database, SCHEMA, SyncClient as Client, dbPath, device, ferry, uid, useServer } from './support';
 
 const serverOf = useServer({ before, after });
 
 test('NetInfo drives online, and an unknown reachability trusts isConnected', async () => {
   const d = device(serverOf().url);
-  let emit: (s: { isConnected: boolean | null; isInternetReachable?: boolean | null }) => void = () => {};
+  let emit: (s: NetInfoStateLike) => void = () => {};
   let removed = false;
   const stop = connectNetInfo(d.client, {
     addEventListener: (l) => {
@@ -29,10 +29,53 @@ test('NetInfo drives online, and an unknown reachability trusts isConnected', as
   assert.equal(d.client.status().online, true);
   emit({ isConnected: true, isInternetReachable: false });
   assert.equal(d.client.status().online, false);
+  // The connection type and its cost become the network hints.
+  assert.deepEqual(d.client.network(), { kind: 'unknown', metered: false, rttMs: null });
+  emit({ isConnected: true, type: 'cellular', details: { isConnectionExpensive: true } });
+  assert.deepEqual(d.client.network(), { kind: 'cellular', metered: true, rttMs: null });
+  assert.equal(d.client.status().online, true);
+  emit({ isConnected: true, type: 'bluetooth', details: null });
+  assert.deepEqual(d.client.network(), { kind: 'other', metered: false, rttMs: null });
+  d.client.setNetwork({ kind: 'wifi', rttMs: 40 });
+  assert.deepEqual(d.client.network(), { kind: 'wifi', metered: false, rttMs: 40 });
+  assert.throws(() => d.client.setNetwork({ rttMs: -1 }), RangeError);
+  assert.throws(() => d.client.setNetwork({ rttMs: 1.5 }), RangeError);
+  assert.equal(d.client.network().rttMs, 40, 'a refused hint changes nothing');
   stop();
   assert.ok(removed);
   await d.client.close();
   d.db.close();
+});
+
+test('on a metered network, meteredPriority holds back the lower priorities until wifi', async () => {
+  const url = serverOf().url;
+  const a = device(url, BOB);
+  const tag = uid('metered');
+  await a.client.write([
+    { op: 'create', collection: 'projects', fields: { id: `${tag}-p`, name: tag } },
+    { op: 'create', collection: 'tasks', fields: { id: `${tag}-t1`, title: tag } },
+    { op: 'create', collection: 'tasks', fields: { id: `${tag}-t2`, title: tag } },
+  ]);
+  await a.client.sync();
+  const schema = { ...SCHEMA, collections: (SCHEMA.collections as Array<{ name: string }>).map((c) => (c.name === 'projects' ? { ...c, priority: 0 } : c)) };
+  const db = Database.open(dbPath('metered'), schema);
+  const client = new Client(db, { url, tokenProvider: async () => BOB, config: { meteredPriority: 0 } });
+  let emit: (s: NetInfoStateLike) => void = () => {};
+  const stop = connectNetInfo(client, { addEventListener: (l) => ((emit = l), () => {}) });
+  emit({ isConnected: true, type: 'cellular', details: { isConnectionExpensive: true } });
+  const first = await client.sync();
+  assert.equal(first.deferredAfter, 0);
+  assert.ok(db.get('projects', `${tag}-p`), 'the projects came on cellular');
+  assert.equal(db.get('tasks', `${tag}-t1`), null, 'the tasks wait');
+  emit({ isConnected: true, type: 'wifi', details: { isConnectionExpensive: false } });
+  const second = await client.sync();
+  assert.equal(second.deferredAfter, null);
+  assert.ok(db.get('tasks', `${tag}-t1`) && db.get('tasks', `${tag}-t2`), 'and follow on wifi');
+  stop();
+  await client.close();
+  db.close();
+  await a.client.close();
+  a.db.close();
 });
 
 test('AppState drives foreground from its current state and each change', () => {

@@ -859,9 +859,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote(
     ): Int
+    external fun uniffi_ferry_checksum_method_ferrysyncclient_network(
+    ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_push_all(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_set_foreground(
+    ): Int
+    external fun uniffi_ferry_checksum_method_ferrysyncclient_set_network(
     ): Int
     external fun uniffi_ferry_checksum_method_ferrysyncclient_set_online(
     ): Int
@@ -1045,9 +1049,13 @@ external fun uniffi_ferry_fn_method_ferrysyncclient_add_status_listener(`ptr`: L
 ): Long
 external fun uniffi_ferry_fn_method_ferrysyncclient_fetch_remote(`ptr`: Long,`collection`: RustBuffer.ByValue,`queryJson`: RustBuffer.ByValue,`cache`: Byte,
 ): Long
+external fun uniffi_ferry_fn_method_ferrysyncclient_network(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
 external fun uniffi_ferry_fn_method_ferrysyncclient_push_all(`ptr`: Long,
 ): Long
 external fun uniffi_ferry_fn_method_ferrysyncclient_set_foreground(`ptr`: Long,`foreground`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+external fun uniffi_ferry_fn_method_ferrysyncclient_set_network(`ptr`: Long,`hints`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 external fun uniffi_ferry_fn_method_ferrysyncclient_set_online(`ptr`: Long,`online`: Byte,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
@@ -1316,10 +1324,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_fetch_remote() != 53725) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_network() != 56510) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_push_all() != 38455) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_set_foreground() != 32661) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_method_ferrysyncclient_set_network() != 47943) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_method_ferrysyncclient_set_online() != 40680) {
@@ -3598,6 +3612,11 @@ public interface FerrySyncClientInterface {
     suspend fun `fetchRemote`(`collection`: kotlin.String, `queryJson`: kotlin.String, `cache`: kotlin.Boolean): kotlin.String
     
     /**
+     * What the host last said of the network (the default after `shutdown`).
+     */
+    fun `network`(): NetworkHints
+    
+    /**
      * Pushes every ready outbox entry; returns how many the server applied.
      */
     suspend fun `pushAll`(): kotlin.ULong
@@ -3607,6 +3626,14 @@ public interface FerrySyncClientInterface {
      * in the background; explicit `sync()` still runs).
      */
     fun `setForeground`(`foreground`: kotlin.Boolean)
+    
+    /**
+     * The host says what network the device is on: its kind, whether it is
+     * metered, its round trip. A change of kind starts adaptive sizes over, a
+     * round trip raises their time target, and leaving a metered network
+     * syncs what `metered_priority` deferred.
+     */
+    fun `setNetwork`(`hints`: NetworkHints)
     
     /**
      * The host says whether the network is reachable. Going online syncs.
@@ -3805,6 +3832,22 @@ open class FerrySyncClient: Disposable, AutoCloseable, FerrySyncClientInterface
 
     
     /**
+     * What the host last said of the network (the default after `shutdown`).
+     */override fun `network`(): NetworkHints {
+            return FfiConverterTypeNetworkHints.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrysyncclient_network(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Pushes every ready outbox entry; returns how many the server applied.
      */
     @Throws(FerryException::class)
@@ -3838,6 +3881,24 @@ open class FerrySyncClient: Disposable, AutoCloseable, FerrySyncClientInterface
     UniffiLib.uniffi_ferry_fn_method_ferrysyncclient_set_foreground(
         it,
         FfiConverterBoolean.lower(`foreground`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * The host says what network the device is on: its kind, whether it is
+     * metered, its round trip. A change of kind starts adaptive sizes over, a
+     * round trip raises their time target, and leaving a metered network
+     * syncs what `metered_priority` deferred.
+     */override fun `setNetwork`(`hints`: NetworkHints)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_ferry_fn_method_ferrysyncclient_set_network(
+        it,
+        FfiConverterTypeNetworkHints.lower(`hints`),_status)
 }
     }
     
@@ -5763,6 +5824,59 @@ public object FfiConverterTypeCountResult: FfiConverterRustBuffer<CountResult> {
 
 
 /**
+ * What the host knows of the network (`SyncClient::set_network`).
+ */
+data class NetworkHints (
+    var `kind`: NetworkKind
+    , 
+    /**
+     * The user pays by the byte (cellular, a hotspot); see
+     * `SyncConfig::metered_priority`.
+     */
+    var `metered`: kotlin.Boolean
+    , 
+    /**
+     * The round trip the platform measured or estimates, in ms.
+     */
+    var `rttMs`: kotlin.UInt?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNetworkHints: FfiConverterRustBuffer<NetworkHints> {
+    override fun read(buf: ByteBuffer): NetworkHints {
+        return NetworkHints(
+            FfiConverterTypeNetworkKind.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: NetworkHints) = (
+            FfiConverterTypeNetworkKind.allocationSize(value.`kind`) +
+            FfiConverterBoolean.allocationSize(value.`metered`) +
+            FfiConverterOptionalUInt.allocationSize(value.`rttMs`)
+    )
+
+    override fun write(value: NetworkHints, buf: ByteBuffer) {
+            FfiConverterTypeNetworkKind.write(value.`kind`, buf)
+            FfiConverterBoolean.write(value.`metered`, buf)
+            FfiConverterOptionalUInt.write(value.`rttMs`, buf)
+    }
+}
+
+
+
+/**
  * Bounds and time target of adaptive pull pages (rows) or push batches
  * (mutations).
  */
@@ -5906,6 +6020,13 @@ data class SyncConfig (
      * `push_batch` (null: fixed).
      */
     var `pushSizing`: PageSizing? = null 
+    , 
+    /**
+     * On a metered network (`set_network`), a pull stops at the priority
+     * checkpoint after which nothing of this priority or a higher one is
+     * left; the rest follows on an unmetered network (null: no cap).
+     */
+    var `meteredPriority`: kotlin.UByte? = null 
     
 ){
     
@@ -5928,6 +6049,7 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterOptionalSequenceString.read(buf),
             FfiConverterOptionalTypePageSizing.read(buf),
             FfiConverterOptionalTypePageSizing.read(buf),
+            FfiConverterOptionalUByte.read(buf),
         )
     }
 
@@ -5937,7 +6059,8 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterULong.allocationSize(value.`pushDebounceMs`) +
             FfiConverterOptionalSequenceString.allocationSize(value.`collections`) +
             FfiConverterOptionalTypePageSizing.allocationSize(value.`pageSizing`) +
-            FfiConverterOptionalTypePageSizing.allocationSize(value.`pushSizing`)
+            FfiConverterOptionalTypePageSizing.allocationSize(value.`pushSizing`) +
+            FfiConverterOptionalUByte.allocationSize(value.`meteredPriority`)
     )
 
     override fun write(value: SyncConfig, buf: ByteBuffer) {
@@ -5947,6 +6070,7 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterOptionalSequenceString.write(value.`collections`, buf)
             FfiConverterOptionalTypePageSizing.write(value.`pageSizing`, buf)
             FfiConverterOptionalTypePageSizing.write(value.`pushSizing`, buf)
+            FfiConverterOptionalUByte.write(value.`meteredPriority`, buf)
     }
 }
 
@@ -5969,6 +6093,11 @@ data class SyncReport (
     var `pushedRejected`: kotlin.ULong
     , 
     var `pushedRetried`: kotlin.ULong
+    , 
+    /**
+     * The pull stopped after this priority's checkpoint on a metered network.
+     */
+    var `deferredAfter`: kotlin.UByte?
     , 
     /**
      * The full report (publish counts per collection included) as JSON.
@@ -5997,6 +6126,7 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterOptionalUByte.read(buf),
             FfiConverterString.read(buf),
         )
     }
@@ -6009,6 +6139,7 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.allocationSize(value.`pushedConflicts`) +
             FfiConverterULong.allocationSize(value.`pushedRejected`) +
             FfiConverterULong.allocationSize(value.`pushedRetried`) +
+            FfiConverterOptionalUByte.allocationSize(value.`deferredAfter`) +
             FfiConverterString.allocationSize(value.`detailJson`)
     )
 
@@ -6020,6 +6151,7 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.write(value.`pushedConflicts`, buf)
             FfiConverterULong.write(value.`pushedRejected`, buf)
             FfiConverterULong.write(value.`pushedRetried`, buf)
+            FfiConverterOptionalUByte.write(value.`deferredAfter`, buf)
             FfiConverterString.write(value.`detailJson`, buf)
     }
 }
@@ -6874,6 +7006,46 @@ public object FfiConverterTypeLogLevel: FfiConverterRustBuffer<LogLevel> {
 
 
 /**
+ * What kind of network the host says the device is on.
+ */
+
+enum class NetworkKind {
+    
+    UNKNOWN,
+    WIFI,
+    CELLULAR,
+    ETHERNET,
+    OTHER;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNetworkKind: FfiConverterRustBuffer<NetworkKind> {
+    override fun read(buf: ByteBuffer) = try {
+        NetworkKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: NetworkKind) = 4UL
+
+    override fun write(value: NetworkKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
  * What an online write does when the server cannot be reached.
  */
 
@@ -7054,6 +7226,70 @@ public object FfiConverterTypeWriteMode : FfiConverterRustBuffer<WriteMode>{
 }
 
 
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalUByte: FfiConverterRustBuffer<kotlin.UByte?> {
+    override fun read(buf: ByteBuffer): kotlin.UByte? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterUByte.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.UByte?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterUByte.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.UByte?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterUByte.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalUInt: FfiConverterRustBuffer<kotlin.UInt?> {
+    override fun read(buf: ByteBuffer): kotlin.UInt? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterUInt.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.UInt?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterUInt.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.UInt?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterUInt.write(value, buf)
+        }
+    }
+}
 
 
 
