@@ -23,6 +23,7 @@ use ferry_protocol::{
 };
 use serde::de::{DeserializeOwned, IgnoredAny};
 use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -60,6 +61,9 @@ pub fn router(service: SyncService) -> Router {
         })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        // Outside the limit, so that the limit counts decompressed bytes: a
+        // small gzip body cannot expand past `max_body_bytes`.
+        .layer(RequestDecompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(limits.request_timeout_ms),
@@ -73,7 +77,7 @@ pub fn router(service: SyncService) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// Gives the plain-text answers of tower layers (413, 408) the JSON error shape.
+/// Gives the plain-text answers of tower layers (413, 408, 415, 405) the JSON error shape.
 async fn json_errors(response: Response) -> Response {
     let is_json = response
         .headers()
@@ -92,6 +96,11 @@ async fn json_errors(response: Response) -> Response {
             StatusCode::REQUEST_TIMEOUT,
             error_code::UNAVAILABLE,
             "request timed out",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            error_code::UNSUPPORTED_MEDIA_TYPE,
+            "the request body's Content-Encoding is not gzip or identity",
         ),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -180,10 +189,22 @@ fn check_body_type(headers: &HeaderMap, allowed: BodyType) -> Result<(), ApiErro
     ))
 }
 
+/// The whole body, decompressed: past `limit` bytes a 413; a body that
+/// cannot be read (gzip that is not, or is cut short) a 400.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::payload_too_large(limit))
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if c.is::<http_body_util::LengthLimitError>() {
+                return ApiError::payload_too_large(limit);
+            }
+            cause = c.source();
+        }
+        ApiError::bad_request(
+            error_code::MALFORMED_JSON,
+            format!("the request body could not be read: {e}"),
+        )
+    })
 }
 
 fn protocol_json<T: serde::Serialize>(value: &T) -> Response {

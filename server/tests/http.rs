@@ -1316,6 +1316,82 @@ async fn a_body_not_declared_as_json_is_415() {
     h.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_gzip_body_is_read_and_its_limit_counts_what_it_expands_to() {
+    use std::io::Write;
+    let gz = |bytes: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    };
+    let h = harness_with(|c| c.limits.max_body_bytes = 64 * 1024).await;
+    let send = |encoding: &'static str, body: Vec<u8>| {
+        let req = h
+            .http
+            .post(format!("{}/v1/push", h.server.url()))
+            .bearer_auth(ALICE)
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let push = |id: &str, title: String| {
+        json!({"client_id": "a", "mutations": [create(id, id, json!({"title": title, "done": false}))]})
+            .to_string()
+            .into_bytes()
+    };
+    // A compressed push is applied like a plain one.
+    let (s, v) = send("gzip", gz(&push("g1", "compressed".into()))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // 200 kB of JSON that gzip shrinks to well under the 64 kB limit: the
+    // limit is on what it expands to.
+    let bomb = gz(&push("g2", "x".repeat(200_000)));
+    assert!(bomb.len() < 64 * 1024 / 10, "{} bytes", bomb.len());
+    let (s, v) = send("gzip", bomb).await;
+    assert_eq!(
+        (s, error_code(&v).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        "{v}"
+    );
+    // Not gzip although it says so, cut short, or an encoding not spoken.
+    let mut cut = gz(&push("g3", "cut".into()));
+    cut.truncate(cut.len() - 12);
+    for (encoding, body, status, code) in [
+        (
+            "gzip",
+            b"not gzip at all".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        ("gzip", cut, StatusCode::BAD_REQUEST, "malformed_json"),
+        (
+            "br",
+            push("g4", "brotli".into()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+    ] {
+        let (s, v) = send(encoding, body).await;
+        assert_eq!(
+            (s, error_code(&v).as_str()),
+            (status, code),
+            "{encoding}: {v}"
+        );
+    }
+    let page = h.pull(ALICE, json!({})).await;
+    let ids: Vec<&str> = page.changes["tasks"]
+        .upserts
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(ids, ["g1"], "only the good push wrote");
+    h.server.shutdown().await;
+}
+
 /// `POST /v1/fetch` over HTTP: the records that match, auth like every other
 /// endpoint, and typed 4xx errors for bad bodies.
 #[tokio::test]

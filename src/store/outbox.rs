@@ -288,7 +288,7 @@ impl Store {
     }
 
     /// When the first entry waiting to be retried becomes due, if any.
-    pub(crate) fn next_attempt_at(&self) -> Result<Option<i64>> {
+    pub fn next_attempt_at(&self) -> Result<Option<i64>> {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT MIN(next_attempt_at) FROM _ferry_outbox WHERE state = 'pending'",

@@ -9,7 +9,7 @@
 mod http;
 pub mod watermelon;
 
-pub use http::HttpTransport;
+pub use http::{COMPRESS_FROM_BYTES, HttpTransport};
 pub use watermelon::WatermelonTransport;
 
 use async_trait::async_trait;
