@@ -48,11 +48,13 @@ impl Default for PageSizing {
 }
 
 /// The page size of the next pull request: time-targeted, with AIMD around it.
-/// A page that came back grows the size at most additively (by a tenth of the
-/// range) toward what the measured rate says fits `target_ms`, and shrinks it
-/// to that at once when a page took longer; a failure (timeout, no answer,
-/// 5xx) halves it. The state outlives one sync: a retry starts where the last
-/// one ended, never from the configured start again.
+/// A page that came back grows the size toward what the measured rate says
+/// fits `target_ms`: at first by doubling at most (a slow start, as TCP's), and
+/// after the first page that took too long or the first failure by at most a
+/// tenth of the range (additive increase). A page that took longer shrinks the
+/// size to what fits at once; a failure (timeout, no answer, 5xx) halves it.
+/// The state outlives one sync: a retry starts where the last one ended, never
+/// from the configured start again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PageSizer {
     sizing: PageSizing,
@@ -61,6 +63,8 @@ pub struct PageSizer {
     initial: u32,
     /// The round trip the host reported, if any ([`Self::set_rtt`]).
     rtt_ms: Option<u32>,
+    /// Growing by doubling, until a page is too slow or a request fails.
+    slow_start: bool,
 }
 
 /// A page should spend at most a tenth of its time on the round trip: with a
@@ -119,6 +123,7 @@ impl PageSizer {
             size: initial.clamp(lo, hi),
             initial: initial.clamp(lo, hi),
             rtt_ms: None,
+            slow_start: true,
         }
     }
 
@@ -138,6 +143,7 @@ impl PageSizer {
     /// the old one says nothing about the new one.
     pub fn restart(&mut self) {
         self.size = self.initial;
+        self.slow_start = true;
     }
 
     /// Rows to ask for next.
@@ -157,10 +163,15 @@ impl PageSizer {
             return;
         }
         let fits = (rows as f64 * target_ms as f64 / elapsed).floor();
-        let step = ((max_rows - min_rows) / 10).max(1) as f64;
+        let step = if self.slow_start {
+            self.size as f64
+        } else {
+            ((max_rows - min_rows) / 10).max(1) as f64
+        };
         let next = if fits > self.size as f64 {
             fits.min(self.size as f64 + step)
         } else {
+            self.slow_start = false;
             fits
         };
         self.size = (next as u32).clamp(min_rows, max_rows);
@@ -169,6 +180,7 @@ impl PageSizer {
     /// A request failed for want of an answer (timeout, drop, 5xx): halve.
     pub fn on_failure(&mut self) {
         self.size = (self.size / 2).max(self.sizing.min_rows);
+        self.slow_start = false;
     }
 }
 
@@ -183,15 +195,32 @@ mod tests {
     };
 
     #[test]
-    fn page_size_grows_additively_toward_the_time_target() {
+    fn page_size_doubles_then_grows_additively_toward_the_time_target() {
         let mut s = PageSizer::new(SIZING, 1_000);
-        // 1,000 rows in 100 ms: 10,000 would fit; grow by a tenth of the range.
+        // 1,000 rows in 100 ms: 10,000 would fit; slow start doubles.
         s.on_page(1_000, 100, true);
         assert_eq!(s.size(), 2_000);
+        s.on_page(2_000, 200, true);
+        assert_eq!(s.size(), 4_000);
+        // Slower than the target: shrink to what fits, and the slow start ends.
+        s.on_page(4_000, 2_000, true);
+        assert_eq!(s.size(), 2_000);
+        // From now on, at most a tenth of the range per page.
         s.on_page(2_000, 200, true);
         assert_eq!(s.size(), 3_000);
         // Nearly on target: settle at what fits.
         s.on_page(3_000, 1_000, true);
+        assert_eq!(s.size(), 3_000);
+        // A new link starts slow again.
+        s.restart();
+        s.on_page(1_000, 100, true);
+        assert_eq!(s.size(), 2_000);
+        // A failure ends the slow start too.
+        s.on_failure();
+        assert_eq!(s.size(), 1_000);
+        s.on_page(1_000, 100, true);
+        assert_eq!(s.size(), 2_000, "1,000 + a tenth of the range");
+        s.on_page(2_000, 200, true);
         assert_eq!(s.size(), 3_000);
         // Never past the bound.
         for _ in 0..20 {
