@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Long runs of the sync property test (tests/sync_model.rs): devices making random
-# offline edits through a faulty network, with kills, checked against a model.
+# offline edits through a faulty network, with kills, checked against a model;
+# then of the fault-proxy test (tests/faults.rs: real HTTP through
+# ferry-fault-proxy).
 #
 #   scripts/soak.sh [CASES] [ROUNDS]
 #
@@ -21,6 +23,15 @@ for round in $(seq 1 "$rounds"); do
   FERRY_MODEL_CASES="$cases" cargo test --release --test sync_model -- --nocapture
 done
 echo "soak: $((cases * rounds)) cases passed"
+
+# Devices of two users through the fault proxy (tests/faults.rs), from a random
+# first seed; a failure names its seed: replay it with FERRY_FAULT_FIRST_SEED.
+fault_seeds=${FERRY_FAULT_SEEDS:-200}
+fault_rounds=${FERRY_FAULT_ROUNDS:-40}
+first_seed=$((RANDOM * 32768 + RANDOM))
+echo "soak: fault proxy, $fault_seeds seeds from $first_seed, $fault_rounds rounds each"
+FERRY_FAULT_FIRST_SEED="$first_seed" FERRY_FAULT_SEEDS="$fault_seeds" FERRY_FAULT_ROUNDS="$fault_rounds" \
+  cargo test --release --test faults -- --nocapture
 
 fuzz_seconds=${FERRY_FUZZ_SECONDS:-300}
 if rustup run nightly cargo --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then

@@ -9,7 +9,7 @@
 #      storage suite and the end-to-end suite on PostgreSQL
 #   3. cargo test --workspace (unit, store, CLI, crash, server on SQLite + PostgreSQL,
 #      end-to-end sync on SQLite), then the core alone without its `ffi` feature
-#   4. end-to-end sync again with the server on PostgreSQL
+#   4. the end-to-end suites again with the server on PostgreSQL
 #   5. bindings: generated code is current, Kotlin on the JVM against a real
 #      ferry-server, the Swift C header compiles against the static library
 #   6. React Native (scripts/test-react-native.sh): the generated JSI bindings are
@@ -56,8 +56,13 @@ cargo test --workspace
 FERRY_MODEL_CASES=200 cargo test -p ferry --no-default-features
 
 if [ -n "${FERRY_TEST_PG_URL:-}" ]; then
-  lane "end-to-end sync on PostgreSQL"
-  FERRY_E2E_BACKEND=postgres cargo test --test sync_e2e
+  # Every suite that syncs against a real ferry-server, again with its storage on
+  # PostgreSQL (their servers come from tests/support's start_server).
+  lane "end-to-end suites on PostgreSQL"
+  pg_suites=(sync_e2e convergence faults crash_publish watermelon_compat
+    subscriptions priorities read_through retention restored_db page_sizing resolver
+    host_threads shutdown)
+  FERRY_E2E_BACKEND=postgres cargo test "${pg_suites[@]/#/--test=}"
 fi
 
 lane "bindings"
