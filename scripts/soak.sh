@@ -24,6 +24,11 @@ for round in $(seq 1 "$rounds"); do
 done
 echo "soak: $((cases * rounds)) cases passed"
 
+# kill -9 of ferry-server mid-push, 200 times on SQLite (and on PostgreSQL when
+# FERRY_TEST_PG_URL is set): server/tests/kill.rs.
+echo "soak: ${FERRY_SERVER_KILLS:-200} server kills per backend"
+FERRY_SERVER_KILLS="${FERRY_SERVER_KILLS:-200}" cargo test --release -p ferry-server --test kill -- --nocapture
+
 # Devices of two users through the fault proxy (tests/faults.rs), from a random
 # first seed; a failure names its seed: replay it with FERRY_FAULT_FIRST_SEED.
 fault_seeds=${FERRY_FAULT_SEEDS:-200}
