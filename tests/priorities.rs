@@ -65,6 +65,11 @@ async fn a_first_sync_publishes_the_high_priority_first_as_its_own_checkpoint() 
     // The connection drops after the first page: the projects' checkpoint.
     *b.transport.fail_pull_after.lock() = Some(1);
     assert!(b.client.sync().await.is_err());
+    assert_eq!(
+        b.client.status().completed_priority,
+        Some(0),
+        "the status says so"
+    );
     b.store.flush_events();
     assert_eq!(contents(&b.store, "projects").len(), 2, "published at once");
     assert!(contents(&b.store, "tasks").is_empty(), "not yet");
@@ -80,6 +85,7 @@ async fn a_first_sync_publishes_the_high_priority_first_as_its_own_checkpoint() 
     assert_eq!(contents(&b.store, "tasks").len(), 3);
     let synced = b.store.priorities_synced().unwrap();
     assert_eq!(synced.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(b.client.status().completed_priority, Some(3));
 
     // Without priorities, a pull cut off after its first page publishes
     // nothing: all or nothing.
@@ -137,6 +143,7 @@ async fn on_a_metered_network_a_pull_stops_at_the_cap_and_the_rest_follows_off_i
     // A first sync on cellular: the projects' checkpoint, and not one page more.
     let report = b.client.sync().await.unwrap();
     assert_eq!(report.deferred_after, Some(0));
+    assert_eq!(b.client.status().completed_priority, Some(0));
     assert_eq!(report.pulled, 2);
     assert_eq!(b.transport.pulls.load(Ordering::SeqCst), 1);
     assert_eq!(contents(&b.store, "projects").len(), 2);

@@ -157,6 +157,11 @@ pub struct SyncStatus {
     /// first sync from scratch brings the server's total; a catch-up or a
     /// resumed pull cannot know (`None`): show `records_done` and `bytes_done`.
     pub records_expected: Option<u64>,
+    /// The pull running (or last run) has published everything of this
+    /// priority and the higher ones: set at each priority checkpoint, and to
+    /// the lowest priority when a pull completes. `None` until then.
+    /// `Store::priorities_synced` keeps the same across restarts.
+    pub completed_priority: Option<u8>,
     /// Records with changes the server has not confirmed yet.
     pub pending: u64,
     /// Mutations parked after a permanent rejection.
@@ -672,6 +677,7 @@ impl SyncClient {
             s.bytes_done = 0;
             s.server_total = None;
             s.records_expected = None;
+            s.completed_priority = None;
         });
         let from_scratch = start.cursor.is_none();
         let mut report = SyncReport::default();
@@ -722,6 +728,9 @@ impl SyncClient {
             if report.pages == 0 && start.nothing_new(&page) {
                 // Nothing to stage or publish: no transaction at all.
                 report.pages = 1;
+                self.update_status(|s| {
+                    s.completed_priority = Some(ferry_protocol::LOWEST_PRIORITY)
+                });
                 return Ok(Some(report));
             }
             if let Some(cap) = self.beyond_metered_cap(&page, &levels) {
@@ -732,6 +741,7 @@ impl SyncClient {
                     "metered network: the rest of the pull waits"
                 );
                 report.deferred_after = Some(cap);
+                self.update_status(|s| s.completed_priority = Some(cap));
                 return Ok(Some(report));
             }
             let has_more = page.has_more;
@@ -768,12 +778,14 @@ impl SyncClient {
                     return Ok(None);
                 };
                 report.published.add(&published);
+                self.update_status(|s| s.completed_priority = Some(level));
                 if let Some(cap) = self.defers_after(level, &levels) {
                     tracing::info!(
                         priority = cap,
                         "metered network: the rest of the pull waits"
                     );
                     report.deferred_after = Some(cap);
+                    self.update_status(|s| s.completed_priority = Some(cap));
                     return Ok(Some(report));
                 }
                 self.update_status(|s| s.phase = SyncPhase::Pulling);
@@ -792,6 +804,7 @@ impl SyncClient {
             return Ok(None);
         };
         report.published.add(&published);
+        self.update_status(|s| s.completed_priority = Some(ferry_protocol::LOWEST_PRIORITY));
         Ok(Some(report))
     }
 

@@ -79,6 +79,13 @@ export type SyncStatus = {
   serverTotal: number | null;
   /** Rows this pull is expected to bring (a first sync: the server's total); null when unknown. */
   recordsExpected: number | null;
+  /**
+   * The pull running (or last run) has published everything of this priority
+   * and the higher ones (0 first, 3 the lowest): set at each priority
+   * checkpoint, 3 once a pull completes. Null until then; `db.prioritiesSynced()`
+   * keeps the same across restarts.
+   */
+  completedPriority: number | null;
   pending: number;
   quarantined: number;
   lastError: string | null;
@@ -284,6 +291,7 @@ function syncStatus(native: NativeFerry, s: Gen.SyncStatus): SyncStatus {
     bytesDone: num(s.bytesDone),
     serverTotal: optNum(s.serverTotal),
     recordsExpected: optNum(s.recordsExpected),
+    completedPriority: s.completedPriority ?? null,
     pending: num(s.pending),
     quarantined: num(s.quarantined),
     lastError: s.lastError ?? null,

@@ -3774,6 +3774,13 @@ public struct SyncStatus: Equatable, Hashable {
      */
     public var recordsExpected: UInt64?
     /**
+     * The pull running (or last run) has published everything of this
+     * priority and the higher ones: set at each priority checkpoint, and to
+     * the lowest priority when a pull completes. `None` until then.
+     * `Store::priorities_synced` keeps the same across restarts.
+     */
+    public var completedPriority: UInt8?
+    /**
      * Records with changes the server has not confirmed yet.
      */
     public var pending: UInt64
@@ -3802,6 +3809,12 @@ public struct SyncStatus: Equatable, Hashable {
          * resumed pull cannot know (`None`): show `records_done` and `bytes_done`.
          */recordsExpected: UInt64?, 
         /**
+         * The pull running (or last run) has published everything of this
+         * priority and the higher ones: set at each priority checkpoint, and to
+         * the lowest priority when a pull completes. `None` until then.
+         * `Store::priorities_synced` keeps the same across restarts.
+         */completedPriority: UInt8?, 
+        /**
          * Records with changes the server has not confirmed yet.
          */pending: UInt64, 
         /**
@@ -3817,6 +3830,7 @@ public struct SyncStatus: Equatable, Hashable {
         self.bytesDone = bytesDone
         self.serverTotal = serverTotal
         self.recordsExpected = recordsExpected
+        self.completedPriority = completedPriority
         self.pending = pending
         self.quarantined = quarantined
         self.lastError = lastError
@@ -3847,6 +3861,7 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 bytesDone: FfiConverterUInt64.read(from: &buf), 
                 serverTotal: FfiConverterOptionUInt64.read(from: &buf), 
                 recordsExpected: FfiConverterOptionUInt64.read(from: &buf), 
+                completedPriority: FfiConverterOptionUInt8.read(from: &buf), 
                 pending: FfiConverterUInt64.read(from: &buf), 
                 quarantined: FfiConverterUInt64.read(from: &buf), 
                 lastError: FfiConverterOptionString.read(from: &buf), 
@@ -3863,6 +3878,7 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.bytesDone, into: &buf)
         FfiConverterOptionUInt64.write(value.serverTotal, into: &buf)
         FfiConverterOptionUInt64.write(value.recordsExpected, into: &buf)
+        FfiConverterOptionUInt8.write(value.completedPriority, into: &buf)
         FfiConverterUInt64.write(value.pending, into: &buf)
         FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)

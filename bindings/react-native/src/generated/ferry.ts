@@ -824,6 +824,13 @@ export type SyncStatus = {
      */
     recordsExpected?: bigint,
     /**
+     * The pull running (or last run) has published everything of this
+     * priority and the higher ones: set at each priority checkpoint, and to
+     * the lowest priority when a pull completes. `None` until then.
+     * `Store::priorities_synced` keeps the same across restarts.
+     */
+    completedPriority?: number,
+    /**
      * Records with changes the server has not confirmed yet.
      */
     pending: bigint,
@@ -868,6 +875,7 @@ const FfiConverterTypeSyncStatus = (() => {
                 bytesDone: FfiConverterUInt64.readFromCursor(c), 
                 serverTotal: FfiConverterOptionalUInt64.readFromCursor(c), 
                 recordsExpected: FfiConverterOptionalUInt64.readFromCursor(c), 
+                completedPriority: FfiConverterOptionalUInt8.readFromCursor(c), 
                 pending: FfiConverterUInt64.readFromCursor(c), 
                 quarantined: FfiConverterUInt64.readFromCursor(c), 
                 lastError: FfiConverterOptionalString.readFromCursor(c), 
@@ -883,6 +891,7 @@ const FfiConverterTypeSyncStatus = (() => {
             FfiConverterUInt64.writeIntoCursor(value.bytesDone, c);
             FfiConverterOptionalUInt64.writeIntoCursor(value.serverTotal, c);
             FfiConverterOptionalUInt64.writeIntoCursor(value.recordsExpected, c);
+            FfiConverterOptionalUInt8.writeIntoCursor(value.completedPriority, c);
             FfiConverterUInt64.writeIntoCursor(value.pending, c);
             FfiConverterUInt64.writeIntoCursor(value.quarantined, c);
             FfiConverterOptionalString.writeIntoCursor(value.lastError, c);
@@ -897,6 +906,7 @@ const FfiConverterTypeSyncStatus = (() => {
              FfiConverterUInt64.allocationSize(value.bytesDone) +
              FfiConverterOptionalUInt64.allocationSize(value.serverTotal) +
              FfiConverterOptionalUInt64.allocationSize(value.recordsExpected) +
+             FfiConverterOptionalUInt8.allocationSize(value.completedPriority) +
              FfiConverterUInt64.allocationSize(value.pending) +
              FfiConverterUInt64.allocationSize(value.quarantined) +
              FfiConverterOptionalString.allocationSize(value.lastError) +

@@ -65,6 +65,7 @@ test('on a metered network, meteredPriority holds back the lower priorities unti
   emit({ isConnected: true, type: 'cellular', details: { isConnectionExpensive: true } });
   const first = await client.sync();
   assert.equal(first.deferredAfter, 0);
+  assert.equal(client.status().completedPriority, 0, 'the status says what is complete');
   assert.ok(db.get('projects', `${tag}-p`), 'the projects came on cellular');
   assert.equal(db.get('tasks', `${tag}-t1`), null, 'the tasks wait');
   emit({ isConnected: true, type: 'wifi', details: { isConnectionExpensive: false } });

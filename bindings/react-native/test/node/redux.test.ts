@@ -472,8 +472,10 @@ test('a collection of a higher priority is published at its own checkpoint; prio
   const schema = { ...SCHEMA, collections: (SCHEMA.collections as Array<{ name: string }>).map((c) => (c.name === 'projects' ? { ...c, priority: 0 } : c)) };
   const b = device(url, BOB, { schema });
   assert.deepEqual(b.db.prioritiesSynced(), {}, 'nothing synced yet');
+  assert.equal(b.client.status().completedPriority, null);
   const { f, actions } = reduxOver(b, ['tasks', 'projects']);
   await b.client.sync();
+  assert.equal(b.client.status().completedPriority, 3, 'the whole pull');
   await b.db.flushEvents();
   const synced = b.db.prioritiesSynced();
   assert.deepEqual(Object.keys(synced).sort(), ['0', '1', '2', '3']);

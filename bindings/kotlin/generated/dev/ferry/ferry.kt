@@ -6183,6 +6183,14 @@ data class SyncStatus (
     var `recordsExpected`: kotlin.ULong?
     , 
     /**
+     * The pull running (or last run) has published everything of this
+     * priority and the higher ones: set at each priority checkpoint, and to
+     * the lowest priority when a pull completes. `None` until then.
+     * `Store::priorities_synced` keeps the same across restarts.
+     */
+    var `completedPriority`: kotlin.UByte?
+    , 
+    /**
      * Records with changes the server has not confirmed yet.
      */
     var `pending`: kotlin.ULong
@@ -6225,6 +6233,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.read(buf),
             FfiConverterOptionalULong.read(buf),
             FfiConverterOptionalULong.read(buf),
+            FfiConverterOptionalUByte.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterOptionalString.read(buf),
@@ -6241,6 +6250,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.allocationSize(value.`bytesDone`) +
             FfiConverterOptionalULong.allocationSize(value.`serverTotal`) +
             FfiConverterOptionalULong.allocationSize(value.`recordsExpected`) +
+            FfiConverterOptionalUByte.allocationSize(value.`completedPriority`) +
             FfiConverterULong.allocationSize(value.`pending`) +
             FfiConverterULong.allocationSize(value.`quarantined`) +
             FfiConverterOptionalString.allocationSize(value.`lastError`) +
@@ -6256,6 +6266,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.write(value.`bytesDone`, buf)
             FfiConverterOptionalULong.write(value.`serverTotal`, buf)
             FfiConverterOptionalULong.write(value.`recordsExpected`, buf)
+            FfiConverterOptionalUByte.write(value.`completedPriority`, buf)
             FfiConverterULong.write(value.`pending`, buf)
             FfiConverterULong.write(value.`quarantined`, buf)
             FfiConverterOptionalString.write(value.`lastError`, buf)
