@@ -86,6 +86,16 @@ pub fn pulled(kind: &'static str, rows: u64) {
     metrics::counter!("ferry_pulled_rows_total", "kind" => kind).increment(rows);
 }
 
+/// A read answered: whether it withheld committed changes behind the watermark
+/// (an older transaction still running, on PostgreSQL), and for how long that
+/// transaction has run (0 when nothing is withheld).
+pub fn watermark(withheld: bool, lag_seconds: Option<f64>) {
+    if withheld {
+        metrics::counter!("ferry_pull_withheld_total").increment(1);
+    }
+    metrics::gauge!("ferry_pull_watermark_lag_seconds").set(lag_seconds.unwrap_or(0.0));
+}
+
 pub fn pushed(kind: &'static str, mutations: u64, applied: u64) {
     metrics::counter!("ferry_pushes_total", "kind" => kind).increment(1);
     metrics::counter!("ferry_pushed_mutations_total", "kind" => kind).increment(mutations);

@@ -108,6 +108,7 @@ impl SyncService {
         loop {
             let read = self.storage.read(req.clone()).await?;
             if !read.withheld || waited >= SETTLE_BUDGET {
+                crate::metrics::watermark(read.withheld, read.lag_seconds);
                 return Ok(read);
             }
             tokio::time::sleep(delay).await;

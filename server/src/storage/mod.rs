@@ -99,6 +99,9 @@ pub struct ReadResult {
     /// Some scan stopped short of changes that are committed but at or above the
     /// watermark (PostgreSQL only: an older transaction is still running).
     pub withheld: bool,
+    /// When something was withheld: how long the oldest transaction holding
+    /// the watermark back has been running, in seconds (PostgreSQL only).
+    pub lag_seconds: Option<f64>,
 }
 
 /// The stored state of a record, as a write sees it (locked).

@@ -619,12 +619,27 @@ impl Storage for PgStorage {
                 totals.insert(r.get(0), r.get::<_, i64>(1).max(0) as u64);
             }
         }
+        // What holds the watermark back, and since when: a metric, for an
+        // operator to find a transaction left open.
+        let lag_seconds = if withheld {
+            tx.query_one(
+                "SELECT extract(epoch FROM clock_timestamp() - min(xact_start))::float8
+                 FROM pg_stat_activity
+                 WHERE backend_xid IS NOT NULL AND backend_xid::text::bigint = $1 % 4294967296",
+                &[&xmin],
+            )
+            .await?
+            .get::<_, Option<f64>>(0)
+        } else {
+            None
+        };
         tx.commit().await?;
         Ok(ReadResult {
             rows,
             watermark: Position(xmin, 0),
             totals,
             withheld,
+            lag_seconds,
         })
     }
 

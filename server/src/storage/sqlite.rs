@@ -222,6 +222,7 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
         watermark,
         totals,
         withheld: false,
+        lag_seconds: None,
     })
 }
 
