@@ -275,4 +275,17 @@ async fn a_new_kind_of_network_restarts_the_sizes_and_a_long_round_trip_raises_t
     let asked: Vec<u32> = link.pages.lock().drain(..).map(|p| p.0).collect();
     assert_eq!(&asked[..3], &[500, 1_000, 2_000], "{asked:?}");
     assert_eq!(contents(&store, "tasks").len(), 6_000);
+
+    // Cellular, then no network (an unknown kind), then wifi: another link
+    // than the last one known, so the sizes start over again.
+    write_tasks(&a.store, "t");
+    a.client.sync().await.unwrap();
+    client.set_network(NetworkHints::default());
+    client.set_network(NetworkHints {
+        kind: NetworkKind::Wifi,
+        ..NetworkHints::default()
+    });
+    client.sync().await.unwrap();
+    let asked: Vec<u32> = link.pages.lock().drain(..).map(|p| p.0).collect();
+    assert_eq!(asked[0], 500, "{asked:?}");
 }

@@ -17,6 +17,10 @@ use tokio::net::TcpListener;
 /// Accepts one connection, reads one request, answers `answer` with 200.
 /// Returns the request head (lowercase) and its body as sent.
 async fn serve_one(listener: &TcpListener, answer: String) -> (String, Vec<u8>) {
+    serve_one_with(listener, "200 OK", answer).await
+}
+
+async fn serve_one_with(listener: &TcpListener, status: &str, answer: String) -> (String, Vec<u8>) {
     let (mut socket, _) = listener.accept().await.unwrap();
     let mut buf = Vec::new();
     let head_end = loop {
@@ -41,7 +45,7 @@ async fn serve_one(listener: &TcpListener, answer: String) -> (String, Vec<u8>) 
         buf.extend_from_slice(&chunk[..n]);
     }
     let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
         answer.len()
     );
     socket.write_all(response.as_bytes()).await.unwrap();
@@ -126,4 +130,46 @@ async fn a_large_body_goes_gzip_and_a_small_one_as_it_is() {
     let (got, (head, _)) = tokio::join!(transport.pull("t", &pull), serve_one(&listener, page));
     assert_eq!(got.unwrap().cursor, "c");
     assert!(!head.contains("content-encoding"), "{head}");
+}
+
+/// A server that does not take gzip bodies (it reads them as broken JSON, as
+/// ferry-server did before it decompressed them, or answers 415): the body
+/// goes again uncompressed, and later ones go uncompressed at once.
+#[tokio::test]
+async fn a_server_that_refuses_gzip_gets_the_body_again_uncompressed_and_no_more_gzip() {
+    for (status, refusal) in [
+        (
+            "400 Bad Request",
+            r#"{"error":{"code":"malformed_json","message":"expected value at line 1"}}"#,
+        ),
+        (
+            "415 Unsupported Media Type",
+            r#"{"error":{"code":"unsupported_media_type","message":"no gzip here"}}"#,
+        ),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let transport = HttpTransport::new(&url).unwrap();
+        let big = push_of(100);
+        let plain = serde_json::to_vec(&big).unwrap();
+        let server = async {
+            let first = serve_one_with(&listener, status, refusal.into()).await;
+            let second = serve_one(&listener, applied(&big)).await;
+            (first, second)
+        };
+        let (sent, ((head1, _), (head2, body2))) = tokio::join!(transport.push("t", &big), server);
+        assert_eq!(sent.unwrap().results.len(), 100, "{status}: answered");
+        assert!(head1.contains("content-encoding: gzip"), "{head1}");
+        assert!(!head2.contains("content-encoding"), "{status}: {head2}");
+        assert_eq!(body2, plain, "the same JSON, as it is");
+        let (sent, (head3, _)) = tokio::join!(
+            transport.push("t", &big),
+            serve_one(&listener, applied(&big))
+        );
+        sent.unwrap();
+        assert!(
+            !head3.contains("content-encoding"),
+            "{status}: no more gzip: {head3}"
+        );
+    }
 }

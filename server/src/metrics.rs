@@ -87,8 +87,8 @@ pub fn pulled(kind: &'static str, rows: u64) {
 }
 
 /// A read answered: whether it withheld committed changes behind the watermark
-/// (an older transaction still running, on PostgreSQL), and for how long that
-/// transaction has run (0 when nothing is withheld).
+/// (an older transaction still running, on PostgreSQL), and how long the
+/// oldest transaction that can hold it back has run (0 when there is none).
 pub fn watermark(withheld: bool, lag_seconds: Option<f64>) {
     if withheld {
         metrics::counter!("ferry_pull_withheld_total").increment(1);

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::machine::{Action, Finished, Input, Machine};
-use super::policy::{self, NetworkHints, PageSizer, PageSizing};
+use super::policy::{self, NetworkHints, NetworkKind, PageSizer, PageSizing};
 use super::push::{self, PushReport};
 use super::rebase::with_merges;
 use super::resolver::{ConflictResolver, MergeRule};
@@ -81,12 +81,14 @@ pub struct SyncConfig {
     /// Adaptive push batches (`None`: every batch holds up to `push_batch`):
     /// the same sizing, in mutations, starting at `push_batch`.
     pub push_sizing: Option<PageSizing>,
-    /// On a metered network ([`NetworkHints::metered`]), a pull stops at the
-    /// priority checkpoint after which nothing of this priority or a higher
-    /// one is left, and the rest waits until the network is not metered (or
-    /// an explicit [`SyncClient::sync`] on an unmetered one). `None`: metered
-    /// or not, a pull runs to the end. A pull that meets no checkpoint
-    /// (nothing of a higher priority changed) runs to the end too.
+    /// On a metered network ([`NetworkHints::metered`]), a pull stops once
+    /// everything of this priority and the higher ones is synced: at the
+    /// priority checkpoint after which nothing within the cap is left, or at
+    /// its first page of a collection past the cap, which it leaves unstaged
+    /// (so a pull with nothing new within the cap still reads one page). The
+    /// rest waits until the network is not metered (or an explicit
+    /// [`SyncClient::sync`] on an unmetered one). `None`: metered or not, a
+    /// pull runs to the end.
     pub metered_priority: Option<u8>,
 }
 
@@ -263,8 +265,9 @@ struct Inner {
     /// The adaptive page size, kept across syncs (see [`SyncConfig::page_sizing`]).
     page_sizer: Mutex<Option<PageSizer>>,
     push_sizer: Mutex<Option<PageSizer>>,
-    /// What the host last said of the network ([`SyncClient::set_network`]).
-    network: Mutex<NetworkHints>,
+    /// What the host last said of the network ([`SyncClient::set_network`]),
+    /// and the last kind it knew.
+    network: Mutex<(NetworkHints, NetworkKind)>,
 }
 
 impl Drop for Inner {
@@ -336,7 +339,7 @@ impl SyncClient {
                 work_gate: RwLock::new(()),
                 page_sizer: Mutex::new(sizer),
                 push_sizer: Mutex::new(push_sizer),
-                network: Mutex::new(NetworkHints::default()),
+                network: Mutex::new((NetworkHints::default(), NetworkKind::Unknown)),
             }),
         };
         client.refresh_counts();
@@ -495,20 +498,39 @@ impl SyncClient {
         self.inner.schedule.subscribe()
     }
 
-    /// The host says what network the device is on. A change between two known
-    /// kinds (wifi to cellular) starts the adaptive sizes over from their start;
-    /// a reported round trip raises their time target to
-    /// [`policy::RTTS_PER_PAGE`] round trips; leaving a metered network syncs
+    /// The host says what network the device is on. A kind other than the last
+    /// known one (wifi to cellular, also through a spell of no network) starts
+    /// the adaptive sizes over from their start; a reported round trip raises
+    /// their time target to [`policy::RTTS_PER_PAGE`] round trips, and none
+    /// keeps the one reported before on the same link; leaving a metered network syncs
     /// what [`SyncConfig::metered_priority`] deferred. Reachability stays
     /// [`Self::set_online`]'s.
     pub fn set_network(&self, hints: NetworkHints) {
-        let before = std::mem::replace(&mut *self.inner.network.lock(), hints);
+        let (before, known) = {
+            let mut n = self.inner.network.lock();
+            let before = std::mem::replace(&mut n.0, hints);
+            let known = n.1;
+            if hints.kind != NetworkKind::Unknown {
+                n.1 = hints.kind;
+            }
+            (before, known)
+        };
+        // Against the last known kind: wifi, then no network, then cellular
+        // is another link.
+        let other = NetworkHints {
+            kind: known,
+            ..before
+        }
+        .other_link(&hints);
         for sizer in [&self.inner.page_sizer, &self.inner.push_sizer] {
             if let Some(sizer) = &mut *sizer.lock() {
-                if before.other_link(&hints) {
+                if other {
                     sizer.restart();
                 }
-                sizer.set_rtt(hints.rtt_ms);
+                // No round trip: the one reported on this link still holds.
+                if other || hints.rtt_ms.is_some() {
+                    sizer.set_rtt(hints.rtt_ms);
+                }
             }
         }
         if before.metered && !hints.metered && self.inner.config.metered_priority.is_some() {
@@ -518,7 +540,7 @@ impl SyncClient {
 
     /// What the host last said of the network.
     pub fn network(&self) -> NetworkHints {
-        *self.inner.network.lock()
+        self.inner.network.lock().0
     }
 
     /// The host says whether the app is in the foreground. Background: no
@@ -715,8 +737,10 @@ impl SyncClient {
             measured(
                 &self.inner.page_sizer,
                 fetched.as_ref().map(|page| {
-                    let rows = page.changes.values().map(|c| c.len() as u64).sum();
-                    (rows, page.has_more)
+                    let rows: u64 = page.changes.values().map(|c| c.len() as u64).sum();
+                    // Full when it held what was asked: a short checkpoint
+                    // page says nothing about a larger one.
+                    (rows, rows >= limit as u64)
                 }),
                 clock.now_ms() - asked_at,
             );
@@ -741,7 +765,7 @@ impl SyncClient {
                     "metered network: the rest of the pull waits"
                 );
                 report.deferred_after = Some(cap);
-                self.update_status(|s| s.completed_priority = Some(cap));
+                self.update_status(|s| s.completed_priority = s.completed_priority.max(Some(cap)));
                 return Ok(Some(report));
             }
             let has_more = page.has_more;
@@ -785,7 +809,9 @@ impl SyncClient {
                         "metered network: the rest of the pull waits"
                     );
                     report.deferred_after = Some(cap);
-                    self.update_status(|s| s.completed_priority = Some(cap));
+                    self.update_status(|s| {
+                        s.completed_priority = s.completed_priority.max(Some(cap))
+                    });
                     return Ok(Some(report));
                 }
                 self.update_status(|s| s.phase = SyncPhase::Pulling);
@@ -812,7 +838,7 @@ impl SyncClient {
     /// metered.
     fn metered_cap(&self) -> Option<u8> {
         let cap = self.inner.config.metered_priority?;
-        self.inner.network.lock().metered.then_some(cap)
+        self.inner.network.lock().0.metered.then_some(cap)
     }
 
     /// The cap, if a pull that just completed priority `level` stops there:

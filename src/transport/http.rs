@@ -1,7 +1,7 @@
 //! The default transport: HTTP/JSON with reqwest over rustls.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +20,8 @@ pub struct HttpTransport {
     base: String,
     client: reqwest::Client,
     received: Arc<AtomicU64>,
+    /// Compress large request bodies; off once the server refused one.
+    compress: Arc<AtomicBool>,
 }
 
 impl HttpTransport {
@@ -34,6 +36,7 @@ impl HttpTransport {
             base: base_url.trim_end_matches('/').to_string(),
             client,
             received: Arc::default(),
+            compress: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -53,22 +56,52 @@ impl HttpTransport {
     ) -> Result<R, TransportError> {
         let json = serde_json::to_vec(body)
             .map_err(|e| TransportError::Protocol(format!("cannot encode the request: {e}")))?;
-        let mut req = self
+        // A large body (a push) goes gzip-compressed, as answers come back:
+        // on a slow uplink it is most of a push's time.
+        let compress = json.len() >= COMPRESS_FROM_BYTES && self.compress.load(Ordering::Relaxed);
+        let (status, bytes) = self.send(path, token, &json, compress).await?;
+        if compress && refuses_gzip(status, &bytes) {
+            // A server that does not take compressed bodies (an older one, or
+            // another backend): send this one again as it is, and no more
+            // compressed ones to it.
+            tracing::warn!(
+                status = status.as_u16(),
+                "the server refused a gzip request body; sending uncompressed from now on"
+            );
+            self.compress.store(false, Ordering::Relaxed);
+            let (status, bytes) = self.send(path, token, &json, false).await?;
+            return decode(status, &bytes);
+        }
+        decode(status, &bytes)
+    }
+
+    /// One POST of `json`, gzip-compressed or not: the status and the body,
+    /// counted for progress.
+    async fn send(
+        &self,
+        path: &str,
+        token: &str,
+        json: &[u8],
+        compress: bool,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), TransportError> {
+        let req = self
             .client
             .post(format!("{}{path}", self.base))
             .bearer_auth(token)
             .header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string())
             .header(reqwest::header::CONTENT_TYPE, "application/json");
-        // A large body (a push) goes gzip-compressed, as answers come back:
-        // on a slow uplink it is most of a push's time (protocol rule 2).
-        req = if json.len() >= COMPRESS_FROM_BYTES {
+        let req = if compress {
             req.header(reqwest::header::CONTENT_ENCODING, "gzip")
-                .body(gzip(&json)?)
+                .body(gzip(json)?)
         } else {
-            req.body(json)
+            req.body(json.to_vec())
         };
         let resp = req.send().await.map_err(offline)?;
-        self.read_json(resp).await
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(offline)?;
+        self.received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok((status, bytes))
     }
 
     /// Decodes a 2xx JSON answer, or maps an error answer to a [`TransportError`];
@@ -85,7 +118,17 @@ impl HttpTransport {
     }
 }
 
-/// Request bodies from this size on are sent gzip-compressed.
+/// Whether an answer to a gzip body says the server does not take gzip: a 415,
+/// or a 400 that calls the (valid) JSON malformed.
+fn refuses_gzip(status: reqwest::StatusCode, bytes: &[u8]) -> bool {
+    status == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE
+        || (status == reqwest::StatusCode::BAD_REQUEST
+            && serde_json::from_slice::<ErrorBody>(bytes)
+                .is_ok_and(|b| b.error.code == ferry_protocol::error_code::MALFORMED_JSON))
+}
+
+/// Request bodies from this size on are sent gzip-compressed (unless the
+/// server refused one: then none is).
 pub const COMPRESS_FROM_BYTES: usize = 1024;
 
 /// Level 1, as the server answers: JSON of records shrinks most of the way

@@ -99,8 +99,9 @@ pub struct ReadResult {
     /// Some scan stopped short of changes that are committed but at or above the
     /// watermark (PostgreSQL only: an older transaction is still running).
     pub withheld: bool,
-    /// When something was withheld: how long the oldest transaction holding
-    /// the watermark back has been running, in seconds (PostgreSQL only).
+    /// How long the oldest running transaction that can hold the watermark
+    /// back (one with a transaction id, in this database) has been running,
+    /// in seconds; `None` when there is none (and on SQLite).
     pub lag_seconds: Option<f64>,
 }
 

@@ -504,14 +504,22 @@ impl Storage for PgStorage {
         // hold back the cluster-wide xmin. Their xids, read before our snapshot is
         // taken (an xid never changes database), may be ignored; any xid not known
         // to be foreign is treated as ours.
-        let foreign: Vec<i64> = client
+        // Read with them: how long the oldest transaction of this database that
+        // holds a transaction id has been running (what holds the watermark
+        // back; a metric, for an operator to find a transaction left open).
+        // Other roles' transactions show only with `pg_read_all_stats`.
+        let activity = client
             .query_one(
-                "SELECT coalesce(array_agg(backend_xid::text::bigint), '{}') FROM pg_stat_activity
-                 WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()",
+                "SELECT coalesce(array_agg(backend_xid::text::bigint)
+                            FILTER (WHERE datname IS DISTINCT FROM current_database()), '{}'),
+                        extract(epoch FROM clock_timestamp() - min(xact_start)
+                            FILTER (WHERE datname = current_database()))::float8
+                 FROM pg_stat_activity WHERE backend_xid IS NOT NULL",
                 &[],
             )
-            .await?
-            .get(0);
+            .await?;
+        let foreign: Vec<i64> = activity.get(0);
+        let lag_seconds: Option<f64> = activity.get(1);
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -619,20 +627,6 @@ impl Storage for PgStorage {
                 totals.insert(r.get(0), r.get::<_, i64>(1).max(0) as u64);
             }
         }
-        // What holds the watermark back, and since when: a metric, for an
-        // operator to find a transaction left open.
-        let lag_seconds = if withheld {
-            tx.query_one(
-                "SELECT extract(epoch FROM clock_timestamp() - min(xact_start))::float8
-                 FROM pg_stat_activity
-                 WHERE backend_xid IS NOT NULL AND backend_xid::text::bigint = $1 % 4294967296",
-                &[&xmin],
-            )
-            .await?
-            .get::<_, Option<f64>>(0)
-        } else {
-            None
-        };
         tx.commit().await?;
         Ok(ReadResult {
             rows,
