@@ -88,7 +88,18 @@ say "the generated C++ compiles (g++ -std=c++20 and c++17, -fsyntax-only) agains
 for f in src/index.tsx src/api.ts src/redux/index.ts src/generated/ferry.ts src/generated/ferry-ffi.ts \
   cpp/generated/ferry.cpp cpp/generated/ferry.hpp cpp/react-native-ferry.cpp \
   android/CMakeLists.txt android/cpp-adapter.cpp android/build.gradle \
+  android/src/main/AndroidManifest.xml android/src/main/AndroidManifestNew.xml android/proguard-rules.pro \
+  android/src/main/java/dev/ferry/reactnative/FerryModule.kt \
+  android/src/main/java/dev/ferry/reactnative/FerryPackage.kt src/NativeFerry.ts \
   ios/Ferry.mm ios/Ferry.h Ferry.podspec react-native.config.js; do
   grep -q "\"path\": \"$f\"" "$tmp/pack.json" || die "npm pack is missing $f"
 done
+# What build.gradle and the podspec name must be in the package: the Gradle
+# files it points at, and the xcframework (built on a Mac) in `files`.
+for f in $(sed -n 's/.*manifest.srcFile "\(.*\)".*/\1/p; s/.*consumerProguardFiles .\(.*\)./\1/p' "$PKG/android/build.gradle"); do
+  [[ -f "$PKG/android/$f" ]] || die "android/build.gradle names android/$f, which does not exist"
+done
+framework=$(sed -n 's/.*vendored_frameworks = "\(.*\)".*/\1/p' "$PKG/Ferry.podspec")
+node -e "process.exit(require(require('path').resolve('$PKG/package.json')).files.includes('$framework') ? 0 : 1)" \
+  || die "package.json files leaves out $framework, which Ferry.podspec vendors"
 say "npm pack holds the TS, the C++ and the Android and iOS glue"

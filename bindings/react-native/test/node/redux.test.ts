@@ -91,6 +91,43 @@ test('a write the server rejects rolls back, and the rollback is a plain action'
   d.db.close();
 });
 
+test('the selectors read the state: by id, all, pending, the sync slice and the quarantine', async () => {
+  const d = device(serverOf().url, ALICE, { schema: LOOSE_SCHEMA });
+  const { f, store } = reduxOver(d);
+  const [good, bad] = [uid('good'), uid('bad')];
+  await store
+    .dispatch(
+      f.thunks.write({
+        ops: [
+          { op: 'create', collection: 'tasks', fields: { id: good, title: 'good' } },
+          // Fits the loose local schema; the server refuses it.
+          { op: 'create', collection: 'tasks', fields: { id: bad, title: 'bad', priority: 'high' } },
+        ],
+        mode: { kind: 'offlineFirst' },
+      }),
+    )
+    .unwrap();
+  await d.db.flushEvents();
+  const s = f.selectors;
+  assert.equal(s.byId(store.getState(), 'tasks', good)?.title, 'good');
+  assert.equal(s.byId(store.getState(), 'tasks', uid('none')), undefined);
+  assert.ok(s.isPending(store.getState(), 'tasks', good));
+  const ids = s.all(store.getState(), 'tasks').map((r) => r.id);
+  assert.ok(ids.includes(good) && ids.includes(bad), JSON.stringify(ids));
+  assert.equal(s.sync(store.getState()).pending, 2);
+  await d.client.sync();
+  await d.db.flushEvents();
+  assert.equal(s.isPending(store.getState(), 'tasks', good), false, 'pushed');
+  assert.equal(s.quarantined(store.getState()), 1, 'the refused create is parked');
+  assert.equal(s.sync(store.getState()).pending, 0, 'parked is counted as quarantined, not pending');
+  const parked = f.quarantine();
+  assert.equal(parked.length, 1);
+  assert.equal(parked[0]?.record_id, bad);
+  f.detach();
+  await d.client.close();
+  d.db.close();
+});
+
 test('an online write fails cleanly when offline, or queues, as asked', async () => {
   const d = device(serverOf().url);
   const { f, store } = reduxOver(d);
