@@ -232,6 +232,37 @@ async fn a_status_listener_removed_before_its_delivery_runs_is_not_called() {
     drop(g.handle);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_queued_behind_a_busy_listener_are_coalesced_into_the_latest() {
+    let server = start_server().await;
+    let d = device(&server.url(), ALICE);
+    let seen: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let sink = seen.clone();
+    let id = d
+        .client
+        .add_status_listener(Arc::new(move |s: &ferry::sync::SyncStatus| {
+            sink.lock().push(s.online)
+        }));
+    // The event thread is busy; 50 status changes queue behind it.
+    let g = gated(&d.store);
+    put(&d.store, "busy");
+    g.entered.recv_timeout(GUARD).unwrap();
+    for i in 0..50 {
+        d.client.set_online(i % 2 == 0);
+    }
+    g.release.send(()).unwrap();
+    assert!(g.left.recv_timeout(GUARD).unwrap());
+    d.store.flush_events();
+    let delivered = seen.lock().clone();
+    assert_eq!(
+        delivered,
+        [false],
+        "one delivery, the latest status (offline after the 50th)"
+    );
+    d.client.remove_status_listener(id);
+    drop(g.handle);
+}
+
 /// A token provider that fails like a locked keychain.
 struct Locked;
 
