@@ -79,6 +79,20 @@ test('on a metered network, meteredPriority holds back the lower priorities unti
   a.db.close();
 });
 
+test('commits made while JS is busy reach a change listener in fewer calls than commits', async () => {
+  const db = Database.open(dbPath('burst'), SCHEMA);
+  const calls: number[] = [];
+  const stop = db.onChanges((events) => calls.push(events.length));
+  // Ten commits in one synchronous stretch of JS: the dispatcher cannot call
+  // into JS meanwhile, so what it queues arrives as bursts.
+  for (let i = 0; i < 10; i++) db.put('tasks', { id: `burst-${i}`, title: `burst ${i}` });
+  await db.flushEvents();
+  assert.equal(calls.reduce((a, b) => a + b, 0), 10, `every commit arrived: ${calls}`);
+  assert.ok(calls.length < 10, `in bursts, not one call per commit: ${calls}`);
+  stop();
+  db.close();
+});
+
 test('AppState drives foreground from its current state and each change', () => {
   const calls: boolean[] = [];
   const spy = { setForeground: (f: boolean) => calls.push(f) } as unknown as SyncClient;
