@@ -203,6 +203,68 @@ test('the sync status moves through its transitions into the sync slice', async 
   d.db.close();
 });
 
+test('the sync slice shows a pull while it runs, then its progress, and a failure as lastError', { timeout: 60_000 }, async () => {
+  const url = serverOf().url;
+  const a = device(url);
+  const tag = uid('phase');
+  await a.client.write([1, 2, 3].map((i) => ({ op: 'create' as const, collection: 'tasks', fields: { id: `${tag}-${i}`, title: tag } })));
+  await a.client.sync();
+  // The token waits for the test: the pull has begun, and stays there.
+  let release: () => void = () => {};
+  const gate = new Promise<void>((ok) => (release = ok));
+  const db = Database.open(dbPath('phases'), SCHEMA);
+  const client = new ferry.SyncClient(db, {
+    url,
+    tokenProvider: async () => {
+      await gate;
+      return ALICE;
+    },
+  });
+  const f = createFerryRedux({ db, client, collections: ['tasks'] });
+  const store = configureStore({
+    reducer: { ferry: combineReducers(f.reducer) },
+    middleware: (gdm) => gdm().concat(f.middleware),
+  });
+  const phase = () => store.getState().ferry.sync.status?.phase;
+  const pulling = new Promise<void>((ok) => {
+    const stop = store.subscribe(() => {
+      if (phase() === 'pulling') {
+        stop();
+        ok();
+      }
+    });
+  });
+  const running = client.sync();
+  await pulling;
+  assert.equal(db.get('tasks', `${tag}-1`), null, 'nothing published yet');
+  release();
+  await running;
+  await db.flushEvents();
+  const st = store.getState().ferry.sync;
+  assert.equal(st.status?.phase, 'idle');
+  assert.ok((st.status?.recordsDone ?? 0) >= 3 && (st.status?.pagesDone ?? 0) >= 1, JSON.stringify(st.status));
+  assert.equal(st.lastError, null);
+  f.detach();
+  await client.close();
+  db.close();
+
+  // A server that cannot be reached: the failure lands in the slice.
+  const down = Database.open(dbPath('down'), SCHEMA);
+  const lost = new ferry.SyncClient(down, { url: 'http://127.0.0.1:9', tokenProvider: async () => ALICE });
+  const g = createFerryRedux({ db: down, client: lost, collections: ['tasks'] });
+  const store2 = configureStore({ reducer: { ferry: combineReducers(g.reducer) }, middleware: (gdm) => gdm().concat(g.middleware) });
+  await assert.rejects(lost.sync(), (e: unknown) => e instanceof FerryError && e.kind === 'Offline');
+  await down.flushEvents();
+  const failed = store2.getState().ferry.sync;
+  assert.ok(failed.lastError && failed.lastError.length > 0, JSON.stringify(failed));
+  assert.ok(['offline', 'error'].includes(failed.status?.phase ?? ''), JSON.stringify(failed.status));
+  g.detach();
+  await lost.close();
+  down.close();
+  await a.client.close();
+  a.db.close();
+});
+
 test('a token refresh goes through an async JS provider', async () => {
   const db = Database.open(dbPath('tokens'), JSON.parse(JSON.stringify((await import('./support')).SCHEMA)));
   let refreshes = 0;
