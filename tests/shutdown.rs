@@ -131,6 +131,8 @@ async fn shutdown_cancels_the_sync_waits_for_its_database_work_then_the_database
 struct ShutsDownDuringPull {
     inner: HttpTransport,
     client: std::sync::OnceLock<ferry::sync::WeakSyncClient>,
+    /// Told once the shutdown task has ended and let go of its client handle.
+    done: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 #[async_trait::async_trait]
@@ -142,10 +144,17 @@ impl ferry::transport::Transport for ShutsDownDuringPull {
     ) -> Result<ferry_protocol::PullPage, ferry::transport::TransportError> {
         let page = self.inner.pull(token, req).await?;
         let client = self.client.get().unwrap().upgrade().unwrap();
+        let done = self.done.lock().take();
         // On another task: this one is inside the sync that shutdown cancels.
-        tokio::spawn(async move { client.shutdown().await })
-            .await
-            .unwrap();
+        tokio::spawn(async move {
+            client.shutdown().await;
+            drop(client);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        })
+        .await
+        .unwrap();
         Ok(page)
     }
 
@@ -161,9 +170,11 @@ impl ferry::transport::Transport for ShutsDownDuringPull {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_cancelled_by_shutdown_starts_no_database_work_after_it() {
     let (server, _a, _dir, path, store) = seeded().await;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let transport = Arc::new(ShutsDownDuringPull {
         inner: HttpTransport::new(&server.url()).unwrap(),
         client: Default::default(),
+        done: parking_lot::Mutex::new(Some(done_tx)),
     });
     let client = SyncClient::new(
         store.clone(),
@@ -174,6 +185,10 @@ async fn a_sync_cancelled_by_shutdown_starts_no_database_work_after_it() {
     .unwrap();
     let _ = transport.client.set(client.downgrade());
     assert!(matches!(client.sync().await, Err(Error::Closed)));
+    // The sync ends as soon as the shutdown cancels it, which may be before
+    // the shutdown returns: wait for the task that called it (and holds a
+    // client handle) to end, as a host awaits its own shutdown call.
+    done_rx.await.unwrap();
     // The page was never staged: no task of the client holds the store, and
     // the database can be deleted at once.
     drop(client);
