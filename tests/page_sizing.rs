@@ -106,17 +106,14 @@ fn write_tasks(store: &Store, prefix: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_follow_the_time_target_halve_on_a_failure_and_resume_without_pulling_twice() {
-    let server = start_server().await;
-    let a = device(&server.url(), ALICE);
-    write_tasks(&a.store, "r");
-    a.client.sync().await.unwrap();
-
+/// A device on a manual clock behind the emulated link (failing request
+/// number `drop`), whose pull pages start at 500 rows and aim at 1 s, within
+/// 100..=2,100.
+fn adaptive_puller(url: &str, drop: usize) -> (tempfile::TempDir, Store, Arc<Link>, SyncClient) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
     let store = Store::open_with(&dir.path().join("b.db"), Some(schema()), clock.clone()).unwrap();
-    let link = Link::new(&server.url(), clock.clone(), 2, usize::MAX);
+    let link = Link::new(url, clock, drop, usize::MAX);
     let client = SyncClient::new(
         store.clone(),
         link.clone(),
@@ -132,6 +129,17 @@ async fn pages_follow_the_time_target_halve_on_a_failure_and_resume_without_pull
         },
     )
     .unwrap();
+    (dir, store, link, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_follow_the_time_target_halve_on_a_failure_and_resume_without_pulling_twice() {
+    let server = start_server().await;
+    let a = device(&server.url(), ALICE);
+    write_tasks(&a.store, "r");
+    a.client.sync().await.unwrap();
+
+    let (_dir, store, link, client) = adaptive_puller(&server.url(), 2);
     assert!(matches!(client.sync().await, Err(Error::Offline(_))));
     client.sync().await.unwrap();
 
@@ -233,25 +241,7 @@ async fn a_new_kind_of_network_restarts_the_sizes_and_a_long_round_trip_raises_t
     write_tasks(&a.store, "r");
     a.client.sync().await.unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(1_000_000));
-    let store = Store::open_with(&dir.path().join("b.db"), Some(schema()), clock.clone()).unwrap();
-    let link = Link::new(&server.url(), clock.clone(), usize::MAX, usize::MAX);
-    let client = SyncClient::new(
-        store.clone(),
-        link.clone(),
-        Arc::new(StaticToken(ALICE.into())),
-        SyncConfig {
-            page_size: 500,
-            page_sizing: Some(PageSizing {
-                target_ms: 1_000,
-                min_rows: 100,
-                max_rows: 2_100,
-            }),
-            ..SyncConfig::default()
-        },
-    )
-    .unwrap();
+    let (_dir, store, link, client) = adaptive_puller(&server.url(), usize::MAX);
     client.set_network(NetworkHints {
         kind: NetworkKind::Wifi,
         ..NetworkHints::default()

@@ -59,7 +59,7 @@ impl HttpTransport {
         // A large body (a push) goes gzip-compressed, as answers come back:
         // on a slow uplink it is most of a push's time.
         let compress = json.len() >= COMPRESS_FROM_BYTES && self.compress.load(Ordering::Relaxed);
-        let (status, bytes) = self.send(path, token, &json, compress).await?;
+        let (mut status, mut bytes) = self.send(path, token, &json, compress).await?;
         if compress && refuses_gzip(status, &bytes) {
             // A server that does not take compressed bodies (an older one, or
             // another backend): send this one again as it is, and no more
@@ -69,8 +69,7 @@ impl HttpTransport {
                 "the server refused a gzip request body; sending uncompressed from now on"
             );
             self.compress.store(false, Ordering::Relaxed);
-            let (status, bytes) = self.send(path, token, &json, false).await?;
-            return decode(status, &bytes);
+            (status, bytes) = self.send(path, token, &json, false).await?;
         }
         decode(status, &bytes)
     }
@@ -96,7 +95,14 @@ impl HttpTransport {
         } else {
             req.body(json.to_vec())
         };
-        let resp = req.send().await.map_err(offline)?;
+        self.received_body(req.send().await.map_err(offline)?).await
+    }
+
+    /// The status and whole body of an answer, its bytes counted for progress.
+    async fn received_body(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), TransportError> {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(offline)?;
         self.received
@@ -110,10 +116,7 @@ impl HttpTransport {
         &self,
         resp: reqwest::Response,
     ) -> Result<R, TransportError> {
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(offline)?;
-        self.received
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let (status, bytes) = self.received_body(resp).await?;
         decode(status, &bytes)
     }
 }
