@@ -992,6 +992,8 @@ async fn child_pull_only(url: &str) -> Value {
             limit: Some(SyncConfig::default().page_size),
             collections: None,
             want_totals: cursor.is_none(),
+            want_checksums: false,
+            restart: None,
         };
         let t = Instant::now();
         let bytes = http

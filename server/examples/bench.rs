@@ -151,6 +151,8 @@ async fn main() {
         limit: Some(5000),
         collections: None,
         want_totals: false,
+        want_checksums: false,
+        restart: None,
     };
     let first = Instant::now();
     let page = svc.pull(&alice, &req).await.unwrap();

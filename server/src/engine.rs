@@ -5,12 +5,14 @@
 //! disagree. [`decide`] must never approve a write into a scope the caller cannot
 //! access, nor a row that does not match its collection's fields.
 
-use ferry_protocol::{Fields, MutationOutcome, Op, RejectCode, ServerRecord, validate_record_id};
+use ferry_protocol::{
+    Fields, MutationOutcome, Op, RejectCode, ServerRecord, record_digest, validate_record_id,
+};
 use serde_json::Value;
 
 use crate::auth::{Caller, OWNER_SCOPE_PREFIX};
 use crate::config::{CollectionConfig, FieldType, ServerConfig};
-use crate::storage::{ChangeKind, CurrentRow, PlannedMutation, Precondition};
+use crate::storage::{ChangeKind, CurrentRow, PlannedMutation, Precondition, TotalDelta};
 
 /// The row a write stores.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +32,7 @@ pub enum Decision {
     Write {
         row: NewRow,
         changes: Vec<(String, ChangeKind)>,
-        totals: Vec<(String, i64)>,
+        totals: Vec<TotalDelta>,
         outcome: MutationOutcome,
     },
     /// Write nothing; the outcome is final (rejected, or a WatermelonDB no-op).
@@ -213,7 +215,7 @@ pub fn decide(
             for name in coll.fields.keys() {
                 fields.entry(name.clone()).or_insert(Value::Null);
             }
-            write(coll, caller, None, fields, false)
+            write(coll, caller, &m.record_id, None, fields, false)
         }
         Op::Update => {
             let Some(cur) = current else {
@@ -227,7 +229,7 @@ pub fn decide(
             }
             let mut fields = cur.fields.clone();
             fields.extend(m.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-            write(coll, caller, Some(cur), fields, false)
+            write(coll, caller, &m.record_id, Some(cur), fields, false)
         }
         Op::Delete => match current {
             None if m.lenient => Decision::NoWrite {
@@ -242,7 +244,7 @@ pub fn decide(
             Some(cur) if cur.deleted || !precondition_holds(m.precondition, cur) => {
                 conflict(&m.record_id, cur)
             }
-            Some(cur) => write(coll, caller, Some(cur), Fields::new(), true),
+            Some(cur) => write(coll, caller, &m.record_id, Some(cur), Fields::new(), true),
         },
     }
 }
@@ -250,6 +252,7 @@ pub fn decide(
 fn write(
     coll: &CollectionConfig,
     caller: &Caller,
+    id: &str,
     current: Option<&CurrentRow>,
     fields: Fields,
     deleted: bool,
@@ -283,7 +286,11 @@ fn write(
             changes.push((cur.scope.clone(), ChangeKind::Evict));
         }
         if !cur.deleted && in_view(coll, &cur.fields) {
-            totals.push((cur.scope.clone(), -1));
+            totals.push(TotalDelta {
+                scope: cur.scope.clone(),
+                count: -1,
+                digest: record_digest(id, cur.version),
+            });
         }
     }
     let kind = match (deleted, synced) {
@@ -292,15 +299,24 @@ fn write(
         (false, false) => ChangeKind::Evict,
     };
     changes.push((scope.clone(), kind));
+    let version = current.map_or(1, |c| c.version + 1);
     if synced {
-        match totals.iter_mut().find(|(s, _)| *s == scope) {
-            Some(t) => t.1 += 1,
-            None => totals.push((scope.clone(), 1)),
+        let digest = record_digest(id, version);
+        match totals.iter_mut().find(|t| t.scope == scope) {
+            Some(t) => {
+                t.count += 1;
+                t.digest ^= digest;
+            }
+            None => totals.push(TotalDelta {
+                scope: scope.clone(),
+                count: 1,
+                digest,
+            }),
         }
     }
-    totals.retain(|(_, d)| *d != 0);
-    totals.sort();
-    let version = current.map_or(1, |c| c.version + 1);
+    // An update in place leaves the count but changes the digest.
+    totals.retain(|t| t.count != 0 || t.digest != 0);
+    totals.sort_by(|a, b| a.scope.cmp(&b.scope));
     Decision::Write {
         row: NewRow {
             scope,

@@ -390,6 +390,8 @@ impl DefaultRequest for PullRequest {
             limit: None,
             collections: None,
             want_totals: false,
+            want_checksums: false,
+            restart: None,
             priorities: None,
         }
     }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ferry_protocol::watermelon;
 use ferry_protocol::{
-    CollectionChanges, Fields, MutationOutcome, MutationResult, Op, PullPage, PullRequest,
-    PushRequest, PushResponse, RawFields, RejectCode, ServerRecord, error_code,
+    Checksum, CollectionChanges, Fields, MutationOutcome, MutationResult, Op, PullPage,
+    PullRequest, PushRequest, PushResponse, RawFields, RejectCode, ServerRecord, error_code,
 };
 use serde_json::Value;
 
@@ -134,7 +134,7 @@ impl SyncService {
             .clamp(1, limits.max_page_rows) as usize;
         let plan = subscriptions::plan(&self.config, caller, req)?;
         let priorities = subscriptions::Priorities::of_request(&self.config, req)?;
-        let collections = plan.collections;
+        let collections = plan.collections.clone();
         let mut cursor = match &req.cursor {
             Some(s) => self.codec.decode(&caller.user_id, s)?,
             None => Cursor::default(),
@@ -153,6 +153,19 @@ impl SyncService {
             cursor.revoking.insert(k.unfiltered(), Position::ZERO);
         }
         cursor.revoking.retain(|k, _| !caller.can_access(&k.scope));
+        if let Some(restart) = &req.restart {
+            // A repair: these collections start over, as in a first sync.
+            if let Some(c) = restart.iter().find(|c| !collections.contains(c)) {
+                return Err(ApiError::bad_request(
+                    error_code::INVALID_REQUEST,
+                    format!("`restart` names {c:?}, which this pull does not sync"),
+                ));
+            }
+            let restarted = |k: &StreamKey| restart.contains(&k.collection);
+            cursor.streams.retain(|k, _| !restarted(k));
+            cursor.created.retain(|k, _| !restarted(k));
+            cursor.revoking.retain(|k, _| !restarted(k));
+        }
         if plan.subscribed {
             // A stream no subscription names any more is forgotten: the client
             // evicts it locally, and subscribing again starts it afresh.
@@ -186,7 +199,7 @@ impl SyncService {
             }
         }
         let live = plan.streams.len();
-        let totals = req.want_totals.then(|| {
+        let totals = (req.want_totals || req.want_checksums).then(|| {
             (
                 caller.scopes.iter().cloned().collect::<Vec<_>>(),
                 collections.clone(),
@@ -296,7 +309,20 @@ impl SyncService {
         if !has_more {
             cursor.watermark = read.watermark;
         }
+        // Only the last page: with it the client holds the view as of this
+        // read. (A withheld change is in the totals already but not in a page.)
+        let checksums = (req.want_checksums && !has_more && !read.withheld).then(|| {
+            collections
+                .iter()
+                .filter(|c| plan.whole(caller, c))
+                .filter_map(|c| {
+                    let digest = (*read.digests.get(c)?)?;
+                    Some((c.clone(), Checksum::new(read.totals[c], digest)))
+                })
+                .collect()
+        });
         Ok(PullPage {
+            checksums,
             complete_priority,
             cursor: self.codec.encode(&caller.user_id, &cursor),
             has_more,

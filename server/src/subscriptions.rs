@@ -40,6 +40,18 @@ pub(crate) struct Plan {
     pub subscribed: bool,
 }
 
+impl Plan {
+    /// Whether the pull syncs every row of `collection` the caller can see:
+    /// an unfiltered stream in each of its scopes.
+    pub fn whole(&self, caller: &Caller, collection: &str) -> bool {
+        caller.scopes.iter().all(|scope| {
+            self.streams
+                .iter()
+                .any(|s| s.key == StreamKey::new(scope, collection))
+        })
+    }
+}
+
 /// The streams of a pull, from its subscriptions or, without any, every record
 /// of the selected collections in each of the caller's scopes.
 pub(crate) fn plan(

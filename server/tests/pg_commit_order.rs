@@ -43,6 +43,8 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
                     limit: Some(3),
                     collections: None,
                     want_totals: false,
+                    want_checksums: false,
+                    restart: None,
                 };
                 let page = svc.pull(&alice(), &req).await.unwrap();
                 pulls += 1;
@@ -234,6 +236,8 @@ async fn a_create_that_loses_a_race_for_its_id_is_retried_and_rejected() {
                 limit: None,
                 collections: None,
                 want_totals: true,
+                want_checksums: false,
+                restart: None,
                 priorities: None,
             },
         )

@@ -53,6 +53,8 @@ fn pull(cursor: Option<String>) -> PullRequest {
         limit: None,
         collections: None,
         want_totals: false,
+        want_checksums: false,
+        restart: None,
         priorities: None,
     }
 }

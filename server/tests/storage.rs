@@ -56,6 +56,7 @@ suite!(
     a_subscription_to_a_scope_gets_that_scope_only,
     subscriptions_outside_the_collection_config_are_refused,
     a_higher_priority_comes_first_and_its_last_page_is_a_checkpoint,
+    checksums_follow_every_write_and_a_restart_sends_a_collection_again,
 );
 
 fn create(mid: &str, coll: &str, id: &str, f: serde_json::Value) -> Mutation {
@@ -117,6 +118,8 @@ fn req(cursor: Option<&str>) -> PullRequest {
         limit: None,
         collections: None,
         want_totals: true,
+        want_checksums: false,
+        restart: None,
         priorities: None,
     }
 }
@@ -136,6 +139,8 @@ async fn pull_all(svc: &SyncService, who: &Caller, mut r: PullRequest) -> Vec<Pu
         let page = pull(svc, who, &r).await.expect("pull");
         let more = page.has_more;
         r.cursor = Some(page.cursor.clone());
+        // A restart is asked once, with the first page.
+        r.restart = None;
         pages.push(page);
         if !more {
             return pages;
@@ -1357,4 +1362,223 @@ async fn a_higher_priority_comes_first_and_its_last_page_is_a_checkpoint(svc: Sy
         code(pull(&svc, &a, &bad("tasks", 4)).await),
         "invalid_request"
     );
+}
+
+/// The checksum of a view: id → version of each live row.
+fn checksum_of(view: &std::collections::BTreeMap<String, u64>) -> ferry_protocol::Checksum {
+    let digest = view
+        .iter()
+        .fold(0, |d, (id, v)| d ^ ferry_protocol::record_digest(id, *v));
+    ferry_protocol::Checksum::new(view.len() as u64, digest)
+}
+
+/// Applies a whole pull to `views` (collection → id → version); returns its
+/// last page.
+async fn pull_into(
+    svc: &SyncService,
+    who: &Caller,
+    r: PullRequest,
+    views: &mut std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+) -> PullPage {
+    let mut pages = pull_all(svc, who, r).await;
+    let last = pages.pop().unwrap();
+    for p in pages.iter().chain([&last]) {
+        for (c, ch) in &p.changes {
+            let view = views.entry(c.clone()).or_default();
+            for r in &ch.upserts {
+                view.insert(r.id.clone(), r.version);
+            }
+            for id in ch.deletes.iter().chain(&ch.evictions) {
+                view.remove(id);
+            }
+        }
+    }
+    for p in &pages {
+        assert_eq!(p.checksums, None, "only the last page carries checksums");
+    }
+    last
+}
+
+async fn checksums_follow_every_write_and_a_restart_sends_a_collection_again(svc: SyncService) {
+    let (a, b) = (alice(), bob());
+    let mut ms: Vec<Mutation> = (1..=5)
+        .map(|i| create(&format!("m{i}"), "tasks", &format!("t{i}"), task("x")))
+        .collect();
+    ms.push(create(
+        "m6",
+        "docs",
+        "d1",
+        json!({"title": "shared", "space": "team"}),
+    ));
+    push(&svc, &a, "c1", ms).await;
+    push(
+        &svc,
+        &b,
+        "c2",
+        vec![create(
+            "n1",
+            "docs",
+            "d2",
+            json!({"title": "bob's", "space": "team"}),
+        )],
+    )
+    .await;
+    let asked = |cursor: Option<&str>| PullRequest {
+        limit: Some(2),
+        want_checksums: true,
+        ..req(cursor)
+    };
+    let mut views = Default::default();
+    let last = pull_into(&svc, &a, asked(None), &mut views).await;
+    let sums = last.checksums.clone().expect("the last page has checksums");
+    assert_eq!(sums["tasks"], checksum_of(&views["tasks"]));
+    assert_eq!(sums["docs"], checksum_of(&views["docs"]));
+    assert_eq!(sums["tasks"].count, 5);
+    assert_eq!(sums["docs"].count, 2, "bob's shared doc is in alice's view");
+
+    // An update in place, a delete, an eviction by the sync rule, another
+    // user's write in a shared scope: the checksums follow each.
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            update("m7", "tasks", "t1", 1, json!({"title": "y"})),
+            delete("m8", "tasks", "t2", 1),
+            update("m9", "tasks", "t3", 1, json!({"archived": true})),
+        ],
+    )
+    .await;
+    push(
+        &svc,
+        &b,
+        "c2",
+        vec![update(
+            "n2",
+            "docs",
+            "d1",
+            1,
+            json!({"title": "bob was here"}),
+        )],
+    )
+    .await;
+    let before = sums;
+    let last = pull_into(&svc, &a, asked(Some(&last.cursor)), &mut views).await;
+    let sums = last.checksums.clone().unwrap();
+    assert_eq!(sums["tasks"], checksum_of(&views["tasks"]));
+    assert_eq!(sums["docs"], checksum_of(&views["docs"]));
+    assert_eq!(sums["tasks"].count, 3);
+    assert_ne!(
+        sums["docs"].digest, before["docs"].digest,
+        "d1 is at version 2"
+    );
+    assert_eq!(sums["docs"].count, before["docs"].count);
+
+    // Not asked, or a view that is not the whole collection: no checksum.
+    let plain = pull(&svc, &a, &req(Some(&last.cursor))).await.unwrap();
+    assert_eq!(plain.checksums, None);
+    let narrowed = PullRequest {
+        subscriptions: Some(vec![
+            sub(
+                "tasks",
+                None,
+                Some(json!({"column": "done", "op": "eq", "value": false})),
+            ),
+            sub("docs", None, None),
+        ]),
+        want_checksums: true,
+        ..req(None)
+    };
+    let pages = pull_all(&svc, &a, narrowed).await;
+    let sums = pages.last().unwrap().checksums.clone().unwrap();
+    assert!(
+        !sums.contains_key("tasks"),
+        "a filtered view has no checksum"
+    );
+    assert_eq!(sums["docs"], checksum_of(&views["docs"]));
+
+    // A repair: `restart` sends every live row of tasks again, from the
+    // cursor at the end, and docs go on from it (nothing new).
+    let again = PullRequest {
+        restart: Some(vec!["tasks".into()]),
+        ..asked(Some(&last.cursor))
+    };
+    let mut fresh = Default::default();
+    let end = pull_into(&svc, &a, again, &mut fresh).await;
+    assert_eq!(fresh["tasks"], views["tasks"], "every live task, again");
+    assert!(!fresh.contains_key("docs"), "docs went on from the cursor");
+    assert_eq!(
+        end.checksums.unwrap()["tasks"],
+        checksum_of(&views["tasks"])
+    );
+    let bad = PullRequest {
+        restart: Some(vec!["nope".into()]),
+        ..req(Some(&end.cursor))
+    };
+    let err = pull(&svc, &a, &bad).await.unwrap_err();
+    assert_eq!(err.code, ferry_protocol::error_code::INVALID_REQUEST);
+}
+
+/// Totals kept by a server from before digests: the collection gets no
+/// checksum (the server cannot vouch for it), its counts still do, and a
+/// collection whose totals start after the upgrade gets one.
+async fn totals_from_before_digests_get_no_checksum(db: TestDb, forget: impl AsyncFnOnce(&str)) {
+    let a = alice();
+    let svc = service(&db).await;
+    push(&svc, &a, "c1", vec![create("m1", "tasks", "t1", task("x"))]).await;
+    drop(svc);
+    forget(&db.url).await;
+    let svc = service(&db).await;
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            create("m2", "tasks", "t2", task("y")),
+            create("m3", "docs", "d1", json!({"title": "new", "space": "team"})),
+        ],
+    )
+    .await;
+    let pages = pull_all(
+        &svc,
+        &a,
+        PullRequest {
+            want_checksums: true,
+            ..req(None)
+        },
+    )
+    .await;
+    let last = pages.last().unwrap();
+    let sums = last.checksums.clone().unwrap();
+    assert!(!sums.contains_key("tasks"), "{sums:?}");
+    assert_eq!(sums["docs"].count, 1);
+    assert_eq!(last.totals.as_ref().unwrap()["tasks"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_totals_from_before_digests_get_no_checksum() {
+    // The upgrade itself: a totals table without the column gets it, empty.
+    totals_from_before_digests_get_no_checksum(sqlite_db(), async |url: &str| {
+        let path = url.strip_prefix("sqlite:").unwrap();
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("ALTER TABLE totals DROP COLUMN digest")
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_totals_from_before_digests_get_no_checksum() {
+    let Some(db) = pg_db().await else { return };
+    totals_from_before_digests_get_no_checksum(db, async |url: &str| {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("ALTER TABLE totals DROP COLUMN digest")
+            .await
+            .unwrap();
+    })
+    .await;
 }

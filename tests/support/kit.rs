@@ -78,6 +78,8 @@ impl InProcessServer {
                 limit: Some(1_000),
                 collections: Some(vec![collection.to_string()]),
                 want_totals: false,
+                want_checksums: false,
+                restart: None,
             };
             let page: PullPage = reencode(&self.service.pull(&caller, &req).await.unwrap());
             for (_, changes) in page.changes {

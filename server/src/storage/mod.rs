@@ -96,6 +96,10 @@ pub struct ReadResult {
     /// Every change below this position is committed and visible in this snapshot.
     pub watermark: Position,
     pub totals: BTreeMap<String, u64>,
+    /// The XOR of the row digests per collection over the same scopes, beside
+    /// `totals`; `None` for a collection whose digest some scope does not know
+    /// (a total kept before digests were).
+    pub digests: BTreeMap<String, Option<u64>>,
     /// Some scan stopped short of changes that are committed but at or above the
     /// watermark (PostgreSQL only: an older transaction is still running).
     pub withheld: bool,
@@ -143,25 +147,38 @@ pub struct PlannedMutation {
     pub lenient: bool,
 }
 
-/// A batch's row-count changes, summed per (scope, collection): each backend
-/// writes them once per batch, not once per row.
+/// One write's change of a (scope, collection) total: the rows it adds (or,
+/// negative, removes), and the XOR of their [`ferry_protocol::record_digest`]s
+/// (a row's old version leaves the digest as its new one enters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotalDelta {
+    pub scope: String,
+    pub count: i64,
+    pub digest: u64,
+}
+
+/// A batch's changes of the totals, per (scope, collection): counts summed,
+/// digests XOR-ed. Each backend writes them once per batch, not once per row.
 #[derive(Debug, Default)]
-pub(crate) struct TotalDeltas(BTreeMap<(String, String), i64>);
+pub(crate) struct TotalDeltas(BTreeMap<(String, String), (i64, u64)>);
 
 impl TotalDeltas {
     /// Adds one write's changes of `collection`'s totals.
-    pub fn add(&mut self, collection: &str, totals: Vec<(String, i64)>) {
-        for (scope, delta) in totals {
-            *self.0.entry((scope, collection.to_string())).or_default() += delta;
+    pub fn add(&mut self, collection: &str, totals: Vec<TotalDelta>) {
+        for t in totals {
+            let e = self.0.entry((t.scope, collection.to_string())).or_default();
+            e.0 += t.count;
+            e.1 ^= t.digest;
         }
     }
 
-    /// The non-zero sums, as (scope, collection, delta), in key order.
-    pub fn changed(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+    /// The changes that change something, as (scope, collection, count delta,
+    /// digest XOR as stored: the same 64 bits as an `i64`), in key order.
+    pub fn changed(&self) -> impl Iterator<Item = (&str, &str, i64, i64)> {
         self.0
             .iter()
-            .filter(|(_, d)| **d != 0)
-            .map(|((s, c), d)| (s.as_str(), c.as_str(), *d))
+            .filter(|(_, (n, d))| *n != 0 || *d != 0)
+            .map(|((s, c), (n, d))| (s.as_str(), c.as_str(), *n, *d as i64))
     }
 }
 

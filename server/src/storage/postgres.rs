@@ -47,6 +47,9 @@ CREATE SEQUENCE IF NOT EXISTS change_seq;
 CREATE TABLE IF NOT EXISTS totals (
     scope text NOT NULL, collection text NOT NULL, count bigint NOT NULL,
     PRIMARY KEY (scope, collection));
+-- Totals kept before digests were: their digest is unknown (NULL) and stays
+-- so, so a pull sends no checksum it cannot vouch for.
+ALTER TABLE totals ADD COLUMN IF NOT EXISTS digest bigint;
 CREATE TABLE IF NOT EXISTS mutations (
     user_id text NOT NULL, mutation_id text NOT NULL, outcome text,
     PRIMARY KEY (user_id, mutation_id));
@@ -203,12 +206,13 @@ impl PgStorage {
         write_records(tx, txid, &rows, &written, &new).await?;
         let add_total = tx
             .prepare_cached(
-                "INSERT INTO totals (scope, collection, count) VALUES ($1, $2, $3)
-                 ON CONFLICT (scope, collection) DO UPDATE SET count = totals.count + excluded.count",
+                "INSERT INTO totals (scope, collection, count, digest) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (scope, collection) DO UPDATE SET count = totals.count + excluded.count,
+                   digest = totals.digest # excluded.digest",
             )
             .await?;
-        for (scope, collection, delta) in total_deltas.changed() {
-            tx.execute(&add_total, &[&scope, &collection, &delta])
+        for (scope, collection, delta, digest) in total_deltas.changed() {
+            tx.execute(&add_total, &[&scope, &collection, &delta, &digest])
                 .await?;
         }
         write_changes(tx, txid, batch.client_id.as_deref(), &change_rows).await?;
@@ -612,19 +616,27 @@ impl Storage for PgStorage {
             rows.push(out);
         }
         let mut totals = BTreeMap::new();
+        let mut digests = BTreeMap::new();
         if let Some((scopes, collections)) = &req.totals {
             for c in collections {
                 totals.insert(c.clone(), 0);
+                digests.insert(c.clone(), Some(0));
             }
+            // BIT_XOR skips NULLs: a scope whose digest is unknown makes the
+            // collection's unknown.
             let sums = tx
                 .query(
-                    "SELECT collection, SUM(count)::bigint FROM totals
-                     WHERE scope = ANY($1) AND collection = ANY($2) GROUP BY collection",
+                    "SELECT collection, SUM(count)::bigint, BIT_XOR(digest), COUNT(*) = COUNT(digest)
+                     FROM totals WHERE scope = ANY($1) AND collection = ANY($2) GROUP BY collection",
                     &[scopes, collections],
                 )
                 .await?;
             for r in sums {
-                totals.insert(r.get(0), r.get::<_, i64>(1).max(0) as u64);
+                let c: String = r.get(0);
+                totals.insert(c.clone(), r.get::<_, i64>(1).max(0) as u64);
+                let known: bool = r.get(3);
+                let digest = r.get::<_, Option<i64>>(2).unwrap_or(0) as u64;
+                digests.insert(c, known.then_some(digest));
             }
         }
         tx.commit().await?;
@@ -632,6 +644,7 @@ impl Storage for PgStorage {
             rows,
             watermark: Position(xmin, 0),
             totals,
+            digests,
             withheld,
             lag_seconds,
         })

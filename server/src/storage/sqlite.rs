@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS changes (
     PRIMARY KEY (scope, collection, record_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS changes_stream ON changes (scope, collection, pos);
 CREATE TABLE IF NOT EXISTS totals (
-    scope TEXT NOT NULL, collection TEXT NOT NULL, count INTEGER NOT NULL,
+    scope TEXT NOT NULL, collection TEXT NOT NULL, count INTEGER NOT NULL, digest INTEGER,
     PRIMARY KEY (scope, collection)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mutations (
     user_id TEXT NOT NULL, mutation_id TEXT NOT NULL, outcome TEXT NOT NULL,
@@ -100,6 +100,16 @@ impl SqliteStorage {
         let (writer, checkpoint) = tokio::task::spawn_blocking(move || {
             let conn = connect(&p)?;
             conn.execute_batch(SCHEMA)?;
+            // Totals kept before digests were: their digest is unknown (NULL)
+            // and stays so, so a pull sends no checksum it cannot vouch for.
+            let has_digest: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('totals') WHERE name = 'digest')",
+                [],
+                |r| r.get(0),
+            )?;
+            if !has_digest {
+                conn.execute_batch("ALTER TABLE totals ADD COLUMN digest INTEGER")?;
+            }
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', ?1)",
                 [super::new_secret()],
@@ -202,18 +212,27 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
         }
     }
     let mut totals = BTreeMap::new();
+    let mut digests = BTreeMap::new();
     if let Some((scopes, collections)) = &req.totals {
-        let mut stmt =
-            tx.prepare_cached("SELECT count FROM totals WHERE scope = ?1 AND collection = ?2")?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT count, digest FROM totals WHERE scope = ?1 AND collection = ?2",
+        )?;
         for c in collections {
             let mut sum = 0i64;
+            let mut digest = Some(0u64);
             for s in scopes {
-                sum += stmt
-                    .query_row(params![s, c], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .unwrap_or(0);
+                let row = stmt
+                    .query_row(params![s, c], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+                    })
+                    .optional()?;
+                if let Some((n, d)) = row {
+                    sum += n;
+                    digest = digest.zip(d).map(|(a, b)| a ^ b as u64);
+                }
             }
             totals.insert(c.clone(), sum.max(0) as u64);
+            digests.insert(c.clone(), digest);
         }
     }
     tx.commit()?;
@@ -221,6 +240,7 @@ fn read_in(conn: &mut Connection, req: &ReadRequest) -> Result<ReadResult, Serve
         rows,
         watermark,
         totals,
+        digests,
         withheld: false,
         lag_seconds: None,
     })
@@ -373,12 +393,14 @@ fn write_in(conn: &mut Connection, batch: &WriteBatch) -> Result<WriteResult, Se
         }
     }
     // Row counts change once per (scope, collection) per batch, not per row.
-    for (scope, collection, delta) in total_deltas.changed() {
+    // (SQLite has no XOR operator: a ^ b = (a & ~b) | (~a & b).)
+    for (scope, collection, delta, digest) in total_deltas.changed() {
         tx.prepare_cached(
-            "INSERT INTO totals (scope, collection, count) VALUES (?1, ?2, ?3)
-             ON CONFLICT (scope, collection) DO UPDATE SET count = count + excluded.count",
+            "INSERT INTO totals (scope, collection, count, digest) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (scope, collection) DO UPDATE SET count = count + excluded.count,
+               digest = (digest & ~excluded.digest) | (~digest & excluded.digest)",
         )?
-        .execute(params![scope, collection, delta])?;
+        .execute(params![scope, collection, delta, digest])?;
     }
     tx.execute("UPDATE meta SET value = ?1 WHERE key = 'head'", [pos])?;
     tx.commit()?;
