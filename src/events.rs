@@ -36,6 +36,10 @@ pub enum ChangeSource {
     /// The app changed its sync subscriptions: rows they no longer cover were
     /// evicted (or kept, with pending changes).
     Subscriptions,
+    /// A repair: a collection whose checksum did not match the server's was
+    /// replaced by what the server holds (a `reload`); rows the server does
+    /// not hold in this device's view were evicted.
+    Repair,
 }
 
 /// The changes of one collection within an event.

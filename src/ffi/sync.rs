@@ -29,6 +29,7 @@ const _: () = assert!(ferry_protocol::DEFAULT_PUSH_MUTATIONS == 1000);
 const _: () = assert!(crate::sync::client::DEFAULT_PUSH_DEBOUNCE.as_millis() == 300);
 const _: () = assert!(crate::sync::policy::DEFAULT_PAGE_TARGET_MS == 2000);
 const _: () = assert!(crate::sync::policy::DEFAULT_MIN_PAGE_ROWS == 100);
+const _: () = assert!(crate::sync::client::DEFAULT_CHECKSUM_INTERVAL.as_millis() == 3_600_000);
 
 /// Tuning of the sync client; every field has a default.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -58,6 +59,13 @@ pub struct SyncConfig {
     /// left; the rest follows on an unmetered network (null: no cap).
     #[uniffi(default = None)]
     pub metered_priority: Option<u8>,
+    /// Check the collections synced whole against the server's checksums,
+    /// and repair one that differs (`SyncReport.repairs`, `SyncStatus.last_repair`).
+    #[uniffi(default = true)]
+    pub checksums: bool,
+    /// How often at most a pull checks (0: every pull); a first sync always does.
+    #[uniffi(default = 3600000)]
+    pub checksum_interval_ms: u64,
 }
 
 /// Bounds and time target of adaptive pull pages (rows) or push batches
@@ -355,6 +363,9 @@ impl From<SyncConfig> for crate::sync::SyncConfig {
             page_sizing: c.page_sizing.map(Into::into),
             push_sizing: c.push_sizing.map(Into::into),
             metered_priority: c.metered_priority,
+            checksum_interval: c
+                .checksums
+                .then(|| Duration::from_millis(c.checksum_interval_ms)),
             ..Default::default()
         }
     }
@@ -370,6 +381,11 @@ impl From<&crate::sync::SyncConfig> for SyncConfig {
             page_sizing: c.page_sizing.map(Into::into),
             push_sizing: c.push_sizing.map(Into::into),
             metered_priority: c.metered_priority,
+            checksums: c.checksum_interval.is_some(),
+            checksum_interval_ms: c
+                .checksum_interval
+                .unwrap_or(crate::sync::client::DEFAULT_CHECKSUM_INTERVAL)
+                .as_millis() as u64,
         }
     }
 }

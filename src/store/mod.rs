@@ -13,6 +13,7 @@
 //! and never sees a statement.
 
 mod anchors;
+mod checksums;
 mod conn;
 mod ddl;
 mod fetched;

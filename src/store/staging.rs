@@ -69,11 +69,11 @@ pub(crate) fn files(db: &Path) -> [PathBuf; 2] {
     [with(STAGE_SUFFIX), with(&format!("{STAGE_SUFFIX}-journal"))]
 }
 
-fn up_table(c: &Collection) -> String {
+pub(super) fn up_table(c: &Collection) -> String {
     format!("{STAGE_DB}.{}", quote(&format!("up_{}", c.name)))
 }
 
-fn removed_table(c: &Collection) -> String {
+pub(super) fn removed_table(c: &Collection) -> String {
     format!("{STAGE_DB}.{}", quote(&format!("removed_{}", c.name)))
 }
 
@@ -226,6 +226,9 @@ pub(crate) struct PullStart {
     pub resumed: bool,
     /// The server totals last received, per collection.
     pub totals: BTreeMap<String, u64>,
+    /// A repair pull is under way (its staged pages, or its published
+    /// checkpoints, are in this pull's start).
+    pub repairing: bool,
 }
 
 /// The cursor the staged pages reach, unless nothing is staged or what is
@@ -266,12 +269,18 @@ impl Store {
                 cursor: Some(staged),
                 resumed: true,
                 totals,
+                repairing: super::checksums::under_repair(&conn)?,
             },
-            None => PullStart {
-                cursor: meta_get(&conn, PUBLISHED_CURSOR)?,
-                resumed: false,
-                totals,
-            },
+            None => {
+                let cursor = meta_get(&conn, PUBLISHED_CURSOR)?;
+                let repairing = super::checksums::repair_at_start(&conn, cursor.as_deref())?;
+                PullStart {
+                    cursor,
+                    resumed: false,
+                    totals,
+                    repairing,
+                }
+            }
         })
     }
 
@@ -726,7 +735,7 @@ impl Writer<'_, '_> {
         self.tx
             .execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&build)))?;
         super::ddl::create_table(self.tx, c, &build)?;
-        let n = self.upsert_staged(c, &build)?;
+        let n = self.upsert_staged(c, &build, false)?;
         self.tx.execute_batch(&format!(
             "DROP TABLE {t}; ALTER TABLE {b} RENAME TO {t};",
             t = quote(&c.name),
@@ -737,13 +746,14 @@ impl Writer<'_, '_> {
     }
 
     /// Writes the staged rows of `c` into the collection, in key order, each
-    /// unless the local row is pending (rebased before) or at the same or a newer
-    /// version; returns how many rows were written.
-    pub(crate) fn publish_upserts(&self, c: &Collection) -> Result<usize> {
-        self.upsert_staged(c, &c.name)
+    /// unless the local row is pending (rebased before) or, unless `replace`
+    /// (a repair: the server's row is right whatever this device holds), at
+    /// the same or a newer version; returns how many rows were written.
+    pub(crate) fn publish_upserts(&self, c: &Collection, replace: bool) -> Result<usize> {
+        self.upsert_staged(c, &c.name, replace)
     }
 
-    fn upsert_staged(&self, c: &Collection, table: &str) -> Result<usize> {
+    fn upsert_staged(&self, c: &Collection, table: &str, replace: bool) -> Result<usize> {
         let t = quote(table);
         let sets: String = c
             .columns
@@ -773,7 +783,7 @@ impl Writer<'_, '_> {
                 "INSERT INTO {t} ({cols}, {BOOKKEEPING})
                  {rows}
                  ON CONFLICT(id) DO UPDATE SET {sets}_version = excluded._version, _updated_at = excluded._updated_at
-                 WHERE {t}._status = 'synced' AND ({t}._version IS NULL OR excluded._version > {t}._version)"
+                 WHERE {t}._status = 'synced' AND ({replace} OR {t}._version IS NULL OR excluded._version > {t}._version)"
             ),
             [],
         )?)

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::integrity::{Pulled, Repair, Want};
 use super::machine::{Action, Finished, Input, Machine};
 use super::policy::{self, NetworkHints, NetworkKind, PageSizer, PageSizing};
 use super::push::{self, PushReport};
@@ -90,10 +91,17 @@ pub struct SyncConfig {
     /// [`SyncClient::sync`] on an unmetered one). `None`: metered or not, a
     /// pull runs to the end.
     pub metered_priority: Option<u8>,
+    /// How often at most a pull checks the collections it syncs whole against
+    /// the server's checksums, and repairs one that differs
+    /// ([`super::integrity`]). A first sync always checks. `None`: never.
+    pub checksum_interval: Option<Duration>,
 }
 
 /// How many times a pull starts over when the subscriptions change under it.
 const PULL_RESTARTS: usize = 3;
+
+/// Default [`SyncConfig::checksum_interval`].
+pub const DEFAULT_CHECKSUM_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Default [`SyncConfig::push_debounce`].
 pub const DEFAULT_PUSH_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -111,6 +119,7 @@ impl Default for SyncConfig {
             page_sizing: None,
             push_sizing: None,
             metered_priority: None,
+            checksum_interval: Some(DEFAULT_CHECKSUM_INTERVAL),
         }
     }
 }
@@ -174,6 +183,9 @@ pub struct SyncStatus {
     pub auth_failed: bool,
     pub last_sync_completed_at: Option<i64>,
     pub online: bool,
+    /// The last collection found to differ from the server's checksum, and
+    /// whether its repair made it match ([`super::integrity`]).
+    pub last_repair: Option<Repair>,
 }
 
 /// Receives every status change.
@@ -200,6 +212,21 @@ pub struct SyncReport {
     /// ([`SyncConfig::metered_priority`]); the rest follows on an unmetered
     /// network.
     pub deferred_after: Option<u8>,
+    /// Collections whose checksum differed from the server's, each with
+    /// whether its repair made it match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<Repair>,
+}
+
+impl SyncReport {
+    /// Adds what another pull of the same sync did.
+    pub(super) fn absorb(&mut self, o: &SyncReport) {
+        self.pages += o.pages;
+        self.pulled += o.pulled;
+        self.skipped += o.skipped;
+        self.published.add(&o.published);
+        self.deferred_after = self.deferred_after.or(o.deferred_after);
+    }
 }
 
 type SharedSync = Shared<BoxFuture<'static, Result<SyncReport>>>;
@@ -348,7 +375,7 @@ impl SyncClient {
 
     /// Runs `f` (database work) on tokio's blocking pool, tracked for
     /// [`Self::shutdown`].
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -396,6 +423,10 @@ impl SyncClient {
         *self.inner.resolver.lock() = resolver;
     }
 
+    pub(super) fn config(&self) -> &SyncConfig {
+        &self.inner.config
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
@@ -421,7 +452,7 @@ impl SyncClient {
         self.inner.status_listeners.lock().retain(|(i, _)| *i != id);
     }
 
-    fn update_status(&self, f: impl FnOnce(&mut SyncStatus)) {
+    pub(super) fn update_status(&self, f: impl FnOnce(&mut SyncStatus)) {
         let snapshot = {
             let mut s = self.inner.status.lock();
             f(&mut s);
@@ -607,8 +638,8 @@ impl SyncClient {
                 let s = self.inner.store.clone();
                 self.blocking(move || push::make_due(&s)).await?;
                 let again = self.pull().await?;
-                report.pages += again.pages;
-                report.pulled += again.pulled;
+                report.absorb(&again);
+                report.repairs.extend(again.repairs);
                 report.pushed = self.push_all().await?;
             }
             Ok(report)
@@ -654,13 +685,15 @@ impl SyncClient {
         }
     }
 
-    async fn pull(&self) -> Result<SyncReport> {
+    /// One pull to the end (what it staged is published), with what `want`
+    /// asks for.
+    pub(super) async fn pull_to_end(&self, want: &Want) -> Result<Pulled> {
         // A change of the subscriptions during a pull drops what it staged; it
         // starts over with the new set (a few times at most: the app is changing
         // them faster than a pull completes).
         for _ in 0..PULL_RESTARTS {
-            if let Some(report) = self.pull_once().await? {
-                return Ok(report);
+            if let Some(pulled) = self.pull_once(want).await? {
+                return Ok(pulled);
             }
             tracing::info!("the sync subscriptions changed during the pull; it starts over");
         }
@@ -670,7 +703,7 @@ impl SyncClient {
     }
 
     /// One pull; `None` when the subscriptions changed meanwhile.
-    async fn pull_once(&self) -> Result<Option<SyncReport>> {
+    async fn pull_once(&self, want: &Want) -> Result<Option<Pulled>> {
         let store = self.inner.store.clone();
         let subs = {
             let s = store.clone();
@@ -692,6 +725,11 @@ impl SyncClient {
             self.blocking(move || s.pull_start()).await?
         };
         let mut cursor = start.cursor.clone();
+        // A repair must get this device's own writes too: they are part of
+        // what it replaces the collection with.
+        let client_id =
+            (want.restart.is_none() && !start.repairing).then(|| store.client_id().to_string());
+        let from = start.cursor.clone();
         self.update_status(|s| {
             s.phase = SyncPhase::Pulling;
             s.pages_done = 0;
@@ -703,6 +741,7 @@ impl SyncClient {
         });
         let from_scratch = start.cursor.is_none();
         let mut report = SyncReport::default();
+        let mut checksums;
         let mut staging_task: Option<
             tokio::task::JoinHandle<Result<Option<staging::StageReport>>>,
         > = None;
@@ -717,7 +756,7 @@ impl SyncClient {
             let req = PullRequest {
                 subscriptions: subs.subscriptions.clone(),
                 cursor: cursor.clone(),
-                client_id: Some(store.client_id().to_string()),
+                client_id: client_id.clone(),
                 limit: Some(limit),
                 // Subscriptions say which collections themselves.
                 collections: match subs.subscriptions {
@@ -726,6 +765,8 @@ impl SyncClient {
                 },
                 priorities: priorities.clone(),
                 want_totals: cursor.is_none() || report.pages == 0,
+                want_checksums: want.checksums,
+                restart: want.restart.clone().filter(|_| report.pages == 0),
             };
             let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
             let fetched = self
@@ -748,14 +789,18 @@ impl SyncClient {
             if !Self::staged(&mut staging_task, &mut report).await? {
                 return Ok(None);
             }
-            let page = fetched?;
-            if report.pages == 0 && start.nothing_new(&page) {
+            let mut page = fetched?;
+            // (A repair that brings nothing still replaces the collection.)
+            if report.pages == 0 && want.restart.is_none() && start.nothing_new(&page) {
                 // Nothing to stage or publish: no transaction at all.
                 report.pages = 1;
                 self.update_status(|s| {
                     s.completed_priority = Some(ferry_protocol::LOWEST_PRIORITY)
                 });
-                return Ok(Some(report));
+                return Ok(Some(Pulled {
+                    report,
+                    checksums: page.checksums,
+                }));
             }
             if let Some(cap) = self.beyond_metered_cap(&page, &levels) {
                 // Everything within the cap is synced (pages come in priority
@@ -766,9 +811,18 @@ impl SyncClient {
                 );
                 report.deferred_after = Some(cap);
                 self.update_status(|s| s.completed_priority = s.completed_priority.max(Some(cap)));
-                return Ok(Some(report));
+                return Ok(Some(Pulled {
+                    report,
+                    checksums: None,
+                }));
             }
             let has_more = page.has_more;
+            checksums = page.checksums.take();
+            let repair = want
+                .restart
+                .clone()
+                .filter(|_| report.pages == 0)
+                .map(|r| (r, from.clone()));
             cursor = Some(page.cursor.clone());
             report.pages += 1;
             let rows: u64 = page.changes.values().map(|c| c.len() as u64).sum();
@@ -792,7 +846,7 @@ impl SyncClient {
             let checkpoint = page.complete_priority.filter(|_| has_more);
             let s = store.clone();
             staging_task =
-                Some(self.spawn_work(move || staging::stage_page(&s, page, generation))?);
+                Some(self.spawn_work(move || staging::stage_page(&s, page, generation, repair))?);
             if let Some(level) = checkpoint {
                 // What is staged is complete up to `level`: the app gets it now.
                 if !Self::staged(&mut staging_task, &mut report).await? {
@@ -812,7 +866,10 @@ impl SyncClient {
                     self.update_status(|s| {
                         s.completed_priority = s.completed_priority.max(Some(cap))
                     });
-                    return Ok(Some(report));
+                    return Ok(Some(Pulled {
+                        report,
+                        checksums: None,
+                    }));
                 }
                 self.update_status(|s| s.phase = SyncPhase::Pulling);
             }
@@ -831,7 +888,7 @@ impl SyncClient {
         };
         report.published.add(&published);
         self.update_status(|s| s.completed_priority = Some(ferry_protocol::LOWEST_PRIORITY));
-        Ok(Some(report))
+        Ok(Some(Pulled { report, checksums }))
     }
 
     /// The cap of [`SyncConfig::metered_priority`], while the network is

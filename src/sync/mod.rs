@@ -7,6 +7,7 @@
 //! [`crate::Clock`], so every interleaving of faults can be tested deterministically.
 
 pub mod client;
+pub mod integrity;
 pub mod machine;
 pub mod policy;
 pub mod push;
@@ -19,6 +20,7 @@ pub use client::{
     OfflineBehavior, SyncClient, SyncConfig, SyncPhase, SyncReport, SyncStatus, WeakSyncClient,
     WriteMode,
 };
+pub use integrity::Repair;
 pub use policy::{NetworkHints, NetworkKind, PageSizer, PageSizing};
 pub use push::PushReport;
 pub use rebase::MAX_RESOLVE_ROUNDS;

@@ -55,15 +55,21 @@ pub struct StageReport {
 
 /// Stages one page and records the cursor it reached, in one transaction;
 /// `None` when the subscriptions changed since the pull, of generation
-/// `generation`, started (it stages nothing and must start over).
+/// `generation`, started (it stages nothing and must start over). `repair`:
+/// the first page of a repair pull, which brings these collections again,
+/// from the published cursor it started at.
 pub(crate) fn stage_page(
     store: &Store,
     page: PullPage,
     generation: u64,
+    repair: Option<(Vec<String>, Option<String>)>,
 ) -> Result<Option<StageReport>> {
     store.write_tx(ChangeSource::Remote, |w| {
         if w.subscriptions_generation()? != generation {
             return Ok(None);
+        }
+        if let Some((collections, from)) = &repair {
+            w.set_repairing(collections, from.as_deref())?;
         }
         let mut report = StageReport::default();
         for (name, changes) in page.changes {
@@ -119,6 +125,9 @@ pub struct PublishReport {
     pub rebased: u64,
     /// Synced rows pruned by the collection's retention, in the same transaction.
     pub pruned: BTreeMap<String, u64>,
+    /// Collections a repair replaced with what the server holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
 }
 
 impl PublishReport {
@@ -134,6 +143,7 @@ impl PublishReport {
             }
         }
         self.rebased += o.rebased;
+        self.repaired.extend(o.repaired.iter().cloned());
     }
 }
 
@@ -148,7 +158,11 @@ pub(crate) fn publish(
     generation: u64,
     level: u8,
 ) -> Result<Option<PublishReport>> {
-    let report = store.write_tx(ChangeSource::Remote, |w| {
+    let source = match store.repairing()?.is_empty() {
+        true => ChangeSource::Remote,
+        false => ChangeSource::Repair,
+    };
+    let report = store.write_tx(source, |w| {
         if w.subscriptions_generation()? != generation {
             return Ok(None);
         }
@@ -158,13 +172,21 @@ pub(crate) fn publish(
         };
         let schema = w.schema();
         for c in schema.collections.iter().filter(|c| !c.is_local_only()) {
+            // A repair replaces the collection once all of it is staged.
+            let repair = w.is_repairing(c)?
+                && c.priority.unwrap_or(ferry_protocol::LOWEST_PRIORITY) <= level;
+            if repair {
+                w.finish_repair(c)?;
+                w.events().reload(&c.name);
+                report.repaired.push(c.name.clone());
+            }
             report.rebased += rebase_pending(w, c, merger)?;
             collect_events(w, c)?;
             let removed = w.publish_removals(c)?;
             let upserted = if w.can_build(c)? {
                 w.build(c)?
             } else {
-                w.publish_upserts(c)?
+                w.publish_upserts(c, repair)?
             };
             if upserted > 0 {
                 report.upserted.insert(c.name.clone(), upserted as u64);
@@ -301,7 +323,7 @@ mod tests {
             totals: None,
             complete_priority: None,
         };
-        let staged = stage_page(&s, page("c1"), generation).unwrap();
+        let staged = stage_page(&s, page("c1"), generation, None).unwrap();
         assert!(staged.is_some());
         assert_eq!(s.pull_start().unwrap().cursor.as_deref(), Some("c1"));
 
@@ -316,7 +338,9 @@ mod tests {
         let start = s.pull_start().unwrap();
         assert!(!start.resumed && start.cursor.is_none(), "staging dropped");
         assert!(
-            stage_page(&s, page("c2"), generation).unwrap().is_none(),
+            stage_page(&s, page("c2"), generation, None)
+                .unwrap()
+                .is_none(),
             "a page of the old set is refused"
         );
         assert!(

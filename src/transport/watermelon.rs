@@ -122,6 +122,7 @@ impl Transport for WatermelonTransport {
             has_more: false,
             changes,
             totals: None,
+            checksums: None,
         })
     }
 

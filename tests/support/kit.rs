@@ -99,6 +99,14 @@ impl InProcessServer {
         }
     }
 
+    /// A consistent copy of the server's database file, as a backup takes
+    /// it; [`Self::start_from`] restores it.
+    pub fn backup(&self, to: &std::path::Path) {
+        let conn = rusqlite::Connection::open(self._dir.path().join("server.db")).unwrap();
+        conn.execute("VACUUM INTO ?1", [to.to_str().unwrap()])
+            .unwrap();
+    }
+
     /// A transport to this server.
     pub fn transport(self: &Arc<Self>) -> Arc<InProcess> {
         Arc::new(InProcess {
@@ -494,11 +502,30 @@ impl KitDevice {
     /// The app process dies (whatever it was doing is dropped mid-way, as a kill
     /// -9 would stop it) and starts again on the same database file.
     pub fn restart(self) -> KitDevice {
+        self.restart_with(|_| {})
+    }
+
+    /// [`Self::restart`], against another server (one restored from a backup).
+    pub fn restart_on(self, server: &Arc<InProcessServer>) -> KitDevice {
+        self.restart_in(server, |_| {})
+    }
+
+    /// [`Self::restart`], doing `while_down` to the database's directory while
+    /// the app is not running.
+    pub fn restart_with(self, while_down: impl FnOnce(&std::path::Path)) -> KitDevice {
+        let server = self.server.clone();
+        self.restart_in(&server, while_down)
+    }
+
+    fn restart_in(
+        self,
+        server: &Arc<InProcessServer>,
+        while_down: impl FnOnce(&std::path::Path),
+    ) -> KitDevice {
         let KitDevice {
             store,
             client,
             clock,
-            server,
             token,
             config,
             dir,
@@ -513,9 +540,10 @@ impl KitDevice {
         while closed.upgrade().is_some() {
             std::thread::yield_now();
         }
+        while_down(dir.path());
         let store =
             ferry::Store::open_with(&dir.path().join("device.db"), None, clock.clone()).unwrap();
-        Self::connect(store, &server, &clock, &token, config, dir)
+        Self::connect(store, server, &clock, &token, config, dir)
     }
 
     /// Syncs until the device reports success with nothing left to push,
