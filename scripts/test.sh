@@ -61,7 +61,7 @@ if [ -n "${FERRY_TEST_PG_URL:-}" ]; then
   lane "end-to-end suites on PostgreSQL"
   pg_suites=(sync_e2e convergence faults crash_publish watermelon_compat
     subscriptions priorities read_through retention restored_db page_sizing resolver
-    host_threads shutdown offline_auth)
+    host_threads shutdown offline_auth integrity)
   FERRY_E2E_BACKEND=postgres cargo test "${pg_suites[@]/#/--test=}"
 fi
 

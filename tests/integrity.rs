@@ -30,7 +30,11 @@ fn create(id: &str, title: &str) -> WriteOp {
 /// Changes the device's database behind the store's back, as a bad flash
 /// page or a buggy migration would.
 fn corrupt(device: &KitDevice, sql: &str) {
-    let conn = rusqlite::Connection::open(device.db_path()).unwrap();
+    corrupt_file(&device.db_path(), sql)
+}
+
+fn corrupt_file(db: &std::path::Path, sql: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .unwrap();
     conn.execute_batch(sql).unwrap();
@@ -319,6 +323,14 @@ async fn a_repair_whose_staged_pages_are_lost_is_abandoned_not_applied_to_an_ord
             let _ = std::fs::remove_file(dir.join(file));
         }
     });
+    // Another device writes: the next pull is an ordinary one with a change
+    // to publish, from the cursor the lost repair started at.
+    let b = KitDevice::new(&w.server, &w.clock, ALICE, schema(), SyncConfig::default());
+    b.client
+        .write(vec![create("b1", "from b")], WriteMode::OfflineFirst)
+        .await
+        .unwrap();
+    b.client.sync().await.unwrap();
     let report = a.client.sync().await.unwrap();
     assert_eq!(
         report.published.removed.get("tasks").copied().unwrap_or(0),
@@ -328,5 +340,42 @@ async fn a_repair_whose_staged_pages_are_lost_is_abandoned_not_applied_to_an_ord
     assert_eq!(report.repairs.len(), 1, "found again and repaired");
     assert!(report.repairs[0].repaired);
     assert!(a.store.get("tasks", "ghost").unwrap().is_none());
-    assert_eq!(tasks(&a.store).len(), 20);
+    assert_eq!(tasks(&a.store), server_tasks(&w.server).await);
+    assert_eq!(tasks(&a.store).len(), 21);
+}
+
+/// Over HTTP, against the end-to-end suites' server (PostgreSQL in that lane).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_damaged_collection_is_repaired_and_the_other_left_alone() {
+    let server = start_server().await;
+    let a = device_with(
+        &server.url(),
+        Arc::new(ferry::transport::StaticToken(ALICE.into())),
+        schema(),
+        always(),
+    );
+    let mut ops: Vec<WriteOp> = (0..20)
+        .map(|i| create(&format!("t{i:02}"), &format!("task {i}")))
+        .collect();
+    ops.push(WriteOp::Create {
+        collection: "projects".into(),
+        fields: obj(json!({"id": "p1", "name": "home"})),
+    });
+    a.client.write(ops, WriteMode::OfflineFirst).await.unwrap();
+    a.client.sync().await.unwrap();
+    a.client.sync().await.unwrap();
+    corrupt_file(&a.db_path(), DAMAGE);
+    let report = a.client.sync().await.unwrap();
+    assert_eq!(report.repairs.len(), 1, "{:?}", report.repairs);
+    assert_eq!(report.repairs[0].collection, "tasks");
+    assert!(report.repairs[0].repaired);
+    assert_eq!(report.published.repaired, vec!["tasks".to_string()]);
+    let fresh = device(&server.url(), ALICE);
+    fresh.client.sync().await.unwrap();
+    assert_eq!(
+        tasks(&a.store),
+        tasks(&fresh.store),
+        "as a fresh device sees it"
+    );
+    assert_eq!(contents(&a.store, "projects").len(), 1);
 }

@@ -195,6 +195,13 @@ pub struct Device {
     _dir: tempfile::TempDir,
 }
 
+impl Device {
+    /// The device's database file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("device.db")
+    }
+}
+
 pub fn device(url: &str, token: &str) -> Device {
     device_with(
         url,
