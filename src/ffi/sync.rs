@@ -63,7 +63,8 @@ pub struct SyncConfig {
     /// and repair one that differs (`SyncReport.repairs`, `SyncStatus.last_repair`).
     #[uniffi(default = true)]
     pub checksums: bool,
-    /// How often at most a pull checks (0: every pull); a first sync always does.
+    /// How often at most a pull checks (0: every pull); the first check comes
+    /// one interval after the device's first sync.
     #[uniffi(default = 3600000)]
     pub checksum_interval_ms: u64,
 }

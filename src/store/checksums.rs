@@ -76,6 +76,13 @@ pub(super) fn repair_at_start(conn: &Connection, published: Option<&str>) -> Res
 }
 
 impl Store {
+    /// The checksum of `collection` as this device holds it (its synced view:
+    /// every row with a server version), as a pull's `checksums` gives the
+    /// server's; `None` when the two cannot be compared (see below).
+    pub fn checksum(&self, collection: &str) -> Result<Option<Checksum>> {
+        self.local_checksum(self.collection(collection)?)
+    }
+
     /// The checksum of `c`'s synced view, or `None` when it cannot be compared
     /// with the server's: retention pruned part of it (a horizon), or a record
     /// has a pending update or delete (the server may hold a version this

@@ -93,7 +93,8 @@ pub struct SyncConfig {
     pub metered_priority: Option<u8>,
     /// How often at most a pull checks the collections it syncs whole against
     /// the server's checksums, and repairs one that differs
-    /// ([`super::integrity`]). A first sync always checks. `None`: never.
+    /// ([`super::integrity`]); the first check comes one interval after the
+    /// device's first sync. `None`: never.
     pub checksum_interval: Option<Duration>,
 }
 

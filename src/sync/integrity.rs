@@ -153,19 +153,26 @@ impl SyncClient {
         Ok(report)
     }
 
-    /// Whether this pull should check: never checked, or last checked at
-    /// least the interval ago, or a repair is under way.
+    /// Whether this pull should check: the last check is at least the
+    /// interval old, or a repair is under way. A device that never checked
+    /// starts counting now: its first sync is not read a second time.
     async fn checksums_due(&self) -> Result<bool> {
         let Some(interval) = self.config().checksum_interval else {
             return Ok(false);
         };
         let s = self.store().clone();
         let (checked, repairing) = self
-            .blocking(move || Ok((s.checksums_checked_at()?, !s.repairing()?.is_empty())))
+            .blocking(move || {
+                let checked = s.checksums_checked_at()?;
+                if checked.is_none() {
+                    s.checksums_checked(&[])?;
+                }
+                Ok((checked, !s.repairing()?.is_empty()))
+            })
             .await?;
         let now = self.store().clock().now_ms();
         Ok(repairing
-            || checked.is_none_or(|at| now.saturating_sub(at) >= interval.as_millis() as i64))
+            || checked.is_some_and(|at| now.saturating_sub(at) >= interval.as_millis() as i64))
     }
 
     /// The collections of `sums` (only those of `among`, if given) whose

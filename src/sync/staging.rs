@@ -322,6 +322,7 @@ mod tests {
             .into(),
             totals: None,
             complete_priority: None,
+            checksums: None,
         };
         let staged = stage_page(&s, page("c1"), generation, None).unwrap();
         assert!(staged.is_some());
