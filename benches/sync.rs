@@ -710,6 +710,14 @@ fn report(p: &Params, ids: IdKind, seed_s: f64, r: &Runs<'_>) {
         median(&empty),
         median(&incr) / median(&empty)
     );
+    let checksum_ms = median(&arr(last, "checksum_ms"));
+    println!(
+        "| checksum of the {} synced rows (an integrity check) | – | {:.0} ms | initial sync {:.2} s | {:.1}% |",
+        p.n,
+        checksum_ms,
+        sync_s,
+        100.0 * checksum_ms / 1e3 / sync_s
+    );
     println!(
         "| catch-up, {} changes into {} rows | ≥ 70% of raw | {:.2} s | raw upsert {:.2} s | {:.0}% |",
         p.catchup,
@@ -923,6 +931,20 @@ async fn child_catchup(url: &str, db: &Path) -> Value {
 
 async fn child_initial(url: &str, db: &Path, incremental: usize) -> Value {
     let (client, transport, mut out) = measured_sync(url, db).await;
+
+    // An integrity check's local side: the checksum of the N synced rows.
+    let mut checksum_ms = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let sum = client
+            .store()
+            .checksum("tasks")
+            .unwrap()
+            .expect("comparable");
+        checksum_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(sum.count, out["pulled"].as_u64().unwrap(), "{sum:?}");
+    }
+    out["checksum_ms"] = json!(checksum_ms);
 
     // Incremental: another device changes one record, then this client syncs.
     let other = HttpTransport::new(url).unwrap();

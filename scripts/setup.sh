@@ -52,6 +52,7 @@ apt_need libc6-dev                 #   the C headers
 apt_need g++                       # the React Native JSI C++ syntax check
 apt_need npm npm                   # fetches the Kotlin compiler; npm packages (4.)
 apt_need ca-certificates           # HTTPS for npm and rustup
+apt_need sqlite3 sqlite3           # a Node test damages a database file behind the core
 
 if ((${#apt_missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then

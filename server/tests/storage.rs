@@ -1582,3 +1582,59 @@ async fn postgres_totals_from_before_digests_get_no_checksum() {
     })
     .await;
 }
+
+/// PostgreSQL keeps a write's changes of the totals in `totals_delta` (so that
+/// concurrent writers take no common lock) and folds them into `totals` in the
+/// background: a pull reads the same totals and checksums either side of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_totals_read_the_same_before_and_after_a_fold() {
+    let Some(db) = pg_db().await else { return };
+    let pg = std::sync::Arc::new(
+        ferry_server::storage::postgres::PgStorage::connect(&db.url)
+            .await
+            .unwrap(),
+    );
+    let svc = SyncService::new(pg.clone(), test_config()).await.unwrap();
+    let a = alice();
+    // Whatever the background folder did so far is folded: start from none.
+    pg.fold_totals().await.unwrap();
+    let mut ms: Vec<Mutation> = (0..4)
+        .map(|i| create(&format!("m{i}"), "tasks", &format!("t{i}"), task("x")))
+        .collect();
+    ms.push(create(
+        "m9",
+        "docs",
+        "d1",
+        json!({"title": "d", "space": "team"}),
+    ));
+    push(&svc, &a, "c1", ms).await;
+    push(
+        &svc,
+        &a,
+        "c1",
+        vec![
+            update("n1", "tasks", "t0", 1, json!({"title": "y"})),
+            delete("n2", "tasks", "t1", 1),
+        ],
+    )
+    .await;
+    let read = async || {
+        let pages = pull_all(
+            &svc,
+            &a,
+            PullRequest {
+                want_checksums: true,
+                ..req(None)
+            },
+        )
+        .await;
+        let last = pages.last().unwrap().clone();
+        (last.totals.unwrap(), last.checksums.unwrap())
+    };
+    let before = read().await;
+    assert_eq!(before.0["tasks"], 3);
+    let changed = pg.fold_totals().await.unwrap();
+    assert!(changed >= 2, "tasks and docs in their scopes: {changed}");
+    assert_eq!(pg.fold_totals().await.unwrap(), 0, "nothing left to fold");
+    assert_eq!(read().await, before);
+}

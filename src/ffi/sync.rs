@@ -103,7 +103,7 @@ pub enum OfflineBehavior {
 }
 
 // The status types are the core's own, exported as they are.
-pub use crate::sync::{NetworkHints, NetworkKind, SyncPhase, SyncStatus};
+pub use crate::sync::{NetworkHints, NetworkKind, Repair, SyncPhase, SyncStatus};
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -117,6 +117,9 @@ pub struct SyncReport {
     pub pushed_retried: u64,
     /// The pull stopped after this priority's checkpoint on a metered network.
     pub deferred_after: Option<u8>,
+    /// Collections whose checksum differed from the server's, each with
+    /// whether its repair made it match.
+    pub repairs: Vec<Repair>,
     /// The full report (publish counts per collection included) as JSON.
     pub detail_json: String,
 }
@@ -438,6 +441,7 @@ impl From<crate::sync::SyncReport> for SyncReport {
             pushed_retried: r.pushed.retried,
             deferred_after: r.deferred_after,
             detail_json: super::to_json(&r),
+            repairs: r.repairs,
         }
     }
 }

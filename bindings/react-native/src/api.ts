@@ -44,7 +44,7 @@ export type WriteMode =
   | { kind: 'optimistic' }
   | { kind: 'online'; whenOffline: 'queue' | 'fail' };
 
-export type ChangeSource = 'local' | 'remote' | 'rollback' | 'retention' | 'subscriptions';
+export type ChangeSource = 'local' | 'remote' | 'rollback' | 'retention' | 'subscriptions' | 'repair';
 
 export type CollectionChange = {
   collection: string;
@@ -92,6 +92,22 @@ export type SyncStatus = {
   authFailed: boolean;
   lastSyncCompletedAt: number | null;
   online: boolean;
+  /** The last collection found to differ from the server's checksum, and whether its repair mended it. */
+  lastRepair: Repair | null;
+};
+
+/**
+ * A collection whose rows differed from the server's checksum (an integrity
+ * check): how many rows this device held and the server holds, and whether
+ * the repair (the collection pulled again) made them match.
+ */
+export type Repair = {
+  collection: string;
+  localCount: number;
+  serverCount: number;
+  repaired: boolean;
+  /** When it was found (ms). */
+  at: number;
 };
 
 export type SyncReport = {
@@ -108,6 +124,8 @@ export type SyncReport = {
    * follows on an unmetered network. Null: it ran to the end.
    */
   deferredAfter: number | null;
+  /** Collections whose checksum differed from the server's in this sync. */
+  repairs: Repair[];
 };
 
 /** What kind of network the device is on. */
@@ -187,6 +205,13 @@ export type SyncConfig = {
    * waits for an unmetered one. Null: no cap.
    */
   meteredPriority?: number | null;
+  /**
+   * Check the collections synced whole against the server's checksums, and
+   * repair one that differs (default true; `SyncReport.repairs`, `SyncStatus.lastRepair`).
+   */
+  checksums?: boolean;
+  /** How often at most a pull checks (default one hour; 0: every pull). */
+  checksumIntervalMs?: number;
 };
 
 /** Bounds and time target of an adaptive size (rows of a pull page, or mutations of a push batch). */
@@ -298,6 +323,17 @@ function syncStatus(native: NativeFerry, s: Gen.SyncStatus): SyncStatus {
     authFailed: s.authFailed,
     lastSyncCompletedAt: optNum(s.lastSyncCompletedAt),
     online: s.online,
+    lastRepair: s.lastRepair ? repair(s.lastRepair) : null,
+  };
+}
+
+function repair(r: Gen.Repair): Repair {
+  return {
+    collection: r.collection,
+    localCount: num(r.localCount),
+    serverCount: num(r.serverCount),
+    repaired: r.repaired,
+    at: num(r.at),
   };
 }
 
@@ -311,6 +347,7 @@ function syncReport(r: Gen.SyncReport): SyncReport {
     pushedRejected: num(r.pushedRejected),
     pushedRetried: num(r.pushedRetried),
     deferredAfter: r.deferredAfter ?? null,
+    repairs: r.repairs.map(repair),
   };
 }
 
@@ -674,6 +711,9 @@ export function bindFerry(native: NativeFerry) {
         pageSizing: toSizing(native, c.pageSizing),
         pushSizing: toSizing(native, c.pushSizing),
         meteredPriority: c.meteredPriority ?? undefined,
+        checksums: c.checksums ?? defaults.checksums,
+        checksumIntervalMs:
+          c.checksumIntervalMs === undefined ? defaults.checksumIntervalMs : BigInt(c.checksumIntervalMs),
       };
       const tokens = {
         token: async (refresh: boolean): Promise<string> => {

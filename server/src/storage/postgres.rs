@@ -50,6 +50,15 @@ CREATE TABLE IF NOT EXISTS totals (
 -- Totals kept before digests were: their digest is unknown (NULL) and stays
 -- so, so a pull sends no checksum it cannot vouch for.
 ALTER TABLE totals ADD COLUMN IF NOT EXISTS digest bigint;
+-- A write adds its changes of the totals here, one row per (scope,
+-- collection), and never updates `totals` itself: concurrent writers to one
+-- collection in one scope then take no common row lock (an update changes the
+-- digest). Totals are read as `totals` plus these rows; the folder moves them
+-- into `totals` (`PgStorage::fold_totals`).
+CREATE TABLE IF NOT EXISTS totals_delta (
+    id bigserial PRIMARY KEY, scope text NOT NULL, collection text NOT NULL,
+    count bigint NOT NULL, digest bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS totals_delta_key ON totals_delta (scope, collection);
 CREATE TABLE IF NOT EXISTS mutations (
     user_id text NOT NULL, mutation_id text NOT NULL, outcome text,
     PRIMARY KEY (user_id, mutation_id));
@@ -61,6 +70,17 @@ const WRITE_ATTEMPTS: usize = 4;
 
 pub struct PgStorage {
     pool: Pool,
+    /// Folds `totals_delta` into `totals` every [`FOLD_EVERY`]; stopped on drop.
+    folder: tokio::task::JoinHandle<()>,
+}
+
+/// How often the folder moves the totals' changes into `totals`.
+const FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Drop for PgStorage {
+    fn drop(&mut self) {
+        self.folder.abort();
+    }
 }
 
 impl PgStorage {
@@ -99,7 +119,25 @@ impl PgStorage {
         .await?;
         tx.commit().await?;
         drop(client);
-        Ok(PgStorage { pool })
+        let folder = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(FOLD_EVERY);
+                loop {
+                    every.tick().await;
+                    if let Err(e) = fold_totals(&pool).await {
+                        tracing::warn!(error = %crate::logging::Escaped(&e), "folding the totals failed; the next round retries");
+                    }
+                }
+            })
+        };
+        Ok(PgStorage { pool, folder })
+    }
+
+    /// Moves the committed rows of `totals_delta` into `totals` now (the
+    /// folder does it every second); returns how many totals it changed.
+    pub async fn fold_totals(&self) -> Result<u64, ServerError> {
+        fold_totals(&self.pool).await
     }
 
     /// The connection pool (tests use it to hold transactions open).
@@ -206,9 +244,7 @@ impl PgStorage {
         write_records(tx, txid, &rows, &written, &new).await?;
         let add_total = tx
             .prepare_cached(
-                "INSERT INTO totals (scope, collection, count, digest) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (scope, collection) DO UPDATE SET count = totals.count + excluded.count,
-                   digest = totals.digest # excluded.digest",
+                "INSERT INTO totals_delta (scope, collection, count, digest) VALUES ($1, $2, $3, $4)",
             )
             .await?;
         for (scope, collection, delta, digest) in total_deltas.changed() {
@@ -627,7 +663,12 @@ impl Storage for PgStorage {
             let sums = tx
                 .query(
                     "SELECT collection, SUM(count)::bigint, BIT_XOR(digest), COUNT(*) = COUNT(digest)
-                     FROM totals WHERE scope = ANY($1) AND collection = ANY($2) GROUP BY collection",
+                     FROM (SELECT collection, count, digest FROM totals
+                             WHERE scope = ANY($1) AND collection = ANY($2)
+                           UNION ALL
+                           SELECT collection, count, digest FROM totals_delta
+                             WHERE scope = ANY($1) AND collection = ANY($2)) t
+                     GROUP BY collection",
                     &[scopes, collections],
                 )
                 .await?;
@@ -683,4 +724,36 @@ impl Storage for PgStorage {
     fn backend(&self) -> &'static str {
         "postgres"
     }
+}
+
+/// One round of the folder: in one transaction, deletes the committed rows of
+/// `totals_delta` and adds their sums to `totals`, so a reader sees them in
+/// one place or the other, never both nor neither. Rows of transactions still
+/// running are not visible to it and wait for the next round. One folder at a
+/// time (an advisory lock); another round finding it taken does nothing.
+async fn fold_totals(pool: &Pool) -> Result<u64, ServerError> {
+    /// The advisory lock key: "ferry" "fold" in ASCII.
+    const FOLD_LOCK: i64 = 0x6665_7272_7966_6f6c;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&FOLD_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(0);
+    }
+    let moved = tx
+        .execute(
+            "WITH d AS (DELETE FROM totals_delta RETURNING scope, collection, count, digest)
+             INSERT INTO totals (scope, collection, count, digest)
+             SELECT scope, collection, SUM(count)::bigint, BIT_XOR(digest) FROM d
+             GROUP BY scope, collection
+             ON CONFLICT (scope, collection) DO UPDATE SET count = totals.count + excluded.count,
+               digest = totals.digest # excluded.digest",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(moved)
 }

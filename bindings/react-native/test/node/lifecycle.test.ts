@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { connectAppState, connectNetInfo, type NetInfoStateLike } from '../../src/lifecycle';
 import { heldHandles, type SyncClient } from '../../src/api';
 import { copyFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 
 import { BOB, Database, SCHEMA, SyncClient as Client, dbPath, device, ferry, uid, useServer } from './support';
 
@@ -176,4 +177,41 @@ test('a database restored on another installation takes a new client id; its own
   const restored = Database.open(copy, SCHEMA, { installationId: 'install-2' });
   assert.notEqual(restored.status().clientId, id);
   restored.close();
+});
+
+test('a collection damaged on the device is found by its checksum and repaired', async () => {
+  const url = serverOf().url;
+  const path = dbPath('repair');
+  const db = Database.open(path, SCHEMA);
+  const client = new Client(db, { url, tokenProvider: async () => BOB, config: { checksumIntervalMs: 0 } });
+  assert.throws(
+    () => new Client(db, { url, tokenProvider: async () => BOB, config: { checksumIntervalMs: 1.5 } }),
+    RangeError,
+  );
+  const tag = uid('repair');
+  await client.write([
+    { op: 'create', collection: 'tasks', fields: { id: `${tag}-1`, title: tag } },
+    { op: 'create', collection: 'tasks', fields: { id: `${tag}-2`, title: tag } },
+  ]);
+  await client.sync();
+  const clean = await client.sync();
+  assert.deepEqual(clean.repairs, [], 'a copy that matches needs no repair');
+  assert.equal(client.status().lastRepair, null);
+  // Behind the core's back, as a bad flash page would.
+  execFileSync('sqlite3', [
+    path,
+    `PRAGMA busy_timeout = 10000; UPDATE tasks SET title = 'garbled', _version = _version + 5 WHERE id = '${tag}-1'`,
+  ]);
+  const report = await client.sync();
+  assert.equal(report.repairs.length, 1, JSON.stringify(report.repairs));
+  const [r] = report.repairs;
+  assert.equal(r.collection, 'tasks');
+  assert.equal(r.repaired, true);
+  assert.equal(r.localCount, r.serverCount, 'one row at another version: same count');
+  assert.equal(typeof r.at, 'number');
+  assert.deepEqual(client.status().lastRepair, r);
+  assert.equal(db.get('tasks', `${tag}-1`)?.title, tag, "the server's row is back");
+  JSON.parse(JSON.stringify(client.status()));
+  await client.close();
+  db.close();
 });
