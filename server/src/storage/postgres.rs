@@ -71,7 +71,7 @@ const WRITE_ATTEMPTS: usize = 4;
 pub struct PgStorage {
     pool: Pool,
     /// Folds `totals_delta` into `totals` every [`FOLD_EVERY`]; stopped on drop.
-    folder: tokio::task::JoinHandle<()>,
+    folder: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How often the folder moves the totals' changes into `totals`.
@@ -79,13 +79,25 @@ const FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Drop for PgStorage {
     fn drop(&mut self) {
-        self.folder.abort();
+        if let Some(f) = &self.folder {
+            f.abort();
+        }
     }
 }
 
 impl PgStorage {
-    /// Connects a pool and creates the schema if missing.
+    /// Connects a pool and creates the schema if missing; its totals are
+    /// folded every [`FOLD_EVERY`].
     pub async fn connect(url: &str) -> Result<PgStorage, ServerError> {
+        Self::connect_with(url, Some(FOLD_EVERY)).await
+    }
+
+    /// [`Self::connect`], folding the totals every `fold_every`, or only when
+    /// [`Self::fold_totals`] is called (`None`: tests).
+    pub async fn connect_with(
+        url: &str,
+        fold_every: Option<std::time::Duration>,
+    ) -> Result<PgStorage, ServerError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| ServerError::DatabaseUrl(e.to_string()))?;
         // Statements are prepared once per connection; PostgreSQL's generic plans for
@@ -119,10 +131,10 @@ impl PgStorage {
         .await?;
         tx.commit().await?;
         drop(client);
-        let folder = {
+        let folder = fold_every.map(|period| {
             let pool = pool.clone();
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(FOLD_EVERY);
+                let mut every = tokio::time::interval(period);
                 loop {
                     every.tick().await;
                     if let Err(e) = fold_totals(&pool).await {
@@ -130,7 +142,7 @@ impl PgStorage {
                     }
                 }
             })
-        };
+        });
         Ok(PgStorage { pool, folder })
     }
 
