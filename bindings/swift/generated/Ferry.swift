@@ -3451,6 +3451,101 @@ public func FfiConverterTypePageSizing_lower(_ value: PageSizing) -> RustBuffer 
 
 
 /**
+ * A collection whose checksum differed from the server's.
+ */
+public struct Repair: Equatable, Hashable {
+    public var collection: String
+    /**
+     * The rows this device held in the collection's synced view.
+     */
+    public var localCount: UInt64
+    /**
+     * The rows the server holds in it.
+     */
+    public var serverCount: UInt64
+    /**
+     * The repair made them match (false: the difference stays, and the
+     * same difference is not repaired again).
+     */
+    public var repaired: Bool
+    /**
+     * When it was found (ms).
+     */
+    public var at: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(collection: String, 
+        /**
+         * The rows this device held in the collection's synced view.
+         */localCount: UInt64, 
+        /**
+         * The rows the server holds in it.
+         */serverCount: UInt64, 
+        /**
+         * The repair made them match (false: the difference stays, and the
+         * same difference is not repaired again).
+         */repaired: Bool, 
+        /**
+         * When it was found (ms).
+         */at: Int64) {
+        self.collection = collection
+        self.localCount = localCount
+        self.serverCount = serverCount
+        self.repaired = repaired
+        self.at = at
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Repair: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRepair: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Repair {
+        return
+            try Repair(
+                collection: FfiConverterString.read(from: &buf), 
+                localCount: FfiConverterUInt64.read(from: &buf), 
+                serverCount: FfiConverterUInt64.read(from: &buf), 
+                repaired: FfiConverterBool.read(from: &buf), 
+                at: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Repair, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.collection, into: &buf)
+        FfiConverterUInt64.write(value.localCount, into: &buf)
+        FfiConverterUInt64.write(value.serverCount, into: &buf)
+        FfiConverterBool.write(value.repaired, into: &buf)
+        FfiConverterInt64.write(value.at, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRepair_lift(_ buf: RustBuffer) throws -> Repair {
+    return try FfiConverterTypeRepair.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRepair_lower(_ value: Repair) -> RustBuffer {
+    return FfiConverterTypeRepair.lower(value)
+}
+
+
+/**
  * Counts of the local database.
  */
 public struct StoreStatus: Equatable, Hashable {
@@ -3567,6 +3662,16 @@ public struct SyncConfig: Equatable, Hashable {
      * left; the rest follows on an unmetered network (null: no cap).
      */
     public var meteredPriority: UInt8?
+    /**
+     * Check the collections synced whole against the server's checksums,
+     * and repair one that differs (`SyncReport.repairs`, `SyncStatus.last_repair`).
+     */
+    public var checksums: Bool
+    /**
+     * How often at most a pull checks (0: every pull); the first check comes
+     * one interval after the device's first sync.
+     */
+    public var checksumIntervalMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3595,7 +3700,15 @@ public struct SyncConfig: Equatable, Hashable {
          * On a metered network (`set_network`), a pull stops at the priority
          * checkpoint after which nothing of this priority or a higher one is
          * left; the rest follows on an unmetered network (null: no cap).
-         */meteredPriority: UInt8? = nil) {
+         */meteredPriority: UInt8? = nil, 
+        /**
+         * Check the collections synced whole against the server's checksums,
+         * and repair one that differs (`SyncReport.repairs`, `SyncStatus.last_repair`).
+         */checksums: Bool = true, 
+        /**
+         * How often at most a pull checks (0: every pull); the first check comes
+         * one interval after the device's first sync.
+         */checksumIntervalMs: UInt64 = UInt64(3600000)) {
         self.pageSize = pageSize
         self.pushBatch = pushBatch
         self.pushDebounceMs = pushDebounceMs
@@ -3603,6 +3716,8 @@ public struct SyncConfig: Equatable, Hashable {
         self.pageSizing = pageSizing
         self.pushSizing = pushSizing
         self.meteredPriority = meteredPriority
+        self.checksums = checksums
+        self.checksumIntervalMs = checksumIntervalMs
     }
 
     
@@ -3627,7 +3742,9 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
                 collections: FfiConverterOptionSequenceString.read(from: &buf), 
                 pageSizing: FfiConverterOptionTypePageSizing.read(from: &buf), 
                 pushSizing: FfiConverterOptionTypePageSizing.read(from: &buf), 
-                meteredPriority: FfiConverterOptionUInt8.read(from: &buf)
+                meteredPriority: FfiConverterOptionUInt8.read(from: &buf), 
+                checksums: FfiConverterBool.read(from: &buf), 
+                checksumIntervalMs: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -3639,6 +3756,8 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
         FfiConverterOptionTypePageSizing.write(value.pageSizing, into: &buf)
         FfiConverterOptionTypePageSizing.write(value.pushSizing, into: &buf)
         FfiConverterOptionUInt8.write(value.meteredPriority, into: &buf)
+        FfiConverterBool.write(value.checksums, into: &buf)
+        FfiConverterUInt64.write(value.checksumIntervalMs, into: &buf)
     }
 }
 
@@ -3674,6 +3793,11 @@ public struct SyncReport: Equatable, Hashable {
      */
     public var deferredAfter: UInt8?
     /**
+     * Collections whose checksum differed from the server's, each with
+     * whether its repair made it match.
+     */
+    public var repairs: [Repair]
+    /**
      * The full report (publish counts per collection included) as JSON.
      */
     public var detailJson: String
@@ -3685,6 +3809,10 @@ public struct SyncReport: Equatable, Hashable {
          * The pull stopped after this priority's checkpoint on a metered network.
          */deferredAfter: UInt8?, 
         /**
+         * Collections whose checksum differed from the server's, each with
+         * whether its repair made it match.
+         */repairs: [Repair], 
+        /**
          * The full report (publish counts per collection included) as JSON.
          */detailJson: String) {
         self.pages = pages
@@ -3695,6 +3823,7 @@ public struct SyncReport: Equatable, Hashable {
         self.pushedRejected = pushedRejected
         self.pushedRetried = pushedRetried
         self.deferredAfter = deferredAfter
+        self.repairs = repairs
         self.detailJson = detailJson
     }
 
@@ -3722,6 +3851,7 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 pushedRejected: FfiConverterUInt64.read(from: &buf), 
                 pushedRetried: FfiConverterUInt64.read(from: &buf), 
                 deferredAfter: FfiConverterOptionUInt8.read(from: &buf), 
+                repairs: FfiConverterSequenceTypeRepair.read(from: &buf), 
                 detailJson: FfiConverterString.read(from: &buf)
         )
     }
@@ -3735,6 +3865,7 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.pushedRejected, into: &buf)
         FfiConverterUInt64.write(value.pushedRetried, into: &buf)
         FfiConverterOptionUInt8.write(value.deferredAfter, into: &buf)
+        FfiConverterSequenceTypeRepair.write(value.repairs, into: &buf)
         FfiConverterString.write(value.detailJson, into: &buf)
     }
 }
@@ -3796,6 +3927,11 @@ public struct SyncStatus: Equatable, Hashable {
     public var authFailed: Bool
     public var lastSyncCompletedAt: Int64?
     public var online: Bool
+    /**
+     * The last collection found to differ from the server's checksum, and
+     * whether its repair made it match ([`super::integrity`]).
+     */
+    public var lastRepair: Repair?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3823,7 +3959,11 @@ public struct SyncStatus: Equatable, Hashable {
         /**
          * True after the server refused the token even after a refresh; sync stays
          * stopped until the next explicit [`SyncClient::sync`].
-         */authFailed: Bool, lastSyncCompletedAt: Int64?, online: Bool) {
+         */authFailed: Bool, lastSyncCompletedAt: Int64?, online: Bool, 
+        /**
+         * The last collection found to differ from the server's checksum, and
+         * whether its repair made it match ([`super::integrity`]).
+         */lastRepair: Repair?) {
         self.phase = phase
         self.pagesDone = pagesDone
         self.recordsDone = recordsDone
@@ -3837,6 +3977,7 @@ public struct SyncStatus: Equatable, Hashable {
         self.authFailed = authFailed
         self.lastSyncCompletedAt = lastSyncCompletedAt
         self.online = online
+        self.lastRepair = lastRepair
     }
 
     
@@ -3867,7 +4008,8 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 lastError: FfiConverterOptionString.read(from: &buf), 
                 authFailed: FfiConverterBool.read(from: &buf), 
                 lastSyncCompletedAt: FfiConverterOptionInt64.read(from: &buf), 
-                online: FfiConverterBool.read(from: &buf)
+                online: FfiConverterBool.read(from: &buf), 
+                lastRepair: FfiConverterOptionTypeRepair.read(from: &buf)
         )
     }
 
@@ -3885,6 +4027,7 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterBool.write(value.authFailed, into: &buf)
         FfiConverterOptionInt64.write(value.lastSyncCompletedAt, into: &buf)
         FfiConverterBool.write(value.online, into: &buf)
+        FfiConverterOptionTypeRepair.write(value.lastRepair, into: &buf)
     }
 }
 
@@ -5012,6 +5155,30 @@ fileprivate struct FfiConverterOptionTypePageSizing: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeRepair: FfiConverterRustBuffer {
+    typealias SwiftType = Repair?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeRepair.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeRepair.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]?
 
@@ -5127,6 +5294,31 @@ fileprivate struct FfiConverterSequenceTypeAnchor: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeAnchor.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeRepair: FfiConverterRustBuffer {
+    typealias SwiftType = [Repair]
+
+    public static func write(_ value: [Repair], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRepair.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Repair] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Repair]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRepair.read(from: &buf))
         }
         return seq
     }

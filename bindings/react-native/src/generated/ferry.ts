@@ -521,6 +521,77 @@ const FfiConverterTypePageSizing = (() => {
 })();
 
 /**
+ * A collection whose checksum differed from the server's.
+ */
+export type Repair = {
+    collection: string,
+    /**
+     * The rows this device held in the collection's synced view.
+     */
+    localCount: bigint,
+    /**
+     * The rows the server holds in it.
+     */
+    serverCount: bigint,
+    /**
+     * The repair made them match (false: the difference stays, and the
+     * same difference is not repaired again).
+     */
+    repaired: boolean,
+    /**
+     * When it was found (ms).
+     */
+    at: bigint
+}
+
+/**
+ * Generated factory for {@link Repair} record objects.
+ */
+export const Repair = (() => {
+    const defaults = () => ({
+    });
+    const create = (() => {
+        return uniffiCreateRecord<Repair, ReturnType<typeof defaults>>(defaults);
+    })();
+    return Object.freeze({
+        create,
+        new: create,
+        defaults: () => Object.freeze(defaults()) as Partial<Repair>,
+    });
+})();
+
+const FfiConverterTypeRepair = (() => {
+    type TypeName = Repair;
+    class FFIConverter extends AbstractFfiConverterByteArray<TypeName> {
+        readFromCursor(c: Cursor): TypeName {
+            return {
+                collection: FfiConverterString.readFromCursor(c), 
+                localCount: FfiConverterUInt64.readFromCursor(c), 
+                serverCount: FfiConverterUInt64.readFromCursor(c), 
+                repaired: FfiConverterBool.readFromCursor(c), 
+                at: FfiConverterInt64.readFromCursor(c)
+            };
+        }
+        writeIntoCursor(value: TypeName, c: Cursor): void {
+            FfiConverterString.writeIntoCursor(value.collection, c);
+            FfiConverterUInt64.writeIntoCursor(value.localCount, c);
+            FfiConverterUInt64.writeIntoCursor(value.serverCount, c);
+            FfiConverterBool.writeIntoCursor(value.repaired, c);
+            FfiConverterInt64.writeIntoCursor(value.at, c);
+        }
+        allocationSize(value: TypeName): number {
+            return FfiConverterString.allocationSize(value.collection) +
+             FfiConverterUInt64.allocationSize(value.localCount) +
+             FfiConverterUInt64.allocationSize(value.serverCount) +
+             FfiConverterBool.allocationSize(value.repaired) +
+             FfiConverterInt64.allocationSize(value.at);
+            
+        }
+    };
+    return new FFIConverter();
+})();
+
+/**
  * Counts of the local database.
  */
 export type StoreStatus = {
@@ -619,7 +690,17 @@ export type SyncConfig = {
      * checkpoint after which nothing of this priority or a higher one is
      * left; the rest follows on an unmetered network (null: no cap).
      */
-    meteredPriority?: number
+    meteredPriority?: number,
+    /**
+     * Check the collections synced whole against the server's checksums,
+     * and repair one that differs (`SyncReport.repairs`, `SyncStatus.last_repair`).
+     */
+    checksums: boolean,
+    /**
+     * How often at most a pull checks (0: every pull); the first check comes
+     * one interval after the device's first sync.
+     */
+    checksumIntervalMs: bigint
 }
 
 /**
@@ -633,7 +714,9 @@ export const SyncConfig = (() => {
         collections: undefined,
         pageSizing: undefined,
         pushSizing: undefined,
-        meteredPriority: undefined
+        meteredPriority: undefined,
+        checksums: true,
+        checksumIntervalMs: BigInt("3600000")
     });
     const create = (() => {
         return uniffiCreateRecord<SyncConfig, ReturnType<typeof defaults>>(defaults);
@@ -656,7 +739,9 @@ const FfiConverterTypeSyncConfig = (() => {
                 collections: FfiConverterOptionalSequenceString.readFromCursor(c), 
                 pageSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c), 
                 pushSizing: FfiConverterOptionalTypePageSizing.readFromCursor(c), 
-                meteredPriority: FfiConverterOptionalUInt8.readFromCursor(c)
+                meteredPriority: FfiConverterOptionalUInt8.readFromCursor(c), 
+                checksums: FfiConverterBool.readFromCursor(c), 
+                checksumIntervalMs: FfiConverterUInt64.readFromCursor(c)
             };
         }
         writeIntoCursor(value: TypeName, c: Cursor): void {
@@ -667,6 +752,8 @@ const FfiConverterTypeSyncConfig = (() => {
             FfiConverterOptionalTypePageSizing.writeIntoCursor(value.pageSizing, c);
             FfiConverterOptionalTypePageSizing.writeIntoCursor(value.pushSizing, c);
             FfiConverterOptionalUInt8.writeIntoCursor(value.meteredPriority, c);
+            FfiConverterBool.writeIntoCursor(value.checksums, c);
+            FfiConverterUInt64.writeIntoCursor(value.checksumIntervalMs, c);
         }
         allocationSize(value: TypeName): number {
             return FfiConverterUInt32.allocationSize(value.pageSize) +
@@ -675,7 +762,9 @@ const FfiConverterTypeSyncConfig = (() => {
              FfiConverterOptionalSequenceString.allocationSize(value.collections) +
              FfiConverterOptionalTypePageSizing.allocationSize(value.pageSizing) +
              FfiConverterOptionalTypePageSizing.allocationSize(value.pushSizing) +
-             FfiConverterOptionalUInt8.allocationSize(value.meteredPriority);
+             FfiConverterOptionalUInt8.allocationSize(value.meteredPriority) +
+             FfiConverterBool.allocationSize(value.checksums) +
+             FfiConverterUInt64.allocationSize(value.checksumIntervalMs);
             
         }
     };
@@ -697,6 +786,11 @@ export type SyncReport = {
      * The pull stopped after this priority's checkpoint on a metered network.
      */
     deferredAfter?: number,
+    /**
+     * Collections whose checksum differed from the server's, each with
+     * whether its repair made it match.
+     */
+    repairs: Array<Repair>,
     /**
      * The full report (publish counts per collection included) as JSON.
      */
@@ -732,6 +826,7 @@ const FfiConverterTypeSyncReport = (() => {
                 pushedRejected: FfiConverterUInt64.readFromCursor(c), 
                 pushedRetried: FfiConverterUInt64.readFromCursor(c), 
                 deferredAfter: FfiConverterOptionalUInt8.readFromCursor(c), 
+                repairs: FfiConverterSequenceTypeRepair.readFromCursor(c), 
                 detailJson: FfiConverterString.readFromCursor(c)
             };
         }
@@ -744,6 +839,7 @@ const FfiConverterTypeSyncReport = (() => {
             FfiConverterUInt64.writeIntoCursor(value.pushedRejected, c);
             FfiConverterUInt64.writeIntoCursor(value.pushedRetried, c);
             FfiConverterOptionalUInt8.writeIntoCursor(value.deferredAfter, c);
+            FfiConverterSequenceTypeRepair.writeIntoCursor(value.repairs, c);
             FfiConverterString.writeIntoCursor(value.detailJson, c);
         }
         allocationSize(value: TypeName): number {
@@ -755,6 +851,7 @@ const FfiConverterTypeSyncReport = (() => {
              FfiConverterUInt64.allocationSize(value.pushedRejected) +
              FfiConverterUInt64.allocationSize(value.pushedRetried) +
              FfiConverterOptionalUInt8.allocationSize(value.deferredAfter) +
+             FfiConverterSequenceTypeRepair.allocationSize(value.repairs) +
              FfiConverterString.allocationSize(value.detailJson);
             
         }
@@ -845,7 +942,12 @@ export type SyncStatus = {
      */
     authFailed: boolean,
     lastSyncCompletedAt?: bigint,
-    online: boolean
+    online: boolean,
+    /**
+     * The last collection found to differ from the server's checksum, and
+     * whether its repair made it match ([`super::integrity`]).
+     */
+    lastRepair?: Repair
 }
 
 /**
@@ -881,7 +983,8 @@ const FfiConverterTypeSyncStatus = (() => {
                 lastError: FfiConverterOptionalString.readFromCursor(c), 
                 authFailed: FfiConverterBool.readFromCursor(c), 
                 lastSyncCompletedAt: FfiConverterOptionalInt64.readFromCursor(c), 
-                online: FfiConverterBool.readFromCursor(c)
+                online: FfiConverterBool.readFromCursor(c), 
+                lastRepair: FfiConverterOptionalTypeRepair.readFromCursor(c)
             };
         }
         writeIntoCursor(value: TypeName, c: Cursor): void {
@@ -898,6 +1001,7 @@ const FfiConverterTypeSyncStatus = (() => {
             FfiConverterBool.writeIntoCursor(value.authFailed, c);
             FfiConverterOptionalInt64.writeIntoCursor(value.lastSyncCompletedAt, c);
             FfiConverterBool.writeIntoCursor(value.online, c);
+            FfiConverterOptionalTypeRepair.writeIntoCursor(value.lastRepair, c);
         }
         allocationSize(value: TypeName): number {
             return FfiConverterTypeSyncPhase.allocationSize(value.phase) +
@@ -912,7 +1016,8 @@ const FfiConverterTypeSyncStatus = (() => {
              FfiConverterOptionalString.allocationSize(value.lastError) +
              FfiConverterBool.allocationSize(value.authFailed) +
              FfiConverterOptionalInt64.allocationSize(value.lastSyncCompletedAt) +
-             FfiConverterBool.allocationSize(value.online);
+             FfiConverterBool.allocationSize(value.online) +
+             FfiConverterOptionalTypeRepair.allocationSize(value.lastRepair);
             
         }
     };
@@ -4987,6 +5092,12 @@ const FfiConverterOptionalTypePageSizing = new FfiConverterOptional(FfiConverter
 // FfiConverter for number | undefined
 const FfiConverterOptionalUInt8 = new FfiConverterOptional(FfiConverterUInt8);
 
+// FfiConverter for Array<Repair>
+const FfiConverterSequenceTypeRepair = new FfiConverterArray(FfiConverterTypeRepair);
+
+// FfiConverter for Repair | undefined
+const FfiConverterOptionalTypeRepair = new FfiConverterOptional(FfiConverterTypeRepair);
+
 // FfiConverter for Array<Anchor>
 const FfiConverterSequenceTypeAnchor = new FfiConverterArray(FfiConverterTypeAnchor);
 
@@ -5221,6 +5332,7 @@ export default Object.freeze({
     FfiConverterTypeOfflineBehavior,
     FfiConverterTypePageSizing,
     FfiConverterTypeQueryListener,
+    FfiConverterTypeRepair,
     FfiConverterTypeStatusListener,
     FfiConverterTypeStoreStatus,
     FfiConverterTypeSyncConfig,

@@ -5924,6 +5924,75 @@ public object FfiConverterTypePageSizing: FfiConverterRustBuffer<PageSizing> {
 
 
 /**
+ * A collection whose checksum differed from the server's.
+ */
+data class Repair (
+    var `collection`: kotlin.String
+    , 
+    /**
+     * The rows this device held in the collection's synced view.
+     */
+    var `localCount`: kotlin.ULong
+    , 
+    /**
+     * The rows the server holds in it.
+     */
+    var `serverCount`: kotlin.ULong
+    , 
+    /**
+     * The repair made them match (false: the difference stays, and the
+     * same difference is not repaired again).
+     */
+    var `repaired`: kotlin.Boolean
+    , 
+    /**
+     * When it was found (ms).
+     */
+    var `at`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRepair: FfiConverterRustBuffer<Repair> {
+    override fun read(buf: ByteBuffer): Repair {
+        return Repair(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Repair) = (
+            FfiConverterString.allocationSize(value.`collection`) +
+            FfiConverterULong.allocationSize(value.`localCount`) +
+            FfiConverterULong.allocationSize(value.`serverCount`) +
+            FfiConverterBoolean.allocationSize(value.`repaired`) +
+            FfiConverterLong.allocationSize(value.`at`)
+    )
+
+    override fun write(value: Repair, buf: ByteBuffer) {
+            FfiConverterString.write(value.`collection`, buf)
+            FfiConverterULong.write(value.`localCount`, buf)
+            FfiConverterULong.write(value.`serverCount`, buf)
+            FfiConverterBoolean.write(value.`repaired`, buf)
+            FfiConverterLong.write(value.`at`, buf)
+    }
+}
+
+
+
+/**
  * Counts of the local database.
  */
 data class StoreStatus (
@@ -6027,6 +6096,18 @@ data class SyncConfig (
      * left; the rest follows on an unmetered network (null: no cap).
      */
     var `meteredPriority`: kotlin.UByte? = null 
+    , 
+    /**
+     * Check the collections synced whole against the server's checksums,
+     * and repair one that differs (`SyncReport.repairs`, `SyncStatus.last_repair`).
+     */
+    var `checksums`: kotlin.Boolean = true 
+    , 
+    /**
+     * How often at most a pull checks (0: every pull); the first check comes
+     * one interval after the device's first sync.
+     */
+    var `checksumIntervalMs`: kotlin.ULong = 3600000uL 
     
 ){
     
@@ -6050,6 +6131,8 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterOptionalTypePageSizing.read(buf),
             FfiConverterOptionalTypePageSizing.read(buf),
             FfiConverterOptionalUByte.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -6060,7 +6143,9 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterOptionalSequenceString.allocationSize(value.`collections`) +
             FfiConverterOptionalTypePageSizing.allocationSize(value.`pageSizing`) +
             FfiConverterOptionalTypePageSizing.allocationSize(value.`pushSizing`) +
-            FfiConverterOptionalUByte.allocationSize(value.`meteredPriority`)
+            FfiConverterOptionalUByte.allocationSize(value.`meteredPriority`) +
+            FfiConverterBoolean.allocationSize(value.`checksums`) +
+            FfiConverterULong.allocationSize(value.`checksumIntervalMs`)
     )
 
     override fun write(value: SyncConfig, buf: ByteBuffer) {
@@ -6071,6 +6156,8 @@ public object FfiConverterTypeSyncConfig: FfiConverterRustBuffer<SyncConfig> {
             FfiConverterOptionalTypePageSizing.write(value.`pageSizing`, buf)
             FfiConverterOptionalTypePageSizing.write(value.`pushSizing`, buf)
             FfiConverterOptionalUByte.write(value.`meteredPriority`, buf)
+            FfiConverterBoolean.write(value.`checksums`, buf)
+            FfiConverterULong.write(value.`checksumIntervalMs`, buf)
     }
 }
 
@@ -6100,6 +6187,12 @@ data class SyncReport (
     var `deferredAfter`: kotlin.UByte?
     , 
     /**
+     * Collections whose checksum differed from the server's, each with
+     * whether its repair made it match.
+     */
+    var `repairs`: List<Repair>
+    , 
+    /**
      * The full report (publish counts per collection included) as JSON.
      */
     var `detailJson`: kotlin.String
@@ -6127,6 +6220,7 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterOptionalUByte.read(buf),
+            FfiConverterSequenceTypeRepair.read(buf),
             FfiConverterString.read(buf),
         )
     }
@@ -6140,6 +6234,7 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.allocationSize(value.`pushedRejected`) +
             FfiConverterULong.allocationSize(value.`pushedRetried`) +
             FfiConverterOptionalUByte.allocationSize(value.`deferredAfter`) +
+            FfiConverterSequenceTypeRepair.allocationSize(value.`repairs`) +
             FfiConverterString.allocationSize(value.`detailJson`)
     )
 
@@ -6152,6 +6247,7 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.write(value.`pushedRejected`, buf)
             FfiConverterULong.write(value.`pushedRetried`, buf)
             FfiConverterOptionalUByte.write(value.`deferredAfter`, buf)
+            FfiConverterSequenceTypeRepair.write(value.`repairs`, buf)
             FfiConverterString.write(value.`detailJson`, buf)
     }
 }
@@ -6211,6 +6307,12 @@ data class SyncStatus (
     var `lastSyncCompletedAt`: kotlin.Long?
     , 
     var `online`: kotlin.Boolean
+    , 
+    /**
+     * The last collection found to differ from the server's checksum, and
+     * whether its repair made it match ([`super::integrity`]).
+     */
+    var `lastRepair`: Repair?
     
 ){
     
@@ -6240,6 +6342,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterBoolean.read(buf),
             FfiConverterOptionalLong.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterOptionalTypeRepair.read(buf),
         )
     }
 
@@ -6256,7 +6359,8 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterOptionalString.allocationSize(value.`lastError`) +
             FfiConverterBoolean.allocationSize(value.`authFailed`) +
             FfiConverterOptionalLong.allocationSize(value.`lastSyncCompletedAt`) +
-            FfiConverterBoolean.allocationSize(value.`online`)
+            FfiConverterBoolean.allocationSize(value.`online`) +
+            FfiConverterOptionalTypeRepair.allocationSize(value.`lastRepair`)
     )
 
     override fun write(value: SyncStatus, buf: ByteBuffer) {
@@ -6273,6 +6377,7 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterBoolean.write(value.`authFailed`, buf)
             FfiConverterOptionalLong.write(value.`lastSyncCompletedAt`, buf)
             FfiConverterBoolean.write(value.`online`, buf)
+            FfiConverterOptionalTypeRepair.write(value.`lastRepair`, buf)
     }
 }
 
@@ -7468,6 +7573,38 @@ public object FfiConverterOptionalTypePageSizing: FfiConverterRustBuffer<PageSiz
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeRepair: FfiConverterRustBuffer<Repair?> {
+    override fun read(buf: ByteBuffer): Repair? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeRepair.read(buf)
+    }
+
+    override fun allocationSize(value: Repair?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeRepair.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Repair?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeRepair.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalSequenceString: FfiConverterRustBuffer<List<kotlin.String>?> {
     override fun read(buf: ByteBuffer): List<kotlin.String>? {
         if (buf.get().toInt() == 0) {
@@ -7606,6 +7743,34 @@ public object FfiConverterSequenceTypeAnchor: FfiConverterRustBuffer<List<Anchor
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeAnchor.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeRepair: FfiConverterRustBuffer<List<Repair>> {
+    override fun read(buf: ByteBuffer): List<Repair> {
+        val len = buf.getInt()
+        return List<Repair>(len) {
+            FfiConverterTypeRepair.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<Repair>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRepair.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<Repair>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRepair.write(it, buf)
         }
     }
 }
