@@ -168,10 +168,12 @@ async fn a_changed_a_lost_and_a_stray_row_are_repaired_and_a_pending_create_is_k
     );
 
     w.a.store.flush_events();
-    let events = w.events.lock();
-    let repair = events
+    let repair = w
+        .events
+        .lock()
         .iter()
         .find(|e| e.source == ChangeSource::Repair)
+        .cloned()
         .expect("the repair's publish is an event of its own source");
     let change = &repair.changes[0];
     assert!(change.reload, "listeners re-read the repaired collection");
