@@ -262,30 +262,34 @@ async fn after_a_restore_from_an_older_backup_the_device_holds_what_the_server_h
     assert!(!server.contains_key("late1"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_repair_cut_off_midway_resumes_and_completes() {
-    // Pages of 5 rows: the repair of 20 takes four.
-    let w = world(SyncConfig {
+/// Alice's damaged device (pages of 5 rows: a repair of 20 takes four) syncs:
+/// `passing` requests are answered, the next one's answer is lost, and the
+/// sync fails with nothing of the repair published.
+async fn cut_off_after(passing: usize) -> (Arc<InProcessServer>, Arc<ManualClock>, KitDevice) {
+    let World {
+        server, clock, a, ..
+    } = world(SyncConfig {
         page_size: 5,
         ..always()
     })
     .await;
-    let a = w.a;
     corrupt(&a, DAMAGE);
-    // The check's pull, its confirmation, then two pages of the repair pass;
-    // the third is cut off, and the app is killed.
-    a.net.then([
-        support::kit::Fault::None,
-        support::kit::Fault::None,
-        support::kit::Fault::None,
-        support::kit::Fault::None,
-        support::kit::Fault::DropAfter,
-    ]);
-    assert!(a.client.sync().await.is_err());
+    let mut plan = vec![support::kit::Fault::None; passing];
+    plan.push(support::kit::Fault::DropAfter);
+    a.net.then(plan);
+    assert!(a.client.sync().await.is_err(), "cut off within the repair");
     assert!(
         a.store.get("tasks", "ghost").unwrap().is_some(),
         "nothing of the repair is published yet"
     );
+    (server, clock, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_cut_off_midway_resumes_and_completes() {
+    // The check's pull, its confirmation and two pages of the repair pass; the
+    // answer to the third is lost, and the app is killed.
+    let (_server, _clock, a) = cut_off_after(4).await;
     let a = a.restart();
     let report = a.client.sync().await.unwrap();
     assert_eq!(report.pages, 2, "the two pages left of the repair");
@@ -304,20 +308,7 @@ async fn a_repair_cut_off_midway_resumes_and_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_whose_staged_pages_are_lost_is_abandoned_not_applied_to_an_ordinary_pull() {
-    let w = world(SyncConfig {
-        page_size: 5,
-        ..always()
-    })
-    .await;
-    let a = w.a;
-    corrupt(&a, DAMAGE);
-    a.net.then([
-        support::kit::Fault::None,
-        support::kit::Fault::None,
-        support::kit::Fault::None,
-        support::kit::Fault::DropAfter,
-    ]);
-    assert!(a.client.sync().await.is_err(), "cut off within the repair");
+    let (server, clock, a) = cut_off_after(3).await;
     // The app is down, and its staging file is lost with the repair's pages
     // (the next open finds none).
     let a = a.restart_with(|dir| {
@@ -327,7 +318,7 @@ async fn a_repair_whose_staged_pages_are_lost_is_abandoned_not_applied_to_an_ord
     });
     // Another device writes: the next pull is an ordinary one with a change
     // to publish, from the cursor the lost repair started at.
-    let b = KitDevice::new(&w.server, &w.clock, ALICE, schema(), SyncConfig::default());
+    let b = KitDevice::new(&server, &clock, ALICE, schema(), SyncConfig::default());
     b.client
         .write(vec![create("b1", "from b")], WriteMode::OfflineFirst)
         .await
@@ -342,7 +333,7 @@ async fn a_repair_whose_staged_pages_are_lost_is_abandoned_not_applied_to_an_ord
     assert_eq!(report.repairs.len(), 1, "found again and repaired");
     assert!(report.repairs[0].repaired);
     assert!(a.store.get("tasks", "ghost").unwrap().is_none());
-    assert_eq!(tasks(&a.store), server_tasks(&w.server).await);
+    assert_eq!(tasks(&a.store), server_tasks(&server).await);
     assert_eq!(tasks(&a.store).len(), 21);
 }
 

@@ -1364,6 +1364,36 @@ async fn a_higher_priority_comes_first_and_its_last_page_is_a_checkpoint(svc: Sy
     );
 }
 
+/// A first pull's totals and checksums (from its last page).
+async fn totals_and_checksums(
+    svc: &SyncService,
+    who: &Caller,
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, ferry_protocol::Checksum>,
+) {
+    let r = PullRequest {
+        want_checksums: true,
+        ..req(None)
+    };
+    let last = pull_all(svc, who, r).await.pop().unwrap();
+    (last.totals.unwrap(), last.checksums.unwrap())
+}
+
+/// Creates of tasks `t<i>` for each i, and of doc `d1` in scope `team`.
+fn tasks_and_a_doc(ids: impl Iterator<Item = u32>, doc_title: &str) -> Vec<Mutation> {
+    let mut ms: Vec<Mutation> = ids
+        .map(|i| create(&format!("m{i}"), "tasks", &format!("t{i}"), task("x")))
+        .collect();
+    ms.push(create(
+        "md",
+        "docs",
+        "d1",
+        json!({"title": doc_title, "space": "team"}),
+    ));
+    ms
+}
+
 /// The checksum of a view: id → version of each live row.
 fn checksum_of(view: &std::collections::BTreeMap<String, u64>) -> ferry_protocol::Checksum {
     let digest = view
@@ -1401,16 +1431,7 @@ async fn pull_into(
 
 async fn checksums_follow_every_write_and_a_restart_sends_a_collection_again(svc: SyncService) {
     let (a, b) = (alice(), bob());
-    let mut ms: Vec<Mutation> = (1..=5)
-        .map(|i| create(&format!("m{i}"), "tasks", &format!("t{i}"), task("x")))
-        .collect();
-    ms.push(create(
-        "m6",
-        "docs",
-        "d1",
-        json!({"title": "shared", "space": "team"}),
-    ));
-    push(&svc, &a, "c1", ms).await;
+    push(&svc, &a, "c1", tasks_and_a_doc(1..=5, "shared")).await;
     push(
         &svc,
         &b,
@@ -1539,20 +1560,10 @@ async fn totals_from_before_digests_get_no_checksum(db: TestDb, forget: impl Asy
         ],
     )
     .await;
-    let pages = pull_all(
-        &svc,
-        &a,
-        PullRequest {
-            want_checksums: true,
-            ..req(None)
-        },
-    )
-    .await;
-    let last = pages.last().unwrap();
-    let sums = last.checksums.clone().unwrap();
+    let (totals, sums) = totals_and_checksums(&svc, &a).await;
     assert!(!sums.contains_key("tasks"), "{sums:?}");
     assert_eq!(sums["docs"].count, 1);
-    assert_eq!(last.totals.as_ref().unwrap()["tasks"], 2);
+    assert_eq!(totals["tasks"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1604,16 +1615,7 @@ async fn postgres_totals_read_the_same_before_and_after_a_fold() {
     );
     let svc = SyncService::new(pg.clone(), test_config()).await.unwrap();
     let a = alice();
-    let mut ms: Vec<Mutation> = (0..4)
-        .map(|i| create(&format!("m{i}"), "tasks", &format!("t{i}"), task("x")))
-        .collect();
-    ms.push(create(
-        "m9",
-        "docs",
-        "d1",
-        json!({"title": "d", "space": "team"}),
-    ));
-    push(&svc, &a, "c1", ms).await;
+    push(&svc, &a, "c1", tasks_and_a_doc(0..4, "d")).await;
     push(
         &svc,
         &a,
@@ -1624,19 +1626,7 @@ async fn postgres_totals_read_the_same_before_and_after_a_fold() {
         ],
     )
     .await;
-    let read = async || {
-        let pages = pull_all(
-            &svc,
-            &a,
-            PullRequest {
-                want_checksums: true,
-                ..req(None)
-            },
-        )
-        .await;
-        let last = pages.last().unwrap().clone();
-        (last.totals.unwrap(), last.checksums.unwrap())
-    };
+    let read = async || totals_and_checksums(&svc, &a).await;
     let before = read().await;
     assert_eq!(before.0["tasks"], 3);
     let changed = pg.fold_totals().await.unwrap();

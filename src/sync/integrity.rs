@@ -109,12 +109,7 @@ impl SyncClient {
         }
         if !to_repair.is_empty() {
             for m in &to_repair {
-                tracing::warn!(
-                    collection = %m.collection,
-                    local_count = m.local.count,
-                    server_count = m.server.count,
-                    "the collection differs from the server's checksum; repairing it"
-                );
+                m.log("the collection differs from the server's checksum; repairing it");
             }
             let fixed = self
                 .pull_to_end(&Want {
@@ -130,12 +125,7 @@ impl SyncClient {
             for m in &to_repair {
                 let after = still.iter().find(|s| s.collection == m.collection);
                 if let Some(s) = after {
-                    tracing::error!(
-                        collection = %m.collection,
-                        local_count = s.local.count,
-                        server_count = s.server.count,
-                        "the repair did not make the collection match the server's checksum"
-                    );
+                    s.log("the repair did not make the collection match the server's checksum");
                 }
                 // Only a difference the server vouched for is remembered.
                 let unrepaired = after
@@ -210,6 +200,17 @@ impl SyncClient {
             Ok(out)
         })
         .await
+    }
+}
+
+impl Mismatch {
+    fn log(&self, what: &str) {
+        tracing::warn!(
+            collection = %self.collection,
+            local_count = self.local.count,
+            server_count = self.server.count,
+            "{what}"
+        );
     }
 }
 
