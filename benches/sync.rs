@@ -1016,6 +1016,7 @@ async fn child_pull_only(url: &str) -> Value {
             want_totals: cursor.is_none(),
             want_checksums: false,
             restart: None,
+            max_priority: None,
         };
         let t = Instant::now();
         let bytes = http

@@ -163,11 +163,16 @@ async fn on_a_metered_network_a_pull_stops_at_the_cap_and_the_rest_follows_off_i
     assert_eq!(report.deferred_after, Some(0));
     assert_eq!(contents(&b.store, "projects").len(), 3);
     assert!(contents(&b.store, "tasks").is_empty());
-    // Nothing of priority 0 is new: the first page is the tasks', and it is
-    // left unstaged.
+    // Nothing of priority 0 is new: the pull asks for priority 0 only
+    // (`max_priority`), so the server does not even send the tasks.
     let report = b.client.sync().await.unwrap();
     assert_eq!((report.deferred_after, report.pulled), (Some(0), 0));
     assert!(contents(&b.store, "tasks").is_empty());
+    let pages = b.transport.pages.lock().clone();
+    assert!(
+        pages.iter().all(|p| !p.iter().any(|c| c == "tasks")),
+        "no page on cellular carried tasks: {pages:?}"
+    );
 
     // Wifi: background sync brings the rest by itself.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

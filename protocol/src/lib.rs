@@ -82,6 +82,12 @@ pub struct PullRequest {
     /// last page (`checksums`), for the client to check what it holds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub want_checksums: bool,
+    /// Only the changes of this priority and the higher ones (0 first): the
+    /// streams of lower priorities are not read and keep their positions, so
+    /// the page with `has_more == false` ends what was asked, not everything
+    /// (a metered network). `None`: every priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_priority: Option<u8>,
     /// A repair: the streams of these collections start over from the beginning,
     /// as in a first sync, while the others go on from `cursor`. The pull then
     /// sends every row of them the caller can see.
@@ -488,6 +494,7 @@ mod tests {
         assert!(!r.want_totals);
         assert!(!r.want_checksums);
         assert_eq!(r.restart, None);
+        assert_eq!(r.max_priority, None);
     }
 
     #[test]

@@ -153,6 +153,7 @@ async fn main() {
         want_totals: false,
         want_checksums: false,
         restart: None,
+        max_priority: None,
     };
     let first = Instant::now();
     let page = svc.pull(&alice, &req).await.unwrap();

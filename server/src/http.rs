@@ -392,6 +392,7 @@ impl DefaultRequest for PullRequest {
             want_totals: false,
             want_checksums: false,
             restart: None,
+            max_priority: None,
             priorities: None,
         }
     }

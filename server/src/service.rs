@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use ferry_protocol::watermelon;
 use ferry_protocol::{
-    Checksum, CollectionChanges, Fields, MutationOutcome, MutationResult, Op, PullPage,
-    PullRequest, PushRequest, PushResponse, RawFields, RejectCode, ServerRecord, error_code,
+    Checksum, CollectionChanges, Fields, LOWEST_PRIORITY, MutationOutcome, MutationResult, Op,
+    PullPage, PullRequest, PushRequest, PushResponse, RawFields, RejectCode, ServerRecord,
+    error_code,
 };
 use serde_json::Value;
 
@@ -132,8 +133,18 @@ impl SyncService {
             .limit
             .unwrap_or(limits.default_page_rows)
             .clamp(1, limits.max_page_rows) as usize;
-        let plan = subscriptions::plan(&self.config, caller, req)?;
+        let mut plan = subscriptions::plan(&self.config, caller, req)?;
         let priorities = subscriptions::Priorities::of_request(&self.config, req)?;
+        if let Some(max) = req.max_priority.filter(|m| *m > LOWEST_PRIORITY) {
+            return Err(ApiError::bad_request(
+                error_code::INVALID_REQUEST,
+                format!("`max_priority` is 0 to {LOWEST_PRIORITY}, not {max}"),
+            ));
+        }
+        let asked = |collection: &str| {
+            req.max_priority
+                .is_none_or(|max| priorities.of(collection) <= max)
+        };
         let collections = plan.collections.clone();
         let mut cursor = match &req.cursor {
             Some(s) => self.codec.decode(&caller.user_id, s)?,
@@ -173,6 +184,9 @@ impl SyncService {
             cursor.streams.retain(|k, _| live.contains(k));
             cursor.created.retain(|k, _| live.contains(k));
         }
+        // Priorities past `max_priority` wait: their streams are not read and
+        // keep their positions in the cursor.
+        plan.streams.retain(|s| asked(&s.key.collection));
 
         let mut scans: Vec<Scan> = plan
             .streams
@@ -189,7 +203,7 @@ impl SyncService {
             })
             .collect();
         for (key, after) in &cursor.revoking {
-            if collections.contains(&key.collection) {
+            if collections.contains(&key.collection) && asked(&key.collection) {
                 scans.push(Scan {
                     key: key.clone(),
                     after: *after,

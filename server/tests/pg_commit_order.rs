@@ -45,6 +45,7 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
                     want_totals: false,
                     want_checksums: false,
                     restart: None,
+                    max_priority: None,
                 };
                 let page = svc.pull(&alice(), &req).await.unwrap();
                 pulls += 1;
@@ -238,6 +239,7 @@ async fn a_create_that_loses_a_race_for_its_id_is_retried_and_rejected() {
                 want_totals: true,
                 want_checksums: false,
                 restart: None,
+                max_priority: None,
                 priorities: None,
             },
         )

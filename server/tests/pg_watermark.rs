@@ -55,6 +55,7 @@ fn pull(cursor: Option<String>) -> PullRequest {
         want_totals: false,
         want_checksums: false,
         restart: None,
+        max_priority: None,
         priorities: None,
     }
 }

@@ -120,6 +120,7 @@ fn req(cursor: Option<&str>) -> PullRequest {
         want_totals: true,
         want_checksums: false,
         restart: None,
+        max_priority: None,
         priorities: None,
     }
 }

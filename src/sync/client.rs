@@ -748,7 +748,10 @@ impl SyncClient {
         > = None;
         let bytes_at_start = self.inner.transport.bytes_received();
         let clock = store.clock().clone();
+        // On a metered network: the priorities past the cap are not asked for.
+        let mut cap;
         loop {
+            cap = self.metered_cap();
             let limit = match &*self.inner.page_sizer.lock() {
                 Some(sizer) => sizer.size(),
                 None => self.inner.config.page_size,
@@ -768,6 +771,7 @@ impl SyncClient {
                 want_totals: cursor.is_none() || report.pages == 0,
                 want_checksums: want.checksums,
                 restart: want.restart.clone().filter(|_| report.pages == 0),
+                max_priority: cap,
             };
             let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
             let fetched = self
@@ -795,9 +799,7 @@ impl SyncClient {
             if report.pages == 0 && want.restart.is_none() && start.nothing_new(&page) {
                 // Nothing to stage or publish: no transaction at all.
                 report.pages = 1;
-                self.update_status(|s| {
-                    s.completed_priority = Some(ferry_protocol::LOWEST_PRIORITY)
-                });
+                self.ended_at(cap, &levels, &mut report);
                 return Ok(Some(Pulled {
                     report,
                     checksums: page.checksums,
@@ -881,15 +883,27 @@ impl SyncClient {
         if !Self::staged(&mut staging_task, &mut report).await? {
             return Ok(None);
         }
-        let Some(published) = self
-            .publish_staged(generation, ferry_protocol::LOWEST_PRIORITY)
-            .await?
-        else {
+        let level = cap.unwrap_or(ferry_protocol::LOWEST_PRIORITY);
+        let Some(published) = self.publish_staged(generation, level).await? else {
             return Ok(None);
         };
         report.published.add(&published);
-        self.update_status(|s| s.completed_priority = Some(ferry_protocol::LOWEST_PRIORITY));
+        self.ended_at(cap, &levels, &mut report);
         Ok(Some(Pulled { report, checksums }))
+    }
+
+    /// A pull ran to its end, asked for the priorities up to `cap` (all when
+    /// `None`): they are complete, and the rest, if any, is deferred.
+    fn ended_at(&self, cap: Option<u8>, levels: &[(String, Option<u8>)], report: &mut SyncReport) {
+        let level = cap.unwrap_or(ferry_protocol::LOWEST_PRIORITY);
+        let beyond = levels
+            .iter()
+            .any(|(_, p)| p.unwrap_or(ferry_protocol::LOWEST_PRIORITY) > level);
+        if beyond {
+            tracing::info!(priority = level, "metered network: the rest of the pull waits");
+            report.deferred_after = Some(level);
+        }
+        self.update_status(|s| s.completed_priority = s.completed_priority.max(Some(level)));
     }
 
     /// The cap of [`SyncConfig::metered_priority`], while the network is

@@ -80,6 +80,7 @@ impl InProcessServer {
                 want_totals: false,
                 want_checksums: false,
                 restart: None,
+                max_priority: None,
             };
             let page: PullPage = reencode(&self.service.pull(&caller, &req).await.unwrap());
             for (_, changes) in page.changes {

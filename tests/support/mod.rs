@@ -68,6 +68,8 @@ pub struct Faulty {
     inner: HttpTransport,
     pub offline: AtomicBool,
     pub pulls: AtomicUsize,
+    /// For each page served, the collections it had changes of.
+    pub pages: Mutex<Vec<Vec<String>>>,
     /// Fail every pull once this many pages were served in this run.
     pub fail_pull_after: Mutex<Option<usize>>,
     pub lose_push_response: AtomicBool,
@@ -84,6 +86,7 @@ impl Faulty {
             inner: HttpTransport::new(url).unwrap(),
             offline: AtomicBool::new(false),
             pulls: AtomicUsize::new(0),
+            pages: Mutex::new(Vec::new()),
             fail_pull_after: Mutex::new(None),
             lose_push_response: AtomicBool::new(false),
             pushes: AtomicUsize::new(0),
@@ -116,6 +119,7 @@ impl Transport for Faulty {
         }
         let page = self.inner.pull(token, req).await?;
         self.pulls.fetch_add(1, Ordering::SeqCst);
+        self.pages.lock().push(page.changes.keys().cloned().collect());
         Ok(page)
     }
 
