@@ -1363,6 +1363,28 @@ async fn a_higher_priority_comes_first_and_its_last_page_is_a_checkpoint(svc: Sy
         code(pull(&svc, &a, &bad("tasks", 4)).await),
         "invalid_request"
     );
+
+    // `max_priority`: only priority 0 is read, and the pull ends there; the
+    // tasks wait at their positions and come with the next pull that asks.
+    let capped = |cursor: Option<&str>, max: u8| PullRequest {
+        max_priority: Some(max),
+        ..ranked(cursor, 100)
+    };
+    let only = pull(&svc, &a, &capped(None, 0)).await.unwrap();
+    assert_eq!(ids(&only, "projects"), ["p1", "p2", "p3"]);
+    assert!(!only.changes.contains_key("tasks"));
+    assert!(!only.has_more, "everything asked for is there");
+    let again = pull(&svc, &a, &capped(Some(&only.cursor), 0)).await.unwrap();
+    assert!(again.changes.is_empty() && !again.has_more);
+    let rest = pull(&svc, &a, &ranked(Some(&again.cursor), 100))
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest, "tasks"), ["t1", "t2", "t3", "t4"]);
+    assert!(!rest.changes.contains_key("projects"), "not twice");
+    assert_eq!(
+        code(pull(&svc, &a, &capped(None, 4)).await),
+        "invalid_request"
+    );
 }
 
 /// A first pull's totals and checksums (from its last page).
