@@ -432,6 +432,65 @@ mod ffi {
         }
     }
 
+    /// A Kotlin or Swift app holds its database object after a logout: the one
+    /// call shuts the client down, closes the database from inside and deletes
+    /// the file; every later call on the object fails with `Closed`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_logout_call_stops_the_client_closes_the_database_and_deletes_it() {
+        let server = start_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db").display().to_string();
+        let db = FerryDatabase::open(path.clone(), SCHEMA.into()).unwrap();
+        db.create("tasks".into(), r#"[{"id":"t1","title":"x"}]"#.into())
+            .unwrap();
+        let client = ffi::FerrySyncClient::new(
+            db.clone(),
+            server.url(),
+            Arc::new(Token),
+            ffi::sync::default_sync_config(),
+        )
+        .unwrap();
+        client.sync().await.unwrap();
+        // Another open of the same file: the logout deletes nothing.
+        let other = FerryDatabase::open(path.clone(), SCHEMA.into()).unwrap();
+        let refused = tokio::time::timeout(
+            GUARD,
+            ffi::database::logout(Some(client.clone()), db.clone()),
+        )
+        .await
+        .expect("answers");
+        assert!(
+            matches!(refused, Err(FerryError::InvalidInput { .. })),
+            "{refused:?}"
+        );
+        assert!(std::path::Path::new(&path).exists());
+        drop(other);
+        tokio::time::timeout(
+            GUARD,
+            ffi::database::logout(Some(client.clone()), db.clone()),
+        )
+        .await
+        .expect("answers")
+        .unwrap();
+        assert!(!std::path::Path::new(&path).exists(), "deleted");
+        assert!(!std::path::Path::new(&format!("{path}-wal")).exists());
+        // The host still holds both objects.
+        assert!(matches!(
+            db.get("tasks".into(), "t1".into()),
+            Err(FerryError::Closed { .. })
+        ));
+        assert!(matches!(
+            client.sync().await,
+            Err(FerryError::Closed { .. })
+        ));
+        assert!(
+            !db.add_change_listener(Arc::new(Bursts(Mutex::default())))
+                .is_active()
+        );
+        db.flush_events().await;
+        assert_eq!(db.client_id().len(), 36, "what needs no file still answers");
+    }
+
     struct Lines(Mutex<Vec<String>>);
 
     impl ffi::Logger for Lines {

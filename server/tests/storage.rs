@@ -1374,7 +1374,9 @@ async fn a_higher_priority_comes_first_and_its_last_page_is_a_checkpoint(svc: Sy
     assert_eq!(ids(&only, "projects"), ["p1", "p2", "p3"]);
     assert!(!only.changes.contains_key("tasks"));
     assert!(!only.has_more, "everything asked for is there");
-    let again = pull(&svc, &a, &capped(Some(&only.cursor), 0)).await.unwrap();
+    let again = pull(&svc, &a, &capped(Some(&only.cursor), 0))
+        .await
+        .unwrap();
     assert!(again.changes.is_empty() && !again.has_more);
     let rest = pull(&svc, &a, &ranked(Some(&again.cursor), 100))
         .await

@@ -38,7 +38,13 @@ impl FerryDatabase {
         records: Vec<TypedRecord>,
     ) -> Result<Vec<TypedRecord>, FerryError> {
         let ops = records.into_iter().map(|r| put(&collection, r)).collect();
-        Ok(self.store.write(ops)?.iter().flatten().map(typed).collect())
+        Ok(self
+            .store()?
+            .write(ops)?
+            .iter()
+            .flatten()
+            .map(typed)
+            .collect())
     }
 
     /// `query` with typed records out.
@@ -49,7 +55,7 @@ impl FerryDatabase {
     ) -> Result<Vec<TypedRecord>, FerryError> {
         let q = Query::from_json(&query_json)?;
         Ok(self
-            .store
+            .store()?
             .query(&collection, &q)?
             .iter()
             .map(typed)

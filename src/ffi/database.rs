@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+
 use super::error::FerryError;
 use super::listeners::{self, ChangeListener, ListenerHandle, QueryListener};
 use super::ops;
@@ -18,7 +20,12 @@ type Result<T> = std::result::Result<T, FerryError>;
 /// A local Ferry database (one SQLite file).
 #[derive(uniffi::Object)]
 pub struct FerryDatabase {
-    pub(crate) store: Store,
+    /// The store until `close` (or a `logout`), then `None`: the host may hold
+    /// this object long after, and it must not keep the file open.
+    store: RwLock<Option<Store>>,
+    client_id: String,
+    schema_json: String,
+    path: String,
 }
 
 /// A count and whether it is complete (see `FerryDatabase.count_result`).
@@ -113,24 +120,24 @@ impl FerryDatabase {
     }
 
     pub fn client_id(&self) -> String {
-        self.store.client_id().to_string()
+        self.client_id.clone()
     }
 
     /// The schema in use, as JSON.
     pub fn schema_json(&self) -> String {
-        self.store.schema().to_json()
+        self.schema_json.clone()
     }
 
     /// A mixed batch (see `ops`): one transaction, one event. Returns the written
     /// rows as a JSON array (`null` for deletes).
     pub fn write(&self, ops_json: String) -> Result<String> {
-        Ok(ops::written(self.store.write(ops::batch(&ops_json)?)?))
+        Ok(ops::written(self.store()?.write(ops::batch(&ops_json)?)?))
     }
 
     /// Creates records (a JSON array of objects, or one object); returns the rows.
     pub fn create(&self, collection: String, records_json: String) -> Result<String> {
         Ok(ops::written(
-            self.store
+            self.store()?
                 .write(ops::creates(&collection, &records_json)?)?,
         ))
     }
@@ -138,7 +145,7 @@ impl FerryDatabase {
     /// Updates records; each object carries its `id` and the fields to change.
     pub fn update(&self, collection: String, records_json: String) -> Result<String> {
         Ok(ops::written(
-            self.store
+            self.store()?
                 .write(ops::updates(&collection, &records_json)?)?,
         ))
     }
@@ -146,13 +153,14 @@ impl FerryDatabase {
     /// Creates or updates records by `id`; returns the rows.
     pub fn put(&self, collection: String, records_json: String) -> Result<String> {
         Ok(ops::written(
-            self.store.write(ops::puts(&collection, &records_json)?)?,
+            self.store()?
+                .write(ops::puts(&collection, &records_json)?)?,
         ))
     }
 
     /// Deletes records by id, in one transaction.
     pub fn delete(&self, collection: String, ids: Vec<String>) -> Result<()> {
-        self.store
+        self.store()?
             .write(ops::deletes(&collection, ids))
             .map(drop)
             .map_err(Into::into)
@@ -161,21 +169,21 @@ impl FerryDatabase {
     /// The row with `id` as JSON, or null if absent or deleted.
     pub fn get(&self, collection: String, id: String) -> Result<Option<String>> {
         Ok(self
-            .store
+            .store()?
             .get(&collection, &id)?
             .map(|r| super::to_json(&r.to_json())))
     }
 
     /// The rows with these ids that exist, in the order asked, as a JSON array.
     pub fn get_many(&self, collection: String, ids: Vec<String>) -> Result<String> {
-        Ok(ops::rows(&self.store.get_many(&collection, &ids)?))
+        Ok(ops::rows(&self.store()?.get_many(&collection, &ids)?))
     }
 
     /// Rows matching a JSON query, as a JSON array.
     pub fn query(&self, collection: String, query_json: String) -> Result<String> {
         Ok(ops::rows(
             &self
-                .store
+                .store()?
                 .query(&collection, &Query::from_json(&query_json)?)?,
         ))
     }
@@ -185,7 +193,7 @@ impl FerryDatabase {
     /// (pruned by retention) may match and are not here.
     pub fn query_result(&self, collection: String, query_json: String) -> Result<String> {
         let r = self
-            .store
+            .store()?
             .query_result(&collection, &Query::from_json(&query_json)?)?;
         let rows: Vec<serde_json::Value> = r.records.iter().map(crate::Record::to_json).collect();
         Ok(super::to_json(
@@ -197,7 +205,7 @@ impl FerryDatabase {
     /// the count is of the whole collection ("local n of server total m").
     pub fn count_result(&self, collection: String, query_json: String) -> Result<CountResult> {
         let r = self
-            .store
+            .store()?
             .count_result(&collection, &Query::from_json(&query_json)?)?;
         Ok(CountResult {
             local: r.local,
@@ -209,7 +217,7 @@ impl FerryDatabase {
     /// Prunes every collection by its retention policy now (a sync does it in
     /// each publish); returns the rows pruned per collection.
     pub fn run_retention(&self) -> Result<HashMap<String, u64>> {
-        Ok(self.store.run_retention()?.pruned.into_iter().collect())
+        Ok(self.store()?.run_retention()?.pruned.into_iter().collect())
     }
 
     /// Adds a sync subscription, or replaces the one of its name (renewing its
@@ -226,7 +234,7 @@ impl FerryDatabase {
             .map_err(|e| {
                 crate::Error::InvalidInput(format!("subscription: the filter is not JSON: {e}"))
             })?;
-        let active = self.store.subscribe(crate::Subscription {
+        let active = self.store()?.subscribe(crate::Subscription {
             name: subscription.name,
             collection: subscription.collection,
             scope: subscription.scope,
@@ -239,20 +247,20 @@ impl FerryDatabase {
     /// Removes the sync subscription `name`, evicting what only it covered;
     /// returns whether it existed.
     pub fn unsubscribe(&self, name: String) -> Result<bool> {
-        Ok(self.store.unsubscribe(&name)?)
+        Ok(self.store()?.unsubscribe(&name)?)
     }
 
     /// Removes every sync subscription: the device syncs every collection in
     /// full again (the next sync backfills what they left out).
     pub fn clear_subscriptions(&self) -> Result<()> {
-        Ok(self.store.clear_subscriptions()?)
+        Ok(self.store()?.clear_subscriptions()?)
     }
 
     /// The live sync subscriptions by name; `None` while the device syncs
     /// every collection in full.
     pub fn subscriptions(&self) -> Result<Option<Vec<ActiveSyncSubscription>>> {
         Ok(self
-            .store
+            .store()?
             .subscriptions()?
             .map(|subs| subs.into_iter().map(Into::into).collect()))
     }
@@ -262,42 +270,42 @@ impl FerryDatabase {
     /// one. A priority never synced is absent, so an app can open once the
     /// priorities it needs are here, before the bulk has arrived.
     pub fn priorities_synced(&self) -> Result<HashMap<u8, i64>> {
-        Ok(self.store.priorities_synced()?.into_iter().collect())
+        Ok(self.store()?.priorities_synced()?.into_iter().collect())
     }
 
     /// How many rows match a JSON query (ignoring its limit and offset).
     pub fn count(&self, collection: String, query_json: String) -> Result<u64> {
         Ok(self
-            .store
+            .store()?
             .count(&collection, &Query::from_json(&query_json)?)?)
     }
 
     /// Every outbox entry in push order, as a JSON array.
     pub fn outbox(&self) -> Result<String> {
-        Ok(super::to_json(&self.store.outbox()?))
+        Ok(super::to_json(&self.store()?.outbox()?))
     }
 
     /// Quarantined mutations (permanently rejected), as a JSON array.
     pub fn quarantine(&self) -> Result<String> {
-        Ok(super::to_json(&self.store.quarantine()?))
+        Ok(super::to_json(&self.store()?.quarantine()?))
     }
 
     /// Forgets a quarantined mutation.
     pub fn discard_quarantined(&self, mutation_id: String) -> Result<()> {
-        Ok(self.store.discard_quarantined(&mutation_id)?)
+        Ok(self.store()?.discard_quarantined(&mutation_id)?)
     }
 
     /// Applies a quarantined mutation again as a new local write; returns the row.
     pub fn retry_quarantined(&self, mutation_id: String) -> Result<Option<String>> {
         Ok(self
-            .store
+            .store()?
             .retry_quarantined(&mutation_id)?
             .map(|r| super::to_json(&r.to_json())))
     }
 
     pub fn anchors(&self) -> Result<Vec<Anchor>> {
         Ok(self
-            .store
+            .store()?
             .anchors()?
             .into_iter()
             .map(Anchor::from)
@@ -305,16 +313,16 @@ impl FerryDatabase {
     }
 
     pub fn status(&self) -> Result<StoreStatus> {
-        Ok(self.store.status()?.into())
+        Ok(self.store()?.status()?.into())
     }
 
     /// Registers a listener for every committed change (one call per burst of
     /// commits, a JSON array of events, delivered on the core's event thread).
     pub fn add_change_listener(&self, listener: Arc<dyn ChangeListener>) -> Arc<ListenerHandle> {
-        ListenerHandle::from_core(
-            self.store
-                .add_change_listener(Arc::new(listeners::Change(listener))),
-        )
+        let Ok(store) = self.store() else {
+            return ListenerHandle::inactive();
+        };
+        ListenerHandle::from_core(store.add_change_listener(Arc::new(listeners::Change(listener))))
     }
 
     /// Observes a JSON query: the listener gets the rows now, then again after
@@ -325,7 +333,7 @@ impl FerryDatabase {
         query_json: String,
         listener: Arc<dyn QueryListener>,
     ) -> Result<Arc<ListenerHandle>> {
-        let sub = self.store.observe(
+        let sub = self.store()?.observe(
             &collection,
             Query::from_json(&query_json)?,
             Arc::new(listeners::Query(listener)),
@@ -337,13 +345,55 @@ impl FerryDatabase {
     /// Async, so that a host thread that listeners call back into (the JS thread)
     /// is never blocked waiting for them.
     pub async fn flush_events(&self) {
+        let Ok(store) = self.store() else {
+            return;
+        };
         let (tx, rx) = futures::channel::oneshot::channel();
-        self.store.when_events_delivered(move || {
+        store.when_events_delivered(move || {
             let _ = tx.send(());
         });
         let _ = rx.await;
     }
 }
+
+/// Logout in one call: shuts `client` down (a running sync or push is
+/// cancelled, and fails with `Closed`), closes `db` (every later call on it
+/// fails with `Closed`, even while the host still holds it), waits for the
+/// database work still running to let go of the file, and deletes it with
+/// its WAL and staging files. Fails with `InvalidInput`, deleting nothing,
+/// while another handle of the same file stays open (a second
+/// `FerryDatabase` opened on it, say). Calling it again deletes what is left.
+#[uniffi::export(async_runtime = "tokio")]
+pub async fn logout(
+    client: Option<Arc<super::sync::FerrySyncClient>>,
+    db: Arc<FerryDatabase>,
+) -> Result<()> {
+    if let Some(c) = client {
+        c.shutdown().await?;
+    }
+    let taken = db.store.write().take();
+    let path = db.path.clone();
+    super::on_runtime(async move {
+        if let Some(store) = taken {
+            let closed = store.downgrade();
+            drop(store);
+            // A call on the database made just before (on another thread)
+            // may hold it a moment longer; a handle still open after that is
+            // another one's, which the delete below reports.
+            for _ in 0..LOGOUT_WAITS {
+                if closed.upgrade().is_none() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        Store::delete_database(&path)
+    })
+    .await
+}
+
+/// How many 5 ms waits a logout gives calls still running on the database.
+const LOGOUT_WAITS: usize = 400;
 
 /// Deletes a closed database file (and its WAL files): the last step of a logout,
 /// after stopping the sync client and releasing every handle of the database.
@@ -355,7 +405,19 @@ pub fn delete_database(path: String) -> Result<()> {
 
 impl From<Store> for FerryDatabase {
     fn from(store: Store) -> Self {
-        FerryDatabase { store }
+        FerryDatabase {
+            client_id: store.client_id().to_string(),
+            schema_json: store.schema().to_json(),
+            path: store.path().display().to_string(),
+            store: RwLock::new(Some(store)),
+        }
+    }
+}
+
+impl FerryDatabase {
+    /// The store, unless closed (`Closed`).
+    pub(crate) fn store(&self) -> crate::Result<Store> {
+        self.store.read().clone().ok_or(crate::Error::Closed)
     }
 }
 

@@ -350,7 +350,7 @@ fn client(
 ) -> crate::Result<SyncClient> {
     let transport = HttpTransport::new(url)?;
     SyncClient::new(
-        db.store.clone(),
+        db.store()?,
         Arc::new(transport),
         Arc::new(listeners::Tokens(tokens)),
         config.into(),

@@ -900,7 +900,10 @@ impl SyncClient {
             .iter()
             .any(|(_, p)| p.unwrap_or(ferry_protocol::LOWEST_PRIORITY) > level);
         if beyond {
-            tracing::info!(priority = level, "metered network: the rest of the pull waits");
+            tracing::info!(
+                priority = level,
+                "metered network: the rest of the pull waits"
+            );
             report.deferred_after = Some(level);
         }
         self.update_status(|s| s.completed_priority = s.completed_priority.max(Some(level)));

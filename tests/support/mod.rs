@@ -119,7 +119,9 @@ impl Transport for Faulty {
         }
         let page = self.inner.pull(token, req).await?;
         self.pulls.fetch_add(1, Ordering::SeqCst);
-        self.pages.lock().push(page.changes.keys().cloned().collect());
+        self.pages
+            .lock()
+            .push(page.changes.keys().cloned().collect());
         Ok(page)
     }
 
