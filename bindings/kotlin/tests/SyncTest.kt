@@ -60,6 +60,25 @@ class SyncTest {
     }
 
     @Test
+    fun oneLogoutCallStopsTheClientClosesTheDatabaseAndDeletesIt() = runBlocking<Unit> {
+        val path = Fixtures.dbPath("logout")
+        val db = FerryDatabase.open(path, Fixtures.TASKS_SCHEMA)
+        val c = client(db)
+        val id = uid("lo")
+        c.write("[${create(id, "before logout")}]", WriteMode.OfflineFirst)
+        c.sync()
+        assertTrue(java.io.File(path).exists())
+        logout(c, db)
+        assertFalse("the database file is deleted", java.io.File(path).exists())
+        // The app still holds both objects: they answer Closed, not a crash.
+        assertThrows(FerryException.Closed::class.java) { db.get("tasks", id) }
+        assertThrows(FerryException.Closed::class.java) { runBlocking { c.sync() } }
+        logout(null, db) // again: nothing left to do
+        c.close()
+        db.close()
+    }
+
+    @Test
     fun twoDatabasesConvergeThroughTheServer() = runBlocking<Unit> {
         openTasks("alice").use { alice ->
             openTasks("bob").use { bob ->

@@ -5131,6 +5131,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeFerrySyncClient: FfiConverterRustBuffer {
+    typealias SwiftType = FerrySyncClient?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeFerrySyncClient.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeFerrySyncClient.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypePageSizing: FfiConverterRustBuffer {
     typealias SwiftType = PageSizing?
 
@@ -5525,6 +5549,29 @@ public func deleteDatabase(path: String)throws   {try rustCallWithError(FfiConve
 }
 }
 /**
+ * Logout in one call: shuts `client` down (a running sync or push is
+ * cancelled, and fails with `Closed`), closes `db` (every later call on it
+ * fails with `Closed`, even while the host still holds it), waits for the
+ * database work still running to let go of the file, and deletes it with
+ * its WAL and staging files. Fails with `InvalidInput`, deleting nothing,
+ * while another handle of the same file stays open (a second
+ * `FerryDatabase` opened on it, say). Calling it again deletes what is left.
+ */
+public func logout(client: FerrySyncClient?, db: FerryDatabase)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_fn_func_logout(FfiConverterOptionTypeFerrySyncClient.lower(client),FfiConverterTypeFerryDatabase_lower(db)
+                )
+            },
+            pollFunc: ffi_ferry_rust_future_poll_void,
+            completeFunc: ffi_ferry_rust_future_complete_void,
+            freeFunc: ffi_ferry_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+/**
  * Sends the core's log lines at `level` or more severe to `logger`. The first
  * call installs the process-wide `tracing` subscriber; it fails with
  * `InvalidInput` if another one was installed first. [`unset_logger`] undoes it.
@@ -5572,6 +5619,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.contractVersionMismatch
     }
     if (uniffi_ferry_checksum_func_delete_database() != 47959) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_checksum_func_logout() != 28021) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_checksum_func_set_logger() != 9362) {

@@ -733,6 +733,11 @@ uint64_t uniffi_ferry_fn_method_ferrysyncclient_write(uint64_t ptr, RustBuffer o
 void uniffi_ferry_fn_func_delete_database(RustBuffer path, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_LOGOUT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_LOGOUT
+uint64_t uniffi_ferry_fn_func_logout(RustBuffer client, uint64_t db
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FN_FUNC_SET_LOGGER
 void uniffi_ferry_fn_func_set_logger(uint64_t logger, RustBuffer level, RustCallStatus *_Nonnull out_status
@@ -1013,6 +1018,12 @@ void ffi_ferry_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnu
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_DELETE_DATABASE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_DELETE_DATABASE
 uint16_t uniffi_ferry_checksum_func_delete_database(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_LOGOUT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_CHECKSUM_FUNC_LOGOUT
+uint16_t uniffi_ferry_checksum_func_logout(void
     
 );
 #endif

@@ -556,6 +556,10 @@ extern "C" {
         RustBuffer path, 
         RustCallStatus *uniffi_out_err
     );
+    /*handle*/ uint64_t uniffi_ferry_fn_func_logout(
+        RustBuffer client, 
+        /*handle*/ uint64_t db
+    );
     void uniffi_ferry_fn_func_set_logger(
         /*handle*/ uint64_t logger, 
         RustBuffer level, 
@@ -763,6 +767,8 @@ extern "C" {
         RustCallStatus *uniffi_out_err
     );
     uint16_t uniffi_ferry_checksum_func_delete_database(
+    );
+    uint16_t uniffi_ferry_checksum_func_logout(
     );
     uint16_t uniffi_ferry_checksum_func_set_logger(
     );
@@ -5498,6 +5504,14 @@ NativeFerry::NativeFerry(
             return this->cpp_uniffi_ferry_fn_func_delete_database(rt, thisVal, args, count);
         }
     );
+    props["ubrn_uniffi_ferry_fn_func_logout"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_func_logout"),
+        2,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_fn_func_logout(rt, thisVal, args, count);
+        }
+    );
     props["ubrn_uniffi_ferry_fn_func_set_logger"] = jsi::Function::createFromHostFunction(
         rt,
         jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_fn_func_set_logger"),
@@ -5912,6 +5926,14 @@ NativeFerry::NativeFerry(
         0,
         [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
             return this->cpp_uniffi_ferry_checksum_func_delete_database(rt, thisVal, args, count);
+        }
+    );
+    props["ubrn_uniffi_ferry_checksum_func_logout"] = jsi::Function::createFromHostFunction(
+        rt,
+        jsi::PropNameID::forAscii(rt, "ubrn_uniffi_ferry_checksum_func_logout"),
+        0,
+        [this](jsi::Runtime &rt, const jsi::Value &thisVal, const jsi::Value *args, size_t count) -> jsi::Value {
+            return this->cpp_uniffi_ferry_checksum_func_logout(rt, thisVal, args, count);
         }
     );
     props["ubrn_uniffi_ferry_checksum_func_set_logger"] = jsi::Function::createFromHostFunction(
@@ -7510,6 +7532,13 @@ jsi::Value NativeFerry::cpp_uniffi_ferry_fn_func_delete_database(jsi::Runtime& r
         
         return jsi::Value::undefined();
 }
+jsi::Value NativeFerry::cpp_uniffi_ferry_fn_func_logout(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_fn_func_logout(uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[0]), uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[1])
+        );
+
+        
+        return uniffi_jsi::Bridging</*handle*/ uint64_t>::toJs(rt, callInvoker, value);
+}
 jsi::Value NativeFerry::cpp_uniffi_ferry_fn_func_set_logger(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         RustCallStatus status = uniffi::ferry::Bridging<RustCallStatus>::rustSuccess(rt);
         uniffi_ferry_fn_func_set_logger(uniffi_jsi::Bridging</*handle*/ uint64_t>::fromJs(rt, callInvoker, args[0]), uniffi::ferry::Bridging<RustBuffer>::fromJs(rt, callInvoker, args[1]), 
@@ -7912,6 +7941,13 @@ jsi::Value NativeFerry::cpp_ffi_ferry_rust_future_complete_void(jsi::Runtime& rt
 }
 jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_func_delete_database(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
         auto value = uniffi_ferry_checksum_func_delete_database(
+        );
+
+        
+        return uniffi_jsi::Bridging<uint16_t>::toJs(rt, callInvoker, value);
+}
+jsi::Value NativeFerry::cpp_uniffi_ferry_checksum_func_logout(jsi::Runtime& rt, const jsi::Value& thisVal, const jsi::Value* args, size_t count) {
+        auto value = uniffi_ferry_checksum_func_logout(
         );
 
         

@@ -93,6 +93,7 @@ interface NativeModuleInterface {
     ubrn_uniffi_ferry_fn_init_callback_vtable_tokenprovider(vtable: UniffiVTableCallbackInterfaceFerryTokenProvider): void;
     ubrn_uniffi_ferry_fn_func_default_sync_config(uniffi_out_err: UniffiRustCallStatus): Uint8Array;
     ubrn_uniffi_ferry_fn_func_delete_database(path: Uint8Array, uniffi_out_err: UniffiRustCallStatus): void;
+    ubrn_uniffi_ferry_fn_func_logout(client: Uint8Array, db: bigint): bigint;
     ubrn_uniffi_ferry_fn_func_set_logger(logger: bigint, level: Uint8Array, uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_func_unset_logger(uniffi_out_err: UniffiRustCallStatus): void;
     ubrn_uniffi_ferry_fn_method_changelistener_on_changes(uniffiSelf: bigint, eventsJson: Uint8Array, uniffi_out_err: UniffiRustCallStatus): void;
@@ -152,6 +153,7 @@ interface NativeModuleInterface {
     ubrn_ffi_ferry_uniffi_contract_version(): number;
     ubrn_uniffi_ferry_checksum_func_default_sync_config(): number;
     ubrn_uniffi_ferry_checksum_func_delete_database(): number;
+    ubrn_uniffi_ferry_checksum_func_logout(): number;
     ubrn_uniffi_ferry_checksum_func_set_logger(): number;
     ubrn_uniffi_ferry_checksum_func_unset_logger(): number;
     ubrn_uniffi_ferry_checksum_method_changelistener_on_changes(): number;

@@ -53,6 +53,41 @@ export function deleteDatabase(path: string): void /*throws*/ {uniffiCaller.rust
     }
 
 /**
+ * Logout in one call: shuts `client` down (a running sync or push is
+ * cancelled, and fails with `Closed`), closes `db` (every later call on it
+ * fails with `Closed`, even while the host still holds it), waits for the
+ * database work still running to let go of the file, and deletes it with
+ * its WAL and staging files. Fails with `InvalidInput`, deleting nothing,
+ * while another handle of the same file stays open (a second
+ * `FerryDatabase` opened on it, say). Calling it again deletes what is left.
+ */
+export async function logout(client: FerrySyncClientLike | undefined, db: FerryDatabaseLike, asyncOpts_?: { signal: AbortSignal }): Promise<void> /*throws*/ {
+    const __stack = uniffiIsDebug ? new Error().stack : undefined;
+    try {
+        return await uniffiRustCallAsync(
+            /*rustCaller:*/ uniffiCaller,
+            /*rustFutureFunc:*/ () => {
+                return nativeModule().ubrn_uniffi_ferry_fn_func_logout(FfiConverterOptionalTypeFerrySyncClient.lower(client, nativeModule().rustbuffer_alloc),FfiConverterTypeFerryDatabase.lower(db, nativeModule().rustbuffer_alloc)
+                );
+            },
+            /*pollFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_poll_void,
+            /*cancelFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_cancel_void,
+            /*completeFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_complete_void,
+            /*freeFunc:*/ nativeModule().ubrn_ffi_ferry_rust_future_free_void,
+            /*liftFunc:*/ (_v) => {},
+            /*liftString:*/ FfiConverterString.lift.bind(FfiConverterString),
+            /*asyncOpts:*/ asyncOpts_,
+            /*errorHandler:*/ FfiConverterTypeFerryError.lift.bind(FfiConverterTypeFerryError)
+        );
+    } catch (__error: any) {
+        if (uniffiIsDebug && __error instanceof Error) {
+            __error.stack = __stack;
+        }
+        throw __error;
+    }
+    }
+
+/**
  * Sends the core's log lines at `level` or more severe to `logger`. The first
  * call installs the process-wide `tracing` subscriber; it fails with
  * `InvalidInput` if another one was installed first. [`unset_logger`] undoes it.
@@ -5110,6 +5145,9 @@ const FfiConverterSequenceTypeActiveSyncSubscription = new FfiConverterArray(Ffi
 // FfiConverter for Array<ActiveSyncSubscription> | undefined
 const FfiConverterOptionalSequenceTypeActiveSyncSubscription = new FfiConverterOptional(FfiConverterSequenceTypeActiveSyncSubscription);
 
+// FfiConverter for FerrySyncClientLike | undefined
+const FfiConverterOptionalTypeFerrySyncClient = new FfiConverterOptional(FfiConverterTypeFerrySyncClient);
+
 
 /**
  * This should be called before anything else.
@@ -5134,6 +5172,9 @@ function uniffiEnsureInitialized() {
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_func_delete_database() !== 47959) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_func_delete_database");
+    }
+    if (nativeModule().ubrn_uniffi_ferry_checksum_func_logout() !== 28021) {
+        throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_func_logout");
     }
     if (nativeModule().ubrn_uniffi_ferry_checksum_func_set_logger() !== 9362) {
         throw new UniffiInternalError.ApiChecksumMismatch("uniffi_ferry_checksum_func_set_logger");

@@ -777,6 +777,8 @@ internal object IntegrityCheckingUniffiLib {
     }
     external fun uniffi_ferry_checksum_func_delete_database(
     ): Int
+    external fun uniffi_ferry_checksum_func_logout(
+    ): Int
     external fun uniffi_ferry_checksum_func_set_logger(
     ): Int
     external fun uniffi_ferry_checksum_func_unset_logger(
@@ -1073,6 +1075,8 @@ external fun uniffi_ferry_fn_method_ferrysyncclient_write(`ptr`: Long,`opsJson`:
 ): Long
 external fun uniffi_ferry_fn_func_delete_database(`path`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
+external fun uniffi_ferry_fn_func_logout(`client`: RustBuffer.ByValue,`db`: Long,
+): Long
 external fun uniffi_ferry_fn_func_set_logger(`logger`: Long,`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 external fun uniffi_ferry_fn_func_unset_logger(uniffi_out_err: UniffiRustCallStatus, 
@@ -1199,6 +1203,9 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_ferry_checksum_func_delete_database() != 47959) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_ferry_checksum_func_logout() != 28021) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_ferry_checksum_func_set_logger() != 9362) {
@@ -7541,6 +7548,38 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeFerrySyncClient: FfiConverterRustBuffer<FerrySyncClient?> {
+    override fun read(buf: ByteBuffer): FerrySyncClient? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeFerrySyncClient.read(buf)
+    }
+
+    override fun allocationSize(value: FerrySyncClient?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeFerrySyncClient.allocationSize(value)
+        }
+    }
+
+    override fun write(value: FerrySyncClient?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeFerrySyncClient.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypePageSizing: FfiConverterRustBuffer<PageSizing?> {
     override fun read(buf: ByteBuffer): PageSizing? {
         if (buf.get().toInt() == 0) {
@@ -7874,6 +7913,31 @@ public object FfiConverterMapStringULong: FfiConverterRustBuffer<Map<kotlin.Stri
 }
     
     
+
+        /**
+         * Logout in one call: shuts `client` down (a running sync or push is
+         * cancelled, and fails with `Closed`), closes `db` (every later call on it
+         * fails with `Closed`, even while the host still holds it), waits for the
+         * database work still running to let go of the file, and deletes it with
+         * its WAL and staging files. Fails with `InvalidInput`, deleting nothing,
+         * while another handle of the same file stays open (a second
+         * `FerryDatabase` opened on it, say). Calling it again deletes what is left.
+         */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+     suspend fun `logout`(`client`: FerrySyncClient?, `db`: FerryDatabase) {
+        return uniffiRustCallAsync(
+        UniffiLib.uniffi_ferry_fn_func_logout(FfiConverterOptionalTypeFerrySyncClient.lower(`client`),FfiConverterTypeFerryDatabase.lower(`db`),),
+        { future, callback, continuation -> UniffiLib.ffi_ferry_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_rust_future_free_void(future) },
+        // lift function
+        { Unit },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
 
         /**
          * Sends the core's log lines at `level` or more severe to `logger`. The first
