@@ -391,14 +391,20 @@ mod ffi {
         fn on_status(&self, _status: ferry::sync::SyncStatus) {}
     }
 
-    /// A JS host holds a call's future until its event loop gets to it, and may
-    /// hold a listener handle it never cancelled: once `shutdown` resolves,
-    /// neither keeps the database open, so the logout's delete succeeds.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn after_shutdown_the_client_holds_no_handle_of_the_database() {
+    /// A server, a database file `name` in a directory of its own, and an FFI
+    /// sync client of it with the default config.
+    async fn ffi_client(
+        name: &str,
+    ) -> (
+        Server,
+        tempfile::TempDir,
+        String,
+        Arc<FerryDatabase>,
+        Arc<ffi::FerrySyncClient>,
+    ) {
         let server = start_server().await;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db").display().to_string();
+        let path = dir.path().join(name).display().to_string();
         let db = FerryDatabase::open(path.clone(), SCHEMA.into()).unwrap();
         let client = ffi::FerrySyncClient::new(
             db.clone(),
@@ -407,6 +413,15 @@ mod ffi {
             ffi::sync::default_sync_config(),
         )
         .unwrap();
+        (server, dir, path, db, client)
+    }
+
+    /// A JS host holds a call's future until its event loop gets to it, and may
+    /// hold a listener handle it never cancelled: once `shutdown` resolves,
+    /// neither keeps the database open, so the logout's delete succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_shutdown_the_client_holds_no_handle_of_the_database() {
+        let (_server, _dir, path, db, client) = ffi_client("s.db").await;
         let _held = client.add_status_listener(Arc::new(NoStatus));
         let mut syncing = Box::pin({
             let client = client.clone();
@@ -437,19 +452,9 @@ mod ffi {
     /// the file; every later call on the object fails with `Closed`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_logout_call_stops_the_client_closes_the_database_and_deletes_it() {
-        let server = start_server().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.db").display().to_string();
-        let db = FerryDatabase::open(path.clone(), SCHEMA.into()).unwrap();
+        let (_server, _dir, path, db, client) = ffi_client("l.db").await;
         db.create("tasks".into(), r#"[{"id":"t1","title":"x"}]"#.into())
             .unwrap();
-        let client = ffi::FerrySyncClient::new(
-            db.clone(),
-            server.url(),
-            Arc::new(Token),
-            ffi::sync::default_sync_config(),
-        )
-        .unwrap();
         client.sync().await.unwrap();
         // Another open of the same file: the logout deletes nothing.
         let other = FerryDatabase::open(path.clone(), SCHEMA.into()).unwrap();
