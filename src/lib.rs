@@ -6,6 +6,7 @@
 //! Ferry backend. See `docs/architecture.md` for the data flow.
 
 pub mod clock;
+mod crash;
 pub mod error;
 pub mod events;
 #[cfg(feature = "ffi")]

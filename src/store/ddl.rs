@@ -91,6 +91,7 @@ pub(crate) fn prepare(
             }
         }
     };
+    crate::crash::point("migrate");
     tx.commit()?;
     Ok((schema, client_id))
 }

@@ -1174,6 +1174,8 @@ impl SyncClient {
             clock.now_ms() - asked_at,
         );
         let resp = resp?;
+        // The server applied it and answered; nothing of the answer is applied here.
+        crate::crash::point("push_answered");
         if resp.results.len() != sent {
             tracing::warn!(
                 sent,

@@ -151,6 +151,7 @@ pub(crate) fn apply_results(
     let mut applying = Applying::new(batch, resp);
     let prepared = store.write_tx(ChangeSource::Remote, |w| {
         applying.apply_in(w, merger)?;
+        crate::crash::point("apply");
         match next {
             Some((client_id, max)) => prepare_in(w, client_id, max, None),
             None => Ok(None),

@@ -112,6 +112,7 @@ pub(crate) fn stage_page(
             w.set_server_totals(totals)?;
         }
         w.staged_page(&page.cursor)?;
+        crate::crash::point("stage");
         Ok(Some(report))
     })
 }
@@ -199,6 +200,7 @@ pub(crate) fn publish(
                 report.pruned.insert(c.name.clone(), pruned);
             }
         }
+        crate::crash::point("publish");
         w.set_published_cursor(&cursor)?;
         w.set_priorities_synced(level)?;
         Ok(Some(report))
