@@ -29,6 +29,16 @@ echo "soak: $((cases * rounds)) cases passed"
 echo "soak: ${FERRY_SERVER_KILLS:-200} server kills per backend"
 FERRY_SERVER_KILLS="${FERRY_SERVER_KILLS:-200}" cargo test --release -p ferry-server --test kill -- --nocapture
 
+# kill -9 of the app at each of the core's crash points (tests/crash_points.rs,
+# 5 kills a run), FERRY_CRASH_RUNS times (default 40: 200 kills).
+crash_runs=${FERRY_CRASH_RUNS:-40}
+echo "soak: $crash_runs runs of the client crash points ($((crash_runs * 5)) kills)"
+cargo test --release -p ferry --features crash-points --test crash_points --no-run
+for run in $(seq 1 "$crash_runs"); do
+  cargo test -q --release -p ferry --features crash-points --test crash_points >/dev/null ||
+    { echo "soak: crash points failed on run $run" >&2; exit 1; }
+done
+
 # Devices of two users through the fault proxy (tests/faults.rs), from a random
 # first seed; a failure names its seed: replay it with FERRY_FAULT_FIRST_SEED.
 fault_seeds=${FERRY_FAULT_SEEDS:-200}

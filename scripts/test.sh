@@ -37,6 +37,7 @@ scripts/check-layers.sh
 if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
+  cargo clippy -p ferry --all-targets --features crash-points -- -D warnings
 else
   skip "rustfmt/clippy are not installed (rustup component add rustfmt clippy)"
 fi
@@ -52,6 +53,8 @@ fi
 
 lane "cargo test --workspace"
 cargo test --workspace
+# Kill -9 of real app processes at the core's named crash points (src/crash.rs).
+cargo test -p ferry --features crash-points --test crash_points
 # The core without its uniffi facade (feature `ffi`), as a plain Rust library.
 FERRY_MODEL_CASES=200 cargo test -p ferry --no-default-features
 
