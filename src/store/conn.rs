@@ -7,11 +7,41 @@
 //! write outside the writer's transaction.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The key of an encrypted database (SQLCipher), given to every connection
+/// before anything else; wiped from memory when the store is dropped.
+pub(crate) type Key = Option<Arc<zeroize::Zeroizing<String>>>;
+
+/// Gives `conn` its key, if any, and checks that it can read the file: a file
+/// encrypted with another key (or not a database) is `InvalidInput`.
+fn unlock(conn: &Connection, key: &Key) -> Result<()> {
+    if let Some(key) = key {
+        #[cfg(feature = "sqlcipher")]
+        conn.pragma_update(None, "key", key.as_str())?;
+        #[cfg(not(feature = "sqlcipher"))]
+        {
+            let _ = key;
+            return Err(Error::InvalidInput(
+                "this build of Ferry cannot encrypt: it lacks the `sqlcipher` feature".into(),
+            ));
+        }
+    }
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
+            Err(Error::InvalidInput(
+                "the database file cannot be read: it is encrypted with another key (or none), or it is not a database"
+                    .into(),
+            ))
+        }
+        other => Ok(other?),
+    }
+}
 
 const BUSY_TIMEOUT_MS: u32 = 5_000;
 /// Page cache per connection, in KiB (negative = KiB in SQLite's pragma).
@@ -21,8 +51,9 @@ pub(super) const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// The writer's cache while a first sync builds a collection in key order.
 pub(super) const BUILD_CACHE_KIB: i64 = 16 * 1024;
 
-pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
+pub(crate) fn open_writer(path: &Path, key: &Key) -> Result<Connection> {
     let conn = Connection::open(path)?;
+    unlock(&conn, key)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     configure(&conn)?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
@@ -78,13 +109,15 @@ fn configure(conn: &Connection) -> Result<()> {
 /// Reader connections, opened on demand and reused.
 pub(crate) struct Readers {
     path: PathBuf,
+    key: Key,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl Readers {
-    pub fn new(path: &Path) -> Self {
+    pub fn new(path: &Path, key: Key) -> Self {
         Readers {
             path: path.to_path_buf(),
+            key,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -98,6 +131,7 @@ impl Readers {
                     &self.path,
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
+                unlock(&c, &self.key)?;
                 configure(&c)?;
                 c.pragma_update(None, "query_only", true)?;
                 c

@@ -344,20 +344,50 @@ impl Store {
         clock: Arc<dyn Clock>,
         installation_id: Option<&str>,
     ) -> Result<Store> {
+        Self::open_keyed(path, schema, clock, installation_id, None)
+    }
+
+    /// As [`Store::open`], encrypted at rest with `key` (SQLCipher; the build
+    /// needs the feature `sqlcipher`): the database, its WAL and its staging
+    /// file are unreadable without it. A passphrase, or a raw 256-bit key
+    /// written `x'<64 hex digits>'`. A new file is encrypted from the start; a
+    /// file encrypted with another key, or not encrypted, fails with
+    /// `InvalidInput` and is left as it is. Without the feature, `InvalidInput`.
+    pub fn open_encrypted(path: impl AsRef<Path>, schema: Schema, key: &str) -> Result<Store> {
+        if key.is_empty() {
+            return Err(Error::InvalidInput("the encryption key is empty".into()));
+        }
+        let key = Some(Arc::new(zeroize::Zeroizing::new(key.to_string())));
+        Self::open_keyed(
+            path.as_ref(),
+            Some(schema),
+            Arc::new(SystemClock),
+            None,
+            key,
+        )
+    }
+
+    fn open_keyed(
+        path: &Path,
+        schema: Option<Schema>,
+        clock: Arc<dyn Clock>,
+        installation_id: Option<&str>,
+        key: conn::Key,
+    ) -> Result<Store> {
         if let Some(s) = &schema {
             s.validate()?;
         }
         if installation_id.is_some_and(str::is_empty) {
             return Err(Error::InvalidInput("the installation id is empty".into()));
         }
-        let mut writer = conn::open_writer(path)?;
+        let mut writer = conn::open_writer(path, &key)?;
         staging::attach(&writer, path)?;
         let (schema, client_id) = ddl::prepare(&mut writer, schema, installation_id)?;
-        let key = open_key(path);
-        *OPEN.lock().entry(key.clone()).or_default() += 1;
+        let open = open_key(path);
+        *OPEN.lock().entry(open.clone()).or_default() += 1;
         Ok(Store {
             inner: Arc::new(Inner {
-                key,
+                key: open,
                 sql: schema
                     .collections
                     .iter()
@@ -366,7 +396,7 @@ impl Store {
                 path: path.to_path_buf(),
                 schema: Arc::new(schema),
                 writer: Mutex::new(writer),
-                readers: Arc::new(Readers::new(path)),
+                readers: Arc::new(Readers::new(path, key)),
                 dispatcher: Dispatcher::start(),
                 clock,
                 client_id,
