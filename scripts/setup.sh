@@ -50,6 +50,7 @@ apt_need junit4                    #   JUnit4 + hamcrest
 apt_need gcc                       # Rust's linker, bundled SQLite, Swift C header check
 apt_need libc6-dev                 #   the C headers
 apt_need g++                       # the React Native JSI C++ syntax check
+apt_need libssl-dev                # OpenSSL's libcrypto, for SQLCipher (feature sqlcipher)
 apt_need npm npm                   # fetches the Kotlin compiler; npm packages (4.)
 apt_need ca-certificates           # HTTPS for npm and rustup
 apt_need sqlite3 sqlite3           # a Node test damages a database file behind the core

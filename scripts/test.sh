@@ -37,7 +37,7 @@ scripts/check-layers.sh
 if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
-  cargo clippy -p ferry --all-targets --features crash-points -- -D warnings
+  cargo clippy -p ferry --all-targets --features crash-points,sqlcipher -- -D warnings
 else
   skip "rustfmt/clippy are not installed (rustup component add rustfmt clippy)"
 fi
@@ -55,6 +55,8 @@ lane "cargo test --workspace"
 cargo test --workspace
 # Kill -9 of real app processes at the core's named crash points (src/crash.rs).
 cargo test -p ferry --features crash-points --test crash_points
+# Encryption at rest: SQLite as SQLCipher (feature `sqlcipher`).
+cargo test -p ferry --features sqlcipher --test encryption
 # The core without its uniffi facade (feature `ffi`), as a plain Rust library.
 FERRY_MODEL_CASES=200 cargo test -p ferry --no-default-features
 
