@@ -39,6 +39,14 @@ for run in $(seq 1 "$crash_runs"); do
     { echo "soak: crash points failed on run $run" >&2; exit 1; }
 done
 
+# 1,000 clients at once on PostgreSQL (server/tests/load.rs), when
+# FERRY_TEST_PG_URL is set.
+if [ -n "${FERRY_TEST_PG_URL:-}" ]; then
+  echo "soak: ${FERRY_LOAD_CLIENTS:-1000} clients at once on PostgreSQL"
+  FERRY_LOAD_CLIENTS="${FERRY_LOAD_CLIENTS:-1000}" FERRY_LOAD_ROUNDS="${FERRY_LOAD_ROUNDS:-5}" \
+    cargo test --release -p ferry-server --test load -- --nocapture
+fi
+
 # Devices of two users through the fault proxy (tests/faults.rs), from a random
 # first seed; a failure names its seed: replay it with FERRY_FAULT_FIRST_SEED.
 fault_seeds=${FERRY_FAULT_SEEDS:-200}
