@@ -523,6 +523,12 @@ impl Store {
         // `tx` drops here: rolled back.
     }
 
+    /// Makes every queued mutation due now, whatever its backoff after failed
+    /// pushes: for a user who asks to retry now (the next push sends them).
+    pub fn retry_now(&self) -> Result<()> {
+        self.write_tx(ChangeSource::Local, |w| w.make_due())
+    }
+
     /// Mutations parked after a permanent rejection, oldest first.
     pub fn quarantine(&self) -> Result<Vec<OutboxEntry>> {
         Ok(self

@@ -30,6 +30,9 @@ pub struct SyncArgs {
     /// as asked.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// Send now what waits out a backoff after failed pushes.
+    #[arg(long)]
+    retry_now: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +138,9 @@ fn describe(s: &SyncStatus) -> String {
 
 pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<(), Failure> {
     let store = ctx.open_existing()?;
+    if args.retry_now {
+        store.retry_now()?;
+    }
     let transport = HttpTransport::new(&args.server).map_err(ferry::Error::from)?;
     let rt = runtime()?;
     let progress = Progress::new(args.progress).map(Arc::new);
