@@ -39,6 +39,16 @@ for run in $(seq 1 "$crash_runs"); do
     { echo "soak: crash points failed on run $run" >&2; exit 1; }
 done
 
+# ferry CLI devices through the fault proxy with CLI and server kills
+# (cli/tests/soak.rs), FERRY_CLI_SOAK_SEEDS seeds (default 50) of 10 rounds.
+cli_seeds=${FERRY_CLI_SOAK_SEEDS:-50}
+cli_first=$((RANDOM * 32768 + RANDOM))
+echo "soak: $cli_seeds CLI soak seeds from $cli_first"
+for s in $(seq "$cli_first" $((cli_first + cli_seeds - 1))); do
+  FERRY_SOAK_SEED="$s" FERRY_SOAK_ROUNDS=10 cargo test -q -p ferry-cli --features crash-points --test soak >/dev/null ||
+    { echo "soak: the CLI soak failed with FERRY_SOAK_SEED=$s" >&2; exit 1; }
+done
+
 # 1,000 clients at once on PostgreSQL (server/tests/load.rs), when
 # FERRY_TEST_PG_URL is set.
 if [ -n "${FERRY_TEST_PG_URL:-}" ]; then

@@ -38,6 +38,7 @@ if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
   cargo clippy -p ferry --all-targets --features crash-points,sqlcipher -- -D warnings
+  cargo clippy -p ferry-cli --all-targets --features crash-points -- -D warnings
 else
   skip "rustfmt/clippy are not installed (rustup component add rustfmt clippy)"
 fi
@@ -55,6 +56,8 @@ lane "cargo test --workspace"
 cargo test --workspace
 # Kill -9 of real app processes at the core's named crash points (src/crash.rs).
 cargo test -p ferry --features crash-points --test crash_points
+# ferry CLI devices through the fault proxy, with CLI and server kills.
+cargo test -p ferry-cli --features crash-points --test soak
 # Encryption at rest: SQLite as SQLCipher (feature `sqlcipher`).
 cargo test -p ferry --features sqlcipher --test encryption
 # The core without its uniffi facade (feature `ffi`), as a plain Rust library.
