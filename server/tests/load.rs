@@ -258,30 +258,33 @@ async fn many_clients_push_and_pull_at_once_and_every_copy_matches_its_checksum(
             );
         }
     }
-    // Nothing acknowledged is missing: each user's own tasks, at their last
-    // version, are in the copy of every client of that user.
-    let seen = seen.lock().unwrap();
-    for (u, c) in &done {
-        let applied = &seen.applied[&format!("u{u}")];
-        for (collection, id, version) in applied.iter().filter(|(c, _, _)| c == "tasks") {
-            let last = applied
-                .iter()
-                .filter(|(c2, id2, _)| c2 == collection && id2 == id)
-                .map(|(_, _, v)| *v)
-                .max()
-                .unwrap();
-            if *version == last {
+    // Nothing acknowledged is missing: each user's own tasks, at the last
+    // version a push was told, are in the copy of every client of that user.
+    let (mut push, mut pull, writes) = {
+        let seen = seen.lock().unwrap();
+        let mut last: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for (user, applied) in &seen.applied {
+            for (collection, id, version) in applied {
+                if collection == "tasks" {
+                    let v = last.entry((user.as_str(), id.as_str())).or_default();
+                    *v = (*v).max(*version);
+                }
+            }
+        }
+        for (u, c) in &done {
+            let user = format!("u{u}");
+            for ((_, id), version) in last.iter().filter(|((who, _), _)| *who == user) {
                 assert_eq!(
-                    c.view["tasks"].get(id),
+                    c.view["tasks"].get(*id),
                     Some(version),
                     "{id} in {}",
                     c.client_id
                 );
             }
         }
-    }
-    let (mut push, mut pull) = (seen.push_ms.clone(), seen.pull_ms.clone());
-    let writes: usize = seen.applied.values().map(BTreeSet::len).sum();
+        let writes: usize = seen.applied.values().map(BTreeSet::len).sum();
+        (seen.push_ms.clone(), seen.pull_ms.clone(), writes)
+    };
     println!(
         "load: {clients} clients of {users} users, {rounds} rounds in {elapsed:.1} s: \
          {} pushes ({writes} writes, {:.0}/s), {} pulls; push p50 {:.1} ms p99 {:.1} ms; \
