@@ -26,9 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ferry::Store;
-use ferry::transport::{HttpTransport, Transport};
 use ferry_fault_proxy::{FaultProxy, Random};
-use ferry_protocol::PullRequest;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
@@ -110,28 +108,35 @@ fn ferry(db: &Path) -> Command {
     c
 }
 
-/// The user's records on the server now, id → version, read past the proxy.
-async fn server_view(url: &str, token: &str) -> BTreeMap<String, u64> {
-    let t = HttpTransport::new(url).unwrap();
-    let mut view = BTreeMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let req: PullRequest =
-            serde_json::from_value(json!({"cursor": cursor, "limit": 5000})).unwrap();
-        let page = t.pull(token, &req).await.unwrap();
-        for c in page.changes.values() {
-            for r in &c.upserts {
-                view.insert(r.id.clone(), r.version);
-            }
-            for id in c.deletes.iter().chain(&c.evictions) {
-                view.remove(id);
-            }
-        }
-        if !page.has_more {
-            return view;
-        }
-        cursor = Some(page.cursor);
-    }
+/// The user's records on the server now, id → version: what a fresh device
+/// pulls, straight from the server.
+fn server_view(direct: &str, token: &str, schema: &Path) -> BTreeMap<String, u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db");
+    let init = ferry(&db)
+        .arg("init")
+        .arg("--schema")
+        .arg(schema)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let pulled = ferry(&db)
+        .args([
+            "sync",
+            "--server",
+            direct,
+            "--token",
+            token,
+            "--progress",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "{pulled:?}");
+    local(&db)
+        .into_iter()
+        .map(|(id, (v, _))| (id, v.expect("a pulled record has a version")))
+        .collect()
 }
 
 /// The device's tasks: id → (version, synced).
@@ -271,7 +276,7 @@ async fn cli_devices_through_faults_and_kills_keep_every_promise() {
                 assert!(out.status.success(), "a local edit failed: {out:?}");
             }
             let token = USERS[dev.user].1;
-            let before = server_view(&direct, token).await;
+            let before = server_view(&direct, token, &schema);
             let point = rng
                 .random_bool(0.3)
                 .then(|| POINTS[rng.random_range(0..POINTS.len())]);
@@ -331,8 +336,7 @@ async fn cli_devices_through_faults_and_kills_keep_every_promise() {
         );
     }
     for (u, (user, token)) in USERS.iter().enumerate() {
-        let server: BTreeMap<String, Option<u64>> = server_view(&direct, token)
-            .await
+        let server: BTreeMap<String, Option<u64>> = server_view(&direct, token, &schema)
             .into_iter()
             .map(|(id, v)| (id, Some(v)))
             .collect();
