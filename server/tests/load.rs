@@ -193,6 +193,10 @@ async fn many_clients_push_and_pull_at_once_and_every_copy_matches_its_checksum(
         env("FERRY_LOAD_USERS", 50).max(1),
     );
     let mut config = test_config();
+    // One connection per client, all at once: past the default cap of 512,
+    // 1,000 clients in one process ran out of file descriptors (see
+    // docs/benchmarks.md, "Load and scale-out").
+    config.limits.max_connections = 4096;
     config.users = (0..users)
         .map(|u| UserConfig {
             id: format!("u{u}"),
