@@ -55,8 +55,8 @@ if [ -n "${FERRY_TEST_PG_URL:-}" ]; then
   echo "soak: ${FERRY_LOAD_CLIENTS:-1000} clients at once on PostgreSQL"
   FERRY_LOAD_CLIENTS="${FERRY_LOAD_CLIENTS:-1000}" FERRY_LOAD_ROUNDS="${FERRY_LOAD_ROUNDS:-5}" \
     cargo test --release -p ferry-server --test load -- --nocapture
-  # Real SyncClients on two instances, one killed (600: see docs/benchmarks.md).
-  FERRY_LOAD_CLIENTS="${FERRY_SCALE_CLIENTS:-600}" cargo test --release --test scale_out -- --nocapture
+  # 1,000 real SyncClients on two instances, one killed.
+  FERRY_LOAD_CLIENTS="${FERRY_SCALE_CLIENTS:-1000}" cargo test --release --test scale_out -- --nocapture
 fi
 
 # Devices of two users through the fault proxy (tests/faults.rs), from a random

@@ -44,6 +44,10 @@ fn env(name: &str, default: usize) -> usize {
 
 fn config(users: usize) -> ferry_server::ServerConfig {
     let mut c = ferry_server::ServerConfig::dev();
+    // Every client at once on one instance after the other is killed: past
+    // the default cap of 512 connections the rest would wait in the accept
+    // queue (docs/benchmarks.md, "Load and scale-out").
+    c.limits.max_connections = 4096;
     c.users = (0..users)
         .map(|u| ferry_server::config::UserConfig {
             id: format!("u{u}"),
