@@ -231,20 +231,14 @@ async fn a_lost_push_response_is_retried_without_applying_twice() {
         .update("tasks", "t", obj(json!({"priority": 1})))
         .unwrap();
     assert_eq!(a.store.outbox().unwrap().len(), 2);
-    // Backoff: make the entries due now.
-    a.store.outbox().unwrap();
-    let report = loop {
-        let r = a.client.sync().await.unwrap().pushed;
-        if r.applied > 0 {
-            break r;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
-    assert!(report.applied >= 1);
-    while !a.store.outbox().unwrap().is_empty() {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        a.client.sync().await.unwrap();
-    }
+    // The failed push backed both entries off: send them now.
+    a.store.retry_now().unwrap();
+    let report = a.client.sync().await.unwrap().pushed;
+    assert_eq!(
+        report.applied, 2,
+        "the create (answered from its stored outcome), then the update"
+    );
+    assert!(a.store.outbox().unwrap().is_empty());
     b.client.sync().await.unwrap();
     let t = b.store.get("tasks", "t").unwrap().unwrap();
     assert_eq!(
@@ -286,10 +280,10 @@ async fn a_push_cut_off_between_batches_loses_nothing_and_sends_nothing_twice() 
     );
     assert_eq!(a.store.outbox().unwrap().len(), 4);
     *a.transport.fail_push_after.lock() = None;
-    while !a.store.outbox().unwrap().is_empty() {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        a.client.push_all().await.unwrap();
-    }
+    // The failed batch is backed off: send it now.
+    a.store.retry_now().unwrap();
+    a.client.push_all().await.unwrap();
+    assert!(a.store.outbox().unwrap().is_empty());
     for id in &ids {
         assert_eq!(
             a.transport.deliveries(id),
@@ -408,10 +402,10 @@ async fn interrupted_pull_resumes_at_every_page_boundary_and_publishes_all_or_no
             report.pages as usize,
             d.transport.pulls.load(Ordering::SeqCst)
         );
-        assert!(
-            report.pages <= 6 - k as u64,
-            "resumed from page {k}, fetched {} pages",
-            report.pages
+        assert_eq!(
+            report.pages,
+            5 - k as u64,
+            "resumed after the {k} pages staged: only the rest is fetched"
         );
         assert_eq!(
             d.store.query("tasks", &Default::default()).unwrap().len(),
@@ -535,14 +529,9 @@ async fn online_mode_offline_fails_or_queues_as_asked() {
         .unwrap();
     a.transport.offline.store(false, Ordering::SeqCst);
     a.client.set_online(true);
-    // Entries backed off after the failed optimistic push; wait for them.
-    for _ in 0..50 {
-        a.client.sync().await.unwrap();
-        if a.store.outbox().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    // Entries backed off after the failed optimistic push: send them now.
+    a.store.retry_now().unwrap();
+    a.client.sync().await.unwrap();
     assert!(a.store.outbox().unwrap().is_empty());
     assert_eq!(
         (a.transport.deliveries("y"), a.transport.deliveries("z")),
@@ -594,9 +583,10 @@ impl TokenProvider for RefreshingTokens {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if refresh {
             self.refreshes.fetch_add(1, Ordering::SeqCst);
-            if self.good_after_refresh {
-                return Ok(ALICE.into());
-            }
+        }
+        // As a real provider does, it keeps the token a refresh got.
+        if self.good_after_refresh && self.refreshes.load(Ordering::SeqCst) > 0 {
+            return Ok(ALICE.into());
         }
         Ok("expired-token".into())
     }
@@ -618,7 +608,11 @@ async fn a_401_refreshes_the_token_once_and_retries() {
     );
     a.store.create("tasks", obj(json!({"id": "t"}))).unwrap();
     a.client.sync().await.unwrap();
-    assert!(tokens.refreshes.load(Ordering::SeqCst) >= 1);
+    assert_eq!(
+        tokens.refreshes.load(Ordering::SeqCst),
+        1,
+        "one refresh, then the new token serves the pull and the push"
+    );
     assert!(a.store.outbox().unwrap().is_empty());
 }
 
