@@ -33,8 +33,11 @@ async fn rows_committed_out_of_order_all_reach_the_puller() {
             let mut seen = BTreeSet::new();
             let mut cursor = None;
             let mut pulls = 0u64;
+            // Latched: a oneshot gives its value once, and the pull that sees
+            // it may still have more pages to read.
+            let mut stopping = false;
             loop {
-                let stopping = stop_rx.try_recv().is_ok();
+                stopping = stopping || stop_rx.try_recv().is_ok();
                 let req = PullRequest {
                     priorities: None,
                     subscriptions: None,
