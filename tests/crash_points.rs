@@ -12,14 +12,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use ferry::sync::{SyncClient, SyncConfig};
 use ferry::transport::{HttpTransport, StaticToken};
 use ferry::{Schema, Store, WriteOp};
+use ferry_fault_proxy::helper::Helper;
 use serde_json::json;
 use support::*;
 
@@ -97,38 +96,17 @@ fn crash_child() {
 
 /// Runs the child until it stops at `point`, then kills it with SIGKILL.
 fn kill_at(point: &str, mode: &str, url: &str, db: &Path) {
-    let mut child: Child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("FERRY_CRASH_AT", point)
-        .env(URL_ENV, url)
-        .env(DB_ENV, db)
-        .env(MODE_ENV, mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut stopped = false;
-    for line in BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
-        // (The harness prints `test crash_child ... ` without a newline first.)
-        if line.ends_with(&format!("FERRY_CRASH_POINT {point}")) {
-            stopped = true;
-            break;
-        }
-        lines.push(line);
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(stopped, "the child never stopped at {point}: {lines:?}");
+    let db = db.display().to_string();
+    let env = [
+        ("FERRY_CRASH_AT", point),
+        (URL_ENV, url),
+        (DB_ENV, db.as_str()),
+        (MODE_ENV, mode),
+    ];
+    let marker = format!("FERRY_CRASH_POINT {point}");
+    let (mut child, lines) = Helper::start("crash_child", &env, &marker)
+        .unwrap_or_else(|lines| panic!("the child never stopped at {point}: {lines:?}"));
+    child.kill();
     if mode == "sync" {
         assert!(
             lines.iter().any(|l| l.ends_with("ACKED")),

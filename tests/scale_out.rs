@@ -16,8 +16,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -26,6 +24,7 @@ use async_trait::async_trait;
 use ferry::sync::{SyncClient, SyncConfig, WriteMode};
 use ferry::transport::{HttpTransport, StaticToken, Transport, TransportError};
 use ferry::{Store, WriteOp};
+use ferry_fault_proxy::helper::Helper;
 use ferry_protocol::{
     FetchRequest, FetchResponse, PullPage, PullRequest, PushRequest, PushResponse, RawFields,
 };
@@ -85,9 +84,9 @@ fn server_child() {
     });
 }
 
-/// A server process, killed on drop.
+/// A server process; killed (SIGKILL) on drop.
 struct Instance {
-    child: Child,
+    helper: Helper,
     url: String,
 }
 
@@ -98,46 +97,24 @@ impl Instance {
             .local_addr()
             .unwrap()
             .port();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "server_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, format!("{port} {users} {database_url}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let up = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.ends_with("LISTENING"));
-        assert!(up, "a server instance started");
+        let spec = format!("{port} {users} {database_url}");
+        let (helper, _) = Helper::start("server_child", &[(CHILD_ENV, &spec)], "LISTENING")
+            .expect("a server instance started");
         Instance {
-            child,
+            helper,
             url: format!("http://127.0.0.1:{port}"),
         }
     }
 
     /// Peak resident memory of the process (VmHWM), in MB.
     fn peak_rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.helper.id())).unwrap();
         let kb: f64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap();
         kb / 1024.0
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
     }
 }
 

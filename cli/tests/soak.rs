@@ -22,10 +22,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ferry::Store;
+use ferry_fault_proxy::helper::Helper;
 use ferry_fault_proxy::{FaultProxy, Random};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -63,38 +64,12 @@ fn server_child() {
     });
 }
 
-/// The server process, killed on drop.
-struct ServerProcess(Child);
-
-impl ServerProcess {
-    fn start(port: u16, db: &Path) -> ServerProcess {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "server_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, format!("{port} {}", db.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let up = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.ends_with("LISTENING"));
-        assert!(up, "the server process started");
-        ServerProcess(child)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
+/// The server process on `port` over `db`; killed (SIGKILL) on drop.
+fn start_server(port: u16, db: &Path) -> Helper {
+    let spec = format!("{port} {}", db.display());
+    Helper::start("server_child", &[(CHILD_ENV, &spec)], "LISTENING")
+        .map(|(h, _)| h)
+        .expect("the server process started")
 }
 
 struct Device {
@@ -201,7 +176,7 @@ async fn cli_devices_through_faults_and_kills_keep_every_promise() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = Some(ServerProcess::start(port, &server_db));
+    let mut server = Some(start_server(port, &server_db));
     let direct = format!("http://127.0.0.1:{port}");
     let plan = Random::new(seed, 0.15, Random::all_faults(Duration::from_millis(20)), 2);
     let proxy = FaultProxy::start(format!("127.0.0.1:{port}").parse().unwrap(), plan.clone())
@@ -287,7 +262,7 @@ async fn cli_devices_through_faults_and_kills_keep_every_promise() {
             if rng.random_bool(0.15) {
                 // kill -9 of the server, and a restart on the same database.
                 drop(server.take());
-                server = Some(ServerProcess::start(port, &server_db));
+                server = Some(start_server(port, &server_db));
                 server_kills += 1;
             }
             if ok {

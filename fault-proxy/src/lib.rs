@@ -10,6 +10,10 @@
 //!
 //! What each fault looks like to each side is on [`Fault`]. The proxy never
 //! changes a byte it passes on, apart from the request's `connection` header.
+//!
+//! Also here, for the same tests: [`helper`], processes to kill.
+
+pub mod helper;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
