@@ -608,3 +608,44 @@ fn sync_reports_its_progress_as_lines_when_stderr_is_not_a_terminal() {
     );
     rt.block_on(server.shutdown());
 }
+
+/// The demo's account of what happened is read off the converged data, and
+/// agrees with the table it prints.
+#[test]
+fn the_demo_says_what_its_devices_hold() {
+    let out = Command::cargo_bin("ferry")
+        .unwrap()
+        .arg("demo")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = |id: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+    };
+    let said = |id: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id}:")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // t2's priority in the table is the value the account says wins.
+    let t2 = row("t2").expect("t2 in the table");
+    let priority = &t2[t2.len() - 2];
+    assert!(said("t2").contains(&format!("({priority})")), "{text}");
+    // t3 is gone from the table exactly when the account says so.
+    assert_eq!(
+        row("t3").is_none(),
+        said("t3").contains("gone everywhere"),
+        "{text}"
+    );
+    // t1 holds both edits exactly when the account says both survive.
+    let t1 = row("t1").expect("t1 in the table").join(" ");
+    assert_eq!(
+        t1.contains("Buy oat milk") && t1.contains("true"),
+        said("t1").contains("both survive"),
+        "{text}"
+    );
+}

@@ -215,16 +215,30 @@ async fn demo(dir: &std::path::Path) -> Result<(), Failure> {
     tablet.sync().await?;
     phone.sync().await?;
 
-    say("\n4. What happened:");
-    say("  t1: the rename and the done flag were on different columns, so both survive.");
-    say(
-        "  t2: both changed priority; the tablet rebased its pending change over the phone's and pushed last, so its value wins.",
-    );
-    say(
-        "  t3: the tablet's delete was pushed after the phone's note; a pending delete wins, so t3 is gone everywhere.",
-    );
-
     let (p, t) = (phone.tasks()?, tablet.tasks()?);
+    // Read off the phone's data as it is now, not written down beforehand.
+    say("\n4. What happened:");
+    say(&match p.get("t1") {
+        Some(f) if f["title"] == "Buy oat milk" && f["done"] == true => {
+            "  t1: the rename and the done flag were on different columns, so both survive."
+                .to_string()
+        }
+        Some(f) => format!(
+            "  t1: title {}, done {}: one of the two edits was lost.",
+            f["title"], f["done"]
+        ),
+        None => "  t1: gone.".to_string(),
+    });
+    say(&match p.get("t2").map(|f| f["priority"].clone()) {
+        Some(v) if v == 1 => "  t2: both changed priority; the tablet rebased its pending change over the phone's and pushed last, so its value (1) wins.".to_string(),
+        Some(v) => format!("  t2: both changed priority; the value kept is ({v})."),
+        None => "  t2: gone.".to_string(),
+    });
+    say(&match p.get("t3") {
+        None => "  t3: the tablet's delete was pushed after the phone's note; a pending delete wins, so t3 is gone everywhere.".to_string(),
+        Some(f) => format!("  t3: still here, with notes {}.", f["notes"]),
+    });
+
     say("\n5. Converged state:");
     say(&format!(
         "  {:<4} {:<16} {:<6} {:<9} {}",
