@@ -117,13 +117,15 @@ const BOB: &str = "bob-dev-token";
 #[tokio::test]
 async fn missing_or_wrong_token_is_401_with_a_json_error() {
     let h = harness().await;
-    for (token, path) in [
-        (None, "/v1/pull"),
-        (Some("wrong"), "/v1/pull"),
-        (None, "/v1/push"),
-        (Some("nope"), "/v1/push"),
+    // A well-formed push, so that "nothing written" says something.
+    let push = json!({"client_id": "c1", "mutations": [create("m1", "t-unauth", json!({"title": "x", "done": false}))]});
+    for (token, path, body) in [
+        (None, "/v1/pull", json!({})),
+        (Some("wrong"), "/v1/pull", json!({})),
+        (None, "/v1/push", push.clone()),
+        (Some("nope"), "/v1/push", push.clone()),
     ] {
-        let (s, v) = h.call(Method::POST, path, token, Some(json!({}))).await;
+        let (s, v) = h.call(Method::POST, path, token, Some(body)).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert_eq!(error_code(&v), "unauthorized");
         assert!(
@@ -137,6 +139,30 @@ async fn missing_or_wrong_token_is_401_with_a_json_error() {
     assert_eq!(
         (s, error_code(&v).as_str()),
         (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    // Nothing of the refused pushes was written.
+    let page = h.pull(ALICE, json!({})).await;
+    assert!(
+        page.changes
+            .values()
+            .all(|c| c.upserts.iter().all(|r| r.id != "t-unauth")),
+        "{page:?}"
+    );
+    // The same push with alice's token is written: the check above can fail.
+    let resp = h.push(ALICE, push).await;
+    assert!(
+        matches!(
+            resp.results[0].outcome,
+            ferry_protocol::MutationOutcome::Applied { .. }
+        ),
+        "{resp:?}"
+    );
+    let page = h.pull(ALICE, json!({})).await;
+    assert!(
+        page.changes["tasks"]
+            .upserts
+            .iter()
+            .any(|r| r.id == "t-unauth")
     );
     h.server.shutdown().await;
 }
