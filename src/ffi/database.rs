@@ -375,25 +375,20 @@ pub async fn logout(
     let path = db.path.clone();
     super::on_runtime(async move {
         if let Some(store) = taken {
-            let closed = store.downgrade();
+            let closed = store.when_closed();
             drop(store);
             // A call on the database made just before (on another thread)
             // may hold it a moment longer; a handle still open after that is
             // another one's, which the delete below reports.
-            for _ in 0..LOGOUT_WAITS {
-                if closed.upgrade().is_none() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+            let _ = tokio::time::timeout(LOGOUT_WAIT, closed).await;
         }
         Store::delete_database(&path)
     })
     .await
 }
 
-/// How many 5 ms waits a logout gives calls still running on the database.
-const LOGOUT_WAITS: usize = 400;
+/// How long a logout gives calls still running on the database.
+const LOGOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Deletes a closed database file (and its WAL files): the last step of a logout,
 /// after stopping the sync client and releasing every handle of the database.

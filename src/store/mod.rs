@@ -251,6 +251,8 @@ struct Inner {
     dispatcher: Arc<Dispatcher>,
     clock: Arc<dyn Clock>,
     client_id: String,
+    /// Told when the last handle is gone ([`Store::when_closed`]).
+    closed: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
 }
 
 impl Drop for Inner {
@@ -262,6 +264,10 @@ impl Drop for Inner {
             if *n == 0 {
                 open.remove(&self.key);
             }
+        }
+        drop(open);
+        for tx in self.closed.get_mut().drain(..) {
+            let _ = tx.send(());
         }
     }
 }
@@ -400,6 +406,7 @@ impl Store {
                 dispatcher: Dispatcher::start(),
                 clock,
                 client_id,
+                closed: Mutex::default(),
             }),
         })
     }
@@ -445,6 +452,16 @@ impl Store {
     /// and the database is closed.
     pub fn downgrade(&self) -> WeakStore {
         WeakStore(Arc::downgrade(&self.inner))
+    }
+
+    /// Resolves once every handle of this store is gone (this one included)
+    /// and its database is closed.
+    pub(crate) fn when_closed(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.inner.closed.lock().push(tx);
+        async move {
+            let _ = rx.await;
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -757,6 +757,8 @@ impl SyncClient {
                 None => self.inner.config.page_size,
             };
             let asked_at = clock.now_ms();
+            // A repair's restart goes with the first request only.
+            let restart = want.restart.clone().filter(|_| report.pages == 0);
             let req = PullRequest {
                 subscriptions: subs.subscriptions.clone(),
                 cursor: cursor.clone(),
@@ -770,7 +772,7 @@ impl SyncClient {
                 priorities: priorities.clone(),
                 want_totals: cursor.is_none() || report.pages == 0,
                 want_checksums: want.checksums,
-                restart: want.restart.clone().filter(|_| report.pages == 0),
+                restart: restart.clone(),
                 max_priority: cap,
             };
             let (transport, req) = (self.inner.transport.clone(), Arc::new(req));
@@ -808,12 +810,7 @@ impl SyncClient {
             if let Some(cap) = self.beyond_metered_cap(&page, &levels) {
                 // Everything within the cap is synced (pages come in priority
                 // order); this page is left for an unmetered network.
-                tracing::info!(
-                    priority = cap,
-                    "metered network: the rest of the pull waits"
-                );
-                report.deferred_after = Some(cap);
-                self.update_status(|s| s.completed_priority = s.completed_priority.max(Some(cap)));
+                self.ended_at(Some(cap), &levels, &mut report);
                 return Ok(Some(Pulled {
                     report,
                     checksums: None,
@@ -821,11 +818,7 @@ impl SyncClient {
             }
             let has_more = page.has_more;
             checksums = page.checksums.take();
-            let repair = want
-                .restart
-                .clone()
-                .filter(|_| report.pages == 0)
-                .map(|r| (r, from.clone()));
+            let repair = restart.map(|r| (r, from.clone()));
             cursor = Some(page.cursor.clone());
             report.pages += 1;
             let rows: u64 = page.changes.values().map(|c| c.len() as u64).sum();
@@ -861,14 +854,7 @@ impl SyncClient {
                 report.published.add(&published);
                 self.update_status(|s| s.completed_priority = Some(level));
                 if let Some(cap) = self.defers_after(level, &levels) {
-                    tracing::info!(
-                        priority = cap,
-                        "metered network: the rest of the pull waits"
-                    );
-                    report.deferred_after = Some(cap);
-                    self.update_status(|s| {
-                        s.completed_priority = s.completed_priority.max(Some(cap))
-                    });
+                    self.ended_at(Some(cap), &levels, &mut report);
                     return Ok(Some(Pulled {
                         report,
                         checksums: None,
@@ -892,7 +878,7 @@ impl SyncClient {
         Ok(Some(Pulled { report, checksums }))
     }
 
-    /// A pull ran to its end, asked for the priorities up to `cap` (all when
+    /// A pull ends having synced the priorities up to `cap` (all when
     /// `None`): they are complete, and the rest, if any, is deferred.
     fn ended_at(&self, cap: Option<u8>, levels: &[(String, Option<u8>)], report: &mut SyncReport) {
         let level = cap.unwrap_or(ferry_protocol::LOWEST_PRIORITY);
